@@ -1,0 +1,195 @@
+//! Accounts: one login at one provider, with its credential and what we know about it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::credential::Credential;
+
+/// Who refreshes an account's credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// tokenkeeper refreshes it and writes the result everywhere (including a bound file).
+    #[default]
+    Own,
+    /// Another program (Claude Code) refreshes it; tokenkeeper only reads and propagates.
+    Follow,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Own => "own",
+            Mode::Follow => "follow",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "own" => Ok(Mode::Own),
+            "follow" => Ok(Mode::Follow),
+            other => Err(format!("unknown mode `{other}`: expected `own` or `follow`")),
+        }
+    }
+}
+
+/// The state the keeper keeps for an account (the displayed level is computed from this,
+/// the credential and the clock; see [`crate::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccountState {
+    /// Nothing known to be wrong.
+    #[default]
+    Active,
+    /// The provider rejected the refresh token: only a new login or import helps.
+    NeedsLogin,
+}
+
+impl AccountState {
+    /// The string stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountState::Active => "active",
+            AccountState::NeedsLogin => "needs-login",
+        }
+    }
+}
+
+impl FromStr for AccountState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(AccountState::Active),
+            "needs-login" => Ok(AccountState::NeedsLogin),
+            other => Err(format!("unknown account state `{other}`")),
+        }
+    }
+}
+
+/// The kind of file an account is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingKind {
+    /// Claude Code's `.credentials.json`.
+    ClaudeCredentials,
+    /// macOS Keychain item `Claude Code-credentials`.
+    Keychain,
+}
+
+/// A place an account's credential lives outside tokenkeeper, kept in step with the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// What kind of place.
+    pub kind: BindingKind,
+    /// The file's path (for the Keychain, the service name).
+    pub path: PathBuf,
+}
+
+/// Usage counters, updated by the API and the proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Requests served with this account's token.
+    pub requests: u64,
+    /// When the token was last handed out or used.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Unique name (`main`, or the account's email).
+    pub name: String,
+    /// Provider id (`anthropic`).
+    pub provider: String,
+    /// Who refreshes it.
+    pub mode: Mode,
+    /// The current credential.
+    pub credential: Credential,
+    /// Version of the credential; every credential update is a compare-and-set on it.
+    pub version: i64,
+    /// Account email, when the provider said.
+    pub email: Option<String>,
+    /// Organization name, when the provider said.
+    pub organization: Option<String>,
+    /// A bound file the credential is kept in step with.
+    pub binding: Option<Binding>,
+    /// Keeper state.
+    pub state: AccountState,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// When anything about it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When tokenkeeper (or another refresher we adopted from) last refreshed it.
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// When the current refresh token was issued (login, import or refresh).
+    pub refresh_token_issued_at: Option<DateTime<Utc>>,
+    /// Usage counters.
+    pub usage: Usage,
+    /// The last error, in words, without secrets.
+    pub last_error: Option<String>,
+}
+
+/// What a caller supplies to create an account.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Unique name.
+    pub name: String,
+    /// Provider id.
+    pub provider: String,
+    /// Who refreshes it.
+    pub mode: Mode,
+    /// The first credential.
+    pub credential: Credential,
+    /// Email, when known.
+    pub email: Option<String>,
+    /// Organization, when known.
+    pub organization: Option<String>,
+    /// Bound file, if any.
+    pub binding: Option<Binding>,
+    /// When its refresh token was issued, when known (otherwise now).
+    pub refresh_token_issued_at: Option<DateTime<Utc>>,
+}
+
+/// Checks an account name: letters, digits, `.`, `_`, `-`, `@`, `+`; 1 to 128 characters.
+/// Names appear in file names (locks) and URLs, so nothing else is allowed.
+pub fn validate_account_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("an account name must be 1 to 128 characters long".into());
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+'))) {
+        return Err(format!("account name `{name}` contains `{bad}`: use letters, digits, `.`, `_`, `-`, `@` or `+`"));
+    }
+    if name.starts_with('.') {
+        return Err(format!("account name `{name}` must not start with `.`"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_account_name("main").is_ok());
+        assert!(validate_account_name("user+1@example.com").is_ok());
+        assert!(validate_account_name("").is_err());
+        assert!(validate_account_name("../etc").is_err());
+        assert!(validate_account_name("a b").is_err());
+        assert!(validate_account_name(".hidden").is_err());
+    }
+
+    #[test]
+    fn mode_round_trip() {
+        assert_eq!("own".parse::<Mode>().unwrap(), Mode::Own);
+        assert_eq!(Mode::Follow.to_string(), "follow");
+        assert!("both".parse::<Mode>().is_err());
+    }
+}

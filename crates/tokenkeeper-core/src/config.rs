@@ -1,0 +1,677 @@
+//! Configuration: embedded defaults, then an optional TOML file, then `TOKENKEEPER_…`
+//! environment variables, into one typed, validated [`Config`]. Loading never writes files.
+//!
+//! Every key is optional; `tokenkeeper` runs with no file at all. A wrong key or value is an
+//! error naming the file, the key and what is allowed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The default provider id.
+pub const ANTHROPIC: &str = "anthropic";
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a wrong key or value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// toml's message, which names the key, the line and what is allowed.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{origin}: `{key}` {message}")]
+    Invalid {
+        /// The file, or the environment variable.
+        origin: String,
+        /// The key, such as `sinks[2].path`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The refresh engine.
+    pub keeper: KeeperConfig,
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// OAuth providers by id; `anthropic` always exists.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Per-account settings by account name.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// Where credentials are delivered.
+    pub sinks: Vec<SinkConfig>,
+    /// Where alerts go.
+    pub alerts: Vec<AlertConfig>,
+    /// How alerts repeat.
+    pub alerting: AlertingConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert(ANTHROPIC.to_owned(), ProviderConfig::default());
+        Self {
+            keeper: KeeperConfig::default(),
+            server: ServerConfig::default(),
+            providers,
+            accounts: BTreeMap::new(),
+            sinks: Vec::new(),
+            alerts: Vec::new(),
+            alerting: AlertingConfig::default(),
+        }
+    }
+}
+
+/// `[keeper]`: when and how hard to refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeeperConfig {
+    /// Refresh this long before expiry.
+    #[serde(with = "humantime_serde")]
+    pub lead: Duration,
+    /// Spread refreshes of many accounts by up to this much (earlier, never later).
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// First retry delay after a transient failure; doubles each time.
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// At most this many refresh attempts per account per hour, whatever the provider answers.
+    pub max_attempts_per_hour: u32,
+}
+
+impl Default for KeeperConfig {
+    fn default() -> Self {
+        Self {
+            lead: Duration::from_secs(30 * 60),
+            jitter: Duration::from_secs(2 * 60),
+            backoff_min: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(10 * 60),
+            max_attempts_per_hour: 12,
+        }
+    }
+}
+
+/// `[server]`: the HTTP API and web page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Whether `serve` starts the HTTP server at all.
+    pub enabled: bool,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Also listen on this Unix socket.
+    pub unix_socket: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8377)),
+            enabled: true,
+            tls_cert: None,
+            tls_key: None,
+            unix_socket: None,
+        }
+    }
+}
+
+/// `[providers.<id>]`: an OAuth provider's endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Token endpoint (refresh and code exchange).
+    pub token_url: String,
+    /// Authorize page for a new login.
+    pub authorize_url: String,
+    /// Redirect URI registered for the manual code flow.
+    pub redirect_uri: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Base URL of the Messages API (used by `doctor --probe` and the proxy).
+    pub api_base_url: String,
+    /// Scopes asked for at login.
+    pub scopes: Vec<String>,
+    /// Timeout of one token request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Warn when a refresh token is older than this.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_warn_age: Duration,
+    /// Expected life of a refresh token.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_life: Duration,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            token_url: "https://platform.claude.com/v1/oauth/token".into(),
+            authorize_url: "https://claude.ai/oauth/authorize".into(),
+            redirect_uri: "https://platform.claude.com/oauth/code/callback".into(),
+            client_id: "9d1c250a-e61b-44d9-88ed-5944d1962f5e".into(),
+            api_base_url: "https://api.anthropic.com".into(),
+            scopes: vec!["org:create_api_key".into(), "user:profile".into(), "user:inference".into()],
+            timeout: Duration::from_secs(30),
+            refresh_token_warn_age: Duration::from_secs(25 * 86_400),
+            refresh_token_life: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// `[accounts.<name>]`: per-account settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountConfig {
+    /// For `follow` accounts: a command that makes the real owner refresh (for example
+    /// `["claude", "-p", "ok", "--no-session-persistence"]`), run when the token is inside the
+    /// lead time and nobody refreshed it.
+    pub nudge: Option<Vec<String>>,
+}
+
+/// Kinds of sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// A `.env` file: `KEY=value` set in place.
+    EnvFile,
+    /// Claude Code's credentials JSON.
+    ClaudeCredentials,
+    /// OpenClaw's `oauth.json` (or auth-profiles layout).
+    Openclaw,
+    /// A minijinja template rendered to a file.
+    Template,
+    /// Infisical secret, through its REST API.
+    Infisical,
+    /// No file: run a command with the credential in its environment.
+    Command,
+}
+
+/// How a file sink replaces its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Temp file in the same directory, fsync, rename, fsync the directory.
+    #[default]
+    Atomic,
+    /// Rewrite the same inode (for files bind-mounted into a container one by one).
+    InPlace,
+}
+
+/// `[[sinks]]`: one place a credential is delivered to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Account whose credential goes here.
+    pub account: String,
+    /// What kind of sink.
+    pub kind: SinkKind,
+    /// Optional name (defaults to kind and path), shown in status.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Target file (file sinks). `~` expands to the home directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Variable to set (`env_file`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// File mode, octal as a string (default `"0600"`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Owner user (name or uid).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Owner group (name or gid).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// How the file is replaced.
+    #[serde(default)]
+    pub write: WriteMode,
+    /// Template text (`template`).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Template file (`template`), instead of `template`.
+    #[serde(default)]
+    pub template_file: Option<PathBuf>,
+    /// OpenClaw layout: `oauth` (default) or `auth_profiles`.
+    #[serde(default)]
+    pub layout: Option<String>,
+    /// Command run after each change (argv, no shell).
+    #[serde(default)]
+    pub on_change: Option<Vec<String>>,
+    /// The command of a `command` sink.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Timeout of `on_change`/`command`.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Debounce of `on_change`/`command`.
+    #[serde(default, with = "humantime_serde")]
+    pub debounce: Option<Duration>,
+    /// Infisical: base URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Infisical: project (workspace) id.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// Infisical: environment slug.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Infisical: secret path (folder).
+    #[serde(default)]
+    pub secret_path: Option<String>,
+    /// Infisical: secret name.
+    #[serde(default)]
+    pub secret_name: Option<String>,
+    /// Infisical: value format, `base64_json` (default), `json` or `access_token`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Infisical: file holding the machine identity's client id.
+    #[serde(default)]
+    pub client_id_file: Option<PathBuf>,
+    /// Infisical: file holding the machine identity's client secret.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Infisical: file holding an access token (instead of client id/secret).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl SinkConfig {
+    /// The name shown in status and logs.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let kind = serde_json::to_value(self.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        match &self.path {
+            Some(p) => format!("{kind}:{}", p.display()),
+            None => match &self.secret_name {
+                Some(s) => format!("{kind}:{s}"),
+                None => kind,
+            },
+        }
+    }
+
+    /// The file mode (default 0600).
+    pub fn file_mode(&self) -> u32 {
+        self.mode.as_deref().and_then(|m| parse_mode(m).ok()).unwrap_or(0o600)
+    }
+}
+
+/// Kinds of alert channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Generic JSON webhook.
+    Webhook,
+    /// Keep's alert endpoint.
+    Keep,
+    /// Slack incoming webhook.
+    Slack,
+    /// Run a command.
+    Command,
+}
+
+/// `[[alerts]]`: one alert channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Channel kind.
+    pub kind: AlertKind,
+    /// Optional name for status.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Target URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the target URL (for URLs that are secrets, like Slack's).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// File holding an API key (Keep).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Command (argv).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Only alerts at or above this severity (`warning` default).
+    #[serde(default)]
+    pub min_severity: Option<String>,
+}
+
+/// `[alerting]`: repetition of alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Send a reminder this often while a problem lasts.
+    #[serde(with = "humantime_serde")]
+    pub reminder: Duration,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self { reminder: Duration::from_secs(6 * 3600) }
+    }
+}
+
+/// Parses an octal file mode written as a string (`"0600"`, `"600"`, `"0o640"`).
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("`{s}` is not an octal mode: write it as a string such as \"0600\""))?;
+    if mode > 0o7777 {
+        return Err(format!("`{s}` is larger than 07777"));
+    }
+    Ok(mode)
+}
+
+impl Config {
+    /// The provider config for `id`, or the defaults.
+    pub fn provider(&self, id: &str) -> ProviderConfig {
+        self.providers.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        // A `[providers.anthropic]` table that sets only some keys got defaults for the rest;
+        // make sure the provider exists even when the file names none.
+        config.providers.entry(ANTHROPIC.to_owned()).or_default();
+        config.validate(&origin.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Loads the config: `path` if given (it must exist), else the default path if it exists,
+    /// else the defaults; then applies environment overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        default_path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match (path, default_path) {
+            (Some(p), _) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                Self::from_toml(&text, p)?
+            }
+            (None, Some(p)) if p.exists() => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                Self::from_toml(&text, p)?
+            }
+            _ => Config::default(),
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    /// Applies `TOKENKEEPER_…` overrides.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let invalid = |var: &str, message: String| ConfigError::Invalid {
+            origin: "environment".into(),
+            key: var.to_owned(),
+            message,
+        };
+        if let Some(v) = env("TOKENKEEPER_LISTEN") {
+            self.server.listen = v.parse().map_err(|_| {
+                invalid("TOKENKEEPER_LISTEN", format!("is `{v}`; expected an address such as 127.0.0.1:8377"))
+            })?;
+        }
+        if let Some(v) = env("TOKENKEEPER_LEAD") {
+            self.keeper.lead = humantime::parse_duration(&v)
+                .map_err(|e| invalid("TOKENKEEPER_LEAD", format!("is `{v}`: {e}; expected a duration such as 30m")))?;
+        }
+        let anthropic = self.providers.entry(ANTHROPIC.to_owned()).or_default();
+        for (var, field) in [
+            ("TOKENKEEPER_ANTHROPIC_TOKEN_URL", &mut anthropic.token_url),
+            ("TOKENKEEPER_ANTHROPIC_AUTHORIZE_URL", &mut anthropic.authorize_url),
+            ("TOKENKEEPER_ANTHROPIC_REDIRECT_URI", &mut anthropic.redirect_uri),
+            ("TOKENKEEPER_ANTHROPIC_API_BASE_URL", &mut anthropic.api_base_url),
+        ] {
+            if let Some(v) = env(var) {
+                *field = v;
+            }
+        }
+        self.validate("environment")
+    }
+
+    /// Checks values serde cannot: URLs, modes, required keys per sink kind.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
+        if self.keeper.lead.is_zero() {
+            return Err(invalid("keeper.lead".into(), "must be more than zero, for example \"30m\"".into()));
+        }
+        if self.keeper.max_attempts_per_hour == 0 {
+            return Err(invalid("keeper.max_attempts_per_hour".into(), "must be at least 1".into()));
+        }
+        if self.keeper.backoff_min > self.keeper.backoff_max {
+            return Err(invalid("keeper.backoff_min".into(), "must not be larger than keeper.backoff_max".into()));
+        }
+        for (id, p) in &self.providers {
+            for (key, value) in [
+                ("token_url", &p.token_url),
+                ("authorize_url", &p.authorize_url),
+                ("redirect_uri", &p.redirect_uri),
+                ("api_base_url", &p.api_base_url),
+            ] {
+                match url::Url::parse(value) {
+                    Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
+                    _ => {
+                        return Err(invalid(
+                            format!("providers.{id}.{key}"),
+                            format!("is `{value}`; expected an http(s) URL"),
+                        ))
+                    }
+                }
+            }
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            let key = |k: &str| format!("sinks[{i}].{k}");
+            if let Some(m) = &s.mode {
+                parse_mode(m).map_err(|e| invalid(key("mode"), e))?;
+            }
+            let needs_path = !matches!(s.kind, SinkKind::Infisical | SinkKind::Command);
+            if needs_path && s.path.is_none() {
+                return Err(invalid(key("path"), "is required for this sink kind".into()));
+            }
+            match s.kind {
+                SinkKind::EnvFile => {
+                    let k = s.key.as_deref().unwrap_or("");
+                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(invalid(
+                            key("key"),
+                            "is required for env_file: the variable name, such as \"CLAUDE_CODE_OAUTH_TOKEN\"".into(),
+                        ));
+                    }
+                }
+                SinkKind::Template => {
+                    if s.template.is_none() == s.template_file.is_none() {
+                        return Err(invalid(
+                            key("template"),
+                            "set exactly one of `template` and `template_file`".into(),
+                        ));
+                    }
+                }
+                SinkKind::Command => {
+                    if s.command.as_ref().is_none_or(|c| c.is_empty()) {
+                        return Err(invalid(key("command"), "is required for a command sink: an argv list".into()));
+                    }
+                }
+                SinkKind::Infisical => {
+                    for (k, v) in [("url", &s.url), ("project_id", &s.project_id), ("secret_name", &s.secret_name)] {
+                        if v.is_none() {
+                            return Err(invalid(key(k), "is required for an infisical sink".into()));
+                        }
+                    }
+                    if s.token_file.is_none() && (s.client_id_file.is_none() || s.client_secret_file.is_none()) {
+                        return Err(invalid(
+                            key("token_file"),
+                            "an infisical sink needs `token_file`, or `client_id_file` and `client_secret_file`".into(),
+                        ));
+                    }
+                }
+                SinkKind::Openclaw => {
+                    if let Some(l) = &s.layout {
+                        if l != "oauth" && l != "auth_profiles" {
+                            return Err(invalid(
+                                key("layout"),
+                                format!("is `{l}`; expected `oauth` or `auth_profiles`"),
+                            ));
+                        }
+                    }
+                }
+                SinkKind::ClaudeCredentials => {}
+            }
+            if let Some(cmd) = &s.on_change {
+                if cmd.is_empty() {
+                    return Err(invalid(key("on_change"), "must not be an empty list".into()));
+                }
+            }
+        }
+        for (i, a) in self.alerts.iter().enumerate() {
+            let key = |k: &str| format!("alerts[{i}].{k}");
+            match a.kind {
+                AlertKind::Command => {
+                    if a.command.as_ref().is_none_or(|c| c.is_empty()) {
+                        return Err(invalid(key("command"), "is required for a command alert".into()));
+                    }
+                }
+                _ => {
+                    if a.url.is_none() && a.url_file.is_none() {
+                        return Err(invalid(key("url"), "set `url` or `url_file`".into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/tokenkeeper/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.keeper.lead, Duration::from_secs(1800));
+        assert_eq!(c.provider(ANTHROPIC).client_id, "9d1c250a-e61b-44d9-88ed-5944d1962f5e");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8377");
+    }
+
+    #[test]
+    fn design_sketch_parses() {
+        let c = parse(
+            r#"
+[keeper]
+lead = "45m"
+[server]
+listen = "0.0.0.0:9000"
+[providers.anthropic]
+token_url = "http://127.0.0.1:1/v1/oauth/token"
+[[sinks]]
+account = "main"
+kind = "env_file"
+path = "/srv/bot/.env"
+key = "CLAUDE_CODE_OAUTH_TOKEN"
+mode = "0640"
+on_change = ["docker", "compose", "up", "-d"]
+[[alerts]]
+kind = "webhook"
+url = "https://hooks.example/tokenkeeper"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.keeper.lead, Duration::from_secs(45 * 60));
+        assert_eq!(c.provider(ANTHROPIC).token_url, "http://127.0.0.1:1/v1/oauth/token");
+        // Keys not named keep their defaults.
+        assert_eq!(c.provider(ANTHROPIC).authorize_url, "https://claude.ai/oauth/authorize");
+        assert_eq!(c.sinks[0].file_mode(), 0o640);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_allowed() {
+        let e = parse("[keeper]\nleed = \"30m\"\n").unwrap_err().to_string();
+        assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
+        assert!(e.contains("leed"), "{e}");
+        assert!(e.contains("lead"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = parse("[keeper]\nlead = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("lead") || e.contains("soon"), "{e}");
+        let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("sinks[0].key"), "{e}");
+        let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\nmode=\"rw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sinks[0].mode") && e.contains("octal"), "{e}");
+        let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"ftp\"\n").unwrap_err().to_string();
+        assert!(e.contains("env_file"), "{e}");
+        let e = parse("[providers.anthropic]\ntoken_url = \"not a url\"\n").unwrap_err().to_string();
+        assert!(e.contains("providers.anthropic.token_url"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_validated() {
+        let env = |k: &str| match k {
+            "TOKENKEEPER_LEAD" => Some("10m".to_owned()),
+            "TOKENKEEPER_ANTHROPIC_TOKEN_URL" => Some("http://127.0.0.1:9/t".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(None, None, &env).unwrap();
+        assert_eq!(c.keeper.lead, Duration::from_secs(600));
+        assert_eq!(c.provider(ANTHROPIC).token_url, "http://127.0.0.1:9/t");
+        let bad = |k: &str| (k == "TOKENKEEPER_LISTEN").then(|| "nowhere".to_owned());
+        let e = Config::load(None, None, &bad).unwrap_err().to_string();
+        assert!(e.contains("TOKENKEEPER_LISTEN"), "{e}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        let env = |_: &str| None;
+        assert!(Config::load(Some(Path::new("/nonexistent/tk.toml")), None, &env).is_err());
+        assert!(Config::load(None, Some(Path::new("/nonexistent/tk.toml")), &env).is_ok());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0600").unwrap(), 0o600);
+        assert_eq!(parse_mode("640").unwrap(), 0o640);
+        assert!(parse_mode("0900").is_err());
+    }
+}

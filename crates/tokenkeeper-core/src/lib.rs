@@ -1,0 +1,22 @@
+//! Core of tokenkeeper: the domain (accounts, credentials, secrets), the injected clock,
+//! configuration, the [`store::Store`] trait, credential formats and status levels.
+//!
+//! Nothing here talks to the network or a database; those live in the crates that depend on
+//! this one (`tokenkeeper-store`, `tokenkeeper-provider`, `tokenkeeper-keeper`, …).
+
+pub mod account;
+pub mod clock;
+pub mod config;
+pub mod credential;
+pub mod formats;
+pub mod paths;
+pub mod secret;
+pub mod status;
+pub mod store;
+
+pub use account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount, Usage};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::Config;
+pub use credential::{Credential, Freshness};
+pub use secret::Secret;
+pub use store::{Store, StoreError};

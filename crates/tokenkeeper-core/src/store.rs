@@ -1,0 +1,292 @@
+//! The durable state of tokenkeeper, behind one trait so SQLite (embedded, the default) and
+//! PostgreSQL (shared by replicas) serve the same callers.
+//!
+//! Every credential update is a compare-and-set on [`Account::version`]: a writer holding an
+//! older version gets [`StoreError::VersionConflict`] instead of overwriting a newer token.
+//! The store knows nothing of sqlx; implementations live in `tokenkeeper-store`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::account::{Account, AccountState, Binding, Mode, NewAccount};
+use crate::credential::Credential;
+
+/// What can go wrong in a store. Each variant says which action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No account of that name.
+    #[error("no account named `{0}`")]
+    NotFound(String),
+    /// An account of that name exists already.
+    #[error("an account named `{0}` already exists")]
+    AlreadyExists(String),
+    /// Someone else updated the credential first.
+    #[error("the credential of `{account}` changed meanwhile (expected version {expected}, found {found})")]
+    VersionConflict {
+        /// Account name.
+        account: String,
+        /// The version the writer held.
+        expected: i64,
+        /// The version in the store.
+        found: i64,
+    },
+    /// The stored ciphertext could not be decrypted (wrong key, or tampered data).
+    #[error("cannot decrypt the credential of `{account}`: {reason}. Was the store created with another TOKENKEEPER_KEY or key file?")]
+    Decrypt {
+        /// Account name.
+        account: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The encryption key is unusable.
+    #[error("encryption key: {0}")]
+    Key(String),
+    /// A row held something this version cannot read.
+    #[error("corrupt row for `{account}`: {reason}")]
+    Corrupt {
+        /// Account name (or table).
+        account: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The database itself failed.
+    #[error("database error while trying to {action}")]
+    Database {
+        /// What we were doing.
+        action: String,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A file of the store (directory, key file) could not be used.
+    #[error("cannot {action} {path}")]
+    Io {
+        /// What we were doing.
+        action: String,
+        /// Which path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a credential changed; recorded in the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialChange {
+    /// tokenkeeper refreshed it.
+    Refreshed,
+    /// Someone else refreshed it (Claude Code, another process) and we adopted theirs.
+    Adopted,
+    /// Imported from a file, stdin, the Keychain or a push.
+    Imported,
+    /// A new login.
+    LoggedIn,
+}
+
+impl CredentialChange {
+    /// The event kind recorded for this change.
+    pub fn event_kind(self) -> EventKind {
+        match self {
+            CredentialChange::Refreshed => EventKind::Refreshed,
+            CredentialChange::Adopted => EventKind::Adopted,
+            CredentialChange::Imported => EventKind::Imported,
+            CredentialChange::LoggedIn => EventKind::LoggedIn,
+        }
+    }
+
+    /// Whether the change means a fresh refresh token was issued.
+    pub fn issues_refresh_token(self) -> bool {
+        true
+    }
+}
+
+/// A compare-and-set update of an account's credential.
+#[derive(Debug, Clone)]
+pub struct CredentialUpdate {
+    /// The version the writer read; the update fails if the store has another.
+    pub expected_version: i64,
+    /// The new credential.
+    pub credential: Credential,
+    /// Why it changed.
+    pub change: CredentialChange,
+    /// When it changed.
+    pub at: DateTime<Utc>,
+    /// Event detail (no secrets): fingerprints, old and new expiry.
+    pub detail: String,
+    /// Email learned with this credential, if any.
+    pub email: Option<String>,
+    /// Organization learned with this credential, if any.
+    pub organization: Option<String>,
+}
+
+/// Changes to an account that are not its credential (no version check: they never carry
+/// tokens, and the last writer's view of state is the right one).
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    /// New keeper state.
+    pub state: Option<AccountState>,
+    /// New last error (`Some(None)` clears it).
+    pub last_error: Option<Option<String>>,
+    /// New mode.
+    pub mode: Option<Mode>,
+    /// New binding (`Some(None)` unbinds).
+    pub binding: Option<Option<Binding>>,
+}
+
+/// Kinds of events in an account's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Account created or credential imported.
+    Imported,
+    /// Logged in.
+    LoggedIn,
+    /// Refreshed by tokenkeeper.
+    Refreshed,
+    /// Adopted a credential someone else refreshed.
+    Adopted,
+    /// A refresh failed.
+    RefreshFailed,
+    /// An incoming credential was refused (older or blank).
+    Refused,
+    /// A bound file was repaired.
+    Repaired,
+    /// State changed (for example to needs-login).
+    StateChanged,
+    /// Account removed.
+    Removed,
+}
+
+impl EventKind {
+    /// The string stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Imported => "imported",
+            EventKind::LoggedIn => "logged_in",
+            EventKind::Refreshed => "refreshed",
+            EventKind::Adopted => "adopted",
+            EventKind::RefreshFailed => "refresh_failed",
+            EventKind::Refused => "refused",
+            EventKind::Repaired => "repaired",
+            EventKind::StateChanged => "state_changed",
+            EventKind::Removed => "removed",
+        }
+    }
+
+    /// Parses the stored string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "imported" => EventKind::Imported,
+            "logged_in" => EventKind::LoggedIn,
+            "refreshed" => EventKind::Refreshed,
+            "adopted" => EventKind::Adopted,
+            "refresh_failed" => EventKind::RefreshFailed,
+            "refused" => EventKind::Refused,
+            "repaired" => EventKind::Repaired,
+            "state_changed" => EventKind::StateChanged,
+            "removed" => EventKind::Removed,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of the event log. Never holds a secret (fingerprints at most).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number.
+    pub id: i64,
+    /// Account name.
+    pub account: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Details in words.
+    pub detail: String,
+}
+
+/// An event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Account name.
+    pub account: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Details in words, without secrets.
+    pub detail: String,
+}
+
+/// An API key as stored: only a hash of the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Key id (public, shown in listings).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// SHA-256 of the key, hex.
+    pub hash: String,
+    /// Scopes such as `token:read`.
+    pub scopes: Vec<String>,
+    /// Accounts it may touch; empty means all.
+    pub accounts: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The durable store. Implementations must be safe to share across tasks and processes:
+/// every method is its own transaction, committed durably before it returns.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// All accounts, by name.
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+
+    /// One account, or `None`.
+    async fn get_account(&self, name: &str) -> Result<Option<Account>, StoreError>;
+
+    /// Creates an account (version 1) and records an `imported`/`logged_in` event.
+    async fn create_account(
+        &self,
+        new: &NewAccount,
+        at: DateTime<Utc>,
+        change: CredentialChange,
+    ) -> Result<Account, StoreError>;
+
+    /// Replaces the credential if the stored version is `update.expected_version`; bumps the
+    /// version, sets refresh times, clears the last error, resets the state to active and
+    /// records the event, all in one durable transaction.
+    async fn update_credential(&self, name: &str, update: &CredentialUpdate) -> Result<Account, StoreError>;
+
+    /// Changes state, last error, mode or binding.
+    async fn patch_account(&self, name: &str, patch: &AccountPatch, at: DateTime<Utc>) -> Result<Account, StoreError>;
+
+    /// Counts one use of the account's token.
+    async fn record_usage(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Removes an account (and records a `removed` event). Returns whether it existed.
+    async fn remove_account(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Records an event.
+    async fn record_event(&self, event: &NewEvent) -> Result<(), StoreError>;
+
+    /// The newest events, newest first, optionally for one account.
+    async fn events(&self, account: Option<&str>, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// Stores a new API key.
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// All API keys, including revoked ones.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Finds an unrevoked key by its hash.
+    async fn find_api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Revokes a key by id or name. Returns whether one was revoked.
+    async fn revoke_api_key(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,1 @@
+//! tokenkeeper-keeper (under construction).

@@ -1,0 +1,1 @@
+//! tokenkeeper-mock (under construction).

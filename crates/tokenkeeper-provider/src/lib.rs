@@ -1,0 +1,1 @@
+//! tokenkeeper-provider (under construction).

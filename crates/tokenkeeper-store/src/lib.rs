@@ -1,0 +1,1 @@
+//! tokenkeeper-store (under construction).

@@ -1,0 +1,1 @@
+//! tokenkeeper-sync (under construction).
