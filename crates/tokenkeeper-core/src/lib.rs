@@ -15,7 +15,7 @@ pub mod status;
 pub mod store;
 
 pub use account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount, Usage};
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;
 pub use credential::{Credential, Freshness};
 pub use secret::Secret;

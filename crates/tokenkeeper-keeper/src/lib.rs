@@ -1,1 +1,18 @@
-//! tokenkeeper-keeper (under construction).
+//! The refresh engine of tokenkeeper.
+//!
+//! - [`keeper::Keeper`]: the one refresh path (locks, re-read, adopt, refresh, durable commit,
+//!   publish) and ingest under the never-regress rule;
+//! - [`locks`]: in-process single-flight, the data-directory `flock`, Claude Code's lock
+//!   directories;
+//! - [`schedule::Scheduler`]: next-deadline scheduling with jitter and backoff;
+//! - [`daemon::Daemon`]: the long-running loop that ties them to watchers and sinks.
+
+pub mod bound;
+pub mod daemon;
+pub mod error;
+pub mod keeper;
+pub mod locks;
+pub mod schedule;
+
+pub use error::KeeperError;
+pub use keeper::{Ingest, IngestOutcome, Keeper, KeeperEvent, RefreshPolicy, RefreshResult};

@@ -1,0 +1,165 @@
+//! The long-running keeper: sleeps until the next deadline, refreshes, and reacts to changes
+//! (a credential changed in this process, another process wrote the store, a bound file was
+//! rewritten by Claude Code), delivering every change to the sinks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use tokenkeeper_core::BindingKind;
+use tokenkeeper_sync::sink::SinkSet;
+use tokenkeeper_sync::watch::FileWatcher;
+
+use crate::error::KeeperError;
+use crate::keeper::{Keeper, KeeperEvent};
+use crate::schedule::Scheduler;
+
+/// The longest the daemon sleeps without looking at the clock again. Timers run on a
+/// monotonic clock that stands still while a machine is suspended; waking now and then
+/// recomputes deadlines against the wall clock. This is not a poll of the store.
+const MAX_SLEEP: Duration = Duration::from_secs(300);
+
+/// What the daemon needs.
+pub struct Daemon {
+    keeper: Arc<Keeper>,
+    sinks: Option<Arc<SinkSet>>,
+    store_changes: Option<PathBuf>,
+    watch_debounce: Duration,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("store_changes", &self.store_changes).finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// A daemon over `keeper`, delivering to `sinks`, watching `store_changes` (the store's
+    /// change-notification file) for writes by other processes.
+    pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, store_changes: Option<PathBuf>) -> Self {
+        Self { keeper, sinks, store_changes, watch_debounce: Duration::from_millis(20) }
+    }
+
+    /// Delivers every account to the sinks once.
+    async fn deliver_all(&self) {
+        let Some(sinks) = &self.sinks else { return };
+        match self.keeper.store().list_accounts().await {
+            Ok(accounts) => {
+                for a in &accounts {
+                    sinks.deliver(a).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list accounts for delivery"),
+        }
+    }
+
+    async fn deliver_one(&self, name: &str) {
+        let Some(sinks) = &self.sinks else { return };
+        match self.keeper.store().get_account(name).await {
+            Ok(Some(a)) => sinks.deliver(&a).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(account = %name, error = %e, "cannot read account for delivery"),
+        }
+    }
+
+    /// Bound files to watch, by path, with their accounts.
+    async fn bound_files(&self) -> HashMap<PathBuf, Vec<String>> {
+        let mut map: HashMap<PathBuf, Vec<String>> = HashMap::new();
+        if let Ok(accounts) = self.keeper.store().list_accounts().await {
+            for a in accounts {
+                if let Some(b) = &a.binding {
+                    if b.kind == BindingKind::ClaudeCredentials {
+                        map.entry(b.path.clone()).or_default().push(a.name.clone());
+                    }
+                }
+            }
+        }
+        map
+    }
+
+    /// Runs until `shutdown` resolves; `ready` is called once everything is started.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<(), KeeperError> {
+        tokio::pin!(shutdown);
+        let mut events = self.keeper.subscribe();
+        let mut scheduler = Scheduler::new(self.keeper.clone());
+        let (mut watcher, mut changes) = FileWatcher::new(self.watch_debounce)
+            .map_err(|e| KeeperError::Invalid(format!("cannot start the file watcher: {e}")))?;
+        if let Some(p) = &self.store_changes {
+            if let Err(e) = watcher.watch(p) {
+                tracing::warn!(file = %p.display(), error = %e, "cannot watch the store; changes by other processes are picked up at the next deadline");
+            }
+        }
+        let mut bound = self.bound_files().await;
+        for p in bound.keys() {
+            if let Err(e) = watcher.watch(p) {
+                tracing::warn!(file = %p.display(), error = %e, "cannot watch bound file");
+            }
+        }
+        // Reconcile bound files once at start: Claude Code may have refreshed while we were down.
+        for names in bound.values() {
+            for n in names {
+                if let Ok(Some(a)) = self.keeper.store().get_account(n).await {
+                    let _ = self.keeper.adopt_from_bound(a).await;
+                }
+            }
+        }
+        self.deliver_all().await;
+        ready();
+        tracing::info!("keeper running");
+        loop {
+            let clock = self.keeper.clock().clone();
+            let sleep = match scheduler.next_deadline().await {
+                Ok(Some(t)) => (t - clock.now()).to_std().unwrap_or(Duration::ZERO).min(MAX_SLEEP),
+                Ok(None) => MAX_SLEEP,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read accounts; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(sleep) => {
+                    match scheduler.tick().await {
+                        Ok(results) => for (name, r) in results {
+                            if let Err(e) = r {
+                                tracing::warn!(account = %name, error = %e, failures = scheduler.failures(&name), "scheduled refresh did not succeed");
+                            }
+                        },
+                        Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
+                    }
+                }
+                ev = events.recv() => match ev {
+                    Ok(KeeperEvent::Changed { account, .. }) => self.deliver_one(&account).await,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => self.deliver_all().await,
+                    Err(RecvError::Closed) => break,
+                },
+                Some(path) = changes.recv() => {
+                    if Some(&path) == self.store_changes.as_ref() {
+                        // Another process wrote the store: new accounts, bindings or credentials.
+                        let now_bound = self.bound_files().await;
+                        for p in now_bound.keys().filter(|p| !bound.contains_key(*p)) {
+                            let _ = watcher.watch(p);
+                        }
+                        bound = now_bound;
+                        self.deliver_all().await;
+                    } else if let Some(names) = bound.get(&path) {
+                        for n in names {
+                            if let Ok(Some(a)) = self.keeper.store().get_account(n).await {
+                                if let Err(e) = self.keeper.adopt_from_bound(a).await {
+                                    tracing::warn!(account = %n, error = %e, "cannot ingest the changed bound file");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("keeper stopped");
+        Ok(())
+    }
+}

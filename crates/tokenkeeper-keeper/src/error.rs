@@ -1,0 +1,83 @@
+//! Errors of the keeper, classified so callers (CLI exit codes, HTTP status, scheduler
+//! backoff) can act on the class.
+
+use std::time::Duration;
+
+use tokenkeeper_core::StoreError;
+
+use crate::locks::LockError;
+
+/// What went wrong keeping an account fresh.
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    /// No account of that name.
+    #[error("no account named `{0}`; see `tokenkeeper accounts`")]
+    NoSuchAccount(String),
+    /// No account at all.
+    #[error("there are no accounts yet: run `tokenkeeper login` or `tokenkeeper import` first")]
+    NoAccounts,
+    /// Several accounts and none named.
+    #[error("there are several accounts ({0}); name one with --account")]
+    Ambiguous(String),
+    /// The provider rejected the refresh token: only a new login helps.
+    #[error("the provider rejected the refresh token of `{account}` ({reason}); run `tokenkeeper login --account {account}` or import a fresh credential")]
+    NeedsLogin {
+        /// Account.
+        account: String,
+        /// Provider's reason.
+        reason: String,
+    },
+    /// The credential cannot be refreshed (no refresh token: a long-lived setup token).
+    #[error("`{account}` has no refresh token (a long-lived setup token?), so it cannot be refreshed; it is valid until {expires}")]
+    NotRefreshable {
+        /// Account.
+        account: String,
+        /// Expiry, RFC 3339.
+        expires: String,
+    },
+    /// The account is in follow mode: another program refreshes it.
+    #[error("`{account}` is in follow mode: Claude Code refreshes it, not tokenkeeper, and its token {situation}. Run `claude` once there, or switch with `tokenkeeper import --mode own`")]
+    FollowMode {
+        /// Account.
+        account: String,
+        /// "expires in 10m" / "expired 5m ago".
+        situation: String,
+    },
+    /// Temporary: rate limited, provider error, network, lock busy, attempt budget used.
+    #[error("refreshing `{account}` failed, try again later: {reason}")]
+    TryLater {
+        /// Account.
+        account: String,
+        /// What happened.
+        reason: String,
+        /// When to retry, if the provider said.
+        retry_after: Option<Duration>,
+    },
+    /// An incoming credential was refused by the never-regress rule.
+    #[error("refused for `{account}`: {reason}; the stored credential was kept")]
+    Refused {
+        /// Account.
+        account: String,
+        /// Why.
+        reason: String,
+    },
+    /// A lock failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Invalid input from the caller.
+    #[error("{0}")]
+    Invalid(String),
+    /// The provider client could not be built.
+    #[error(transparent)]
+    Provider(#[from] tokenkeeper_provider::ProviderError),
+}
+
+impl KeeperError {
+    /// Whether retrying later may help.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, KeeperError::TryLater { .. } | KeeperError::Lock(LockError::Timeout { .. }))
+    }
+}

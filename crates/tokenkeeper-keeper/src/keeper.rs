@@ -1,0 +1,740 @@
+//! The refresh path every caller shares (daemon, `refresh`, `token`, `exec`, the HTTP API):
+//! single-flight, cross-process lock, Claude Code's lock, re-read and adopt, refresh, commit
+//! durably, then publish. Also ingest (import, push, login, watched files) under the
+//! never-regress rule.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use tokenkeeper_core::config::ANTHROPIC;
+use tokenkeeper_core::formats::ParsedCredential;
+use tokenkeeper_core::status::human_duration;
+use tokenkeeper_core::store::{AccountPatch, CredentialChange, CredentialUpdate, EventKind, NewEvent};
+use tokenkeeper_core::{
+    Account, AccountState, Binding, BindingKind, Config, Credential, Freshness, Mode, NewAccount, SharedClock, Store,
+    StoreError,
+};
+use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, TokenGrant, TokenOutcome};
+
+use crate::bound::{read_bound, write_bound, BoundContent};
+use crate::error::KeeperError;
+use crate::locks::{claude_lock_dirs, ClaudeLock, DataDirLock, SingleFlight};
+
+/// A refresh that another process did within this window satisfies `--force`: rotating twice
+/// within seconds gains nothing and doubles the chance of a lost race elsewhere.
+pub const FORCE_SATISFIED_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long a caller waits for another process's refresh lock.
+const LOCK_WAIT: Duration = Duration::from_secs(90);
+
+/// When to refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshPolicy {
+    /// Only if the access token expires within this long (the lead time).
+    IfWithin(Duration),
+    /// Now, unless someone else refreshed it within [`FORCE_SATISFIED_WITHIN`].
+    Force,
+}
+
+/// What a refresh call did.
+#[derive(Debug, Clone)]
+pub enum RefreshResult {
+    /// We spent the refresh token and stored the new credential.
+    Refreshed(Box<Account>),
+    /// Someone else refreshed meanwhile; we took theirs.
+    Adopted(Box<Account>),
+    /// Nothing to do: the token is fresh enough.
+    NotNeeded(Box<Account>),
+}
+
+impl RefreshResult {
+    /// The account after the call.
+    pub fn account(&self) -> &Account {
+        match self {
+            RefreshResult::Refreshed(a) | RefreshResult::Adopted(a) | RefreshResult::NotNeeded(a) => a,
+        }
+    }
+}
+
+/// Something that happened, for the daemon, the server and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeeperEvent {
+    /// An account's credential changed.
+    Changed {
+        /// Account.
+        account: String,
+        /// Why.
+        change: CredentialChange,
+    },
+    /// A refresh failed.
+    RefreshFailed {
+        /// Account.
+        account: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// An account was removed.
+    Removed {
+        /// Account.
+        account: String,
+    },
+}
+
+/// A credential to ingest.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// Account name; `None` picks the only account, or `main` when there is none.
+    pub account: Option<String>,
+    /// The credential and what came with it.
+    pub parsed: ParsedCredential,
+    /// Set the mode (new accounts default to `own`).
+    pub mode: Option<Mode>,
+    /// Bind the account to this file.
+    pub binding: Option<Binding>,
+    /// Why.
+    pub change: CredentialChange,
+    /// Organization, when known (logins).
+    pub organization: Option<String>,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone)]
+pub enum IngestOutcome {
+    /// A new account.
+    Created(Box<Account>),
+    /// A newer credential replaced the stored one.
+    Updated(Box<Account>),
+    /// The same credential was there already (settings may have changed).
+    Unchanged(Box<Account>),
+}
+
+impl IngestOutcome {
+    /// The account after the ingest.
+    pub fn account(&self) -> &Account {
+        match self {
+            IngestOutcome::Created(a) | IngestOutcome::Updated(a) | IngestOutcome::Unchanged(a) => a,
+        }
+    }
+}
+
+/// The refresh engine. Cheap to share (`Arc<Keeper>`).
+#[derive(Debug)]
+pub struct Keeper {
+    store: Arc<dyn Store>,
+    client: OAuthClient,
+    clock: SharedClock,
+    config: Arc<Config>,
+    data_dir: PathBuf,
+    single_flight: SingleFlight,
+    attempts: Mutex<HashMap<String, VecDeque<DateTime<Utc>>>>,
+    events: broadcast::Sender<KeeperEvent>,
+    lock_wait: Duration,
+}
+
+fn fp(c: &Credential) -> String {
+    c.access_token.fingerprint()
+}
+
+impl Keeper {
+    /// Builds a keeper over a store.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        data_dir: &Path,
+        clock: SharedClock,
+    ) -> Result<Self, KeeperError> {
+        let client = OAuthClient::new(&config.provider(ANTHROPIC))?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            store,
+            client,
+            clock,
+            config,
+            data_dir: data_dir.to_owned(),
+            single_flight: SingleFlight::default(),
+            attempts: Mutex::new(HashMap::new()),
+            events,
+            lock_wait: LOCK_WAIT,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The OAuth client.
+    pub fn client(&self) -> &OAuthClient {
+        &self.client
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The configured lead time.
+    pub fn lead(&self) -> Duration {
+        self.config.keeper.lead
+    }
+
+    /// Subscribes to events.
+    pub fn subscribe(&self) -> broadcast::Receiver<KeeperEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, event: KeeperEvent) {
+        // No subscribers is fine (the CLI has none).
+        let _ = self.events.send(event);
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Picks the account to act on: the named one, or the only one.
+    pub async fn resolve_account(&self, name: Option<&str>) -> Result<Account, KeeperError> {
+        match name {
+            Some(n) => self.store.get_account(n).await?.ok_or_else(|| KeeperError::NoSuchAccount(n.to_owned())),
+            None => {
+                let mut all = self.store.list_accounts().await?;
+                match all.len() {
+                    0 => Err(KeeperError::NoAccounts),
+                    1 => Ok(all.remove(0)),
+                    _ => Err(KeeperError::Ambiguous(all.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "))),
+                }
+            }
+        }
+    }
+
+    /// Refreshes `name` according to `policy`, through every lock. See the module docs.
+    pub async fn refresh(&self, name: &str, policy: RefreshPolicy) -> Result<RefreshResult, KeeperError> {
+        let _in_process = self.single_flight.acquire(name).await;
+        let seen = self.get(name).await?;
+        if seen.mode == Mode::Follow {
+            return self.follow(seen, policy).await;
+        }
+        let seen = self.adopt_from_bound(seen).await?;
+        if let RefreshPolicy::IfWithin(lead) = policy {
+            if !seen.credential.needs_refresh(self.now(), chrono_duration(lead)) {
+                return Ok(RefreshResult::NotNeeded(Box::new(seen)));
+            }
+        }
+        self.check_refreshable(&seen)?;
+
+        let _cross_process = DataDirLock::acquire(&self.data_dir, name, self.lock_wait).await?;
+        let _claude = match &seen.binding {
+            Some(b) if b.kind == BindingKind::ClaudeCredentials => match b.path.parent() {
+                Some(dir) => Some(ClaudeLock::acquire(&claude_lock_dirs(dir), self.lock_wait).await?),
+                None => None,
+            },
+            _ => None,
+        };
+
+        // Under the locks: whoever refreshed while we waited has committed; take theirs.
+        let latest = self.get(name).await?;
+        let latest = self.adopt_from_bound(latest).await?;
+        let now = self.now();
+        let changed_meanwhile = latest.version != seen.version;
+        match policy {
+            RefreshPolicy::IfWithin(lead) => {
+                if !latest.credential.needs_refresh(now, chrono_duration(lead)) {
+                    return Ok(if changed_meanwhile {
+                        RefreshResult::Adopted(Box::new(latest))
+                    } else {
+                        RefreshResult::NotNeeded(Box::new(latest))
+                    });
+                }
+            }
+            RefreshPolicy::Force => {
+                let recent = latest
+                    .last_refreshed_at
+                    .is_some_and(|t| now - t < chrono_duration(FORCE_SATISFIED_WITHIN) && now >= t);
+                if (changed_meanwhile || recent) && !latest.credential.is_expired(now) {
+                    return Ok(RefreshResult::Adopted(Box::new(latest)));
+                }
+            }
+        }
+        self.check_refreshable(&latest)?;
+        self.take_attempt(name, now)?;
+        self.spend(latest).await
+    }
+
+    fn check_refreshable(&self, account: &Account) -> Result<(), KeeperError> {
+        if account.state == AccountState::NeedsLogin {
+            return Err(KeeperError::NeedsLogin {
+                account: account.name.clone(),
+                reason: account.last_error.clone().unwrap_or_else(|| "rejected earlier".into()),
+            });
+        }
+        if !account.credential.is_refreshable() {
+            return Err(KeeperError::NotRefreshable {
+                account: account.name.clone(),
+                expires: account.credential.expires_at.to_rfc3339(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bounds attempts per account per hour, whatever the provider answers.
+    fn take_attempt(&self, name: &str, now: DateTime<Utc>) -> Result<(), KeeperError> {
+        let max = self.config.keeper.max_attempts_per_hour as usize;
+        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let window = map.entry(name.to_owned()).or_default();
+        while window.front().is_some_and(|t| now - *t >= chrono::Duration::hours(1)) {
+            window.pop_front();
+        }
+        if window.len() >= max {
+            let retry = window.front().map(|t| (*t + chrono::Duration::hours(1) - now).to_std().unwrap_or_default());
+            return Err(KeeperError::TryLater {
+                account: name.to_owned(),
+                reason: format!("{max} refresh attempts in the last hour already; waiting before the next"),
+                retry_after: retry,
+            });
+        }
+        window.push_back(now);
+        Ok(())
+    }
+
+    /// Spends the refresh token and commits the answer. The commit is the first thing done with
+    /// a successful answer: until it is durable, a crash loses the new refresh token.
+    async fn spend(&self, account: Account) -> Result<RefreshResult, KeeperError> {
+        let name = account.name.clone();
+        let Some(refresh_token) = account.credential.refresh_token.clone() else {
+            return Err(KeeperError::NotRefreshable {
+                account: name,
+                expires: account.credential.expires_at.to_rfc3339(),
+            });
+        };
+        let outcome = self.client.refresh(&refresh_token, &account.credential.scopes).await;
+        match outcome {
+            TokenOutcome::Success(grant) => self.commit_refresh(account, grant).await,
+            TokenOutcome::Rejected { reason } => {
+                let now = self.now();
+                let msg = format!("rejected by the provider: {reason}");
+                self.store
+                    .patch_account(
+                        &name,
+                        &AccountPatch {
+                            state: Some(AccountState::NeedsLogin),
+                            last_error: Some(Some(msg.clone())),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                self.event(&name, EventKind::RefreshFailed, format!("needs login: {reason}")).await;
+                tracing::error!(account = %name, %reason, "refresh token rejected; the account needs a new login");
+                self.publish(KeeperEvent::RefreshFailed { account: name.clone(), reason: msg });
+                Err(KeeperError::NeedsLogin { account: name, reason })
+            }
+            TokenOutcome::RateLimited { retry_after, reason } => {
+                self.note_failure(&name, &format!("rate limited: {reason}")).await;
+                Err(KeeperError::TryLater { account: name, reason: format!("rate limited: {reason}"), retry_after })
+            }
+            TokenOutcome::Transient { reason } => {
+                self.note_failure(&name, &reason).await;
+                Err(KeeperError::TryLater { account: name, reason, retry_after: None })
+            }
+        }
+    }
+
+    async fn commit_refresh(&self, account: Account, grant: TokenGrant) -> Result<RefreshResult, KeeperError> {
+        let now = self.now();
+        let email = grant.email.clone();
+        let organization = grant.organization.clone();
+        let credential = grant.into_credential(now, Some(&account.credential));
+        let detail = format!(
+            "{} (expires {}) -> {} (expires {})",
+            fp(&account.credential),
+            account.credential.expires_at.to_rfc3339(),
+            fp(&credential),
+            credential.expires_at.to_rfc3339()
+        );
+        let mut update = CredentialUpdate {
+            expected_version: account.version,
+            credential,
+            change: CredentialChange::Refreshed,
+            at: now,
+            detail,
+            email,
+            organization,
+        };
+        let mut attempts = 0;
+        let stored = loop {
+            match self.store.update_credential(&account.name, &update).await {
+                Ok(a) => break a,
+                Err(StoreError::VersionConflict { found, .. }) if attempts < 3 => {
+                    // Someone wrote without our lock (an import): keep ours only if it is newer.
+                    attempts += 1;
+                    let current = self.get(&account.name).await?;
+                    if update.credential.compare_to(&current.credential) != Freshness::Newer {
+                        return Ok(RefreshResult::Adopted(Box::new(current)));
+                    }
+                    update.expected_version = found;
+                }
+                Err(e) => {
+                    tracing::error!(account = %account.name, error = %e,
+                        "could not store a refreshed credential; the new refresh token may be lost");
+                    return Err(e.into());
+                }
+            }
+        };
+        tracing::info!(
+            account = %stored.name,
+            old_expiry = %account.credential.expires_at.to_rfc3339(),
+            new_expiry = %stored.credential.expires_at.to_rfc3339(),
+            old = %fp(&account.credential),
+            new = %fp(&stored.credential),
+            "refreshed"
+        );
+        self.write_back(&stored).await;
+        self.publish(KeeperEvent::Changed { account: stored.name.clone(), change: CredentialChange::Refreshed });
+        Ok(RefreshResult::Refreshed(Box::new(stored)))
+    }
+
+    async fn note_failure(&self, name: &str, reason: &str) {
+        let now = self.now();
+        let patch = AccountPatch { last_error: Some(Some(reason.to_owned())), ..Default::default() };
+        if let Err(e) = self.store.patch_account(name, &patch, now).await {
+            tracing::warn!(account = %name, error = %e, "could not record a refresh failure");
+        }
+        self.event(name, EventKind::RefreshFailed, reason.to_owned()).await;
+        tracing::warn!(account = %name, %reason, "refresh failed; will retry");
+        self.publish(KeeperEvent::RefreshFailed { account: name.to_owned(), reason: reason.to_owned() });
+    }
+
+    async fn event(&self, account: &str, kind: EventKind, detail: String) {
+        let e = NewEvent { account: account.to_owned(), kind, at: self.now(), detail };
+        if let Err(err) = self.store.record_event(&e).await {
+            tracing::warn!(%account, error = %err, "could not record an event");
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Account, KeeperError> {
+        self.store.get_account(name).await?.ok_or_else(|| KeeperError::NoSuchAccount(name.to_owned()))
+    }
+
+    /// Writes an `own` account's credential to its bound file, if it has one.
+    async fn write_back(&self, account: &Account) {
+        if account.mode != Mode::Own {
+            return;
+        }
+        if let Some(b) = &account.binding {
+            if let Err(e) = write_bound(b, &account.credential) {
+                tracing::warn!(account = %account.name, file = %b.path.display(), error = %e,
+                    "could not write the credential back to the bound file");
+            }
+        }
+    }
+
+    /// Reconciles an account with its bound file: adopts a newer credential found there; for
+    /// an `own` account, repairs a file holding an older credential or a blank stub.
+    pub async fn adopt_from_bound(&self, account: Account) -> Result<Account, KeeperError> {
+        let Some(binding) = account.binding.clone() else { return Ok(account) };
+        let now = self.now();
+        match read_bound(&binding, now) {
+            BoundContent::Missing => Ok(account),
+            BoundContent::Credential(parsed) => match parsed.credential.compare_to(&account.credential) {
+                Freshness::Newer => {
+                    let detail = format!(
+                        "adopted {} (expires {}) from {}",
+                        fp(&parsed.credential),
+                        parsed.credential.expires_at.to_rfc3339(),
+                        binding.path.display()
+                    );
+                    let update = CredentialUpdate {
+                        expected_version: account.version,
+                        credential: parsed.credential.clone(),
+                        change: CredentialChange::Adopted,
+                        at: now,
+                        detail,
+                        email: parsed.email.clone(),
+                        organization: None,
+                    };
+                    match self.store.update_credential(&account.name, &update).await {
+                        Ok(a) => {
+                            tracing::info!(account = %a.name, new = %fp(&a.credential), file = %binding.path.display(),
+                                "adopted a credential refreshed by someone else");
+                            self.publish(KeeperEvent::Changed { account: a.name.clone(), change: CredentialChange::Adopted });
+                            Ok(a)
+                        }
+                        Err(StoreError::VersionConflict { .. }) => self.get(&account.name).await,
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                Freshness::Same => Ok(account),
+                Freshness::Older | Freshness::Blank => {
+                    self.repair(&account, &binding, "an older credential").await;
+                    Ok(account)
+                }
+            },
+            BoundContent::Unusable(reason) => {
+                self.repair(&account, &binding, &reason).await;
+                Ok(account)
+            }
+        }
+    }
+
+    async fn repair(&self, account: &Account, binding: &Binding, what: &str) {
+        if account.mode != Mode::Own || account.credential.is_blank() {
+            tracing::warn!(account = %account.name, file = %binding.path.display(), found = %what,
+                "bound file holds a credential older than ours; follow mode, leaving it alone");
+            return;
+        }
+        match write_bound(binding, &account.credential) {
+            Ok(_) => {
+                tracing::warn!(account = %account.name, file = %binding.path.display(), found = %what,
+                    "repaired bound file: it held a stale or blank credential");
+                self.event(&account.name, EventKind::Repaired, format!("repaired {} ({what})", binding.path.display()))
+                    .await;
+            }
+            Err(e) => tracing::warn!(account = %account.name, error = %e, "could not repair the bound file"),
+        }
+    }
+
+    /// Follow mode: never refresh; read the bound file, and nudge its owner when due.
+    async fn follow(&self, account: Account, policy: RefreshPolicy) -> Result<RefreshResult, KeeperError> {
+        let before = account.version;
+        let account = self.adopt_from_bound(account).await?;
+        let lead = match policy {
+            RefreshPolicy::IfWithin(l) => l,
+            RefreshPolicy::Force => self.lead(),
+        };
+        let now = self.now();
+        if !account.credential.needs_refresh(now, chrono_duration(lead)) {
+            return Ok(if account.version != before {
+                RefreshResult::Adopted(Box::new(account))
+            } else {
+                RefreshResult::NotNeeded(Box::new(account))
+            });
+        }
+        if let Some(nudge) = self.config.accounts.get(&account.name).and_then(|a| a.nudge.clone()) {
+            if !nudge.is_empty() {
+                tracing::info!(account = %account.name, command = %nudge[0], "nudging the owner to refresh");
+                let run = tokio::process::Command::new(&nudge[0])
+                    .args(&nudge[1..])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .status();
+                match tokio::time::timeout(Duration::from_secs(180), run).await {
+                    Ok(Ok(s)) if s.success() => {}
+                    Ok(Ok(s)) => tracing::warn!(account = %account.name, status = %s, "nudge command failed"),
+                    Ok(Err(e)) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
+                    Err(_) => tracing::warn!(account = %account.name, "nudge command timed out"),
+                }
+                let after = self.adopt_from_bound(self.get(&account.name).await?).await?;
+                if after.version != account.version && !after.credential.needs_refresh(self.now(), chrono_duration(lead))
+                {
+                    return Ok(RefreshResult::Adopted(Box::new(after)));
+                }
+            }
+        }
+        let left = account.credential.time_left(now);
+        let situation = if left.num_seconds() > 0 {
+            format!("expires in {}", human_duration(left))
+        } else {
+            format!("expired {} ago", human_duration(-left))
+        };
+        Err(KeeperError::FollowMode { account: account.name, situation })
+    }
+
+    /// A token fit to hand out: refreshed first if inside the lead time. If a refresh fails
+    /// for a temporary reason but the current token is still valid, it is returned with the
+    /// error as a warning.
+    pub async fn fresh_token(&self, name: Option<&str>) -> Result<(Account, Option<KeeperError>), KeeperError> {
+        let account = self.resolve_account(name).await?;
+        match self.refresh(&account.name, RefreshPolicy::IfWithin(self.lead())).await {
+            Ok(r) => Ok((r.account().clone(), None)),
+            Err(e) => {
+                let current = self.get(&account.name).await?;
+                let usable = !current.credential.is_expired(self.now())
+                    && !current.credential.is_blank()
+                    && !matches!(e, KeeperError::NeedsLogin { .. });
+                if usable {
+                    Ok((current, Some(e)))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Ingests a credential under the never-regress rule.
+    pub async fn ingest(&self, req: Ingest) -> Result<IngestOutcome, KeeperError> {
+        let name = self.ingest_target(req.account.as_deref(), req.parsed.email.as_deref()).await?;
+        tokenkeeper_core::account::validate_account_name(&name).map_err(KeeperError::Invalid)?;
+        if req.parsed.credential.is_blank() {
+            return Err(KeeperError::Refused { account: name, reason: "it is a blank stub".into() });
+        }
+        let _in_process = self.single_flight.acquire(&name).await;
+        let _cross_process = DataDirLock::acquire(&self.data_dir, &name, self.lock_wait).await?;
+        let now = self.now();
+        let cred = req.parsed.credential.clone();
+        let existing = self.store.get_account(&name).await?;
+        let Some(existing) = existing else {
+            let new = NewAccount {
+                name: name.clone(),
+                provider: ANTHROPIC.to_owned(),
+                mode: req.mode.unwrap_or_default(),
+                credential: cred,
+                email: req.parsed.email.clone(),
+                organization: req.organization.clone(),
+                binding: req.binding.clone(),
+                refresh_token_issued_at: None,
+            };
+            let created = self.store.create_account(&new, now, req.change).await?;
+            tracing::info!(account = %name, token = %fp(&created.credential), format = req.parsed.format.describe(), "account created");
+            self.publish(KeeperEvent::Changed { account: name, change: req.change });
+            return Ok(IngestOutcome::Created(Box::new(created)));
+        };
+        let settings = AccountPatch {
+            mode: req.mode.filter(|m| *m != existing.mode),
+            binding: req.binding.clone().filter(|b| existing.binding.as_ref() != Some(b)).map(Some),
+            ..Default::default()
+        };
+        let has_settings = settings.mode.is_some() || settings.binding.is_some();
+        match cred.compare_to(&existing.credential) {
+            Freshness::Newer => {
+                let update = CredentialUpdate {
+                    expected_version: existing.version,
+                    credential: cred,
+                    change: req.change,
+                    at: now,
+                    detail: format!(
+                        "{} from {} replaces {}",
+                        fp(&req.parsed.credential),
+                        req.parsed.format.describe(),
+                        fp(&existing.credential)
+                    ),
+                    email: req.parsed.email.clone(),
+                    organization: req.organization.clone(),
+                };
+                let mut updated = self.store.update_credential(&name, &update).await?;
+                if has_settings {
+                    updated = self.store.patch_account(&name, &settings, now).await?;
+                }
+                tracing::info!(account = %name, token = %fp(&updated.credential), "credential updated");
+                self.write_back(&updated).await;
+                self.publish(KeeperEvent::Changed { account: name, change: req.change });
+                Ok(IngestOutcome::Updated(Box::new(updated)))
+            }
+            Freshness::Same => {
+                let a = if has_settings { self.store.patch_account(&name, &settings, now).await? } else { existing };
+                Ok(IngestOutcome::Unchanged(Box::new(a)))
+            }
+            f @ (Freshness::Older | Freshness::Blank) => {
+                let reason = if f == Freshness::Blank {
+                    "it is a blank stub".to_owned()
+                } else {
+                    format!(
+                        "it expires {} but the stored credential expires {}, so it is older",
+                        req.parsed.credential.expires_at.to_rfc3339(),
+                        existing.credential.expires_at.to_rfc3339()
+                    )
+                };
+                self.event(&name, EventKind::Refused, format!("refused {}: {reason}", fp(&req.parsed.credential))).await;
+                Err(KeeperError::Refused { account: name, reason })
+            }
+        }
+    }
+
+    /// Which account an ingest without `--account` goes to.
+    async fn ingest_target(&self, name: Option<&str>, email: Option<&str>) -> Result<String, KeeperError> {
+        if let Some(n) = name {
+            return Ok(n.to_owned());
+        }
+        let all = self.store.list_accounts().await?;
+        if let Some(e) = email {
+            if let Some(a) = all.iter().find(|a| a.email.as_deref() == Some(e)) {
+                return Ok(a.name.clone());
+            }
+        }
+        match all.len() {
+            0 => Ok("main".to_owned()),
+            1 => Ok(all[0].name.clone()),
+            _ => match email {
+                Some(e) => Ok(e.to_owned()),
+                None => Err(KeeperError::Ambiguous(all.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "))),
+            },
+        }
+    }
+
+    /// Starts a login: the PKCE secrets and the URL to open.
+    pub fn start_login(&self) -> (PkceLogin, String) {
+        let login = PkceLogin::new();
+        let url = self.client.authorize_url(&login);
+        (login, url)
+    }
+
+    /// Finishes a login with the pasted `CODE#STATE` and stores the account.
+    pub async fn finish_login(
+        &self,
+        account: Option<&str>,
+        pasted: &str,
+        login: &PkceLogin,
+    ) -> Result<IngestOutcome, KeeperError> {
+        let code = parse_pasted_code(pasted, &login.state).map_err(|e| KeeperError::Invalid(e.to_string()))?;
+        match self.client.exchange_code(&code, login).await {
+            TokenOutcome::Success(grant) => {
+                let organization = grant.organization.clone();
+                let email = grant.email.clone();
+                let credential = grant.into_credential(self.now(), None);
+                let parsed = ParsedCredential {
+                    credential,
+                    format: tokenkeeper_core::formats::Format::ClaudeJson,
+                    email,
+                };
+                self.ingest(Ingest {
+                    account: account.map(str::to_owned),
+                    parsed,
+                    mode: None,
+                    binding: None,
+                    change: CredentialChange::LoggedIn,
+                    organization,
+                })
+                .await
+            }
+            TokenOutcome::Rejected { reason } => Err(KeeperError::Invalid(format!(
+                "the provider refused the code ({reason}). Codes are single-use and expire after about 10 minutes: run `tokenkeeper login` again and paste the new code promptly"
+            ))),
+            TokenOutcome::RateLimited { reason, retry_after } => {
+                Err(KeeperError::TryLater { account: account.unwrap_or("new").to_owned(), reason, retry_after })
+            }
+            TokenOutcome::Transient { reason } => {
+                Err(KeeperError::TryLater { account: account.unwrap_or("new").to_owned(), reason, retry_after: None })
+            }
+        }
+    }
+
+    /// Removes an account.
+    pub async fn remove(&self, name: &str) -> Result<bool, KeeperError> {
+        let removed = self.store.remove_account(name, self.now()).await?;
+        if removed {
+            self.publish(KeeperEvent::Removed { account: name.to_owned() });
+        }
+        Ok(removed)
+    }
+}
+
+/// std → chrono duration (saturating).
+pub fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,59 @@
+//! Opening what every command needs: configuration, data directory, store, keeper.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use tokenkeeper_core::{paths, system_clock_handle, Config};
+use tokenkeeper_keeper::Keeper;
+use tokenkeeper_store::{EncryptionKey, SqliteStore};
+
+use crate::cli::GlobalArgs;
+
+/// Everything a command needs.
+pub struct App {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The store (concrete, for its change-notification file).
+    pub store: Arc<SqliteStore>,
+    /// The keeper.
+    pub keeper: Arc<Keeper>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Loads the configuration only (for commands that need no store).
+pub fn load_config(global: &GlobalArgs) -> Result<Config> {
+    let default = paths::default_config_path();
+    Ok(Config::load(global.config.as_deref(), default.as_deref(), &env)?)
+}
+
+/// The data directory in force.
+pub fn data_dir(global: &GlobalArgs) -> Result<PathBuf> {
+    match &global.data_dir {
+        Some(d) => Ok(d.clone()),
+        None => paths::default_data_dir()
+            .context("cannot find a home directory for the default data directory; pass --data-dir or set TOKENKEEPER_DATA_DIR"),
+    }
+}
+
+impl App {
+    /// Opens config, store and keeper.
+    pub async fn open(global: &GlobalArgs) -> Result<App> {
+        let config = Arc::new(load_config(global)?);
+        let data_dir = data_dir(global)?;
+        let key = EncryptionKey::load_or_create(env("TOKENKEEPER_KEY").as_deref(), &data_dir)?;
+        let store = Arc::new(
+            SqliteStore::open(&data_dir, key)
+                .await
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?,
+        );
+        let keeper = Arc::new(Keeper::new(store.clone(), config.clone(), &data_dir, system_clock_handle())?);
+        Ok(App { config, data_dir, store, keeper })
+    }
+}

@@ -1,0 +1,183 @@
+//! Command-line arguments (clap derive). Each subcommand maps to one module in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps OAuth subscription credentials (Claude Code first) fresh, and delivers them.
+///
+/// tokenkeeper refreshes each account's access token ahead of expiry, exactly once per
+/// rotation whoever else is running, and hands it to scripts, files and services.
+#[derive(Debug, Parser)]
+#[command(name = "tokenkeeper", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Options for every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Data directory (store, key, locks) [default: ~/.local/share/tokenkeeper]
+    #[arg(long, global = true, env = "TOKENKEEPER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Config file [default: ~/.config/tokenkeeper/config.toml, if it exists]
+    #[arg(long, global = true, env = "TOKENKEEPER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log in with a browser (on any machine) and store the account
+    Login(LoginArgs),
+    /// Import a credential: Claude Code's file, stdin (JSON, base64, OpenClaw, bare token) or the macOS Keychain
+    Import(ImportArgs),
+    /// List accounts, or remove one
+    Accounts(AccountsArgs),
+    /// Show each account's status: time left, refresh-token age, last refresh, last error
+    Status(StatusArgs),
+    /// Print a fresh access token (refreshing first if it is due), for $(tokenkeeper token)
+    Token(AccountArg),
+    /// Refresh now, or only if due (for cron and systemd timers)
+    Refresh(RefreshArgs),
+    /// Run a command with a fresh token in its environment (CLAUDE_CODE_OAUTH_TOKEN)
+    Exec(ExecArgs),
+    /// Run the keeper: refresh every account ahead of expiry, watch sources, deliver to sinks
+    Serve(ServeArgs),
+    /// Deliver every account to its sinks once and exit
+    Sync(AccountArg),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+}
+
+/// `--account NAME`.
+#[derive(Debug, Args, Clone)]
+pub struct AccountArg {
+    /// Account name (may be left out when there is only one)
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+}
+
+/// `login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Name of the account to create or update [default: the only account, or `main`]
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+}
+
+/// Who refreshes an imported account.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// tokenkeeper refreshes it (and writes the result back to the source file)
+    Own,
+    /// Claude Code refreshes it; tokenkeeper only reads and propagates
+    Follow,
+}
+
+/// `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A credentials file, `-` for stdin, or `keychain` [default: ~/.claude/.credentials.json, honouring CLAUDE_CONFIG_DIR]
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
+    /// Account name [default: the only account, or `main`]
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+    /// Who refreshes it [default: own]
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Do not bind the account to a Claude Code source file (no write-back, no watching)
+    #[arg(long)]
+    pub no_bind: bool,
+}
+
+/// `accounts`.
+#[derive(Debug, Args)]
+pub struct AccountsArgs {
+    /// Remove an account
+    #[command(subcommand)]
+    pub action: Option<AccountsAction>,
+    /// Output JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `accounts …`.
+#[derive(Debug, Subcommand)]
+pub enum AccountsAction {
+    /// Remove an account and its stored credential
+    Remove {
+        /// The account
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this account
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+    /// Output JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `refresh`.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Account name (may be left out when there is only one)
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+    /// Refresh even outside the lead time (a refresh by another process in the last 30 s counts)
+    #[arg(long, conflicts_with = "if_needed")]
+    pub force: bool,
+    /// Refresh only inside the lead time (the default)
+    #[arg(long)]
+    pub if_needed: bool,
+    /// Also deliver the result to the account's sinks
+    #[arg(long)]
+    pub sync: bool,
+}
+
+/// `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Account name (may be left out when there is only one)
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+    /// Also put the token in this variable (repeatable); CLAUDE_CODE_OAUTH_TOKEN is always set
+    #[arg(long = "env", value_name = "VAR")]
+    pub env: Vec<String>,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Do not start the HTTP server
+    #[arg(long)]
+    pub no_http: bool,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}

@@ -1,0 +1,38 @@
+//! One module per subcommand; each maps its arguments to calls into the library.
+
+mod accounts;
+mod exec;
+mod import;
+mod login;
+mod refresh;
+mod serve;
+mod status;
+mod sync;
+mod token;
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::app::App;
+use crate::cli::{Cli, Command};
+use crate::exit;
+
+/// Runs the command; returns the exit status.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let global = cli.global;
+    match cli.command {
+        Command::Completions(args) => {
+            clap_complete::generate(args.shell, &mut Cli::command(), "tokenkeeper", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Login(args) => login::run(&App::open(&global).await?, args).await,
+        Command::Import(args) => import::run(&App::open(&global).await?, args).await,
+        Command::Accounts(args) => accounts::run(&App::open(&global).await?, args).await,
+        Command::Status(args) => status::run(&App::open(&global).await?, args).await,
+        Command::Token(args) => token::run(&App::open(&global).await?, args).await,
+        Command::Refresh(args) => refresh::run(&App::open(&global).await?, args).await,
+        Command::Exec(args) => exec::run(&App::open(&global).await?, args).await,
+        Command::Serve(args) => serve::run(App::open(&global).await?, args).await,
+        Command::Sync(args) => sync::run(&App::open(&global).await?, args).await,
+    }
+}
