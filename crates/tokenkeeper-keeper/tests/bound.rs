@@ -1,0 +1,89 @@
+//! A bound Claude Code file overwritten with a blank stub or an older token is repaired; a
+//! newer token written there by Claude Code is adopted; follow mode never refreshes.
+
+mod support;
+
+use tokenkeeper_core::formats::{parse_credential, render_claude_credentials};
+use tokenkeeper_core::store::EventKind;
+use tokenkeeper_core::{Binding, BindingKind, Mode, Store};
+use tokenkeeper_keeper::{KeeperError, RefreshPolicy};
+
+fn bound(env: &support::Env) -> (std::path::PathBuf, Binding) {
+    let dir = env.dir.path().join("home/.claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(".credentials.json");
+    (file.clone(), Binding { kind: BindingKind::ClaudeCredentials, path: file })
+}
+
+#[tokio::test]
+async fn blank_stub_and_older_token_are_repaired() {
+    let env = support::env(|_| {}).await;
+    let (file, binding) = bound(&env);
+    std::fs::write(&file, r#"{"claudeAiOauth":{},"otherKey":"kept"}"#).unwrap();
+    let (a, _) = env.seed("main", Some(binding), Mode::Own).await;
+    let good = a.credential.access_token.clone();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"otherKey\":\"kept\""), "unknown keys must survive: {text}");
+    assert!(text.contains("user:inference"));
+
+    // The loser of a refresh race writes a blank stub.
+    std::fs::write(&file, r#"{"claudeAiOauth":{"accessToken":"","refreshToken":"","expiresAt":0,"scopes":[]},"otherKey":"kept"}"#).unwrap();
+    let a = env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    assert_eq!(a.credential.access_token, good);
+    let repaired = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
+    assert_eq!(repaired.credential.access_token, good);
+
+    // An older token.
+    let mut older = a.credential.clone();
+    older.access_token = "sk-ant-oat01-older".into();
+    older.expires_at -= chrono::Duration::hours(3);
+    std::fs::write(&file, render_claude_credentials(None, &older).unwrap()).unwrap();
+    env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    let repaired = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
+    assert_eq!(repaired.credential.access_token, good);
+    // Half-written JSON.
+    std::fs::write(&file, "{\"claudeAiOauth\":{\"accessTo").unwrap();
+    env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    let repaired = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
+    assert_eq!(repaired.credential.access_token, good);
+
+    let events = env.store.events(Some("main"), 50).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::Repaired).count(), 3);
+    assert_eq!(env.account("main").await.version, a.version, "repairs never change the stored credential");
+}
+
+#[tokio::test]
+async fn newer_token_from_claude_code_is_adopted_not_refreshed_again() {
+    let env = support::env(|_| {}).await;
+    let (file, binding) = bound(&env);
+    env.seed("main", Some(binding), Mode::Own).await;
+    // Claude Code logs in again (or refreshed): a newer credential lands in the file.
+    let t = env.mock.issue_login("main@example.com");
+    env.clock.advance(chrono::Duration::minutes(1));
+    let t2 = env.mock.issue_login("main@example.com");
+    let newer = support::Env::credential(&t2);
+    std::fs::write(&file, render_claude_credentials(None, &newer).unwrap()).unwrap();
+    let a = env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    assert_eq!(a.credential.access_token.expose(), t2.access_token);
+    assert_eq!(env.mock.counts().refresh_ok, 0);
+    let _ = t;
+}
+
+#[tokio::test]
+async fn follow_mode_reads_but_never_refreshes() {
+    let env = support::env(|_| {}).await;
+    let (file, binding) = bound(&env);
+    let (a, _) = env.seed("f", Some(binding), Mode::Follow).await;
+    // Follow mode never writes the bound file.
+    assert!(!file.exists());
+    env.clock.set(a.credential.expires_at - chrono::Duration::minutes(5));
+    let e = env.keeper.refresh("f", RefreshPolicy::Force).await.unwrap_err();
+    assert!(matches!(e, KeeperError::FollowMode { .. }), "{e}");
+    assert_eq!(env.mock.counts().token_requests, 0);
+    // Claude Code refreshes; we pick it up.
+    let t = env.mock.issue_login("f@example.com");
+    std::fs::write(&file, render_claude_credentials(None, &support::Env::credential(&t)).unwrap()).unwrap();
+    let r = env.keeper.refresh("f", RefreshPolicy::IfWithin(env.keeper.lead())).await.unwrap();
+    assert_eq!(r.account().credential.access_token.expose(), t.access_token);
+    assert_eq!(env.mock.counts().token_requests, 0);
+}

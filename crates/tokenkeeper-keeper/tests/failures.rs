@@ -1,0 +1,141 @@
+//! Each failure class: rejected → needs-login and silence; rate limited → Retry-After honoured;
+//! transient → bounded backoff while the valid token keeps being served; recovery on the first
+//! attempt after the provider heals.
+
+mod support;
+
+use std::time::Duration;
+
+use tokenkeeper_core::{AccountState, Mode, Store};
+use tokenkeeper_keeper::schedule::Scheduler;
+use tokenkeeper_keeper::{KeeperError, RefreshPolicy, RefreshResult};
+use tokenkeeper_mock::Fault;
+
+#[tokio::test]
+async fn rejected_refresh_token_means_needs_login_and_no_more_attempts() {
+    let env = support::env(|_| {}).await;
+    let (_, t) = env.seed("main", None, Mode::Own).await;
+    env.mock.revoke(&t.refresh_token);
+    let mut events = env.keeper.subscribe();
+    let err = env.keeper.refresh("main", RefreshPolicy::Force).await.unwrap_err();
+    assert!(matches!(err, KeeperError::NeedsLogin { .. }), "{err}");
+    assert!(err.to_string().contains("tokenkeeper login --account main"), "{err}");
+    let a = env.account("main").await;
+    assert_eq!(a.state, AccountState::NeedsLogin);
+    assert!(a.last_error.is_some());
+    assert!(matches!(events.try_recv(), Ok(tokenkeeper_keeper::KeeperEvent::RefreshFailed { .. })));
+    // The scheduler leaves it alone; a forced refresh does not reach the provider either.
+    let mut sched = Scheduler::new(env.keeper.clone());
+    assert!(sched.due_at(&a).is_none());
+    env.clock.advance(chrono::Duration::hours(9));
+    assert!(sched.tick().await.unwrap().is_empty());
+    let requests = env.mock.counts().token_requests;
+    assert!(env.keeper.refresh("main", RefreshPolicy::Force).await.is_err());
+    assert_eq!(env.mock.counts().token_requests, requests);
+    // A new credential brings it back.
+    let (a, _) = env.seed("main", None, Mode::Own).await;
+    assert_eq!(a.state, AccountState::Active);
+    assert!(sched.due_at(&a).is_some());
+}
+
+#[tokio::test]
+async fn rate_limited_waits_for_retry_after() {
+    let env = support::env(|_| {}).await;
+    env.seed("main", None, Mode::Own).await;
+    env.mock.push_fault(Fault::RateLimited { retry_after_secs: 900 });
+    let mut sched = Scheduler::new(env.keeper.clone());
+    let due = sched.next_deadline().await.unwrap().unwrap();
+    env.clock.set(due);
+    let results = sched.tick().await.unwrap();
+    match &results[0].1 {
+        Err(KeeperError::TryLater { retry_after: Some(d), .. }) => assert_eq!(*d, Duration::from_secs(900)),
+        other => panic!("{other:?}"),
+    }
+    let next = sched.next_deadline().await.unwrap().unwrap();
+    assert!(next >= due + chrono::Duration::seconds(900), "retried before Retry-After");
+    env.clock.set(next);
+    let results = sched.tick().await.unwrap();
+    assert!(matches!(results[0].1, Ok(RefreshResult::Refreshed(_))));
+}
+
+#[tokio::test]
+async fn an_hour_of_500s_is_a_bounded_number_of_attempts_then_recovery() {
+    let env = support::env(|_| {}).await;
+    env.seed("main", None, Mode::Own).await;
+    env.mock.set_persistent_fault(Some(Fault::ServerError));
+    let mut sched = Scheduler::new(env.keeper.clone());
+    let first = sched.next_deadline().await.unwrap().unwrap();
+    let hour_later = first + chrono::Duration::hours(1);
+    env.clock.set(first);
+    let mut attempts = 0;
+    loop {
+        let results = sched.tick().await.unwrap();
+        attempts += results.len();
+        for (_, r) in &results {
+            assert!(matches!(r, Err(KeeperError::TryLater { .. })), "{r:?}");
+        }
+        let next = sched.next_deadline().await.unwrap().unwrap();
+        if next > hour_later {
+            break;
+        }
+        env.clock.set(next);
+        // Meanwhile the still-valid token keeps being served.
+        let (a, warning) = env.keeper.fresh_token(Some("main")).await.unwrap();
+        assert!(warning.is_some());
+        assert!(!a.credential.is_expired(env.clock.now()));
+    }
+    let requests = env.mock.counts().token_requests;
+    // Backoff 30 s doubling to 10 min: about 10 in an hour; never more than the hourly cap (12).
+    assert!((5..=12).contains(&requests), "{requests} token requests in an hour of 500s");
+    assert!(attempts >= 5);
+    assert_eq!(env.account("main").await.state, AccountState::Active);
+    // The provider heals: the next attempt succeeds.
+    env.mock.set_persistent_fault(None);
+    let next = sched.next_deadline().await.unwrap().unwrap();
+    env.clock.set(next);
+    let results = sched.tick().await.unwrap();
+    assert!(matches!(results[0].1, Ok(RefreshResult::Refreshed(_))), "{:?}", results[0].1);
+    assert_eq!(env.mock.counts().refresh_ok, 1);
+    assert!(env.account("main").await.last_error.is_none());
+}
+
+#[tokio::test]
+async fn attempts_per_hour_are_capped_whatever_the_caller() {
+    let env = support::env(|c| c.keeper.max_attempts_per_hour = 3).await;
+    env.seed("main", None, Mode::Own).await;
+    env.mock.set_persistent_fault(Some(Fault::Html));
+    for _ in 0..3 {
+        let e = env.keeper.refresh("main", RefreshPolicy::Force).await.unwrap_err();
+        assert!(e.to_string().contains("HTML"), "{e}");
+    }
+    let e = env.keeper.refresh("main", RefreshPolicy::Force).await.unwrap_err();
+    assert!(e.to_string().contains("attempts in the last hour"), "{e}");
+    assert_eq!(env.mock.counts().token_requests, 3);
+    env.clock.advance(chrono::Duration::minutes(61));
+    env.mock.set_persistent_fault(None);
+    assert!(env.keeper.refresh("main", RefreshPolicy::Force).await.is_ok());
+}
+
+#[tokio::test]
+async fn long_lived_tokens_are_not_refreshable_but_are_served() {
+    let env = support::env(|_| {}).await;
+    let parsed = tokenkeeper_core::formats::parse_credential("sk-ant-oat01-setupTOKEN", env.clock.now()).unwrap();
+    env.keeper
+        .ingest(tokenkeeper_keeper::Ingest {
+            account: Some("ci".into()),
+            parsed,
+            mode: None,
+            binding: None,
+            change: tokenkeeper_core::store::CredentialChange::Imported,
+            organization: None,
+        })
+        .await
+        .unwrap();
+    let (a, warning) = env.keeper.fresh_token(Some("ci")).await.unwrap();
+    assert!(warning.is_none());
+    assert_eq!(a.credential.access_token.expose(), "sk-ant-oat01-setupTOKEN");
+    let e = env.keeper.refresh("ci", RefreshPolicy::Force).await.unwrap_err();
+    assert!(matches!(e, KeeperError::NotRefreshable { .. }));
+    assert!(Scheduler::new(env.keeper.clone()).due_at(&env.account("ci").await).is_none());
+    let _ = env.store.list_accounts().await.unwrap();
+}

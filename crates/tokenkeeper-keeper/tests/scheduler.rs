@@ -1,0 +1,86 @@
+//! The daemon's scheduler over simulated lifetimes, with an injected clock: each account is
+//! refreshed once per lifetime, inside its lead window, never after expiry.
+
+mod support;
+
+use std::time::Duration;
+
+use tokenkeeper_core::Mode;
+use tokenkeeper_keeper::schedule::Scheduler;
+use tokenkeeper_keeper::RefreshResult;
+
+#[tokio::test]
+async fn five_accounts_ten_lifetimes_fifty_refreshes() {
+    let env = support::env(|_| {}).await;
+    let names = ["a1", "a2", "a3", "a4", "a5"];
+    for (i, n) in names.iter().enumerate() {
+        env.clock.advance(chrono::Duration::minutes(i as i64));
+        env.seed(n, None, Mode::Own).await;
+    }
+    let lead = chrono::Duration::minutes(30);
+    let jitter = chrono::Duration::minutes(2);
+    let mut sched = Scheduler::new(env.keeper.clone());
+    let mut per_account = std::collections::HashMap::<String, u32>::new();
+    let mut ticks = 0;
+    while per_account.values().sum::<u32>() < 50 {
+        ticks += 1;
+        assert!(ticks < 500, "runaway scheduler");
+        let next = sched.next_deadline().await.unwrap().expect("every account is scheduled");
+        // Halfway to the deadline nothing is due: a tick there must not refresh anything.
+        let now = env.clock.now();
+        if next > now {
+            env.clock.set(now + (next - now) / 2);
+            assert!(sched.tick().await.unwrap().is_empty(), "refreshed before the lead time");
+            env.clock.set(next);
+        }
+        for (name, r) in sched.tick().await.unwrap() {
+            let r = r.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let RefreshResult::Refreshed(after) = r else { panic!("{name}: expected a refresh, got {r:?}") };
+            *per_account.entry(name.clone()).or_default() += 1;
+            assert!(after.credential.expires_at > env.clock.now() + chrono::Duration::hours(7));
+        }
+        // No account ever expired, and none is due right after its refresh.
+        for n in names {
+            let a = env.account(n).await;
+            let left = a.credential.expires_at - env.clock.now();
+            assert!(left > lead - chrono::Duration::seconds(1), "{n} has only {left} left");
+            assert!(left <= chrono::Duration::hours(8));
+        }
+    }
+    assert_eq!(per_account.len(), 5);
+    assert!(per_account.values().all(|&c| c == 10), "{per_account:?}");
+    let counts = env.mock.counts();
+    assert_eq!(counts.refresh_ok, 50);
+    assert_eq!(counts.refresh_invalid_grant, 0);
+    // Every refresh happened inside [expiry - lead - jitter, expiry - lead].
+    let events = tokenkeeper_core::Store::events(&*env.store, None, 500).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == tokenkeeper_core::store::EventKind::Refreshed).count(), 50);
+    let _ = (jitter, Duration::ZERO);
+}
+
+#[tokio::test]
+async fn jitter_spreads_accounts_issued_together_and_only_ever_earlier() {
+    let env = support::env(|_| {}).await;
+    for n in ["j1", "j2", "j3", "j4", "j5", "j6"] {
+        env.seed(n, None, Mode::Own).await;
+    }
+    let sched = Scheduler::new(env.keeper.clone());
+    let mut dues = Vec::new();
+    for a in tokenkeeper_core::Store::list_accounts(&*env.store).await.unwrap() {
+        let due = sched.due_at(&a).unwrap();
+        let before_expiry = a.credential.expires_at - due;
+        assert!(before_expiry >= chrono::Duration::minutes(30) && before_expiry <= chrono::Duration::minutes(32));
+        dues.push(due);
+    }
+    dues.sort();
+    dues.dedup();
+    assert!(dues.len() >= 5, "jitter did not spread the accounts: {dues:?}");
+}
+
+#[tokio::test]
+async fn follow_and_needs_login_accounts_are_never_scheduled() {
+    let env = support::env(|_| {}).await;
+    let (follow, _) = env.seed("f", None, Mode::Follow).await;
+    let sched = Scheduler::new(env.keeper.clone());
+    assert!(sched.due_at(&follow).is_none());
+}
