@@ -1,1 +1,65 @@
-//! tokenkeeper-store (under construction).
+//! The durable store of tokenkeeper: implementations of [`tokenkeeper_core::Store`], with the
+//! tokens encrypted at rest.
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # async fn demo(data_dir: std::path::PathBuf) -> Result<(), tokenkeeper_core::StoreError> {
+//! use std::sync::Arc;
+//! use tokenkeeper_core::Store;
+//! use tokenkeeper_store::{EncryptionKey, SqliteStore};
+//!
+//! let key = EncryptionKey::load_or_create(std::env::var("TOKENKEEPER_KEY").ok().as_deref(), &data_dir)?;
+//! let store = SqliteStore::open(&data_dir, key).await?;
+//! let watch_this = store.changes_path();
+//! let store: Arc<dyn Store> = Arc::new(store);
+//! # Ok(()) }
+//! ```
+//!
+//! # Files
+//!
+//! Everything lives in the data directory (created 0700): `tokenkeeper.db` with its `-wal`
+//! and `-shm` files (0600), `key` (0600, unless `TOKENKEEPER_KEY` is set), and
+//! `tokenkeeper.changed`, rewritten after every committed write so another process can watch it
+//! instead of polling.
+//!
+//! # Schema (`migrations/sqlite/`)
+//!
+//! - `accounts`: one row per account, keyed by `name`. Everything `status` shows is in clear
+//!   columns (provider, mode, expiry, scopes, subscription, email, binding, state, timestamps,
+//!   usage, last error); only the tokens are secret, in `secret`. `version` counts credential
+//!   updates.
+//! - `events`: the history, `id` increasing; it outlives removed accounts.
+//! - `api_keys`: SHA-256 hashes of API keys with their scopes and accounts; a name is unique
+//!   among unrevoked keys.
+//!
+//! Timestamps are integer milliseconds since the Unix epoch; lists are JSON arrays.
+//!
+//! # Compare-and-set
+//!
+//! [`Store::update_credential`](tokenkeeper_core::Store::update_credential) runs in one
+//! `BEGIN IMMEDIATE` transaction: it takes the database's write lock, reads the row's
+//! `version`, fails with [`StoreError::VersionConflict`](tokenkeeper_core::StoreError) unless it
+//! is the version the writer read, and otherwise writes the new credential, bumps the version
+//! and records the event before committing. Writers in other tasks or processes wait for the
+//! lock (busy timeout) and then see the new version, so of several writers racing from the same
+//! version exactly one wins and a stale writer can never overwrite a newer token.
+//!
+//! # Encryption
+//!
+//! See [`crypto`]: XChaCha20-Poly1305 under a 32-byte key, a random nonce per write, the account
+//! name as associated data, stored as `v1:<base64(nonce || ciphertext)>`.
+//!
+//! # Conformance
+//!
+//! With the `testing` feature, [`testing::story`] exercises every method of the trait; every
+//! implementation runs it.
+
+pub mod crypto;
+mod fs;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use crypto::EncryptionKey;
+pub use sqlite::SqliteStore;

@@ -1,0 +1,327 @@
+//! Encryption at rest of the tokens in the store.
+//!
+//! The key is 32 random bytes, from `TOKENKEEPER_KEY` (base64) or else the key file
+//! `<data_dir>/key` (base64, one line, mode 0600), created on first use. Tokens are sealed with
+//! XChaCha20-Poly1305 under a fresh random 24-byte nonce, with the account name as associated
+//! data, so a ciphertext copied into another account's row does not decrypt. The stored text is
+//! `v1:<base64(nonce || ciphertext)>`; the plaintext is the JSON
+//! `{"access_token": …, "refresh_token": …}`. This is the only module that calls
+//! [`Secret::expose`].
+
+use std::fmt;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokenkeeper_core::{Secret, StoreError};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::fs::{ensure_private_dir, io_error, sync_dir};
+
+/// Name of the key file inside the data directory.
+pub const KEY_FILE_NAME: &str = "key";
+
+/// Length of a key, in bytes.
+const KEY_LEN: usize = 32;
+
+/// Length of an XChaCha20 nonce, in bytes.
+const NONCE_LEN: usize = 24;
+
+/// Length of a Poly1305 tag, in bytes.
+const TAG_LEN: usize = 16;
+
+/// Prefix of the current storage format.
+const FORMAT_V1: &str = "v1:";
+
+/// What to tell someone whose `TOKENKEEPER_KEY` is unusable.
+const ENV_KEY_HELP: &str = "TOKENKEEPER_KEY must be 32 bytes, base64-encoded; make one with `openssl rand -base64 32`";
+
+/// The key that encrypts tokens at rest. Wiped from memory when dropped; `Debug` never shows it.
+pub struct EncryptionKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl EncryptionKey {
+    /// Parses a base64-encoded 32-byte key (surrounding whitespace ignored), as given in
+    /// `TOKENKEEPER_KEY`.
+    pub fn from_base64(text: &str) -> Result<Self, StoreError> {
+        Self::decode(text).ok_or_else(|| StoreError::Key(ENV_KEY_HELP.to_owned()))
+    }
+
+    /// The key to use: `env_value` (the value of `TOKENKEEPER_KEY`) when it is set and not
+    /// blank; else the key file `<data_dir>/key`, created (with `data_dir`, 0700) on first use.
+    ///
+    /// A key file that its group or others may access is refused. Two processes starting at
+    /// once agree on one key: the file is put in place with an exclusive link, and the loser
+    /// reads the winner's.
+    pub fn load_or_create(env_value: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+        if let Some(value) = env_value.filter(|v| !v.trim().is_empty()) {
+            return Self::from_base64(value);
+        }
+        ensure_private_dir(data_dir)?;
+        let path = data_dir.join(KEY_FILE_NAME);
+        if let Some(key) = read_key_file(&path)? {
+            return Ok(key);
+        }
+        create_key_file(data_dir, &path)
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; KEY_LEN];
+        OsRng.fill_bytes(&mut bytes);
+        Self { bytes }
+    }
+
+    /// The key in base64, as `TOKENKEEPER_KEY` and the key file hold it.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.bytes))
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let decoded = Zeroizing::new(STANDARD.decode(text.trim()).ok()?);
+        let bytes: [u8; KEY_LEN] = decoded.as_slice().try_into().ok()?;
+        Some(Self { bytes })
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(Key::from_slice(&self.bytes))
+    }
+
+    /// Encrypts an account's tokens for storage in its row.
+    pub(crate) fn seal(&self, account: &str, access: &Secret, refresh: Option<&Secret>) -> Result<String, StoreError> {
+        let payload = TokensRef { access_token: access.expose(), refresh_token: refresh.map(Secret::expose) };
+        // Sized up front so serialising never reallocates and leaves unwiped copies behind.
+        let capacity = 64 + payload.access_token.len() + payload.refresh_token.map_or(0, str::len);
+        let mut plain = Zeroizing::new(Vec::with_capacity(capacity));
+        serde_json::to_writer(&mut *plain, &payload).map_err(|_| StoreError::Corrupt {
+            account: account.to_owned(),
+            reason: "cannot serialise the tokens for encryption".to_owned(),
+        })?;
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let ciphertext = self
+            .cipher()
+            .encrypt(&nonce, Payload { msg: &plain, aad: account.as_bytes() })
+            .map_err(|_| StoreError::Key(format!("cannot encrypt the credential of `{account}`")))?;
+        let mut blob = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&ciphertext);
+        Ok(format!("{FORMAT_V1}{}", STANDARD.encode(blob)))
+    }
+
+    /// Decrypts what [`EncryptionKey::seal`] stored for `account`: (access, refresh) tokens.
+    pub(crate) fn open(&self, account: &str, stored: &str) -> Result<(Secret, Option<Secret>), StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt { account: account.to_owned(), reason: reason.to_owned() };
+        let decrypt = |reason: &str| StoreError::Decrypt { account: account.to_owned(), reason: reason.to_owned() };
+        let body = stored
+            .strip_prefix(FORMAT_V1)
+            .ok_or_else(|| corrupt("the encrypted credential has an unknown format (expected `v1:`)"))?;
+        let blob = STANDARD.decode(body).map_err(|_| corrupt("the encrypted credential is not valid base64"))?;
+        if blob.len() < NONCE_LEN + TAG_LEN {
+            return Err(corrupt("the encrypted credential is truncated"));
+        }
+        let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
+        let plain = Zeroizing::new(
+            self.cipher()
+                .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: account.as_bytes() })
+                .map_err(|_| decrypt("authentication failed (another key, altered data, or another account's row)"))?,
+        );
+        // The parser's own error is not shown: it may quote part of the plaintext.
+        let tokens: TokensOwned =
+            serde_json::from_slice(&plain).map_err(|_| decrypt("the decrypted payload is not the expected JSON"))?;
+        Ok((Secret::new(tokens.access_token), tokens.refresh_token.map(Secret::new)))
+    }
+}
+
+impl Drop for EncryptionKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey(<redacted>)")
+    }
+}
+
+/// The plaintext sealed in a row, as written.
+#[derive(Serialize)]
+struct TokensRef<'a> {
+    access_token: &'a str,
+    refresh_token: Option<&'a str>,
+}
+
+/// The plaintext sealed in a row, as read back (moved straight into [`Secret`]s).
+#[derive(Deserialize)]
+struct TokensOwned {
+    access_token: String,
+    refresh_token: Option<String>,
+}
+
+/// Reads the key file; `None` when there is none.
+fn read_key_file(path: &Path) -> Result<Option<EncryptionKey>, StoreError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("open the key file", path)(e)),
+    };
+    // Checked on the open file, so what we read is what we checked.
+    let meta = file.metadata().map_err(io_error("inspect the key file", path))?;
+    if !meta.is_file() {
+        return Err(StoreError::Key(format!("key file {} is not a regular file", path.display())));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::Key(format!(
+            "key file {path} may be read by group or others (mode {mode:03o}); run `chmod 600 {path}`",
+            path = path.display()
+        )));
+    }
+    let mut text = Zeroizing::new(String::with_capacity(64));
+    file.read_to_string(&mut text).map_err(io_error("read the key file", path))?;
+    EncryptionKey::decode(&text).map(Some).ok_or_else(|| {
+        StoreError::Key(format!(
+            "key file {} must hold 32 bytes, base64-encoded, on one line (as made by `openssl rand -base64 32`)",
+            path.display()
+        ))
+    })
+}
+
+/// Creates the key file with a new key, or reads the one another process created meanwhile.
+///
+/// The key is written and synced to a private temporary file first, then hard-linked into
+/// place: the link fails if the key file exists, and a reader never sees a half-written key.
+fn create_key_file(data_dir: &Path, path: &Path) -> Result<EncryptionKey, StoreError> {
+    let key = EncryptionKey::generate();
+    let tmp = data_dir.join(format!(".{KEY_FILE_NAME}.{}.{:016x}.tmp", std::process::id(), OsRng.next_u64()));
+    let installed = write_private_file(&tmp, key.to_base64().as_bytes()).and_then(|()| link_if_absent(&tmp, path));
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::debug!(path = %tmp.display(), error = %e, "cannot remove the temporary key file");
+        }
+    }
+    if installed? {
+        sync_dir(data_dir);
+        tracing::info!(
+            path = %path.display(),
+            "created a new encryption key; back it up: without it the stored credentials cannot be read"
+        );
+        return Ok(key);
+    }
+    read_key_file(path)?.ok_or_else(|| {
+        io_error("read the key file", path)(io::Error::new(
+            io::ErrorKind::NotFound,
+            "it existed a moment ago and has disappeared",
+        ))
+    })
+}
+
+/// Hard-links `tmp` to `path`; `false` when `path` exists already.
+fn link_if_absent(tmp: &Path, path: &Path) -> Result<bool, StoreError> {
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_error("install the key file", path)(e)),
+    }
+}
+
+/// Writes `content` and a newline to a new file of mode 0600, synced to disk.
+fn write_private_file(path: &Path, content: &[u8]) -> Result<(), StoreError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error("create the temporary key file", path))?;
+    // `mode` is filtered by the umask, which could have taken the owner's bits too.
+    file.set_permissions(Permissions::from_mode(0o600)).map_err(io_error("set mode 0600 on", path))?;
+    file.write_all(content)
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("write the temporary key file", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCESS: &str = "sk-ant-oat01-ACCESSsecretvalue";
+    const REFRESH: &str = "sk-ant-ort01-REFRESHsecretvalue";
+
+    #[test]
+    fn seal_and_open_round_trip() {
+        let key = EncryptionKey::generate();
+        let sealed = key.seal("main", &Secret::new(ACCESS), Some(&Secret::new(REFRESH))).unwrap();
+        assert!(sealed.starts_with("v1:"), "{sealed}");
+        assert!(!sealed.contains("ACCESS") && !sealed.contains("REFRESH"));
+        let (access, refresh) = key.open("main", &sealed).unwrap();
+        assert_eq!(access.expose(), ACCESS);
+        assert_eq!(refresh.unwrap().expose(), REFRESH);
+
+        let sealed = key.seal("main", &Secret::new(ACCESS), None).unwrap();
+        assert!(key.open("main", &sealed).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let key = EncryptionKey::generate();
+        let a = key.seal("main", &Secret::new(ACCESS), None).unwrap();
+        let b = key.seal("main", &Secret::new(ACCESS), None).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_ciphertext_is_bound_to_its_account() {
+        let key = EncryptionKey::generate();
+        let sealed = key.seal("alice", &Secret::new(ACCESS), None).unwrap();
+        match key.open("bob", &sealed) {
+            Err(StoreError::Decrypt { account, .. }) => assert_eq!(account, "bob"),
+            other => panic!("expected a Decrypt error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_key_or_tampering_fails_cleanly() {
+        let key = EncryptionKey::generate();
+        let sealed = key.seal("main", &Secret::new(ACCESS), None).unwrap();
+        assert!(matches!(EncryptionKey::generate().open("main", &sealed), Err(StoreError::Decrypt { .. })));
+
+        let mut blob = STANDARD.decode(sealed.strip_prefix("v1:").unwrap()).unwrap();
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        let tampered = format!("v1:{}", STANDARD.encode(blob));
+        assert!(matches!(key.open("main", &tampered), Err(StoreError::Decrypt { .. })));
+
+        for junk in ["v2:abc", "v1:!!!", "v1:AAAA", ""] {
+            assert!(matches!(key.open("main", junk), Err(StoreError::Corrupt { .. })), "{junk}");
+        }
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let key = EncryptionKey::generate();
+        let shown = format!("{key:?}");
+        assert_eq!(shown, "EncryptionKey(<redacted>)");
+        assert!(!shown.contains(key.to_base64().as_str()));
+    }
+
+    #[test]
+    fn base64_keys_of_the_wrong_length_are_refused_helpfully() {
+        let short = STANDARD.encode([7u8; 16]);
+        for bad in [short.as_str(), "not base64 at all", ""] {
+            let err = EncryptionKey::from_base64(bad).unwrap_err().to_string();
+            assert!(err.contains("32 bytes, base64-encoded"), "{err}");
+            assert!(err.contains("openssl rand -base64 32"), "{err}");
+        }
+        let good = STANDARD.encode([7u8; 32]);
+        assert_eq!(EncryptionKey::from_base64(&format!(" {good}\n")).unwrap().bytes, [7u8; 32]);
+    }
+}
