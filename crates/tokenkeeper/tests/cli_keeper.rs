@@ -1,0 +1,201 @@
+//! Issue 3 through real processes: 8 processes (the daemon, `exec`, `refresh --force`,
+//! `refresh --if-needed`) racing on one account for 200 rounds, and SIGKILL of the daemon at
+//! random moments during 200 refresh cycles.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stderr, World};
+use tokenkeeper_core::store::{CredentialChange, CredentialUpdate, EventKind};
+use tokenkeeper_core::Store;
+
+fn spawn_daemon(w: &World) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("daemon.log")).unwrap();
+    w.cmd(&["serve", "--no-http"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
+fn daemon_log(w: &World) -> String {
+    std::fs::read_to_string(w.dir.path().join("daemon.log")).unwrap_or_default()
+}
+
+fn wait_ready(w: &World, nth: usize) {
+    common::wait_for(|| daemon_log(w).matches(" ready").count() >= nth, "the daemon to be ready");
+}
+
+/// Makes the stored credential due (as if time had passed) without spending anything.
+async fn make_due(store: &tokenkeeper_store::SqliteStore) {
+    let a = store.get_account("main").await.unwrap().unwrap();
+    let mut c = a.credential.clone();
+    c.expires_at = chrono::Utc::now() + chrono::Duration::minutes(10);
+    store
+        .update_credential(
+            "main",
+            &CredentialUpdate {
+                expected_version: a.version,
+                credential: c,
+                change: CredentialChange::Imported,
+                at: chrono::Utc::now(),
+                detail: "test: time passes".into(),
+                email: None,
+                organization: None,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_processes_two_hundred_rounds_one_refresh_each() {
+    let w = World::new().await;
+    w.write_config("[keeper]\nmax_attempts_per_hour = 100000\n");
+    let (json, _) = w.claude_json("race@example.com");
+    w.ok(&["import", "-"], &json);
+    let mut daemon = spawn_daemon(&w);
+    wait_ready(&w, 1);
+    let store = w.store().await;
+    let script = w.dir.path().join("print-token.sh");
+    std::fs::write(&script, "#!/bin/sh\nprintf '%s' \"$CLAUDE_CODE_OAUTH_TOKEN\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let kinds: [&[&str]; 7] = [
+        &["exec", "--", &script],
+        &["exec", "--", &script],
+        &["exec", "--", &script],
+        &["refresh", "--force"],
+        &["refresh", "--force"],
+        &["refresh", "--if-needed"],
+        &["refresh", "--if-needed"],
+    ];
+    for round in 1..=200u64 {
+        make_due(&store).await;
+        let children: Vec<_> = kinds
+            .iter()
+            .map(|args| w.cmd(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+            .collect();
+        for (child, args) in children.into_iter().zip(kinds) {
+            let out = child.wait_with_output().unwrap();
+            let code = out.status.code();
+            if args[0] == "exec" {
+                assert_eq!(code, Some(0), "round {round}: {}", stderr(&out));
+                let token = String::from_utf8(out.stdout).unwrap();
+                assert!(w.mock.is_access_token_valid(&token), "round {round}: exec got an invalid token");
+            } else {
+                // 0 refreshed or adopted; 3 not needed (someone else refreshed first).
+                assert!(matches!(code, Some(0) | Some(3)), "round {round} {args:?}: {code:?} {}", stderr(&out));
+            }
+        }
+        // The daemon may be the one that refreshes: wait until the round has its refresh.
+        common::wait_for(|| w.mock.counts().refresh_ok >= round, "this round's refresh");
+        let counts = w.mock.counts();
+        assert_eq!(counts.refresh_ok, round, "round {round}: more than one refresh reached the provider");
+        assert_eq!(counts.refresh_invalid_grant, 0, "round {round}: someone spent a spent refresh token");
+        let a = store.get_account("main").await.unwrap().unwrap();
+        assert!(w.mock.is_access_token_valid(a.credential.access_token.expose()));
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_two_hundred_refresh_cycles_loses_nothing_outside_the_commit_window() {
+    let w = World::new().await;
+    // Every token is due the moment it is issued, so the daemon refreshes back to back.
+    w.write_config("[keeper]\nmax_attempts_per_hour = 1000000\njitter = \"0s\"\n");
+    w.mock.set_access_lifetime(Duration::from_secs(60));
+    let (json, _) = w.claude_json("crash@example.com");
+    w.ok(&["import", "-"], &json);
+    let store = w.store().await;
+    let mut window_kills = 0u64;
+    let mut rng_state = 0x9e3779b97f4a7c15u64;
+    let mut cycles_seen = 0u64;
+    let mut starts = 0;
+    let started = Instant::now();
+    while cycles_seen < 200 {
+        assert!(started.elapsed() < Duration::from_secs(240), "too slow: {cycles_seen} cycles");
+        let before = w.mock.counts().refresh_ok;
+        let mut daemon = spawn_daemon(&w);
+        starts += 1;
+        // Let it refresh a few times, then kill it at a random moment.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let extra = rng_state % 3;
+        common::wait_for(|| w.mock.counts().refresh_ok > before + extra, "refreshes after restart");
+        std::thread::sleep(Duration::from_micros(rng_state % 4000));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        // Compare what the provider handed out with what was committed.
+        let issued = w.mock.counts().refresh_ok;
+        let committed = store
+            .events(Some("main"), 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::Refreshed)
+            .count() as u64;
+        let lost = issued - committed - window_kills;
+        assert!(lost <= 1, "{lost} rotations lost in one kill");
+        cycles_seen = committed;
+        if lost == 1 {
+            // Killed after the provider answered and before the commit: the only window.
+            window_kills += 1;
+            let (json, _) = w.claude_json("crash@example.com");
+            w.ok(&["import", "-"], &json);
+        }
+        assert_eq!(w.mock.counts().refresh_invalid_grant, 0, "an account was lost outside the commit window");
+    }
+    // One more start: the account is refreshable.
+    let before = w.mock.counts().refresh_ok;
+    let mut daemon = spawn_daemon(&w);
+    common::wait_for(|| w.mock.counts().refresh_ok > before, "a refresh after the last restart");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert_eq!(w.mock.counts().refresh_invalid_grant, 0);
+    println!(
+        "sigkill test: {starts} daemon starts, {cycles_seen} committed refresh cycles, {window_kills} kills inside the answer-to-commit window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
+    let w = World::new().await;
+    let (json, t) = w.claude_json("exit@example.com");
+    w.ok(&["import", "-"], &json);
+    // Not needed: 3.
+    let out = w.run(&["refresh", "--if-needed"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // Forced: 0.
+    let out = w.run(&["refresh", "--force"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Try later: 5.
+    w.mock.push_fault(tokenkeeper_mock::Fault::ServerError);
+    let a = w.store().await.get_account("main").await.unwrap().unwrap();
+    let _ = a;
+    make_due(&w.store().await).await;
+    let out = w.run(&["refresh"], "");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    // Needs login: 4.
+    let a = w.store().await.get_account("main").await.unwrap().unwrap();
+    w.mock.revoke(a.credential.refresh_token.as_ref().unwrap().expose());
+    let out = w.run(&["refresh"], "");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("tokenkeeper login"), "{}", stderr(&out));
+    let _ = t;
+
+    let mut daemon = spawn_daemon(&w);
+    wait_ready(&w, 1);
+    let pid = daemon.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(daemon_log(&w).contains("keeper stopped"));
+}
