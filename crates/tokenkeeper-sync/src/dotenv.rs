@@ -15,7 +15,7 @@
 //!
 //! The new value keeps the old one's quoting where it can: unquoted stays unquoted when the
 //! value needs no quoting (`sk-ant-oat01-…` tokens never do), single quotes stay single unless
-//! the value holds a `'` or a line break; otherwise double quotes, escaping `\`, `"`, `$` and
+//! the value holds a `'`, a `\\` or a line break; otherwise double quotes, escaping `\`, `"`, `$` and
 //! line breaks. An absent key is appended as `KEY=value` with the file's dominant line ending.
 //!
 //! **Duplicates**: when a key is assigned several times, every assignment is updated. Readers
@@ -117,8 +117,10 @@ fn is_plain(value: &str) -> bool {
 fn encode(value: &str, old: Quote) -> String {
     match old {
         Quote::None if is_plain(value) => value.to_owned(),
-        Quote::Single if !value.contains(['\'', '\n', '\r']) => format!("'{value}'"),
-        Quote::Backtick if !value.contains(['`', '\n', '\r']) => format!("`{value}`"),
+        // A backslash inside single quotes is literal for compose and shells but an escape for
+        // dotenvy, so such a value moves to double quotes where all agree.
+        Quote::Single if !value.contains(['\'', '\\', '\n', '\r']) => format!("'{value}'"),
+        Quote::Backtick if !value.contains(['`', '\\', '\n', '\r']) => format!("`{value}`"),
         _ => {
             let mut s = String::with_capacity(value.len() + 2);
             s.push('"');
