@@ -46,6 +46,14 @@ pub fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOu
 /// Writes a Claude Code credentials file (merge, atomic, 0600).
 pub fn write_claude_file(path: &Path, credential: &Credential) -> Result<WriteOutcome, String> {
     let existing = read_optional(path).map_err(|e| e.to_string())?;
+    if let Some(text) = &existing {
+        // Rewriting a file that already holds these tokens would only wake its watchers.
+        if let Ok(p) = tokenkeeper_core::formats::parse_credential(text, credential.expires_at) {
+            if p.credential.compare_to(credential) == tokenkeeper_core::Freshness::Same {
+                return Ok(WriteOutcome::Unchanged);
+            }
+        }
+    }
     // A half-written or stub file is replaced rather than merged: there is nothing in it to keep.
     let base = existing.as_deref().filter(|t| serde_json_is_object(t));
     let text = render_claude_credentials(base, credential).map_err(|e| e.to_string())?;

@@ -601,6 +601,7 @@ impl Keeper {
                 refresh_token_issued_at: None,
             };
             let created = self.store.create_account(&new, now, req.change).await?;
+            self.write_back(&created).await;
             tracing::info!(account = %name, token = %fp(&created.credential), format = req.parsed.format.describe(), "account created");
             self.publish(KeeperEvent::Changed { account: name, change: req.change });
             return Ok(IngestOutcome::Created(Box::new(created)));

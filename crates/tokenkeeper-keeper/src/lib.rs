@@ -13,6 +13,7 @@ pub mod error;
 pub mod keeper;
 pub mod locks;
 pub mod schedule;
+pub mod view;
 
 pub use error::KeeperError;
 pub use keeper::{Ingest, IngestOutcome, Keeper, KeeperEvent, RefreshPolicy, RefreshResult};
