@@ -1,0 +1,392 @@
+//! The deduplication state machine: which accounts have an open incident, at which severity,
+//! and when we last told anyone. Pure (no I/O, time passed in), so every transition is tested
+//! directly; [`crate::AlertEngine`] wraps it with a lock, the clock and delivery.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use tokenkeeper_core::status::{Assessment, Level};
+
+/// The alert name, the one seed 001's monitor sent to Keep, so Keep rules and workflows written
+/// for it keep matching after a switch to tokenkeeper. The account is in the message and labels.
+pub const ALERT_NAME: &str = "ClaudeOAuthTokenExpiry";
+
+/// The source tokenkeeper names itself as in payloads.
+pub const SOURCE: &str = "tokenkeeper";
+
+/// Alert severity, ordered: `Warning < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Needs attention soon.
+    Warning,
+    /// Needs attention now.
+    Critical,
+}
+
+impl Severity {
+    /// The word used in payloads (`warning`, `critical`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// The severity of a level, from [`Level::severity`] (the one place that decides it);
+    /// `None` for levels that never alert.
+    pub fn of_level(level: Level) -> Option<Severity> {
+        // A severity word this crate does not know yet is treated as the worst, so a new level
+        // added in core alerts loudly rather than silently.
+        level.severity().map(|s| s.parse().unwrap_or(Severity::Critical))
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "warning" => Ok(Severity::Warning),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!("unknown severity `{other}`: expected `warning` or `critical`")),
+        }
+    }
+}
+
+/// Whether an alert is open or closed, as receivers (Keep, Alertmanager-style webhooks) say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// The problem is going on.
+    Firing,
+    /// The problem has ended.
+    Resolved,
+}
+
+impl AlertStatus {
+    /// `firing` or `resolved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+impl fmt::Display for AlertStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a message was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertEvent {
+    /// An account went from fine to a bad level.
+    New,
+    /// An open incident got worse (warning → critical).
+    Escalated,
+    /// An incident is still open after the reminder interval.
+    Reminder,
+    /// The incident ended (the account is fine again, or was removed).
+    Resolved,
+}
+
+impl AlertEvent {
+    /// `new`, `escalated`, `reminder` or `resolved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEvent::New => "new",
+            AlertEvent::Escalated => "escalated",
+            AlertEvent::Reminder => "reminder",
+            AlertEvent::Resolved => "resolved",
+        }
+    }
+}
+
+impl fmt::Display for AlertEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One alert, as sent to every channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertMessage {
+    /// Alert name ([`ALERT_NAME`]).
+    pub name: String,
+    /// Firing or resolved.
+    pub status: AlertStatus,
+    /// `warning` or `critical`; for a resolved message, the highest severity sent during the
+    /// incident (so a channel that only takes critical alerts gets the resolution of the
+    /// critical alert it was sent).
+    pub severity: String,
+    /// The account's name.
+    pub account: String,
+    /// What is going on and what to do, from the assessment (never a token).
+    pub description: String,
+    /// When the incident started.
+    pub since: DateTime<Utc>,
+    /// Why this message was sent.
+    pub kind: AlertEvent,
+    /// When the message was made.
+    pub at: DateTime<Utc>,
+}
+
+impl AlertMessage {
+    /// The severity as a value; an unknown word counts as critical.
+    pub fn severity_level(&self) -> Severity {
+        self.severity.parse().unwrap_or(Severity::Critical)
+    }
+}
+
+/// One account's open incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// When it started.
+    pub since: DateTime<Utc>,
+    /// The level last observed.
+    pub level: Level,
+    /// The severity last sent.
+    pub severity: Severity,
+    /// The highest severity sent during the incident.
+    pub peak: Severity,
+    /// When a message about it was last sent.
+    pub last_sent: DateTime<Utc>,
+}
+
+/// Open incidents by account. Serialisable so a later version can persist it across restarts
+/// (a restart then neither repeats a firing nor forgets to resolve).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertState {
+    /// Open incidents, by account name.
+    pub incidents: BTreeMap<String, Incident>,
+}
+
+impl AlertState {
+    /// Takes the current assessment of every account and returns the messages to send.
+    ///
+    /// `reminder` is the reminder interval (`None`: never remind). Accounts with an open
+    /// incident that are missing from `assessments` are resolved as removed.
+    pub fn step(
+        &mut self,
+        assessments: &[(String, Assessment)],
+        now: DateTime<Utc>,
+        reminder: Option<Duration>,
+    ) -> Vec<AlertMessage> {
+        let mut out = Vec::new();
+        for (account, assessment) in assessments {
+            let description = redact_tokens(&assessment.message);
+            let message = |status, severity: Severity, kind, since| AlertMessage {
+                name: ALERT_NAME.to_owned(),
+                status,
+                severity: severity.as_str().to_owned(),
+                account: account.clone(),
+                description: description.clone(),
+                since,
+                kind,
+                at: now,
+            };
+            let severity = Severity::of_level(assessment.level);
+            match (self.incidents.get_mut(account), severity) {
+                (None, None) => {}
+                (None, Some(sev)) => {
+                    self.incidents.insert(
+                        account.clone(),
+                        Incident { since: now, level: assessment.level, severity: sev, peak: sev, last_sent: now },
+                    );
+                    out.push(message(AlertStatus::Firing, sev, AlertEvent::New, now));
+                }
+                (Some(inc), Some(sev)) => {
+                    inc.level = assessment.level;
+                    if sev > inc.severity {
+                        // Only a rise above what receivers last heard is news; a dip back to
+                        // warning is left to the next reminder, so flapping cannot spam.
+                        inc.severity = sev;
+                        inc.peak = inc.peak.max(sev);
+                        inc.last_sent = now;
+                        out.push(message(AlertStatus::Firing, sev, AlertEvent::Escalated, inc.since));
+                    } else if reminder.is_some_and(|r| now - inc.last_sent >= r) {
+                        inc.severity = sev;
+                        inc.last_sent = now;
+                        out.push(message(AlertStatus::Firing, sev, AlertEvent::Reminder, inc.since));
+                    }
+                }
+                (Some(_), None) => {
+                    if let Some(inc) = self.incidents.remove(account) {
+                        let mut m = message(AlertStatus::Resolved, inc.peak, AlertEvent::Resolved, inc.since);
+                        m.description = format!("`{account}` recovered ({}): {description}", assessment.level);
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        let removed: Vec<String> =
+            self.incidents.keys().filter(|name| !assessments.iter().any(|(a, _)| a == *name)).cloned().collect();
+        for account in removed {
+            if let Some(inc) = self.incidents.remove(&account) {
+                out.push(AlertMessage {
+                    name: ALERT_NAME.to_owned(),
+                    status: AlertStatus::Resolved,
+                    severity: inc.peak.as_str().to_owned(),
+                    description: format!("`{account}` is no longer watched (account removed)"),
+                    account,
+                    since: inc.since,
+                    kind: AlertEvent::Resolved,
+                    at: now,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Replaces anything shaped like an Anthropic token (`sk-ant-<kind>-<secret>`) with its public
+/// prefix and `[redacted]`. Assessment messages never hold tokens; this is the second line of
+/// defence, because an alert leaves the machine.
+pub fn redact_tokens(text: &str) -> String {
+    const MARK: &str = "sk-ant-";
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(MARK) {
+        out.push_str(&rest[..pos]);
+        let token = &rest[pos..];
+        let end = token.find(|c: char| !is_token_char(c)).unwrap_or(token.len());
+        let token = &token[..end];
+        // Keep `sk-ant-oat01-`: it says which kind of token was there and is not secret.
+        let prefix_end = token.match_indices('-').nth(2).map(|(i, _)| i + 1).unwrap_or(token.len());
+        out.push_str(&token[..prefix_end]);
+        out.push_str("[redacted]");
+        rest = &rest[pos + end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn a(level: Level) -> Assessment {
+        Assessment { level, message: format!("`main` is {level}") }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn step(s: &mut AlertState, level: Level, at: Duration) -> Vec<(AlertStatus, String, AlertEvent)> {
+        s.step(&[("main".into(), a(level))], t0() + at, Some(Duration::hours(6)))
+            .into_iter()
+            .map(|m| (m.status, m.severity, m.kind))
+            .collect()
+    }
+
+    #[test]
+    fn a_whole_incident() {
+        let mut s = AlertState::default();
+        assert!(step(&mut s, Level::Healthy, Duration::zero()).is_empty());
+        assert!(step(&mut s, Level::Expiring, Duration::minutes(1)).is_empty());
+        assert_eq!(
+            step(&mut s, Level::Warning, Duration::minutes(2)),
+            [(AlertStatus::Firing, "warning".into(), AlertEvent::New)]
+        );
+        for m in 3..300 {
+            assert!(step(&mut s, Level::Warning, Duration::minutes(m)).is_empty(), "repeat at {m}m");
+        }
+        assert_eq!(
+            step(&mut s, Level::Warning, Duration::minutes(2) + Duration::hours(6)),
+            [(AlertStatus::Firing, "warning".into(), AlertEvent::Reminder)]
+        );
+        assert_eq!(
+            step(&mut s, Level::Critical, Duration::hours(7)),
+            [(AlertStatus::Firing, "critical".into(), AlertEvent::Escalated)]
+        );
+        // Another critical level is the same incident at the same severity.
+        assert!(step(&mut s, Level::Expired, Duration::hours(8)).is_empty());
+        assert_eq!(
+            step(&mut s, Level::Healthy, Duration::hours(9)),
+            [(AlertStatus::Resolved, "critical".into(), AlertEvent::Resolved)]
+        );
+        assert!(s.incidents.is_empty());
+    }
+
+    #[test]
+    fn dipping_back_to_warning_does_not_refire() {
+        let mut s = AlertState::default();
+        assert_eq!(step(&mut s, Level::Critical, Duration::zero()).len(), 1);
+        assert!(step(&mut s, Level::Warning, Duration::minutes(1)).is_empty());
+        assert!(step(&mut s, Level::Critical, Duration::minutes(2)).is_empty());
+    }
+
+    #[test]
+    fn since_is_the_start_of_the_incident() {
+        let mut s = AlertState::default();
+        let acc = |l| [("main".to_owned(), a(l))];
+        s.step(&acc(Level::Warning), t0(), None);
+        let esc = s.step(&acc(Level::NeedsLogin), t0() + Duration::hours(1), None);
+        assert_eq!(esc[0].since, t0());
+        assert_eq!(esc[0].at, t0() + Duration::hours(1));
+        let res = s.step(&acc(Level::Healthy), t0() + Duration::hours(2), None);
+        assert_eq!(res[0].since, t0());
+        assert!(res[0].description.contains("recovered (healthy)"), "{}", res[0].description);
+    }
+
+    #[test]
+    fn no_reminders_without_an_interval() {
+        let mut s = AlertState::default();
+        let acc = [("main".to_owned(), a(Level::Warning))];
+        assert_eq!(s.step(&acc, t0(), None).len(), 1);
+        assert!(s.step(&acc, t0() + Duration::days(30), None).is_empty());
+    }
+
+    #[test]
+    fn removed_accounts_resolve() {
+        let mut s = AlertState::default();
+        s.step(&[("main".into(), a(Level::Expired)), ("b".into(), a(Level::Healthy))], t0(), None);
+        let out = s.step(&[("b".into(), a(Level::Healthy))], t0() + Duration::minutes(1), None);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].account.as_str(), out[0].status), ("main", AlertStatus::Resolved));
+        assert!(out[0].description.contains("removed"));
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut s = AlertState::default();
+        s.step(&[("main".into(), a(Level::Warning))], t0(), None);
+        let text = serde_json::to_string(&s).unwrap();
+        let back: AlertState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn tokens_are_redacted() {
+        let text = "failed (sk-ant-ort01-AbC_d-9xYz) and sk-ant-oat01-QQQQ. sk-ant-";
+        let out = redact_tokens(text);
+        assert_eq!(out, "failed (sk-ant-ort01-[redacted]) and sk-ant-oat01-[redacted]. sk-ant-[redacted]");
+        assert_eq!(redact_tokens("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn severities() {
+        assert_eq!(Severity::of_level(Level::Healthy), None);
+        assert_eq!(Severity::of_level(Level::Expiring), None);
+        assert_eq!(Severity::of_level(Level::Warning), Some(Severity::Warning));
+        assert_eq!(Severity::of_level(Level::NeedsLogin), Some(Severity::Critical));
+        assert!(Severity::Warning < Severity::Critical);
+        assert_eq!("CRITICAL".parse::<Severity>(), Ok(Severity::Critical));
+        assert!("info".parse::<Severity>().is_err());
+    }
+}
