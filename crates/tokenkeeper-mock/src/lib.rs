@@ -1,1 +1,338 @@
-//! tokenkeeper-mock (under construction).
+//! A mock of Anthropic's OAuth provider and Messages API on loopback, for tokenkeeper's tests.
+//!
+//! [`MockProvider::start`] binds `127.0.0.1:0` and serves, on a tokio task:
+//!
+//! - `POST /v1/oauth/token`: the refresh grant with **single-use rotation** and the
+//!   authorization-code grant with PKCE S256 checks, JSON bodies only;
+//! - `GET /oauth/authorize` and `GET /oauth/code/callback`: a tiny approve page and the page
+//!   that shows `CODE#STATE` for manual copy (element id `code`), for browser tests;
+//! - `POST /v1/messages` (plain JSON or SSE with `"stream": true`) and `GET /api/oauth/usage`,
+//!   which accept only live, unexpired access tokens judged by the mock's [`SharedClock`].
+//!
+//! Tests inject failures with [`MockProvider::push_fault`] (FIFO, one per request) and
+//! [`MockProvider::set_persistent_fault`], and read what happened with
+//! [`MockProvider::counts`]. [`Fault::Messages401`] and [`Fault::Messages429`] are taken by
+//! Messages API requests, every other fault by token requests (see [`Fault::is_messages_fault`]).
+//!
+//! The tokens it issues are random, fake, and only ever valid against this mock; the handle
+//! therefore hands them out as plain `String`s.
+
+mod authorize;
+mod routes;
+mod state;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokenkeeper_core::SharedClock;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::state::State;
+
+/// The OAuth client id of Claude Code, which the mock accepts (and only it).
+pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+
+/// A failure to inject. Faults are applied before normal handling and counted in
+/// [`Counts::faults_served`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Token endpoint: `500` with a JSON error body.
+    ServerError,
+    /// Token endpoint: `502` with a Cloudflare-style HTML page.
+    BadGateway,
+    /// Token endpoint: `429` with `Retry-After: <retry_after_secs>`.
+    RateLimited {
+        /// Seconds announced in `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// Token endpoint: wait this long, then answer normally.
+    Slow(Duration),
+    /// Token endpoint: `200` with a `text/html` body.
+    Html,
+    /// Token endpoint: `400 invalid_grant`, without touching any token.
+    InvalidGrant,
+    /// Token endpoint: answer a refresh normally but leave `refresh_token` out of the answer;
+    /// the old refresh token then stays live (the provider did not rotate it).
+    OmitRefreshToken,
+    /// Messages API: `401 authentication_error`, whatever the token.
+    Messages401,
+    /// Messages API: `429` with `anthropic-ratelimit-unified-status: rejected`, a reset
+    /// `reset_secs` from the mock's now, and `Retry-After`.
+    Messages429 {
+        /// Seconds until the announced reset.
+        reset_secs: u64,
+    },
+}
+
+impl Fault {
+    /// Whether this fault is taken by Messages API requests (`true`) or token requests.
+    pub fn is_messages_fault(&self) -> bool {
+        self.target() == state::Target::Messages
+    }
+}
+
+/// Counters of what the mock answered; a snapshot from [`MockProvider::counts`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    /// Refresh grants that issued new tokens.
+    pub refresh_ok: u64,
+    /// Refresh grants refused because the refresh token was spent, revoked or unknown
+    /// (not counting [`Fault::InvalidGrant`]).
+    pub refresh_invalid_grant: u64,
+    /// Code exchanges that issued tokens.
+    pub exchange_ok: u64,
+    /// Code exchanges refused (unknown, used or expired code, wrong state, redirect or verifier).
+    pub exchange_rejected: u64,
+    /// Every request that reached the token endpoint, faulted or not.
+    pub token_requests: u64,
+    /// Faults applied (token and Messages).
+    pub faults_served: u64,
+    /// Messages requests answered 200.
+    pub messages_ok: u64,
+    /// Messages requests answered 401.
+    pub messages_401: u64,
+    /// Messages requests answered 429.
+    pub messages_429: u64,
+    /// Requests to `GET /api/oauth/usage`.
+    pub usage_requests: u64,
+}
+
+/// A login created by [`MockProvider::issue_login`]: a live access and refresh token pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedTokens {
+    /// `sk-ant-oat01-…`
+    pub access_token: String,
+    /// `sk-ant-ort01-…`, live until spent by a refresh or revoked.
+    pub refresh_token: String,
+    /// Lifetime of the access token in seconds.
+    pub expires_in: u64,
+    /// Expiry of the access token, milliseconds since the epoch, by the mock's clock.
+    pub expires_at_ms: i64,
+}
+
+impl fmt::Debug for IssuedTokens {
+    // The tokens are fake, but they are still tokens: keep them out of test logs like the
+    // real ones, so that leak tests elsewhere stay meaningful.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedTokens")
+            .field("access_token", &tokenkeeper_core::Secret::new(self.access_token.as_str()))
+            .field("refresh_token", &tokenkeeper_core::Secret::new(self.refresh_token.as_str()))
+            .field("expires_in", &self.expires_in)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// What the last token request carried, without any token, code or verifier.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenRequestSummary {
+    /// `grant_type` as sent.
+    pub grant_type: Option<String>,
+    /// `client_id` as sent.
+    pub client_id: Option<String>,
+    /// `scope` as sent (space-separated), if any.
+    pub scope: Option<String>,
+    /// `redirect_uri` as sent, if any.
+    pub redirect_uri: Option<String>,
+}
+
+/// What the server's handlers share with the handle.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    base_url: String,
+}
+
+impl Shared {
+    /// Locks the state. A panic in a handler cannot leave it half-updated in a way that matters
+    /// to a test, so a poisoned lock is simply taken over.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn redirect_uri(&self) -> String {
+        format!("{}/oauth/code/callback", self.base_url)
+    }
+
+    pub(crate) fn authorize_url(&self) -> String {
+        format!("{}/oauth/authorize", self.base_url)
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    // The last handle gone, nobody can reach the server's state any more: stop serving so a
+    // test's runtime is not kept busy.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// A running mock provider. Cloning gives another handle to the same server; the server stops
+/// when [`MockProvider::stop`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct MockProvider {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for MockProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockProvider").field("base_url", &self.base_url()).finish()
+    }
+}
+
+impl MockProvider {
+    /// Starts a mock on `127.0.0.1` with a port chosen by the system.
+    pub async fn start() -> std::io::Result<MockProvider> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a mock listening on `addr`. It is serving when this returns.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<MockProvider> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(tokenkeeper_core::clock::system_clock())),
+            base_url: format!("http://{addr}"),
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = routes::router(shared.clone());
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "mock provider stopped with an error");
+            }
+        });
+        Ok(MockProvider {
+            inner: Arc::new(Inner { shared, addr, shutdown: Mutex::new(Some(tx)), task: Mutex::new(Some(task)) }),
+        })
+    }
+
+    /// Stops serving, waits for open connections to finish (up to a second), and returns.
+    pub async fn stop(&self) {
+        let tx = self.inner.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
+        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(Duration::from_secs(1), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        self.inner.shared.base_url.clone()
+    }
+
+    /// `{base}/v1/oauth/token`
+    pub fn token_url(&self) -> String {
+        format!("{}/v1/oauth/token", self.base_url())
+    }
+
+    /// `{base}/oauth/authorize`
+    pub fn authorize_url(&self) -> String {
+        self.inner.shared.authorize_url()
+    }
+
+    /// `{base}/oauth/code/callback`
+    pub fn redirect_uri(&self) -> String {
+        self.inner.shared.redirect_uri()
+    }
+
+    /// Base of the Messages API: `{base}`.
+    pub fn api_base_url(&self) -> String {
+        self.base_url()
+    }
+
+    /// The client id it accepts, [`CLIENT_ID`].
+    pub fn client_id(&self) -> &str {
+        CLIENT_ID
+    }
+
+    /// Creates a login directly, as if `email` had logged in: a live access and refresh token
+    /// pair with Claude Code's default scopes.
+    pub fn issue_login(&self, email: &str) -> IssuedTokens {
+        let mut st = self.inner.shared.lock();
+        let pair = st.issue_pair(email, State::default_scopes(), true);
+        IssuedTokens {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token.unwrap_or_default(),
+            expires_in: pair.expires_in,
+            expires_at_ms: pair.expires_at.timestamp_millis(),
+        }
+    }
+
+    /// Completes the browser step of a login: checks the authorize URL tokenkeeper built
+    /// (`response_type=code`, `client_id`, `redirect_uri`, `code_challenge` with
+    /// `code_challenge_method=S256`, `state`, `scope`, `code=true`) and returns what the
+    /// callback page shows the user to paste, `CODE#STATE`. The error says what was wrong.
+    pub fn authorize(&self, authorize_url: &str, email: &str) -> Result<String, String> {
+        let req = authorize::check_url(authorize_url, &self.authorize_url(), &self.redirect_uri())?;
+        let mut st = self.inner.shared.lock();
+        let code = st.register_code(email, &req.state, &req.redirect_uri, &req.challenge, req.scopes);
+        Ok(format!("{code}#{}", req.state))
+    }
+
+    /// Lifetime of access tokens issued from now on (default 8 h).
+    pub fn set_access_lifetime(&self, d: Duration) {
+        self.inner.shared.lock().access_lifetime = d;
+    }
+
+    /// The clock by which the mock stamps and judges access-token expiry and code age
+    /// (default: the system clock).
+    pub fn set_clock(&self, clock: SharedClock) {
+        self.inner.shared.lock().clock = clock;
+    }
+
+    /// Queues a fault; each request of the fault's kind takes the oldest one queued.
+    pub fn push_fault(&self, fault: Fault) {
+        self.inner.shared.lock().push_fault(fault);
+    }
+
+    /// Applies `fault` to every request of its kind (after queued faults) until cleared with
+    /// `None`.
+    pub fn set_persistent_fault(&self, fault: Option<Fault>) {
+        self.inner.shared.lock().persistent = fault;
+    }
+
+    /// A snapshot of the counters.
+    pub fn counts(&self) -> Counts {
+        self.inner.shared.lock().counts.clone()
+    }
+
+    /// What the last token request carried (no tokens), to check what a client sends.
+    pub fn last_token_request(&self) -> Option<TokenRequestSummary> {
+        self.inner.shared.lock().last_token_request.clone()
+    }
+
+    /// Revokes a refresh token: from now on it answers `invalid_grant`.
+    pub fn revoke(&self, refresh_token: &str) {
+        self.inner.shared.lock().revoke(refresh_token);
+    }
+
+    /// Whether `token` is an access token this mock issued and that has not expired by its
+    /// clock.
+    pub fn is_access_token_valid(&self, token: &str) -> bool {
+        self.inner.shared.lock().access_valid(token)
+    }
+}
