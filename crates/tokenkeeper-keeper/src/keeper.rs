@@ -134,6 +134,7 @@ pub struct Keeper {
     attempts: Mutex<HashMap<String, VecDeque<DateTime<Utc>>>>,
     events: broadcast::Sender<KeeperEvent>,
     lock_wait: Duration,
+    counters: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
 fn fp(c: &Credential) -> String {
@@ -160,6 +161,7 @@ impl Keeper {
             attempts: Mutex::new(HashMap::new()),
             events,
             lock_wait: LOCK_WAIT,
+            counters: Mutex::new(HashMap::new()),
         })
     }
 
@@ -201,6 +203,20 @@ impl Keeper {
     fn publish(&self, event: KeeperEvent) {
         // No subscribers is fine (the CLI has none).
         let _ = self.events.send(event);
+    }
+
+    fn count(&self, account: &str, result: &'static str) {
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        *c.entry((account.to_owned(), result)).or_default() += 1;
+    }
+
+    /// Refresh attempts that reached the provider, by account and result (`success`,
+    /// `rejected`, `rate_limited`, `transient`), since this process started; for metrics.
+    pub fn refresh_counters(&self) -> Vec<(String, &'static str, u64)> {
+        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = c.iter().map(|((a, r), n)| (a.clone(), *r, *n)).collect();
+        v.sort();
+        v
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -322,6 +338,15 @@ impl Keeper {
             });
         };
         let outcome = self.client.refresh(&refresh_token, &account.credential.scopes).await;
+        self.count(
+            &name,
+            match &outcome {
+                TokenOutcome::Success(_) => "success",
+                TokenOutcome::Rejected { .. } => "rejected",
+                TokenOutcome::RateLimited { .. } => "rate_limited",
+                TokenOutcome::Transient { .. } => "transient",
+            },
+        );
         match outcome {
             TokenOutcome::Success(grant) => self.commit_refresh(account, grant).await,
             TokenOutcome::Rejected { reason } => {
