@@ -15,7 +15,7 @@
 //!
 //! The new value keeps the old one's quoting where it can: unquoted stays unquoted when the
 //! value needs no quoting (`sk-ant-oat01-…` tokens never do), single quotes stay single unless
-//! the value holds a `'`, a `\\` or a line break; otherwise double quotes, escaping `\`, `"`, `$` and
+//! the value holds a `'`, a backslash or a line break; otherwise double quotes, escaping `\`, `"`, `$` and
 //! line breaks. An absent key is appended as `KEY=value` with the file's dominant line ending.
 //!
 //! **Duplicates**: when a key is assigned several times, every assignment is updated. Readers

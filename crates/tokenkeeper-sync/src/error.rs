@@ -50,15 +50,15 @@ pub enum SyncError {
         message: String,
     },
     /// A template failed to compile or render (undefined variables are errors).
-    #[error("cannot {action} {path}")]
+    #[error("cannot {action} {path}: {message}")]
     Template {
         /// `compile the template of` or `render the template of`.
         action: &'static str,
         /// The template file, or the sink's name for an inline template.
         path: PathBuf,
-        /// minijinja's error, with line and the undefined name; it never holds a value.
-        #[source]
-        source: minijinja::Error,
+        /// minijinja's message with the line and the undefined name. The error itself is not
+        /// kept: its `Debug` can list the values of the variables, that is, the token.
+        message: String,
     },
     /// An existing JSON document cannot be merged into.
     #[error("cannot {action} {path}")]

@@ -1,0 +1,197 @@
+//! What a file sink writes: [`render_sink`] turns a sink's config, an account and the file's
+//! current content into the new content.
+//!
+//! | kind | content |
+//! | --- | --- |
+//! | `env_file` | the file with `key` set to the **access token only** ([`crate::dotenv::set_var`]) |
+//! | `claude_credentials` | Claude Code's JSON, merged so unknown keys survive |
+//! | `openclaw` | `oauth.json` (`layout = "oauth"`, default) or auth-profiles (`"auth_profiles"`) |
+//! | `template` | a minijinja template (`template` or `template_file`) |
+//!
+//! Template variables: `access_token`, `expires_at` (RFC 3339), `expires_at_ms`, `scopes` (a
+//! list), `account` (its name), `email` (empty when unknown), and `refresh_token` only when
+//! the template names it (empty for a long-lived token that has none). Undefined variables
+//! are errors, so a typo never writes an empty token. A sink never writes a refresh token to
+//! a file that did not ask for one: `env_file` writes only the access token, a template only
+//! what it names. The trailing newline of a template is kept.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::formats::{render_claude_credentials, render_openclaw, OpenclawLayout};
+use tokenkeeper_core::paths::expand_tilde;
+use tokenkeeper_core::Account;
+
+use crate::dotenv;
+use crate::error::SyncError;
+
+/// The new content of a file sink.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The bytes to write (UTF-8). Holds a token: never log it.
+    pub contents: String,
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rendered({} bytes)", self.contents.len())
+    }
+}
+
+/// Renders the content of a file sink from the account's credential and the file's current
+/// content (`None` when it does not exist yet).
+pub fn render_sink(cfg: &SinkConfig, account: &Account, existing: Option<&str>) -> Result<Rendered, SyncError> {
+    let name = || PathBuf::from(cfg.display_name());
+    let file = || cfg.path.clone().unwrap_or_else(name);
+    let c = &account.credential;
+    let contents = match cfg.kind {
+        SinkKind::EnvFile => {
+            let key = cfg.key.as_deref().ok_or_else(|| SyncError::Missing {
+                action: "set the variable",
+                path: name(),
+                field: "key",
+            })?;
+            dotenv::set_var(existing.unwrap_or(""), key, c.access_token.expose())
+        }
+        SinkKind::ClaudeCredentials => render_claude_credentials(existing, c).map_err(|source| {
+            SyncError::Document { action: "merge the credential into", path: file(), source }
+        })?,
+        SinkKind::Openclaw => {
+            let layout = match cfg.layout.as_deref() {
+                None | Some("oauth") => OpenclawLayout::Oauth,
+                Some("auth_profiles") => OpenclawLayout::AuthProfiles,
+                Some(other) => {
+                    return Err(SyncError::Invalid {
+                        action: "choose the OpenClaw layout",
+                        path: name(),
+                        message: format!("layout `{other}` is neither `oauth` nor `auth_profiles`"),
+                    })
+                }
+            };
+            render_openclaw(existing, c, layout).map_err(|source| SyncError::Document {
+                action: "merge the credential into",
+                path: file(),
+                source,
+            })?
+        }
+        SinkKind::Template => render_template(cfg, account)?,
+        SinkKind::Infisical | SinkKind::Command => {
+            return Err(SyncError::Invalid {
+                action: "render a file",
+                path: name(),
+                message: "this sink kind writes no file".into(),
+            })
+        }
+    };
+    Ok(Rendered { contents })
+}
+
+fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncError> {
+    let (source, origin) = match (&cfg.template, &cfg.template_file) {
+        (Some(t), _) => (t.clone(), PathBuf::from(cfg.display_name())),
+        (None, Some(f)) => {
+            let f = expand_tilde(f);
+            let text = std::fs::read_to_string(&f).map_err(|e| SyncError::io("read the template", &f, e))?;
+            (text, f)
+        }
+        (None, None) => {
+            return Err(SyncError::Missing {
+                action: "render the template",
+                path: PathBuf::from(cfg.display_name()),
+                field: "template",
+            })
+        }
+    };
+    let template_error = |action: &'static str, e: minijinja::Error| SyncError::Template {
+        action,
+        path: origin.clone(),
+        message: e.to_string(),
+    };
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    // Debug info would copy the variables' values (the token) into errors.
+    env.set_debug(false);
+    let template = env.template_from_str(&source).map_err(|e| template_error("compile the template of", e))?;
+    let c = &account.credential;
+    let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
+    vars.insert("access_token", Value::from(c.access_token.expose()));
+    vars.insert("expires_at", Value::from(c.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    vars.insert("expires_at_ms", Value::from(c.expires_at.timestamp_millis()));
+    vars.insert("scopes", Value::from(c.scopes_for_writing()));
+    vars.insert("account", Value::from(account.name.as_str()));
+    vars.insert("email", Value::from(account.email.clone().unwrap_or_default()));
+    if template.undeclared_variables(false).contains("refresh_token") {
+        vars.insert("refresh_token", Value::from(c.refresh_token.as_ref().map(|r| r.expose()).unwrap_or("")));
+    }
+    template.render(Value::from(vars)).map_err(|e| template_error("render the template of", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use tokenkeeper_core::{AccountState, Credential, Mode, Secret, Usage};
+
+    pub(crate) fn account() -> Account {
+        let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        Account {
+            name: "main".into(),
+            provider: "anthropic".into(),
+            mode: Mode::Own,
+            credential: Credential {
+                access_token: Secret::new("sk-ant-oat01-ACCESS"),
+                refresh_token: Some(Secret::new("sk-ant-ort01-REFRESH")),
+                expires_at: t,
+                scopes: vec!["user:inference".into()],
+                subscription_type: None,
+                rate_limit_tier: None,
+            },
+            version: 1,
+            email: None,
+            organization: None,
+            binding: None,
+            state: AccountState::Active,
+            created_at: t,
+            updated_at: t,
+            last_refreshed_at: None,
+            refresh_token_issued_at: None,
+            usage: Usage::default(),
+            last_error: None,
+        }
+    }
+
+    fn template_sink(t: &str) -> SinkConfig {
+        let toml = format!("account = \"main\"\nkind = \"template\"\npath = \"/x\"\ntemplate = '''{t}'''\n");
+        toml::from_str(&toml).unwrap()
+    }
+
+    #[test]
+    fn undefined_variables_are_errors_without_values() {
+        let e = render_sink(&template_sink("{{ acess_token }}"), &account(), None).unwrap_err();
+        let msg = crate::error::error_chain(&e);
+        assert!(msg.contains("undefined"), "{msg}");
+        for shown in [msg, format!("{e:?}")] {
+            assert!(!shown.contains("ACCESS") && !shown.contains("REFRESH"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn refresh_token_only_when_named() {
+        let out = render_sink(&template_sink("{{ access_token }}"), &account(), None).unwrap();
+        assert_eq!(out.contents, "sk-ant-oat01-ACCESS");
+        let out = render_sink(&template_sink("{{ refresh_token }}"), &account(), None).unwrap();
+        assert_eq!(out.contents, "sk-ant-ort01-REFRESH");
+    }
+
+    #[test]
+    fn env_file_never_gets_the_refresh_token() {
+        let cfg: SinkConfig =
+            toml::from_str("account=\"main\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\n").unwrap();
+        let out = render_sink(&cfg, &account(), Some("A=1\n")).unwrap();
+        assert_eq!(out.contents, "A=1\nK=sk-ant-oat01-ACCESS\n");
+        assert!(!format!("{out:?}").contains("ACCESS"));
+    }
+}
