@@ -85,7 +85,8 @@ where
     }
 }
 
-/// A channel's delivery counters and last error, for status and metrics.
+/// A channel's delivery counters and last error, for status and metrics: the server exports
+/// `sent` and `failed` as `tokenkeeper_alert_deliveries_total{channel=name, result="sent"|"failed"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChannelStatus {
     /// Channel name (from config, or its kind).
@@ -330,10 +331,29 @@ async fn post(
     Err(DeliveryError::Status { status: status.as_u16(), body: snippet(&body, 200) })
 }
 
+/// Whether an inherited environment variable may hold a credential, so an alert command must
+/// not see it. The daemon's environment can carry its own API key or a Claude token; an alert
+/// hook has no use for either.
+pub(crate) fn is_sensitive_env(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("TOKENKEEPER_") {
+        return !upper.starts_with("TOKENKEEPER_ALERT_");
+    }
+    upper.starts_with("CLAUDE_CODE_OAUTH_TOKEN")
+        || upper.starts_with("ANTHROPIC_")
+        || ["TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY"].iter().any(|w| upper.contains(w))
+}
+
 async fn run_command(argv: &[String], m: &AlertMessage, timeout: Duration) -> Result<(), DeliveryError> {
     let program = argv.first().cloned().unwrap_or_default();
     let input = serde_json::to_vec(&webhook_payload(m)).map_err(|source| DeliveryError::Encode { source })?;
-    let mut child = tokio::process::Command::new(&program)
+    let mut command = tokio::process::Command::new(&program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_none_or(is_sensitive_env) {
+            command.env_remove(&name);
+        }
+    }
+    let mut child = command
         .args(&argv[1..])
         .env("TOKENKEEPER_ALERT_NAME", &m.name)
         .env("TOKENKEEPER_ALERT_STATUS", m.status.as_str())
@@ -549,6 +569,25 @@ mod tests {
         };
         let ch = Channel::from_config(&config, "slack".into()).unwrap();
         assert!(!format!("{ch:?}").contains("SECRETPART"));
+    }
+
+    #[test]
+    fn credentials_in_the_environment_are_not_passed_to_commands() {
+        for name in [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR",
+            "ANTHROPIC_API_KEY",
+            "TOKENKEEPER_API_KEY",
+            "TOKENKEEPER_SERVER__TOKEN",
+            "GITHUB_TOKEN",
+            "DB_PASSWORD",
+            "aws_secret_access_key",
+        ] {
+            assert!(is_sensitive_env(name), "{name} would be passed on");
+        }
+        for name in ["PATH", "HOME", "LANG", "TZ", "HTTPS_PROXY", "TOKENKEEPER_ALERT_NAME"] {
+            assert!(!is_sensitive_env(name), "{name} would be withheld");
+        }
     }
 
     #[test]

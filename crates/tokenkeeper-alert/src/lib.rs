@@ -16,6 +16,14 @@
 //! message with bounded retries ([`RetryPolicy`]); `observe` only queues, so a slow or dead
 //! channel never holds the caller or the other channels. Each channel's counters and last error
 //! are in [`AlertEngine::channel_statuses`], for `status` and metrics.
+//!
+//! Payloads: [`webhook_payload`] (generic JSON), [`keep_payload`] (Keep's alert format, as
+//! seed 001 sent it, with a per-account fingerprint and `X-API-KEY`), [`slack_payload`]
+//! (`{"text": …}`), and for a command channel the webhook JSON on stdin plus
+//! `TOKENKEEPER_ALERT_{NAME,STATUS,SEVERITY,ACCOUNT,DESCRIPTION,SINCE,EVENT}` in its environment
+//! (argv run directly, no shell; inherited variables that may hold credentials are removed).
+//! Descriptions come from assessment messages, which hold no tokens, and are passed through
+//! [`redact_tokens`] all the same.
 
 mod channel;
 pub mod error;
