@@ -10,6 +10,7 @@
 pub mod dotenv;
 pub mod error;
 pub mod fs;
+pub mod infisical;
 pub mod render;
 pub mod runner;
 
