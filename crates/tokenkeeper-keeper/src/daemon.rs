@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 
+use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_core::BindingKind;
+use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions};
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::FileWatcher;
 
@@ -23,12 +25,17 @@ use crate::schedule::Scheduler;
 /// recomputes deadlines against the wall clock. This is not a poll of the store.
 const MAX_SLEEP: Duration = Duration::from_secs(300);
 
+/// How often account levels are re-assessed for alerts when nothing else happens: levels also
+/// change with time alone (expiring → expired, reminders due).
+const ALERT_EVERY: Duration = Duration::from_secs(60);
+
 /// What the daemon needs.
 pub struct Daemon {
     keeper: Arc<Keeper>,
     sinks: Option<Arc<SinkSet>>,
     store_changes: Option<PathBuf>,
     watch_debounce: Duration,
+    alerts: Option<Arc<AlertEngine>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -41,7 +48,67 @@ impl Daemon {
     /// A daemon over `keeper`, delivering to `sinks`, watching `store_changes` (the store's
     /// change-notification file) for writes by other processes.
     pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, store_changes: Option<PathBuf>) -> Self {
-        Self { keeper, sinks, store_changes, watch_debounce: Duration::from_millis(20) }
+        Self { keeper, sinks, store_changes, watch_debounce: Duration::from_millis(20), alerts: None }
+    }
+
+    /// Also feeds every account's level to `alerts` after each change and every minute; the
+    /// alert state survives restarts in `<data_dir>/alert-state.json`.
+    pub fn with_alerts(mut self, alerts: Arc<AlertEngine>) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    fn alert_state_path(&self) -> PathBuf {
+        self.keeper.data_dir().join("alert-state.json")
+    }
+
+    fn restore_alert_state(&self) {
+        let Some(alerts) = &self.alerts else { return };
+        match read_optional(&self.alert_state_path()) {
+            Ok(Some(text)) => match serde_json::from_str(&text) {
+                Ok(state) => alerts.restore_state(state),
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable alert state file"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the alert state"),
+        }
+    }
+
+    /// Assesses every account and lets the alert engine decide what to send.
+    async fn observe_alerts(&self) {
+        let Some(alerts) = &self.alerts else { return };
+        let accounts = match self.keeper.store().list_accounts().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list accounts for alerting");
+                return;
+            }
+        };
+        let statuses = self.sinks.as_ref().map(|s| s.statuses()).unwrap_or_default();
+        let now = self.keeper.clock().now();
+        let assessments: Vec<_> = accounts
+            .iter()
+            .map(|a| {
+                let failing =
+                    statuses.iter().filter(|s| s.account == a.name && !s.ok).map(|s| s.name.clone()).collect();
+                let v = crate::view::account_view(self.keeper.config(), a, now, failing);
+                (a.name.clone(), tokenkeeper_core::status::Assessment { level: v.level, message: v.message })
+            })
+            .collect();
+        let sent = alerts.observe(&assessments).await;
+        if !sent.is_empty() {
+            for m in &sent {
+                tracing::info!(account = %m.account, status = ?m.status, severity = %m.severity, "alert queued");
+            }
+            match serde_json::to_vec(&alerts.state()) {
+                Ok(bytes) => {
+                    if let Err(e) = write_file(&self.alert_state_path(), &bytes, &WriteOptions::default()) {
+                        tracing::warn!(error = %e, "cannot save the alert state");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot serialise the alert state"),
+            }
+        }
     }
 
     /// Delivers every account to the sinks once.
@@ -108,6 +175,8 @@ impl Daemon {
             }
         }
         self.deliver_all().await;
+        self.restore_alert_state();
+        self.observe_alerts().await;
         ready();
         tracing::info!("keeper running");
         loop {
@@ -120,6 +189,7 @@ impl Daemon {
                     Duration::from_secs(5)
                 }
             };
+            let sleep = if self.alerts.is_some() { sleep.min(ALERT_EVERY) } else { sleep };
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(sleep) => {
@@ -158,6 +228,7 @@ impl Daemon {
                     }
                 }
             }
+            self.observe_alerts().await;
         }
         tracing::info!("keeper stopped");
         Ok(())
