@@ -1,0 +1,530 @@
+//! [`OAuthClient`]: the token endpoint's client, and the classification of its answers into
+//! [`TokenOutcome`]s.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokenkeeper_core::config::ProviderConfig;
+use tokenkeeper_core::Secret;
+
+use crate::error::ProviderError;
+use crate::grant::TokenGrant;
+use crate::pkce::{PastedCode, PkceLogin};
+
+/// How many redirects within the token endpoint's own origin are followed.
+const MAX_SAME_ORIGIN_REDIRECTS: usize = 3;
+
+/// Longest provider message quoted in a reason.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// OAuth error codes that mean the login itself is dead: only a new login helps.
+const REJECTION_CODES: &[&str] = &[
+    "invalid_grant",
+    "invalid_client",
+    "unauthorized_client",
+    "access_denied",
+    "invalid_scope",
+    "revoked",
+    "token_revoked",
+    "authentication_error",
+    "permission_error",
+];
+
+/// What a token request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOutcome {
+    /// New tokens.
+    Success(TokenGrant),
+    /// The provider refused the grant (`invalid_grant`, `invalid_client`, a revoked login, any
+    /// JSON 401/403): the account needs a new login; retrying cannot help.
+    Rejected {
+        /// HTTP status and the provider's `error`/`error_description`.
+        reason: String,
+    },
+    /// `429`: wait before the next request.
+    RateLimited {
+        /// From `Retry-After` (seconds or an HTTP date), else from
+        /// `anthropic-ratelimit-unified-reset`; `None` when the answer did not say.
+        retry_after: Option<Duration>,
+        /// HTTP status and the provider's message.
+        reason: String,
+    },
+    /// Anything that may pass: 5xx, a network error or timeout, an HTML page (Cloudflare), an
+    /// answer without tokens, a 404 from a wrong endpoint. Back off and retry.
+    Transient {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl TokenOutcome {
+    /// A short name of the kind of outcome, for metrics and logs: `success`, `rejected`,
+    /// `rate_limited` or `transient`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenOutcome::Success(_) => "success",
+            TokenOutcome::Rejected { .. } => "rejected",
+            TokenOutcome::RateLimited { .. } => "rate_limited",
+            TokenOutcome::Transient { .. } => "transient",
+        }
+    }
+}
+
+impl fmt::Display for TokenOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenOutcome::Success(g) => {
+                write!(f, "new access token {} valid for {}s", g.access_token, g.expires_in.as_secs())?;
+                match &g.refresh_token {
+                    Some(r) => write!(f, ", new refresh token {r}"),
+                    None => f.write_str(", refresh token not rotated"),
+                }
+            }
+            TokenOutcome::Rejected { reason } => write!(f, "rejected by the provider: {reason}"),
+            TokenOutcome::RateLimited { retry_after: Some(d), reason } => {
+                write!(f, "rate limited, retry after {}s: {reason}", d.as_secs())
+            }
+            TokenOutcome::RateLimited { retry_after: None, reason } => write!(f, "rate limited: {reason}"),
+            TokenOutcome::Transient { reason } => write!(f, "transient failure: {reason}"),
+        }
+    }
+}
+
+/// The client of one provider's token endpoint. Cheap to clone (the HTTP client is shared).
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    http: reqwest::Client,
+    token_url: String,
+    authorize_url: url::Url,
+    redirect_uri: String,
+    client_id: String,
+    scopes: Vec<String>,
+    timeout: Duration,
+}
+
+fn check_url(key: &'static str, value: &str) -> Result<url::Url, ProviderError> {
+    let invalid = |message: String| ProviderError::InvalidUrl { key, url: value.to_owned(), message };
+    let url = url::Url::parse(value).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("only http and https URLs are supported".into()));
+    }
+    Ok(url)
+}
+
+impl OAuthClient {
+    /// A client for the endpoints in `cfg`, with `cfg.timeout` per request. Redirects are
+    /// followed only within the token endpoint's own origin, so a token is never re-sent to
+    /// another host.
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
+        check_url("token_url", &cfg.token_url)?;
+        let authorize_url = check_url("authorize_url", &cfg.authorize_url)?;
+        check_url("redirect_uri", &cfg.redirect_uri)?;
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+            if same_origin && attempt.previous().len() <= MAX_SAME_ORIGIN_REDIRECTS {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(policy)
+            .build()
+            .map_err(ProviderError::Client)?;
+        Ok(Self {
+            http,
+            token_url: cfg.token_url.clone(),
+            authorize_url,
+            redirect_uri: cfg.redirect_uri.clone(),
+            client_id: cfg.client_id.clone(),
+            scopes: cfg.scopes.clone(),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// The token endpoint this client talks to.
+    pub fn token_url(&self) -> &str {
+        &self.token_url
+    }
+
+    /// Spends `refresh_token` for a new pair. `scopes` are sent space-joined as `scope` (left
+    /// out when empty), as Claude Code does.
+    pub async fn refresh(&self, refresh_token: &Secret, scopes: &[String]) -> TokenOutcome {
+        tracing::debug!(refresh_token = %refresh_token.fingerprint(), ?scopes, "refreshing");
+        let mut body = json!({
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.expose(),
+            "client_id": self.client_id,
+        });
+        if !scopes.is_empty() {
+            body["scope"] = Value::String(scopes.join(" "));
+        }
+        self.request("refresh", &body, &[refresh_token]).await
+    }
+
+    /// Exchanges the pasted authorization code of the login attempt `login` for a pair.
+    pub async fn exchange_code(&self, pasted: &PastedCode, login: &PkceLogin) -> TokenOutcome {
+        tracing::debug!(code = %pasted.code.fingerprint(), "exchanging an authorization code");
+        let body = json!({
+            "grant_type": "authorization_code",
+            "code": pasted.code.expose(),
+            "state": pasted.state,
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "code_verifier": login.verifier.expose(),
+        });
+        self.request("code exchange", &body, &[&pasted.code, &login.verifier]).await
+    }
+
+    /// The URL the user opens to log in, for the attempt `login`.
+    pub fn authorize_url(&self, login: &PkceLogin) -> String {
+        let mut url = self.authorize_url.clone();
+        url.query_pairs_mut()
+            .append_pair("code", "true")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", &self.scopes.join(" "))
+            .append_pair("code_challenge", &login.challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", &login.state);
+        url.into()
+    }
+
+    /// Checks that the token endpoint answers, without spending anything: posts an empty JSON
+    /// object, which no grant can match. Any HTTP answer (a 400 included) counts as reachable.
+    /// Returns the round-trip time.
+    pub async fn probe(&self) -> Result<Duration, ProviderError> {
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(&self.token_url)
+            .header(USER_AGENT, user_agent())
+            .json(&json!({}))
+            .send()
+            .await
+            .map_err(|source| ProviderError::Unreachable { url: self.token_url.clone(), source })?;
+        let elapsed = started.elapsed();
+        tracing::debug!(status = %response.status(), elapsed_ms = elapsed.as_millis() as u64, "token endpoint probed");
+        Ok(elapsed)
+    }
+
+    /// Posts `body` to the token endpoint and classifies the answer. `secrets` are the values in
+    /// the body, scrubbed from any reason in case the provider echoes them.
+    async fn request(&self, what: &'static str, body: &Value, secrets: &[&Secret]) -> TokenOutcome {
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(&self.token_url)
+            .header(USER_AGENT, user_agent())
+            .header(ACCEPT, "application/json")
+            .json(body)
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                match response.bytes().await {
+                    Ok(bytes) => classify(status, &headers, &bytes, Utc::now()),
+                    Err(e) => TokenOutcome::Transient {
+                        reason: format!("HTTP {status}, then reading the answer failed: {}", self.describe(&e)),
+                    },
+                }
+            }
+            Err(e) => {
+                TokenOutcome::Transient { reason: format!("no answer from the token endpoint: {}", self.describe(&e)) }
+            }
+        };
+        let outcome = scrub(outcome, secrets);
+        match &outcome {
+            TokenOutcome::Success(g) => tracing::debug!(
+                what,
+                access_token = %g.access_token.fingerprint(),
+                refresh_token = ?g.refresh_token.as_ref().map(Secret::fingerprint),
+                expires_in_s = g.expires_in.as_secs(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "token endpoint granted"
+            ),
+            other => tracing::debug!(
+                what,
+                kind = other.kind(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "token endpoint refused: {other}"
+            ),
+        }
+        outcome
+    }
+
+    /// A network error in words, with its causes. reqwest's messages name the URL (the token
+    /// endpoint, no secret) and never the body.
+    fn describe(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            return format!("timed out after {}s ({})", self.timeout.as_secs_f64(), self.token_url);
+        }
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+fn user_agent() -> String {
+    format!("tokenkeeper/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Replaces any of `secrets` found in a reason by its fingerprint.
+fn scrub(outcome: TokenOutcome, secrets: &[&Secret]) -> TokenOutcome {
+    let clean = |reason: String| {
+        secrets.iter().filter(|s| !s.is_empty()).fold(reason, |r, s| r.replace(s.expose(), &s.fingerprint()))
+    };
+    match outcome {
+        TokenOutcome::Rejected { reason } => TokenOutcome::Rejected { reason: clean(reason) },
+        TokenOutcome::RateLimited { retry_after, reason } => {
+            TokenOutcome::RateLimited { retry_after, reason: clean(reason) }
+        }
+        TokenOutcome::Transient { reason } => TokenOutcome::Transient { reason: clean(reason) },
+        success => success,
+    }
+}
+
+/// Whether an answer is an HTML page (Cloudflare's challenge and error pages are).
+fn is_html(headers: &HeaderMap, body: &[u8]) -> bool {
+    let declared = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("html"));
+    let text = String::from_utf8_lossy(&body[..body.len().min(64)]);
+    declared || text.trim_start().starts_with('<')
+}
+
+/// The provider's `error` code and message, from either the OAuth shape
+/// (`{"error":"invalid_grant","error_description":"…"}`) or the API shape
+/// (`{"type":"error","error":{"type":"…","message":"…"}}`).
+fn error_detail(v: &Value) -> (Option<String>, Option<String>) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    match v.get("error") {
+        Some(Value::String(code)) => {
+            (Some(code.clone()), text(v.get("error_description")).or_else(|| text(v.get("message"))))
+        }
+        Some(obj @ Value::Object(_)) => (text(obj.get("type")), text(obj.get("message"))),
+        _ => (None, text(v.get("error_description")).or_else(|| text(v.get("message")))),
+    }
+}
+
+/// Shortens a provider message and hides anything shaped like a token. The provider's messages
+/// carry no secrets, but a reason ends up in logs, alerts and the web page: take no chances.
+fn sanitize(message: &str) -> String {
+    let words: Vec<&str> =
+        message.split_whitespace().map(|w| if w.contains("sk-ant-") { "[token]" } else { w }).collect();
+    let joined = words.join(" ");
+    if joined.chars().count() > MAX_DETAIL_CHARS {
+        let cut: String = joined.chars().take(MAX_DETAIL_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        joined
+    }
+}
+
+/// `HTTP 400 Bad Request: invalid_grant (Refresh token not found or invalid)`, or the status
+/// with a description of the body when it is no JSON error.
+fn describe_answer(status: StatusCode, headers: &HeaderMap, body: &[u8], json: Option<&Value>) -> String {
+    let head = format!("HTTP {status}");
+    if let Some(v) = json {
+        match error_detail(v) {
+            (Some(code), Some(msg)) => return format!("{head}: {} ({})", sanitize(&code), sanitize(&msg)),
+            (Some(code), None) => return format!("{head}: {}", sanitize(&code)),
+            (None, Some(msg)) => return format!("{head}: {}", sanitize(&msg)),
+            (None, None) => {}
+        }
+    }
+    if is_html(headers, body) {
+        format!("{head} with an HTML page (Cloudflare?)")
+    } else if body.is_empty() {
+        format!("{head} with an empty body")
+    } else if json.is_some() {
+        format!("{head} with JSON that is neither tokens nor an error")
+    } else {
+        format!("{head} with a body that is not a JSON object")
+    }
+}
+
+/// Classifies one answer of the token endpoint. `now` dates a `Retry-After` given as a date.
+pub(crate) fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> TokenOutcome {
+    let json: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
+    if status.is_success() {
+        if let Some(grant) = json.as_ref().and_then(TokenGrant::from_json) {
+            return TokenOutcome::Success(grant);
+        }
+        let mut reason = describe_answer(status, headers, body, json.as_ref());
+        if json.is_some() && !reason.contains("neither") {
+            reason.push_str(", without an access token");
+        }
+        return TokenOutcome::Transient { reason };
+    }
+    let reason = describe_answer(status, headers, body, json.as_ref());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return TokenOutcome::RateLimited { retry_after: retry_after(headers, now), reason };
+    }
+    if status == StatusCode::NOT_FOUND {
+        return TokenOutcome::Transient {
+            reason: format!(
+                "the token endpoint answered 404: is token_url right? console.anthropic.com no longer serves it ({reason})"
+            ),
+        };
+    }
+    if status.is_redirection() {
+        let to = headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| url::Url::parse(l).ok())
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|| "elsewhere".into());
+        return TokenOutcome::Transient {
+            reason: format!("HTTP {status}: the token endpoint redirects to {to}; not followed (is token_url right?)"),
+        };
+    }
+    let code = json.as_ref().and_then(|v| error_detail(v).0);
+    let is_rejection_code = code.as_deref().is_some_and(|c| REJECTION_CODES.contains(&c));
+    let dead_login = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => json.is_some(),
+        StatusCode::BAD_REQUEST => is_rejection_code,
+        _ => false,
+    };
+    if dead_login {
+        TokenOutcome::Rejected { reason }
+    } else {
+        TokenOutcome::Transient { reason }
+    }
+}
+
+/// How long a 429 asks to wait: `Retry-After` in seconds or as an HTTP date, else the unified
+/// rate limit's reset time.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let header = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::trim);
+    let until = |at: DateTime<Utc>| (at - now).to_std().unwrap_or(Duration::ZERO);
+    if let Some(v) = header(RETRY_AFTER.as_str()) {
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(secs) = v.parse::<f64>() {
+            if secs.is_finite() && secs >= 0.0 {
+                return Some(Duration::from_secs_f64(secs));
+            }
+        }
+        if let Ok(at) = DateTime::parse_from_rfc2822(v) {
+            return Some(until(at.with_timezone(&Utc)));
+        }
+    }
+    let reset = header("anthropic-ratelimit-unified-reset")?.parse::<i64>().ok()?;
+    DateTime::from_timestamp(reset, 0).map(until)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn answer(status: u16, headers: &[(&'static str, &str)], body: &str) -> TokenOutcome {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        classify(StatusCode::from_u16(status).unwrap(), &map, body.as_bytes(), now())
+    }
+
+    #[test]
+    fn rejections_need_a_new_login() {
+        for body in [
+            r#"{"error":"invalid_grant","error_description":"Refresh token not found or invalid"}"#,
+            r#"{"error":"invalid_client"}"#,
+            r#"{"error":"unauthorized_client"}"#,
+            r#"{"type":"error","error":{"type":"invalid_grant","message":"revoked"}}"#,
+        ] {
+            assert!(matches!(answer(400, &[], body), TokenOutcome::Rejected { .. }), "{body}");
+        }
+        let TokenOutcome::Rejected { reason } =
+            answer(400, &[], r#"{"error":"invalid_grant","error_description":"gone"}"#)
+        else {
+            panic!("not rejected");
+        };
+        assert_eq!(reason, "HTTP 400 Bad Request: invalid_grant (gone)");
+        let any_json_401 = r#"{"type":"error","error":{"type":"authentication_error","message":"Invalid token"}}"#;
+        assert!(matches!(answer(401, &[], any_json_401), TokenOutcome::Rejected { .. }));
+        assert!(matches!(answer(403, &[], r#"{"error":"whatever"}"#), TokenOutcome::Rejected { .. }));
+    }
+
+    #[test]
+    fn odd_answers_are_transient() {
+        let cases = [
+            (400, "", r#"{"error":"invalid_request","error_description":"grant_type is required"}"#, "invalid_request"),
+            (500, "", r#"{"error":"server_error"}"#, "HTTP 500"),
+            (502, "text/html", "<html>cloudflare</html>", "an HTML page (Cloudflare?)"),
+            (403, "text/html", "<!DOCTYPE html><html>blocked</html>", "an HTML page (Cloudflare?)"),
+            (200, "text/html", "<html>Just a moment</html>", "HTTP 200 OK with an HTML page (Cloudflare?)"),
+            (200, "application/json", r#"{"token_type":"Bearer"}"#, "neither tokens nor an error"),
+            (200, "application/json", "[1,2]", "not a JSON object"),
+            (200, "", "", "empty body"),
+            (404, "", "Not Found", "is token_url right? console.anthropic.com no longer serves it"),
+            (307, "", "", "not followed"),
+        ];
+        for (status, ct, body, want) in cases {
+            let headers: Vec<(&'static str, &str)> = if ct.is_empty() { vec![] } else { vec![("content-type", ct)] };
+            match answer(status, &headers, body) {
+                TokenOutcome::Transient { reason } => assert!(reason.contains(want), "{status}: {reason}"),
+                other => panic!("{status} {body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_the_wait() {
+        let wait = |headers: &[(&'static str, &str)]| match answer(429, headers, r#"{"error":"rate_limited"}"#) {
+            TokenOutcome::RateLimited { retry_after, reason } => {
+                assert!(reason.starts_with("HTTP 429"), "{reason}");
+                retry_after
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wait(&[("retry-after", "120")]), Some(Duration::from_secs(120)));
+        let date = (now() + chrono::Duration::seconds(90)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        assert_eq!(wait(&[("retry-after", &date)]), Some(Duration::from_secs(90)));
+        let past = (now() - chrono::Duration::seconds(90)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        assert_eq!(wait(&[("retry-after", &past)]), Some(Duration::ZERO));
+        let reset = (now().timestamp() + 300).to_string();
+        assert_eq!(wait(&[("anthropic-ratelimit-unified-reset", &reset)]), Some(Duration::from_secs(300)));
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(wait(&[]), None);
+    }
+
+    #[test]
+    fn token_shaped_words_and_long_messages_are_cut_from_reasons() {
+        let long = "x".repeat(1000);
+        let body =
+            json!({"error": "invalid_grant", "error_description": format!("bad sk-ant-ort01-SECRETVALUE {long}")});
+        let TokenOutcome::Rejected { reason } = answer(400, &[], &body.to_string()) else { panic!("not rejected") };
+        assert!(!reason.contains("SECRETVALUE"), "{reason}");
+        assert!(reason.contains("[token]"));
+        assert!(reason.chars().count() < 400, "{}", reason.len());
+    }
+
+    #[test]
+    fn scrub_replaces_echoed_secrets_by_fingerprints() {
+        let secret = Secret::new("opaque-code-value");
+        let out = scrub(TokenOutcome::Transient { reason: "echo opaque-code-value".into() }, &[&secret]);
+        assert_eq!(out, TokenOutcome::Transient { reason: format!("echo {}", secret.fingerprint()) });
+    }
+}
