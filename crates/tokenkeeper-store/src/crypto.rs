@@ -250,6 +250,7 @@ fn write_private_file(path: &Path, content: &[u8]) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -52,7 +52,7 @@
 //!
 //! # Conformance
 //!
-//! With the `testing` feature, [`testing::story`] exercises every method of the trait; every
+//! With the `testing` feature, `testing::story` exercises every method of the trait; every
 //! implementation runs it.
 
 pub mod crypto;

@@ -694,6 +694,7 @@ fn binding_columns(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use sqlx::Connection;

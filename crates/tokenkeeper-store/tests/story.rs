@@ -1,5 +1,7 @@
 //! The conformance story against SQLite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use tokenkeeper_store::{testing, EncryptionKey, SqliteStore};
 
 #[tokio::test]
