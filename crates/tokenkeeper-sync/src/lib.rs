@@ -13,6 +13,7 @@ pub mod fs;
 pub mod infisical;
 pub mod render;
 pub mod runner;
+pub mod sink;
 
 pub use error::SyncError;
 pub use fs::{write_file, WriteOptions, WriteOutcome};
