@@ -139,6 +139,23 @@ pub struct TokenRequestSummary {
     pub redirect_uri: Option<String>,
 }
 
+/// What the last Messages API request carried, for tests of the proxy: which account's token
+/// it used and which headers and body it forwarded. The bearer token itself is not kept.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MessagesRequestSummary {
+    /// Email of the login whose live access token authorised the request; `None` when the
+    /// token was missing, unknown or expired.
+    pub email: Option<String>,
+    /// `anthropic-version` as sent.
+    pub anthropic_version: Option<String>,
+    /// `anthropic-beta` values as sent, joined with `,`.
+    pub anthropic_beta: Option<String>,
+    /// `user-agent` as sent.
+    pub user_agent: Option<String>,
+    /// The JSON body (`Null` when it was not JSON).
+    pub body: serde_json::Value,
+}
+
 /// What the server's handlers share with the handle.
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -323,6 +340,11 @@ impl MockProvider {
     /// What the last token request carried (no tokens), to check what a client sends.
     pub fn last_token_request(&self) -> Option<TokenRequestSummary> {
         self.inner.shared.lock().last_token_request.clone()
+    }
+
+    /// What the last Messages API request carried (no token).
+    pub fn last_messages_request(&self) -> Option<MessagesRequestSummary> {
+        self.inner.shared.lock().last_messages_request.clone()
     }
 
     /// Revokes a refresh token: from now on it answers `invalid_grant`.

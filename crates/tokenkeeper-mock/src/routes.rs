@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::authorize;
 use crate::state::{random_string, OAuthError, Target, TokenRequest};
-use crate::{Fault, Shared};
+use crate::{Fault, MessagesRequestSummary, Shared};
 
 /// The beta flag without which the Messages API refuses OAuth tokens.
 const OAUTH_BETA: &str = "oauth-2025-04-20";
@@ -230,8 +230,19 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     let (fault, valid, now_s) = {
         let mut st = shared.lock();
         let fault = st.take_fault(Target::Messages);
-        let valid = bearer(&headers).is_some_and(|t| st.access_valid(t));
-        (fault, valid, st.now().timestamp())
+        let email = bearer(&headers).and_then(|t| st.access_email(t));
+        let header = |name: &str| {
+            let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            (!values.is_empty()).then(|| values.join(","))
+        };
+        st.last_messages_request = Some(MessagesRequestSummary {
+            email: email.clone(),
+            anthropic_version: header("anthropic-version"),
+            anthropic_beta: header("anthropic-beta"),
+            user_agent: header("user-agent"),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
+        (fault, email.is_some(), st.now().timestamp())
     };
     let count = |f: fn(&mut crate::Counts)| f(&mut shared.lock().counts);
     match fault {

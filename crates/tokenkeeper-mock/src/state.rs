@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokenkeeper_core::SharedClock;
 
-use crate::{Counts, Fault, TokenRequestSummary, CLIENT_ID};
+use crate::{Counts, Fault, MessagesRequestSummary, TokenRequestSummary, CLIENT_ID};
 
 /// How long an authorization code may wait before it is exchanged.
 pub(crate) const CODE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
@@ -130,6 +130,7 @@ pub(crate) struct State {
     pub persistent: Option<Fault>,
     pub counts: Counts,
     pub last_token_request: Option<TokenRequestSummary>,
+    pub last_messages_request: Option<MessagesRequestSummary>,
 }
 
 pub(crate) fn random_string(len: usize) -> String {
@@ -158,6 +159,7 @@ impl State {
             persistent: None,
             counts: Counts::default(),
             last_token_request: None,
+            last_messages_request: None,
         }
     }
 

@@ -428,6 +428,11 @@ async fn messages_accepts_a_live_token_and_401s_once_it_expires_by_the_clock() {
     let body: Value = r.json().await.unwrap();
     assert_eq!((body["type"].as_str(), body["model"].as_str()), (Some("message"), Some("claude-x")));
     assert_eq!(body["content"][0]["text"], "Hello from the mock.");
+    let seen = mock.last_messages_request().unwrap();
+    assert_eq!(seen.email.as_deref(), Some("a@example.com"));
+    assert_eq!(seen.anthropic_version.as_deref(), Some("2023-06-01"));
+    assert_eq!(seen.anthropic_beta.as_deref(), Some("claude-code-20250219,oauth-2025-04-20"));
+    assert_eq!(seen.body, json!({"model": "claude-x", "max_tokens": 5}));
 
     clock.advance(chrono::Duration::hours(8) - chrono::Duration::seconds(1));
     assert!(mock.is_access_token_valid(&login.access_token));
@@ -441,6 +446,7 @@ async fn messages_accepts_a_live_token_and_401s_once_it_expires_by_the_clock() {
     );
     let r = messages(&mock, "sk-ant-oat01-unknown", json!({"model": "m"})).await;
     assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(mock.last_messages_request().unwrap().email, None);
     let c = mock.counts();
     assert_eq!((c.messages_ok, c.messages_401), (1, 2));
 }
