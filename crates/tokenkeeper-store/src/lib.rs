@@ -19,9 +19,10 @@
 //! # Files
 //!
 //! Everything lives in the data directory (created 0700): `tokenkeeper.db` with its `-wal`
-//! and `-shm` files (0600), `key` (0600, unless `TOKENKEEPER_KEY` is set), and
+//! and `-shm` files (0600), `key` (0600, unless `TOKENKEEPER_KEY` is set),
 //! `tokenkeeper.changed`, rewritten after every committed write so another process can watch it
-//! instead of polling.
+//! instead of polling, and `tokenkeeper.db.setup-lock`, an advisory lock held only while a
+//! process opens and migrates the database (so processes starting at once do it one by one).
 //!
 //! # Schema (`migrations/sqlite/`)
 //!
