@@ -1,0 +1,205 @@
+//! What keeps the page safe besides the session: the cross-site guard on every state-changing
+//! request, security headers on every response, constant-time comparison, and the per-address
+//! limit on failed sign-ins.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use tokenkeeper_core::SharedClock;
+
+use crate::WebState;
+
+/// Failed sign-ins allowed per client address within [`SIGN_IN_WINDOW`].
+pub const MAX_FAILED_SIGN_INS: u32 = 5;
+/// The window over which failed sign-ins are counted; a blocked address may try again when it
+/// has passed.
+pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Addresses tracked at most; beyond that the stalest entries are dropped.
+const MAX_TRACKED: usize = 10_000;
+
+/// Compares two secrets in time that depends on neither their contents nor where they differ.
+/// Both sides are hashed first so that their lengths do not show either.
+pub fn ct_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// The client's address as the listener saw it. Headers like `X-Forwarded-For` are not
+/// trusted: anyone can send them. Without connection info (a router served without it, or a
+/// test) every client shares the unspecified address, and so one budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientIp(ip))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    first_at: DateTime<Utc>,
+    count: u32,
+}
+
+/// Counts failed sign-ins per address in a fixed window.
+#[derive(Debug)]
+pub struct SignInLimiter {
+    map: Mutex<HashMap<IpAddr, Failures>>,
+    clock: SharedClock,
+}
+
+impl SignInLimiter {
+    /// An empty limiter on `clock`.
+    pub fn new(clock: SharedClock) -> SignInLimiter {
+        SignInLimiter { map: Mutex::new(HashMap::new()), clock }
+    }
+
+    fn window() -> chrono::Duration {
+        chrono::Duration::from_std(SIGN_IN_WINDOW).unwrap_or(chrono::Duration::minutes(15))
+    }
+
+    /// `Err(wait)` when `ip` has used its failures for this window.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some(f) if f.count >= MAX_FAILED_SIGN_INS && now - f.first_at < Self::window() => {
+                Err((f.first_at + Self::window() - now).to_std().unwrap_or(Duration::from_secs(1)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed sign-in from `ip`.
+    pub fn fail(&self, ip: IpAddr) {
+        let now = self.clock.now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, f| now - f.first_at < Self::window());
+        }
+        let entry = map.entry(ip).or_insert(Failures { first_at: now, count: 0 });
+        if now - entry.first_at >= Self::window() {
+            *entry = Failures { first_at: now, count: 0 };
+        }
+        entry.count += 1;
+    }
+
+    /// Forgets `ip`'s failures after a successful sign-in.
+    pub fn succeed(&self, ip: IpAddr) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+    }
+}
+
+/// Why a request was taken for cross-site.
+fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    // Browsers send Sec-Fetch-Site on every request; `same-site` is refused too, since a sibling
+    // subdomain may belong to someone else.
+    if let Some(site) = headers.get("sec-fetch-site") {
+        match site.to_str().unwrap_or_default() {
+            "same-origin" | "none" => {}
+            _ => return Some("the browser said the form came from another site"),
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
+        if host.is_empty() || !authority.eq_ignore_ascii_case(host) {
+            return Some("the form came from another origin");
+        }
+    }
+    None
+}
+
+/// Middleware on every route of the page: refuses state-changing requests that a browser marks
+/// as cross-site (before any handler or body parsing runs), and adds the security headers.
+pub async fn guard(State(state): State<WebState>, req: Request, next: Next) -> Response {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let mut response = match (safe, cross_site(req.headers())) {
+        (false, Some(why)) => {
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), reason = why, "cross-site request refused");
+            crate::pages::refused(
+                &state,
+                "This form was sent from another site, so it was refused. Open tokenkeeper's page directly and try again.",
+            )
+        }
+        _ => next.run(req).await,
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, state.templates().content_security_policy().clone());
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokenkeeper_core::ManualClock;
+
+    #[test]
+    fn ct_eq_compares_contents() {
+        assert!(ct_eq("abc", "abc"));
+        assert!(!ct_eq("abc", "abd"));
+        assert!(!ct_eq("abc", "abcd"));
+        assert!(!ct_eq("", "a"));
+    }
+
+    #[test]
+    fn limiter_blocks_after_the_budget_and_forgives_after_the_window() {
+        let clock = ManualClock::new(Utc::now());
+        let limiter = SignInLimiter::new(Arc::new(clock.clone()));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..MAX_FAILED_SIGN_INS {
+            assert!(limiter.check(ip).is_ok());
+            limiter.fail(ip);
+        }
+        let wait = limiter.check(ip).unwrap_err();
+        assert!(wait <= SIGN_IN_WINDOW && wait > Duration::from_secs(60), "{wait:?}");
+        assert!(limiter.check(other).is_ok(), "another address keeps its own budget");
+        clock.advance(chrono::Duration::from_std(SIGN_IN_WINDOW).unwrap());
+        assert!(limiter.check(ip).is_ok());
+    }
+
+    #[test]
+    fn cross_site_reads_fetch_metadata_and_origin() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("keeper.example:8377"));
+        assert_eq!(cross_site(&h), None);
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://keeper.example:8377"));
+        assert_eq!(cross_site(&h), None);
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert_eq!(cross_site(&h), None);
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(cross_site(&h).is_some());
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(cross_site(&h).is_some());
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(cross_site(&h).is_some());
+    }
+}
