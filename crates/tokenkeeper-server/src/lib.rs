@@ -1,0 +1,80 @@
+//! The HTTP API of tokenkeeper: the seeds' endpoints (`/api/status`, `/api/push`,
+//! `/api/auto-refresh[-if-needed]`, `/oauth/exchange-code`, `/oauth/status`,
+//! `DELETE /oauth/tokens[/{email}]`, `/health`) plus `/api/token`, `/oauth/start`, `/ready`,
+//! `/metrics` and `/api/openapi.json`, all behind scoped API keys.
+//!
+//! - [`router`] builds the axum router (the web page of `tokenkeeper-web` is merged in);
+//! - [`serve`] runs it on a TCP listener (TLS when configured) and a Unix socket, until a
+//!   shutdown future resolves, draining requests in flight;
+//! - [`auth`] has the admin token, API keys and the authentication extractor;
+//! - [`error::ApiError`] is the one error answer of every handler.
+//!
+//! See `docs/API.md` for every endpoint with `curl` examples.
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod listen;
+pub mod metrics;
+pub mod oauth;
+pub mod state;
+
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+
+pub use auth::{
+    create_api_key, list_api_keys, load_or_create_admin_token, revoke_api_key, Authed, NewApiKey, Principal, Scope,
+    ADMIN_TOKEN_ENV,
+};
+pub use error::{ApiError, ServerError};
+pub use listen::serve;
+pub use state::{AppState, ExtraMetrics};
+
+/// The OpenAPI 3 document served at `/api/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Every API route: method, path (axum and OpenAPI share the `{param}` syntax), handler. One
+/// table, so [`api_routes`] lists exactly what [`router`] serves.
+fn table() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("get", "/health", get(api::health)),
+        ("get", "/ready", get(api::ready)),
+        ("get", "/metrics", get(metrics::metrics)),
+        ("get", "/api/status", get(api::status)),
+        ("post", "/api/push", post(api::push)),
+        ("post", "/api/auto-refresh", post(api::auto_refresh)),
+        ("post", "/api/auto-refresh-if-needed", post(api::auto_refresh_if_needed)),
+        ("get", "/api/token", get(api::token)),
+        ("get", "/api/openapi.json", get(api::openapi)),
+        ("post", "/oauth/start", post(oauth::start)),
+        ("post", "/oauth/exchange-code", post(oauth::exchange_code)),
+        ("get", "/oauth/status", get(oauth::status)),
+        ("delete", "/oauth/tokens/{account_email}", delete(oauth::delete_one)),
+        ("delete", "/oauth/tokens", delete(oauth::delete_all)),
+    ]
+}
+
+/// Every route [`router`] serves for the API (the web page's routes aside), as
+/// `(method, path)` with lower-case methods.
+pub fn api_routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The API router over `state` (plain-HTTP cookies for the web page).
+pub fn router(state: AppState) -> Router {
+    router_with(state, false)
+}
+
+/// The router; `secure_cookies` when served over TLS.
+pub(crate) fn router_with(state: AppState, secure_cookies: bool) -> Router {
+    let mut api: Router<AppState> = Router::new();
+    for (_, path, handler) in table() {
+        api = api.route(path, handler);
+    }
+    // TODO(web): merge `tokenkeeper_web::router(tokenkeeper_web::WebState::new(keeper, sinks,
+    // admin_token, secure_cookies))` here once the crate builds; it serves `/`, `/login`,
+    // `/logout`, `/accounts/...`, `/wizard`, `/paste`, `/static/...`.
+    let _ = secure_cookies;
+    api.with_state(state)
+}

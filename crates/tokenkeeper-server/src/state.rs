@@ -1,0 +1,203 @@
+//! What every handler shares: the keeper, the sinks (for their status), the admin token, the
+//! logins started with `POST /oauth/start` and not yet finished, and the failure limiter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use tokenkeeper_core::{Account, Secret};
+use tokenkeeper_keeper::view::{account_view, AccountView};
+use tokenkeeper_keeper::Keeper;
+use tokenkeeper_provider::PkceLogin;
+use tokenkeeper_sync::sink::{SinkSet, SinkStatus};
+
+use crate::auth::FailureLimiter;
+
+/// How long a login started with `POST /oauth/start` waits for its code (the provider's codes
+/// live about as long).
+pub const LOGIN_TTL_SECS: i64 = 600;
+
+/// At most this many logins wait at once; the oldest is dropped past it.
+const MAX_PENDING_LOGINS: usize = 64;
+
+/// The default limit of a request body.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// A hook that appends Prometheus text to `/metrics` (for metrics of other components, such as
+/// alert delivery). It must write complete, valid exposition lines and no secrets.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// A login waiting for its code.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingLogin {
+    pub(crate) login: PkceLogin,
+    pub(crate) started_at: DateTime<Utc>,
+}
+
+/// The server's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) keeper: Arc<Keeper>,
+    pub(crate) sinks: Option<Arc<SinkSet>>,
+    pub(crate) admin_token: Arc<Secret>,
+    logins: Arc<Mutex<HashMap<String, PendingLogin>>>,
+    limiter: Arc<Mutex<FailureLimiter>>,
+    pub(crate) extra_metrics: Option<ExtraMetrics>,
+    pub(crate) body_limit: usize,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("keeper", &self.keeper)
+            .field("admin_token", &self.admin_token)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sink's state as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkView {
+    /// The sink's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whether the last delivery succeeded.
+    pub ok: bool,
+    /// The last error, without secrets.
+    pub last_error: Option<String>,
+    /// When it last wrote successfully.
+    pub last_written_at: Option<DateTime<Utc>>,
+    /// Successful writes.
+    pub writes: u64,
+    /// Failed attempts.
+    pub failures: u64,
+}
+
+impl From<&SinkStatus> for SinkView {
+    fn from(s: &SinkStatus) -> Self {
+        SinkView {
+            name: s.name.clone(),
+            kind: serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            ok: s.ok,
+            last_error: s.last_error.clone(),
+            last_written_at: s.last_written_at,
+            writes: s.writes,
+            failures: s.failures,
+        }
+    }
+}
+
+/// An account's view (as `tokenkeeper status --json` shows it) with its sinks.
+#[derive(Debug, Serialize)]
+pub struct AccountWithSinks {
+    /// The shared account view.
+    #[serde(flatten)]
+    pub view: AccountView,
+    /// The account's sinks.
+    pub sinks: Vec<SinkView>,
+}
+
+impl AppState {
+    /// The state for a server over `keeper`; `sinks` (when the daemon delivers) feed the
+    /// status and metrics; `admin_token` is the token that may do everything.
+    pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, admin_token: Secret) -> Self {
+        AppState {
+            keeper,
+            sinks,
+            admin_token: Arc::new(admin_token),
+            logins: Arc::default(),
+            limiter: Arc::default(),
+            extra_metrics: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Adds a hook that appends Prometheus text to `/metrics`.
+    pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
+        self.extra_metrics = Some(hook);
+        self
+    }
+
+    /// Sets the request body limit (default 64 KiB).
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The keeper.
+    pub fn keeper(&self) -> &Arc<Keeper> {
+        &self.keeper
+    }
+
+    /// The sinks, when the daemon runs beside the server.
+    pub fn sinks(&self) -> Option<&Arc<SinkSet>> {
+        self.sinks.as_ref()
+    }
+
+    /// The admin token (for the web page's sign-in).
+    pub fn admin_token(&self) -> &Secret {
+        &self.admin_token
+    }
+
+    pub(crate) fn limiter(&self) -> MutexGuard<'_, FailureLimiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn logins(&self) -> MutexGuard<'_, HashMap<String, PendingLogin>> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a login and keeps it until its code comes back (or it expires).
+    pub(crate) fn start_login(&self) -> (String, String) {
+        let now = self.keeper.clock().now();
+        let (login, url) = self.keeper.start_login();
+        let state = login.state.clone();
+        let mut logins = self.logins();
+        logins.retain(|_, p| now - p.started_at < Duration::seconds(LOGIN_TTL_SECS));
+        while logins.len() >= MAX_PENDING_LOGINS {
+            let Some(oldest) = logins.iter().min_by_key(|(_, p)| p.started_at).map(|(k, _)| k.clone()) else { break };
+            logins.remove(&oldest);
+        }
+        logins.insert(state.clone(), PendingLogin { login, started_at: now });
+        (url, state)
+    }
+
+    /// The pending login for `state` (`None` picks the only pending login), if not expired.
+    pub(crate) fn pending_login(&self, state: Option<&str>) -> Option<PendingLogin> {
+        let now = self.keeper.clock().now();
+        let mut logins = self.logins();
+        logins.retain(|_, p| now - p.started_at < Duration::seconds(LOGIN_TTL_SECS));
+        match state {
+            Some(s) => logins.get(s).cloned(),
+            None if logins.len() == 1 => logins.values().next().cloned(),
+            None => None,
+        }
+    }
+
+    /// Forgets a pending login (its code was used).
+    pub(crate) fn forget_login(&self, state: &str) {
+        self.logins().remove(state);
+    }
+
+    /// Every sink's status (empty without sinks).
+    pub(crate) fn sink_statuses(&self) -> Vec<SinkStatus> {
+        self.sinks.as_ref().map(|s| s.statuses()).unwrap_or_default()
+    }
+
+    /// An account's view with its sinks, from a snapshot of sink statuses.
+    pub(crate) fn view_with(&self, account: &Account, sinks: &[SinkStatus]) -> AccountWithSinks {
+        let mine: Vec<&SinkStatus> = sinks.iter().filter(|s| s.account == account.name).collect();
+        let failing = mine.iter().filter(|s| !s.ok).map(|s| s.name.clone()).collect();
+        let view = account_view(self.keeper.config(), account, self.keeper.clock().now(), failing);
+        AccountWithSinks { view, sinks: mine.into_iter().map(SinkView::from).collect() }
+    }
+
+    /// An account's view with its sinks.
+    pub(crate) fn view(&self, account: &Account) -> AccountWithSinks {
+        self.view_with(account, &self.sink_statuses())
+    }
+}
