@@ -14,6 +14,7 @@ pub mod infisical;
 pub mod render;
 pub mod runner;
 pub mod sink;
+pub mod watch;
 
 pub use error::SyncError;
 pub use fs::{write_file, WriteOptions, WriteOutcome};
