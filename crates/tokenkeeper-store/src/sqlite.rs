@@ -558,6 +558,7 @@ impl MigrationSource<'static> for EmbeddedMigrations {
 /// Opens (creating) `path` and takes an exclusive advisory lock on it, without blocking the
 /// runtime while another process holds it. The lock lasts as long as the returned file.
 async fn lock_exclusively(path: PathBuf) -> Result<File, StoreError> {
+    let on_join_error = io_error("wait for the lock", &path);
     let locked = tokio::task::spawn_blocking(move || {
         let file = OpenOptions::new()
             .create(true)
@@ -572,11 +573,7 @@ async fn lock_exclusively(path: PathBuf) -> Result<File, StoreError> {
     .await;
     match locked {
         Ok(result) => result,
-        Err(e) => Err(StoreError::Io {
-            action: "wait for the setup lock of".to_owned(),
-            path: PathBuf::from(SETUP_LOCK_FILE_NAME),
-            source: io::Error::other(e),
-        }),
+        Err(e) => Err(on_join_error(io::Error::other(e))),
     }
 }
 
@@ -754,5 +751,49 @@ mod tests {
         store.close().await;
         let again = SqliteStore::open(tmp.path(), EncryptionKey::from_base64(&b64).unwrap()).await.unwrap();
         assert_eq!(again.events(None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_database_failure_is_never_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path(), EncryptionKey::generate()).await.unwrap();
+        sqlx::query("DROP TABLE accounts").execute(&store.pool).await.unwrap();
+        let when = DateTime::from_timestamp_millis(1).unwrap();
+        let credential = Credential {
+            access_token: tokenkeeper_core::Secret::new("sk-ant-oat01-x"),
+            refresh_token: None,
+            expires_at: when,
+            scopes: vec![],
+            subscription_type: None,
+            rate_limit_tier: None,
+        };
+        let update = CredentialUpdate {
+            expected_version: 1,
+            credential,
+            change: CredentialChange::Refreshed,
+            at: when,
+            detail: String::new(),
+            email: None,
+            organization: None,
+        };
+        assert!(matches!(store.get_account("main").await, Err(StoreError::Database { .. })));
+        assert!(matches!(store.update_credential("main", &update).await, Err(StoreError::Database { .. })));
+        assert!(matches!(store.record_usage("main", when).await, Err(StoreError::Database { .. })));
+        assert!(matches!(store.remove_account("main", when).await, Err(StoreError::Database { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_row_is_corrupt_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path(), EncryptionKey::generate()).await.unwrap();
+        let new = crate::testing::new_account("main", crate::testing::credential("sk-ant-oat01-x", None, 10));
+        store.create_account(&new, crate::testing::at(0), CredentialChange::Imported).await.unwrap();
+        sqlx::query("UPDATE accounts SET state = 'sleepy'").execute(&store.pool).await.unwrap();
+        match store.get_account("main").await {
+            Err(StoreError::Corrupt { account, reason }) => assert_eq!(account, "main", "{reason}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        sqlx::query("UPDATE accounts SET state = 'active', secret = 'v1:AAAA'").execute(&store.pool).await.unwrap();
+        assert!(matches!(store.get_account("main").await, Err(StoreError::Corrupt { .. })));
     }
 }
