@@ -104,6 +104,11 @@ impl WebState {
         self.inner.secure_cookies
     }
 
+    /// Live sessions (signed-in browsers).
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
     pub(crate) fn admin_token(&self) -> &Secret {
         &self.inner.admin_token
     }

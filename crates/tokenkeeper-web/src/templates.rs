@@ -32,6 +32,20 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("message.html", include_str!("../templates/message.html")),
 ];
 
+/// Percent-encodes a value for one URL path segment. Account names are already limited to
+/// path-safe characters; this keeps a link right even if that rule ever loosens.
+fn path_segment(value: String) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@+".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The parsed templates and the policy that allows their style sheet.
 #[derive(Debug)]
 pub struct Templates {
@@ -56,6 +70,7 @@ impl Templates {
                 tracing::error!(template = name, error = %e, "embedded template does not parse");
             }
         }
+        env.add_filter("segment", path_segment);
         env.add_global("css", Value::from_safe_string(CSS.to_owned()));
         let hash = STANDARD.encode(Sha256::digest(CSS.as_bytes()));
         let policy = format!(
@@ -86,5 +101,35 @@ impl Templates {
             Ok(html) => (status, Html(html)).into_response(),
             Err(e) => e.into_response(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_embedded_template_parses() {
+        let mut env = Environment::new();
+        env.add_filter("segment", path_segment);
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn path_segment_encodes_everything_but_name_characters() {
+        assert_eq!(path_segment("a.b_c-d@e+f".into()), "a.b_c-d@e+f");
+        assert_eq!(path_segment("a/b c?".into()), "a%2Fb%20c%3F");
+    }
+
+    #[test]
+    fn the_policy_allows_exactly_the_inline_style_sheet() {
+        let t = Templates::new();
+        let csp = t.content_security_policy().to_str().unwrap();
+        let hash = STANDARD.encode(Sha256::digest(CSS.as_bytes()));
+        assert!(csp.contains(&format!("style-src 'sha256-{hash}'")), "{csp}");
+        let page = t.render("message.html", minijinja::context! { heading => "h", text => "t" }).unwrap();
+        assert!(page.contains(&format!("<style>{CSS}</style>")), "the hashed text is what is inlined");
     }
 }

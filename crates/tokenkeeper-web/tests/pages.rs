@@ -1,0 +1,408 @@
+//! The page through `Router::oneshot`: sign-in, sessions, every page, the refresh, remove,
+//! paste and wizard flows against the mock provider, and the CSRF and cross-site refusals.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use axum::http::{header, StatusCode};
+use support::{claude_json, env, env_with, Env, ADMIN_TOKEN, HOST};
+use tokenkeeper_core::{ManualClock, Store as _};
+use tokenkeeper_web::security::MAX_FAILED_SIGN_INS;
+
+fn session_cookie(setc: &[String]) -> &String {
+    setc.iter().find(|c| c.starts_with("tk_session=")).expect("a tk_session cookie")
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_http_only_session_cookie() {
+    let e = env().await;
+    let mut c = e.client();
+    let form = c.get("/login").await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(form.body.contains("<label for=\"token\">Admin token</label>"));
+    let csrf_cookie = form.set_cookies().into_iter().find(|c| c.starts_with("tk_login_csrf=")).unwrap();
+    assert!(csrf_cookie.contains("HttpOnly") && csrf_cookie.contains("SameSite=Strict"), "{csrf_cookie}");
+
+    let res = c.sign_in_with(ADMIN_TOKEN).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let cookies = res.set_cookies();
+    let cookie = session_cookie(&cookies);
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(cookie.contains(flag), "{flag} missing in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP must not set Secure: {cookie}");
+    let id = c.cookie("tk_session").unwrap();
+    assert!(id.len() >= 43, "a 256-bit random id");
+    assert_eq!(e.state.keeper().store().list_accounts().await.unwrap().len(), 0);
+
+    let dash = c.get("/").await;
+    assert_eq!(dash.status, StatusCode::OK);
+    assert!(dash.body.contains("Signed in."), "flash shown once");
+    assert!(dash.body.contains("No accounts yet"));
+    assert!(!c.get("/").await.body.contains("Signed in."), "the flash is gone on the next page");
+
+    let other = e.client();
+    assert_ne!(other.cookie("tk_session"), Some(id), "no session shared");
+}
+
+#[tokio::test]
+async fn secure_cookies_are_marked_secure() {
+    let e = env_with(true, None).await;
+    let mut c = e.client();
+    let res = c.sign_in_with(ADMIN_TOKEN).await;
+    let cookies = res.set_cookies();
+    assert!(session_cookie(&cookies).contains("Secure"), "{cookies:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_failures_are_rate_limited_per_address() {
+    let e = env().await;
+    let mut c = e.client();
+    c.ip = Some(SocketAddr::from(([192, 0, 2, 7], 5000)));
+    for _ in 0..MAX_FAILED_SIGN_INS {
+        let res = c.sign_in_with("not-the-token").await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+        assert!(res.body.contains("That is not the admin token"), "{}", res.body);
+        assert!(!res.set_cookies().iter().any(|c| c.starts_with("tk_session=")));
+    }
+    // Now even the right token waits: the budget is per address, not per guess.
+    let res = c.sign_in_with(ADMIN_TOKEN).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.body.contains("Try again in 15 minutes"), "{}", res.body);
+
+    let mut other = e.client();
+    other.ip = Some(SocketAddr::from(([192, 0, 2, 8], 5000)));
+    assert_eq!(other.sign_in_with(ADMIN_TOKEN).await.status, StatusCode::SEE_OTHER);
+
+    e.clock.advance(chrono::Duration::minutes(16));
+    assert_eq!(c.sign_in_with(ADMIN_TOKEN).await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn sign_in_without_the_form_token_is_refused() {
+    let e = env().await;
+    let mut c = e.client();
+    let res = c.post("/login", &[("token", ADMIN_TOKEN), ("csrf", "made-up")]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert!(res.body.contains("security token is missing or out of date"));
+    let res = c.post_with("/login", &[("token", ADMIN_TOKEN)], &[("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert!(c.cookie("tk_session").is_none());
+}
+
+#[tokio::test]
+async fn pages_need_a_session() {
+    let e = env().await;
+    e.seed("main").await;
+    let mut c = e.client();
+    for path in ["/", "/wizard", "/paste", "/accounts/main/remove"] {
+        let res = c.get(path).await;
+        assert_eq!(res.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(res.location(), "/login", "{path}");
+    }
+    for path in ["/accounts/main/refresh", "/accounts/main/remove", "/paste", "/wizard", "/logout"] {
+        let res = c.post(path, &[("csrf", "x")]).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(res.body.contains("not signed in"), "{path}: {}", res.body);
+    }
+    assert_eq!(e.mock.counts().token_requests, 0);
+    assert_eq!(e.state.keeper().store().list_accounts().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn every_page_renders_with_security_headers_and_no_token() {
+    let e = env().await;
+    let t = e.seed("main").await;
+    let mut c = e.client();
+    let login = c.get("/login").await;
+    c.sign_in().await;
+    for path in ["/", "/wizard", "/paste", "/accounts/main/remove"] {
+        let page = c.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        assert!(page.body.starts_with("<!DOCTYPE html>"), "{path}");
+        assert!(page.body.contains("name=\"viewport\""), "{path}");
+        assert!(!page.body.contains("<script"), "{path}: no JavaScript");
+        assert!(!page.body.contains(&t.access_token) && !page.body.contains(&t.refresh_token), "{path} leaks a token");
+        let csp = page.headers.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("form-action 'self'"), "{csp}");
+        assert_eq!(page.headers.get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
+        assert_eq!(page.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+    }
+    assert!(login.headers.get(header::CONTENT_SECURITY_POLICY).is_some());
+    let missing = c.get("/accounts/nobody/remove").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("There is no account named nobody"));
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_status_in_words() {
+    let e = env().await;
+    let t = e.seed("main").await;
+    let mut c = e.client();
+    c.sign_in().await;
+    e.clock.advance(chrono::Duration::minutes(65));
+    let dash = c.get("/").await;
+    let b = &dash.body;
+    assert!(b.contains("<h2 id=\"name-main\">main</h2>"), "{b}");
+    assert!(b.contains("class=\"badge ok\">Healthy"), "{b}");
+    assert!(b.contains("valid for 6h 55m"), "{b}");
+    assert!(b.contains("main@example.com") || b.contains("Refresh token age"), "{b}");
+    assert!(b.contains("Refresh token age"));
+    assert!(b.contains("Last refresh</dt><dd>never"), "{b}");
+    assert!(b.contains("0 times"), "{b}");
+    let fp = tokenkeeper_core::Secret::new(t.access_token.clone()).fingerprint();
+    assert!(b.contains(&fp), "fingerprint shown");
+    assert!(b.contains("action=\"/accounts/main/refresh\""));
+    assert!(b.contains("href=\"/accounts/main/remove\""));
+
+    e.clock.advance(chrono::Duration::hours(8));
+    let dash = c.get("/").await;
+    assert!(dash.body.contains("class=\"badge bad\">Expired"), "{}", dash.body);
+    assert!(dash.body.contains("expired 1h 05m ago"), "{}", dash.body);
+}
+
+#[tokio::test]
+async fn refresh_says_what_happened() {
+    let e = env().await;
+    let t = e.seed("main").await;
+    let mut c = e.client();
+    let csrf = c.sign_in().await;
+    e.clock.advance(chrono::Duration::hours(1));
+    let res = c.post("/accounts/main/refresh", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    assert_eq!(res.location(), "/");
+    assert_eq!(e.mock.counts().refresh_ok, 1);
+    let dash = c.get("/").await;
+    assert!(dash.body.contains("Refreshed main: valid for 8h 00m."), "{}", dash.body);
+    assert!(dash.body.contains("Last refresh</dt><dd>0s ago"), "{}", dash.body);
+
+    // The provider kills the refresh token: the page says to log in again.
+    let now = e.keeper.store().get_account("main").await.unwrap().unwrap();
+    e.mock.revoke(now.credential.refresh_token.as_ref().unwrap().expose());
+    assert_ne!(now.credential.refresh_token.as_ref().unwrap().expose(), t.refresh_token);
+    e.clock.advance(chrono::Duration::minutes(5));
+    c.post("/accounts/main/refresh", &[("csrf", &csrf)]).await;
+    let dash = c.get("/").await;
+    assert!(
+        dash.body.contains("The provider rejected the refresh token of main: log in again with the login wizard."),
+        "{}",
+        dash.body
+    );
+    assert!(dash.body.contains("Needs login"), "{}", dash.body);
+
+    c.post("/accounts/nobody/refresh", &[("csrf", &csrf)]).await;
+    assert!(c.get("/").await.body.contains("There is no account named nobody"));
+}
+
+#[tokio::test]
+async fn remove_goes_through_a_confirm_page() {
+    let e = env().await;
+    e.seed("main").await;
+    e.seed("spare").await;
+    let mut c = e.client();
+    c.sign_in().await;
+    let confirm = c.get("/accounts/spare/remove").await;
+    assert!(confirm.body.contains("Remove spare?"), "{}", confirm.body);
+    assert!(confirm.body.contains("action=\"/accounts/spare/remove\""));
+    assert_eq!(e.keeper.store().list_accounts().await.unwrap().len(), 2, "GET changes nothing");
+    let res = c.post("/accounts/spare/remove", &[("csrf", &confirm.csrf())]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let dash = c.get("/").await;
+    assert!(dash.body.contains("Removed spare."), "{}", dash.body);
+    assert!(!dash.body.contains("name-spare"));
+    let names: Vec<_> = e.keeper.store().list_accounts().await.unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["main"]);
+}
+
+#[tokio::test]
+async fn paste_stores_newer_credentials_and_refuses_older_ones() {
+    let e = env().await;
+    let mut c = e.client();
+    let csrf = c.sign_in().await;
+    let first = e.mock.issue_login("work@example.com");
+    let res = c.post("/paste", &[("csrf", &csrf), ("credential", &claude_json(&first)), ("account", "work")]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+    let dash = c.get("/").await;
+    assert!(dash.body.contains("Added work: valid for 8h 00m."), "{}", dash.body);
+
+    // An older credential (the clock moved on, a new login was stored, then the old one pasted).
+    e.clock.advance(chrono::Duration::hours(1));
+    let second = e.mock.issue_login("work@example.com");
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, claude_json(&second));
+    let res = c.post("/paste", &[("csrf", &csrf), ("credential", &b64), ("account", "work")]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "base64 is accepted: {}", res.body);
+    assert!(c.get("/").await.body.contains("Updated work: valid for 8h 00m."));
+
+    let res = c.post("/paste", &[("csrf", &csrf), ("credential", &claude_json(&first)), ("account", "work")]).await;
+    assert_eq!(res.status, StatusCode::CONFLICT);
+    assert!(res.body.contains("Nothing was changed"), "{}", res.body);
+    assert!(res.body.contains("older"), "{}", res.body);
+    assert!(!res.body.contains(&first.access_token), "the pasted text is never shown back");
+    let stored = e.keeper.store().get_account("work").await.unwrap().unwrap();
+    assert_eq!(stored.credential.access_token.expose(), second.access_token);
+
+    let res = c.post("/paste", &[("csrf", &csrf), ("credential", "{\"claudeAiOauth\": {"), ("account", "")]).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.body.contains("Nothing was stored: the input is not valid JSON"), "{}", res.body);
+    let res = c.post("/paste", &[("csrf", &csrf), ("credential", "  "), ("account", "")]).await;
+    assert!(res.body.contains("the input is empty"), "{}", res.body);
+}
+
+#[tokio::test]
+async fn the_paste_page_offers_the_cli_one_liners_for_this_host() {
+    let e = env().await;
+    let mut c = e.client();
+    c.sign_in().await;
+    let page = c.get("/paste").await;
+    let b = support::unescape(&page.body);
+    assert!(
+        b.contains(&format!("tokenkeeper push --server http://{HOST} --key-file ~/.config/tokenkeeper/push.key")),
+        "{b}"
+    );
+    assert!(b.contains(&format!("curl -X POST http://{HOST}/api/push -H \"Authorization: Bearer $KEY\"")), "{b}");
+    assert!(b.contains("-H \"Content-Type: application/json\" -d @\"$HOME/.claude/.credentials.json\""), "{b}");
+}
+
+#[tokio::test]
+async fn the_wizard_logs_in_an_account() {
+    let e = env().await;
+    let mut c = e.client();
+    c.sign_in().await;
+    let page = c.get("/wizard").await;
+    let url = page.href_of("authorize");
+    assert!(url.starts_with(&e.mock.authorize_url()), "{url}");
+    assert!(page.body.contains("target=\"_blank\""));
+    // The same attempt is shown again on reload, so a code from the open tab still fits.
+    assert_eq!(c.get("/wizard").await.href_of("authorize"), url);
+
+    let pasted = e.mock.authorize(&url, "new@example.com").unwrap();
+    let res = c.post("/wizard", &[("csrf", &page.csrf()), ("code", &pasted), ("account", "new")]).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert!(res.body.contains("Added new (new@example.com): valid for 8h 00m."), "{}", res.body);
+    assert_eq!(e.mock.counts().exchange_ok, 1);
+    assert!(e.keeper.store().get_account("new").await.unwrap().is_some());
+
+    // The attempt is used up: pasting again says to start again and offers a new link.
+    let res = c.post("/wizard", &[("csrf", &page.csrf()), ("code", &pasted), ("account", "new")]).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.body.contains("Start again"), "{}", res.body);
+    assert_ne!(res.href_of("authorize"), url);
+}
+
+#[tokio::test]
+async fn the_wizard_explains_bad_codes() {
+    let e = env().await;
+    let mut c = e.client();
+    c.sign_in().await;
+    let page = c.get("/wizard").await;
+    let csrf = page.csrf();
+    let url = page.href_of("authorize");
+
+    let res = c.post("/wizard", &[("csrf", &csrf), ("code", "just-a-code"), ("account", "")]).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.body.contains("including the part after the # sign"), "{}", res.body);
+    assert_eq!(res.href_of("authorize"), url, "a typo keeps the attempt");
+
+    let res = c.post("/wizard", &[("csrf", &csrf), ("code", "abc#not-this-attempt"), ("account", "")]).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.body.contains("The code was not accepted"), "{}", res.body);
+    assert!(res.body.contains("Start again"));
+    assert_ne!(res.href_of("authorize"), url, "a new attempt was started");
+
+    let res = c.post("/wizard", &[("csrf", &csrf), ("code", "a#b"), ("account", "bad name/")]).await;
+    assert!(res.body.contains("The account name is not usable"), "{}", res.body);
+    assert_eq!(e.mock.counts().exchange_ok, 0);
+
+    // An attempt older than its lifetime is not used.
+    let url = c.get("/wizard").await.href_of("authorize");
+    let pasted = e.mock.authorize(&url, "late@example.com").unwrap();
+    e.clock.advance(chrono::Duration::minutes(31));
+    let res = c.post("/wizard", &[("csrf", &csrf), ("code", &pasted), ("account", "")]).await;
+    assert!(res.body.contains("expired or was already used"), "{}", res.body);
+    assert_eq!(e.mock.counts().exchange_ok, 0);
+}
+
+/// The attack CSRF protection exists for: another site's page makes the signed-in admin's
+/// browser post a form here. Each way of getting it wrong is refused and changes nothing.
+#[tokio::test]
+async fn a_cross_site_form_post_without_the_csrf_token_is_refused() {
+    let e = env().await;
+    e.seed("main").await;
+    let mut c = e.client();
+    let csrf = c.sign_in().await;
+    let evil = [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")];
+
+    // A cross-site form has no token.
+    let res = c.post_with("/accounts/main/remove", &[], &evil).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert!(res.body.contains("sent from another site"), "{}", res.body);
+    // Even without the browser's fetch metadata, no token is no action.
+    let res = c.post_with("/accounts/main/remove", &[], &[]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    assert!(res.body.contains("security token is missing or out of date"), "{}", res.body);
+    // A wrong token.
+    let res = c.post("/accounts/main/remove", &[("csrf", "guessed-token")]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    // Another session's token.
+    let mut other = e.client();
+    let other_csrf = other.sign_in().await;
+    assert_ne!(other_csrf, csrf);
+    let res = c.post("/accounts/main/remove", &[("csrf", &other_csrf)]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    // The right token, but the browser says the form came from another site.
+    let res = c.post_with("/accounts/main/remove", &[("csrf", &csrf)], &evil).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    let res = c.post_with("/accounts/main/refresh", &[("csrf", &csrf)], &[("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    let res = c.post_with("/accounts/main/refresh", &[("csrf", &csrf)], &[("origin", "https://evil.example")]).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+    // A token in a JSON body is not a form.
+    let res = c
+        .send(
+            axum::http::Request::post("/paste")
+                .header(header::HOST, HOST)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(format!("{{\"csrf\":\"{csrf}\",\"credential\":\"x\"}}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+
+    assert_eq!(e.keeper.store().list_accounts().await.unwrap().len(), 1, "nothing was removed");
+    assert_eq!(e.mock.counts().token_requests, 0, "nothing was refreshed");
+    // The same form from the page itself works.
+    assert_eq!(c.post("/accounts/main/remove", &[("csrf", &csrf)]).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(e.keeper.store().list_accounts().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let e = env().await;
+    let mut c = e.client();
+    let csrf = c.sign_in().await;
+    let id = c.cookie("tk_session").unwrap();
+    let res = c.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    assert_eq!(res.location(), "/login");
+    assert!(res.set_cookies().iter().any(|c| c.starts_with("tk_session=;") && c.contains("Max-Age=0")));
+    assert!(c.cookie("tk_session").is_none());
+    // The old id is dead on the server too, not just forgotten by the browser.
+    c.cookies.push(("tk_session".into(), id));
+    assert_eq!(c.get("/").await.location(), "/login");
+    assert_eq!(e.state.session_count(), 0);
+}
+
+#[tokio::test]
+async fn sessions_expire_after_twelve_hours() {
+    let clock = ManualClock::new(support::start());
+    let e: Env = env_with(false, Some(clock.clone())).await;
+    let mut c = e.client();
+    c.sign_in().await;
+    clock.advance(chrono::Duration::hours(11) + chrono::Duration::minutes(59));
+    assert_eq!(c.get("/").await.status, StatusCode::OK);
+    clock.advance(chrono::Duration::minutes(2));
+    let res = c.get("/").await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    assert_eq!(res.location(), "/login");
+}

@@ -1,0 +1,241 @@
+//! Test support: a keeper over a temp store and the mock provider, the page's router, and a
+//! tiny cookie-keeping client for `Router::oneshot`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use tower::ServiceExt as _;
+
+use tokenkeeper_core::formats::{Format, ParsedCredential};
+use tokenkeeper_core::store::CredentialChange;
+use tokenkeeper_core::{Config, Credential, ManualClock, Secret};
+use tokenkeeper_keeper::{Ingest, Keeper};
+use tokenkeeper_mock::{IssuedTokens, MockProvider};
+use tokenkeeper_store::{EncryptionKey, SqliteStore};
+use tokenkeeper_web::{router, WebState};
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
+pub const HOST: &str = "keeper.test:8377";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub mock: MockProvider,
+    pub clock: ManualClock,
+    pub keeper: Arc<Keeper>,
+    pub state: WebState,
+    pub app: Router,
+}
+
+pub fn start() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+/// A keeper over the mock on a manual clock, and the page with `secure_cookies`.
+pub async fn env_with(secure_cookies: bool, clock: Option<ManualClock>) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProvider::start().await.unwrap();
+    let clock = clock.unwrap_or_else(|| ManualClock::new(start()));
+    mock.set_clock(Arc::new(clock.clone()));
+    let mut config = Config::default();
+    {
+        let p = config.providers.get_mut("anthropic").unwrap();
+        p.token_url = mock.token_url();
+        p.authorize_url = mock.authorize_url();
+        p.redirect_uri = mock.redirect_uri();
+        p.api_base_url = mock.api_base_url();
+        p.timeout = std::time::Duration::from_secs(5);
+    }
+    let config = Arc::new(config);
+    let store = Arc::new(SqliteStore::open(&dir.path().join("data"), EncryptionKey::generate()).await.unwrap());
+    let keeper = Arc::new(Keeper::new(store, config, &dir.path().join("data"), Arc::new(clock.clone())).unwrap());
+    let state = WebState::new(keeper.clone(), None, Secret::new(ADMIN_TOKEN), secure_cookies);
+    let app = router(state.clone());
+    Env { dir, mock, clock, keeper, state, app }
+}
+
+pub async fn env() -> Env {
+    env_with(false, None).await
+}
+
+pub fn credential(t: &IssuedTokens) -> Credential {
+    Credential {
+        access_token: Secret::new(t.access_token.clone()),
+        refresh_token: Some(Secret::new(t.refresh_token.clone())),
+        expires_at: DateTime::from_timestamp_millis(t.expires_at_ms).unwrap(),
+        scopes: vec!["user:inference".into(), "user:profile".into()],
+        subscription_type: Some("max".into()),
+        rate_limit_tier: None,
+    }
+}
+
+/// Claude Code's credentials file for these tokens.
+pub fn claude_json(t: &IssuedTokens) -> String {
+    serde_json::json!({"claudeAiOauth": {
+        "accessToken": t.access_token,
+        "refreshToken": t.refresh_token,
+        "expiresAt": t.expires_at_ms,
+        "scopes": ["user:inference", "user:profile"],
+        "subscriptionType": "max"
+    }})
+    .to_string()
+}
+
+impl Env {
+    /// Logs in at the mock and stores the account.
+    pub async fn seed(&self, name: &str) -> IssuedTokens {
+        let t = self.mock.issue_login(&format!("{name}@example.com"));
+        let parsed = ParsedCredential { credential: credential(&t), format: Format::ClaudeJson, email: None };
+        self.keeper
+            .ingest(Ingest {
+                account: Some(name.into()),
+                parsed,
+                mode: None,
+                binding: None,
+                change: CredentialChange::LoggedIn,
+                organization: None,
+            })
+            .await
+            .unwrap();
+        t
+    }
+
+    pub fn client(&self) -> Client {
+        Client { app: self.app.clone(), cookies: Vec::new(), ip: None }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    }
+
+    /// The value of the first hidden `csrf` field.
+    pub fn csrf(&self) -> String {
+        hidden(&self.body, "csrf").unwrap_or_else(|| panic!("no csrf field in:\n{}", self.body))
+    }
+
+    /// The `href` of the element with this id (HTML entities of URLs undone).
+    pub fn href_of(&self, id: &str) -> String {
+        let at = self.body.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in:\n{}", self.body));
+        let tag_start = self.body[..at].rfind('<').unwrap();
+        let tag = &self.body[tag_start..];
+        let href = tag.find("href=\"").unwrap() + 6;
+        let end = tag[href..].find('"').unwrap();
+        unescape(&tag[href..href + end])
+    }
+}
+
+pub fn unescape(s: &str) -> String {
+    s.replace("&amp;", "&").replace("&#x2f;", "/").replace("&#x3d;", "=").replace("&quot;", "\"").replace("&#x27;", "'")
+}
+
+pub fn hidden(body: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = body.find(&marker)? + marker.len();
+    let end = body[at..].find('"')?;
+    Some(unescape(&body[at..at + end]))
+}
+
+/// Keeps cookies between requests, like a browser on this one site.
+pub struct Client {
+    pub app: Router,
+    pub cookies: Vec<(String, String)>,
+    pub ip: Option<SocketAddr>,
+}
+
+impl Client {
+    pub fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    fn remember(&mut self, page: &Page) {
+        for c in page.set_cookies() {
+            let first = c.split(';').next().unwrap();
+            let (k, v) = first.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            if !v.is_empty() && !c.contains("Max-Age=0") {
+                self.cookies.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    pub async fn send(&mut self, mut req: Request<Body>) -> Page {
+        if !self.cookies.is_empty() {
+            req.headers_mut().insert(header::COOKIE, self.cookie_header().parse().unwrap());
+        }
+        if let Some(ip) = self.ip {
+            req.extensions_mut().insert(ConnectInfo(ip));
+        }
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let page = Page { status, headers, body: String::from_utf8(bytes.to_vec()).unwrap() };
+        self.remember(&page);
+        page
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let req = Request::builder().uri(path).header(header::HOST, HOST).body(Body::empty()).unwrap();
+        self.send(req).await
+    }
+
+    /// A same-origin form post, as a browser sends it from the page.
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        self.post_with(path, fields, &[("origin", &format!("http://{HOST}")), ("sec-fetch-site", "same-origin")]).await
+    }
+
+    pub async fn post_with(&mut self, path: &str, fields: &[(&str, &str)], extra: &[(&str, &str)]) -> Page {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, HOST)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Body::from(body)).unwrap()).await
+    }
+
+    /// Signs in with `token`; returns the answer to the POST.
+    pub async fn sign_in_with(&mut self, token: &str) -> Page {
+        let form = self.get("/login").await;
+        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+        let csrf = form.csrf();
+        self.post("/login", &[("token", token), ("csrf", &csrf)]).await
+    }
+
+    /// Signs in with the admin token and returns the dashboard's CSRF token.
+    pub async fn sign_in(&mut self) -> String {
+        let res = self.sign_in_with(ADMIN_TOKEN).await;
+        assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.body);
+        assert_eq!(res.location(), "/");
+        let dash = self.get("/").await;
+        assert_eq!(dash.status, StatusCode::OK, "{}", dash.body);
+        dash.csrf()
+    }
+}
