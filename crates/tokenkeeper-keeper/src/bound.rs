@@ -47,10 +47,17 @@ pub fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOu
 pub fn write_claude_file(path: &Path, credential: &Credential) -> Result<WriteOutcome, String> {
     let existing = read_optional(path).map_err(|e| e.to_string())?;
     if let Some(text) = &existing {
-        // Rewriting a file that already holds these tokens would only wake its watchers.
         if let Ok(p) = tokenkeeper_core::formats::parse_credential(text, credential.expires_at) {
-            if p.credential.compare_to(credential) == tokenkeeper_core::Freshness::Same {
-                return Ok(WriteOutcome::Unchanged);
+            match p.credential.compare_to(credential) {
+                // Rewriting a file that already holds these tokens would only wake its watchers.
+                tokenkeeper_core::Freshness::Same => return Ok(WriteOutcome::Unchanged),
+                // Never regress a file either: someone wrote a newer credential there; the
+                // caller adopts it on its next read.
+                tokenkeeper_core::Freshness::Newer => {
+                    tracing::info!(file = %path.display(), "the file holds a newer credential; not overwriting it");
+                    return Ok(WriteOutcome::Unchanged);
+                }
+                _ => {}
             }
         }
     }

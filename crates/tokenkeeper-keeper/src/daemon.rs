@@ -169,8 +169,8 @@ impl Daemon {
         // Reconcile bound files once at start: Claude Code may have refreshed while we were down.
         for names in bound.values() {
             for n in names {
-                if let Ok(Some(a)) = self.keeper.store().get_account(n).await {
-                    let _ = self.keeper.adopt_from_bound(a).await;
+                if let Err(e) = self.keeper.sync_bound(n).await {
+                    tracing::warn!(account = %n, error = %e, "cannot reconcile the bound file");
                 }
             }
         }
@@ -219,10 +219,8 @@ impl Daemon {
                         self.deliver_all().await;
                     } else if let Some(names) = bound.get(&path) {
                         for n in names {
-                            if let Ok(Some(a)) = self.keeper.store().get_account(n).await {
-                                if let Err(e) = self.keeper.adopt_from_bound(a).await {
-                                    tracing::warn!(account = %n, error = %e, "cannot ingest the changed bound file");
-                                }
+                            if let Err(e) = self.keeper.sync_bound(n).await {
+                                tracing::warn!(account = %n, error = %e, "cannot ingest the changed bound file");
                             }
                         }
                     }

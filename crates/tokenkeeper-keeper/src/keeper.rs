@@ -232,7 +232,9 @@ impl Keeper {
                 match all.len() {
                     0 => Err(KeeperError::NoAccounts),
                     1 => Ok(all.remove(0)),
-                    _ => Err(KeeperError::Ambiguous(all.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "))),
+                    _ => {
+                        Err(KeeperError::Ambiguous(all.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")))
+                    }
                 }
             }
         }
@@ -245,7 +247,8 @@ impl Keeper {
         if seen.mode == Mode::Follow {
             return self.follow(seen, policy).await;
         }
-        let seen = self.adopt_from_bound(seen).await?;
+        // Outside Claude Code's lock the file may be half-written: adopt, never repair, here.
+        let seen = self.reconcile_bound(seen, false).await?;
         if let RefreshPolicy::IfWithin(lead) = policy {
             if !seen.credential.needs_refresh(self.now(), chrono_duration(lead)) {
                 return Ok(RefreshResult::NotNeeded(Box::new(seen)));
@@ -254,17 +257,11 @@ impl Keeper {
         self.check_refreshable(&seen)?;
 
         let _cross_process = DataDirLock::acquire(&self.data_dir, name, self.lock_wait).await?;
-        let _claude = match &seen.binding {
-            Some(b) if b.kind == BindingKind::ClaudeCredentials => match b.path.parent() {
-                Some(dir) => Some(ClaudeLock::acquire(&claude_lock_dirs(dir), self.lock_wait).await?),
-                None => None,
-            },
-            _ => None,
-        };
+        let _claude = self.claude_lock(seen.binding.as_ref()).await?;
 
         // Under the locks: whoever refreshed while we waited has committed; take theirs.
         let latest = self.get(name).await?;
-        let latest = self.adopt_from_bound(latest).await?;
+        let latest = self.reconcile_bound(latest, true).await?;
         let now = self.now();
         let changed_meanwhile = latest.version != seen.version;
         match policy {
@@ -289,6 +286,33 @@ impl Keeper {
         self.check_refreshable(&latest)?;
         self.take_attempt(name, now)?;
         self.spend(latest).await
+    }
+
+    /// Claude Code's lock directories for a bound account (none for other accounts).
+    async fn claude_lock(&self, binding: Option<&Binding>) -> Result<Option<ClaudeLock>, KeeperError> {
+        match binding {
+            Some(b) if b.kind == BindingKind::ClaudeCredentials => match b.path.parent() {
+                Some(dir) => Ok(Some(ClaudeLock::acquire(&claude_lock_dirs(dir), self.lock_wait).await?)),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Brings an account and its bound file in step, under every lock: adopts a newer
+    /// credential found in the file; for an `own` account, repairs a file holding an older
+    /// credential, a blank stub or half-written JSON. The daemon calls this when the file
+    /// changes.
+    pub async fn sync_bound(&self, name: &str) -> Result<Account, KeeperError> {
+        let _in_process = self.single_flight.acquire(name).await;
+        let account = self.get(name).await?;
+        if account.binding.is_none() {
+            return Ok(account);
+        }
+        let _cross_process = DataDirLock::acquire(&self.data_dir, name, self.lock_wait).await?;
+        let _claude = self.claude_lock(account.binding.as_ref()).await?;
+        let account = self.get(name).await?;
+        self.reconcile_bound(account, true).await
     }
 
     fn check_refreshable(&self, account: &Account) -> Result<(), KeeperError> {
@@ -468,14 +492,15 @@ impl Keeper {
         }
     }
 
-    /// Reconciles an account with its bound file: adopts a newer credential found there; for
-    /// an `own` account, repairs a file holding an older credential or a blank stub.
-    pub async fn adopt_from_bound(&self, account: Account) -> Result<Account, KeeperError> {
+    /// Reconciles an account with its bound file: adopts a newer credential found there; with
+    /// `repair`, and only then (the caller holds Claude Code's lock, so the file is not being
+    /// written), rewrites a file holding an older credential or a blank stub.
+    async fn reconcile_bound(&self, account: Account, repair: bool) -> Result<Account, KeeperError> {
         let Some(binding) = account.binding.clone() else { return Ok(account) };
         let now = self.now();
         match read_bound(&binding, now) {
             BoundContent::Missing => Ok(account),
-            BoundContent::Credential(parsed) => match parsed.credential.compare_to(&account.credential) {
+            BoundContent::Credential(parsed) => match bound_freshness(&parsed.credential, &account.credential) {
                 Freshness::Newer => {
                     let detail = format!(
                         "adopted {} (expires {}) from {}",
@@ -496,7 +521,10 @@ impl Keeper {
                         Ok(a) => {
                             tracing::info!(account = %a.name, new = %fp(&a.credential), file = %binding.path.display(),
                                 "adopted a credential refreshed by someone else");
-                            self.publish(KeeperEvent::Changed { account: a.name.clone(), change: CredentialChange::Adopted });
+                            self.publish(KeeperEvent::Changed {
+                                account: a.name.clone(),
+                                change: CredentialChange::Adopted,
+                            });
                             Ok(a)
                         }
                         Err(StoreError::VersionConflict { .. }) => self.get(&account.name).await,
@@ -505,12 +533,16 @@ impl Keeper {
                 }
                 Freshness::Same => Ok(account),
                 Freshness::Older | Freshness::Blank => {
-                    self.repair(&account, &binding, "an older credential").await;
+                    if repair {
+                        self.repair(&account, &binding, "an older credential").await;
+                    }
                     Ok(account)
                 }
             },
             BoundContent::Unusable(reason) => {
-                self.repair(&account, &binding, &reason).await;
+                if repair {
+                    self.repair(&account, &binding, &reason).await;
+                }
                 Ok(account)
             }
         }
@@ -536,7 +568,7 @@ impl Keeper {
     /// Follow mode: never refresh; read the bound file, and nudge its owner when due.
     async fn follow(&self, account: Account, policy: RefreshPolicy) -> Result<RefreshResult, KeeperError> {
         let before = account.version;
-        let account = self.adopt_from_bound(account).await?;
+        let account = self.reconcile_bound(account, false).await?;
         let lead = match policy {
             RefreshPolicy::IfWithin(l) => l,
             RefreshPolicy::Force => self.lead(),
@@ -565,8 +597,9 @@ impl Keeper {
                     Ok(Err(e)) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
                     Err(_) => tracing::warn!(account = %account.name, "nudge command timed out"),
                 }
-                let after = self.adopt_from_bound(self.get(&account.name).await?).await?;
-                if after.version != account.version && !after.credential.needs_refresh(self.now(), chrono_duration(lead))
+                let after = self.reconcile_bound(self.get(&account.name).await?, false).await?;
+                if after.version != account.version
+                    && !after.credential.needs_refresh(self.now(), chrono_duration(lead))
                 {
                     return Ok(RefreshResult::Adopted(Box::new(after)));
                 }
@@ -611,9 +644,12 @@ impl Keeper {
         }
         let _in_process = self.single_flight.acquire(&name).await;
         let _cross_process = DataDirLock::acquire(&self.data_dir, &name, self.lock_wait).await?;
+        let existing = self.store.get_account(&name).await?;
+        // Writing back to a bound file happens under Claude Code's lock, like a refresh.
+        let binding = req.binding.clone().or_else(|| existing.as_ref().and_then(|a| a.binding.clone()));
+        let _claude = self.claude_lock(binding.as_ref()).await?;
         let now = self.now();
         let cred = req.parsed.credential.clone();
-        let existing = self.store.get_account(&name).await?;
         let Some(existing) = existing else {
             let new = NewAccount {
                 name: name.clone(),
@@ -676,7 +712,8 @@ impl Keeper {
                         existing.credential.expires_at.to_rfc3339()
                     )
                 };
-                self.event(&name, EventKind::Refused, format!("refused {}: {reason}", fp(&req.parsed.credential))).await;
+                self.event(&name, EventKind::Refused, format!("refused {}: {reason}", fp(&req.parsed.credential)))
+                    .await;
                 Err(KeeperError::Refused { account: name, reason })
             }
         }
@@ -757,6 +794,17 @@ impl Keeper {
             self.publish(KeeperEvent::Removed { account: name.to_owned() });
         }
         Ok(removed)
+    }
+}
+
+/// The never-regress rule for a bound file: as `Credential::compare_to`, except that a
+/// different credential with the *same* expiry counts as newer. Two rotations within one
+/// millisecond cannot be ordered by expiry; the file is where the other refresher (Claude Code)
+/// put its result, and our own copy's refresh token is the one it just spent.
+fn bound_freshness(file: &Credential, stored: &Credential) -> Freshness {
+    match file.compare_to(stored) {
+        Freshness::Older if file.expires_at == stored.expires_at => Freshness::Newer,
+        other => other,
     }
 }
 

@@ -78,7 +78,11 @@ impl DataDirLock {
     /// Takes the cross-process lock of `account`, waiting up to `wait`.
     pub async fn acquire(data_dir: &Path, account: &str, wait: Duration) -> Result<Self, LockError> {
         let dir = data_dir.join("locks");
-        std::fs::create_dir_all(&dir).map_err(|source| LockError::Io { action: "create", path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| LockError::Io {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let path = dir.join(format!("{account}.lock"));
         let file = OpenOptions::new()
             .create(true)

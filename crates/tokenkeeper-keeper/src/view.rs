@@ -102,4 +102,3 @@ pub fn account_view(config: &Config, account: &Account, now: DateTime<Utc>, fail
         failing_sinks,
     }
 }
-

@@ -3,6 +3,8 @@
 
 mod support;
 
+use tokenkeeper_core::Clock;
+
 use tokenkeeper_core::formats::{parse_credential, render_claude_credentials};
 use tokenkeeper_core::store::EventKind;
 use tokenkeeper_core::{Binding, BindingKind, Mode, Store};
@@ -27,8 +29,12 @@ async fn blank_stub_and_older_token_are_repaired() {
     assert!(text.contains("user:inference"));
 
     // The loser of a refresh race writes a blank stub.
-    std::fs::write(&file, r#"{"claudeAiOauth":{"accessToken":"","refreshToken":"","expiresAt":0,"scopes":[]},"otherKey":"kept"}"#).unwrap();
-    let a = env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    std::fs::write(
+        &file,
+        r#"{"claudeAiOauth":{"accessToken":"","refreshToken":"","expiresAt":0,"scopes":[]},"otherKey":"kept"}"#,
+    )
+    .unwrap();
+    let a = env.keeper.sync_bound("main").await.unwrap();
     assert_eq!(a.credential.access_token, good);
     let repaired = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
     assert_eq!(repaired.credential.access_token, good);
@@ -38,12 +44,12 @@ async fn blank_stub_and_older_token_are_repaired() {
     older.access_token = "sk-ant-oat01-older".into();
     older.expires_at -= chrono::Duration::hours(3);
     std::fs::write(&file, render_claude_credentials(None, &older).unwrap()).unwrap();
-    env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    env.keeper.sync_bound("main").await.unwrap();
     let repaired = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
     assert_eq!(repaired.credential.access_token, good);
     // Half-written JSON.
     std::fs::write(&file, "{\"claudeAiOauth\":{\"accessTo").unwrap();
-    env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    env.keeper.sync_bound("main").await.unwrap();
     let repaired = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
     assert_eq!(repaired.credential.access_token, good);
 
@@ -63,7 +69,7 @@ async fn newer_token_from_claude_code_is_adopted_not_refreshed_again() {
     let t2 = env.mock.issue_login("main@example.com");
     let newer = support::Env::credential(&t2);
     std::fs::write(&file, render_claude_credentials(None, &newer).unwrap()).unwrap();
-    let a = env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    let a = env.keeper.sync_bound("main").await.unwrap();
     assert_eq!(a.credential.access_token.expose(), t2.access_token);
     assert_eq!(env.mock.counts().refresh_ok, 0);
     let _ = t;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokenkeeper_core::formats::{parse_credential, render_claude_credentials};
-use tokenkeeper_core::{Binding, BindingKind, Mode, Secret};
+use tokenkeeper_core::{Binding, BindingKind, Clock, Mode, Secret};
 use tokenkeeper_keeper::{RefreshPolicy, RefreshResult};
 use tokenkeeper_provider::{OAuthClient, TokenOutcome};
 
@@ -123,7 +123,7 @@ async fn claude_code_stand_in_racing_the_keeper_logs_nobody_out() {
     let events = tokenkeeper_core::Store::events(&*env.store, Some("main"), 500).await.unwrap();
     assert!(events.iter().any(|e| e.kind == tokenkeeper_core::store::EventKind::Adopted), "never adopted");
     // In the end, store and file agree on the newest credential.
-    let a = env.keeper.adopt_from_bound(env.account("main").await).await.unwrap();
+    let a = env.keeper.sync_bound("main").await.unwrap();
     let on_disk = parse_credential(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
     assert_eq!(on_disk.credential.access_token, a.credential.access_token);
     let _ = Secret::new("");

@@ -3,6 +3,8 @@
 
 mod support;
 
+use tokenkeeper_core::Clock;
+
 use std::time::Duration;
 
 use tokenkeeper_core::Mode;

@@ -42,8 +42,9 @@ pub async fn env(tweak: impl FnOnce(&mut Config)) -> Env {
     tweak(&mut config);
     let config = Arc::new(config);
     let store = Arc::new(SqliteStore::open(&dir.path().join("data"), EncryptionKey::generate()).await.unwrap());
-    let keeper =
-        Arc::new(Keeper::new(store.clone(), config.clone(), &dir.path().join("data"), Arc::new(clock.clone())).unwrap());
+    let keeper = Arc::new(
+        Keeper::new(store.clone(), config.clone(), &dir.path().join("data"), Arc::new(clock.clone())).unwrap(),
+    );
     Env { dir, mock, clock, store, keeper, config }
 }
 
@@ -51,8 +52,13 @@ impl Env {
     /// A second keeper on the same data directory: what another process has.
     pub async fn other_process(&self) -> Arc<Keeper> {
         Arc::new(
-            Keeper::new(self.store.clone(), self.config.clone(), &self.dir.path().join("data"), Arc::new(self.clock.clone()))
-                .unwrap(),
+            Keeper::new(
+                self.store.clone(),
+                self.config.clone(),
+                &self.dir.path().join("data"),
+                Arc::new(self.clock.clone()),
+            )
+            .unwrap(),
         )
     }
 
