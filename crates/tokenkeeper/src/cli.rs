@@ -54,6 +54,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Deliver every account to its sinks once and exit
     Sync(AccountArg),
+    /// Monitoring check: one line per account; exit 0 ok, 1 warning, 2 critical, 3 unknown (Nagios)
+    Check(CheckArgs),
+    /// Check the set-up (config, file modes, tokens, endpoint, bound files, sinks, locks) and say how to fix it
+    Doctor(DoctorArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }
@@ -172,6 +176,28 @@ pub struct ServeArgs {
     /// Do not start the HTTP server
     #[arg(long)]
     pub no_http: bool,
+}
+
+/// `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only this account
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+    /// Output JSON (the account views and `exit_code`)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also make a real one-token API call with each account's token (like `claude --print 'say OK'`)
+    #[arg(long)]
+    pub probe: bool,
+    /// Model of the `--probe` call
+    #[arg(long, value_name = "MODEL", default_value = "claude-haiku-4-5", requires = "probe")]
+    pub model: String,
 }
 
 /// `completions`.

@@ -1,6 +1,8 @@
 //! One module per subcommand; each maps its arguments to calls into the library.
 
 mod accounts;
+mod check;
+mod doctor;
 mod exec;
 mod import;
 mod login;
@@ -34,5 +36,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Exec(args) => exec::run(&App::open(&global).await?, args).await,
         Command::Serve(args) => serve::run(App::open(&global).await?, args).await,
         Command::Sync(args) => sync::run(&App::open(&global).await?, args).await,
+        Command::Check(args) => check::run(&global, args).await,
+        Command::Doctor(args) => doctor::run(&global, args).await,
     }
 }

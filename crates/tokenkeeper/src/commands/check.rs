@@ -1,0 +1,144 @@
+//! `tokenkeeper check`: one line per account and a monitoring exit status, for cron, a
+//! Kubernetes CronJob or Nagios/Icinga as they are.
+//!
+//! The exit statuses are Nagios's: 0 OK (healthy or expiring), 1 WARNING, 2 CRITICAL
+//! (critical, needs-login, expired), 3 UNKNOWN (no store, no accounts, no such account, a
+//! store that cannot be read). Levels come only from `tokenkeeper_keeper::view`, so `check`
+//! never disagrees with `status`, the API or the alerts. `check` reads and never refreshes.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use tokenkeeper_core::Store;
+use tokenkeeper_keeper::view::{account_view, AccountView};
+use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
+
+use crate::app::{self, App};
+use crate::cli::{CheckArgs, GlobalArgs};
+
+/// Everything is fine (healthy or expiring accounts).
+pub const OK: i32 = 0;
+/// Something needs attention soon.
+pub const WARNING: i32 = 1;
+/// Something needs attention now.
+pub const CRITICAL: i32 = 2;
+/// The state cannot be determined.
+pub const UNKNOWN: i32 = 3;
+
+/// The monitoring word of an exit status, as Nagios prints it.
+pub fn label(code: i32) -> &'static str {
+    match code {
+        OK => "OK",
+        WARNING => "WARNING",
+        CRITICAL => "CRITICAL",
+        _ => "UNKNOWN",
+    }
+}
+
+/// What `check --json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// `ok`, `warning`, `critical` or `unknown`.
+    status: &'static str,
+    /// The exit status.
+    exit_code: i32,
+    /// Why the state is unknown, when it is.
+    error: Option<String>,
+    /// Each account's view, worst first.
+    accounts: Vec<AccountView>,
+}
+
+impl Report {
+    fn new(result: Result<Vec<AccountView>, String>) -> Report {
+        match result {
+            Ok(mut accounts) => {
+                // Worst first: Nagios shows the first line as the service's summary.
+                accounts.sort_by(|a, b| b.level.exit_code().cmp(&a.level.exit_code()).then(a.name.cmp(&b.name)));
+                let exit_code = accounts.iter().map(|v| v.level.exit_code()).max().unwrap_or(UNKNOWN);
+                Report { status: word(exit_code), exit_code, error: None, accounts }
+            }
+            Err(error) => {
+                Report { status: word(UNKNOWN), exit_code: UNKNOWN, error: Some(error), accounts: Vec::new() }
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("UNKNOWN: {e}\n");
+        }
+        self.accounts.iter().map(|v| format!("{} {}: {}\n", label(v.level.exit_code()), v.name, v.message)).collect()
+    }
+}
+
+fn word(code: i32) -> &'static str {
+    match code {
+        OK => "ok",
+        WARNING => "warning",
+        CRITICAL => "critical",
+        _ => "unknown",
+    }
+}
+
+/// The views to judge, or why there are none.
+async fn gather(global: &GlobalArgs, account: Option<&str>) -> Result<Vec<AccountView>, String> {
+    let data_dir = app::data_dir(global).map_err(|e| format!("{e:#}"))?;
+    // Opening the store would create an empty one; a check must not set anything up.
+    if !data_dir.join(DATABASE_FILE_NAME).exists() {
+        return Err(format!(
+            "no store in {}: run `tokenkeeper login` or `tokenkeeper import` first, or point --data-dir at the right directory",
+            data_dir.display()
+        ));
+    }
+    let app = App::open(global).await.map_err(|e| format!("cannot read the store: {e:#}"))?;
+    let read = |e: tokenkeeper_core::StoreError| format!("cannot read the store in {}: {e}", data_dir.display());
+    let accounts = match account {
+        Some(name) => match app.store.get_account(name).await.map_err(read)? {
+            Some(a) => vec![a],
+            None => return Err(format!("no account named `{name}`; `tokenkeeper accounts` lists them")),
+        },
+        None => app.store.list_accounts().await.map_err(read)?,
+    };
+    if accounts.is_empty() {
+        return Err("no accounts yet: run `tokenkeeper login` or `tokenkeeper import`".into());
+    }
+    let now = app.keeper.clock().now();
+    // A one-shot process runs no sinks, so it knows of no failing ones; the daemon's
+    // `status` and alerts include them.
+    Ok(accounts.iter().map(|a| account_view(&app.config, a, now, Vec::new())).collect())
+}
+
+/// Runs `check`; returns the monitoring exit status.
+pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<i32> {
+    let report = Report::new(gather(global, args.account.as_deref()).await);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(report.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenkeeper_core::status::Level;
+
+    #[test]
+    fn labels_follow_nagios() {
+        assert_eq!(label(Level::Healthy.exit_code()), "OK");
+        assert_eq!(label(Level::Expiring.exit_code()), "OK");
+        assert_eq!(label(Level::Warning.exit_code()), "WARNING");
+        for l in [Level::Critical, Level::NeedsLogin, Level::Expired] {
+            assert_eq!(label(l.exit_code()), "CRITICAL");
+        }
+        assert_eq!(label(UNKNOWN), "UNKNOWN");
+    }
+
+    #[test]
+    fn unknown_report_says_why() {
+        let r = Report::new(Err("no accounts yet".into()));
+        assert_eq!(r.exit_code, UNKNOWN);
+        assert_eq!(r.text(), "UNKNOWN: no accounts yet\n");
+    }
+}
