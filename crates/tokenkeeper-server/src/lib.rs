@@ -3,7 +3,7 @@
 //! `DELETE /oauth/tokens[/{email}]`, `/health`) plus `/api/token`, `/oauth/start`, `/ready`,
 //! `/metrics` and `/api/openapi.json`, all behind scoped API keys.
 //!
-//! - [`router`] builds the axum router (the web page of `tokenkeeper-web` is merged in);
+//! - [`router`] builds the axum router, with the web page of `tokenkeeper-web` merged in;
 //! - [`serve`] runs it on a TCP listener (TLS when configured) and a Unix socket, until a
 //!   shutdown future resolves, draining requests in flight;
 //! - [`auth`] has the admin token, API keys and the authentication extractor;
@@ -72,9 +72,11 @@ pub(crate) fn router_with(state: AppState, secure_cookies: bool) -> Router {
     for (_, path, handler) in table() {
         api = api.route(path, handler);
     }
-    // TODO(web): merge `tokenkeeper_web::router(tokenkeeper_web::WebState::new(keeper, sinks,
-    // admin_token, secure_cookies))` here once the crate builds; it serves `/`, `/login`,
-    // `/logout`, `/accounts/...`, `/wizard`, `/paste`, `/static/...`.
-    let _ = secure_cookies;
-    api.with_state(state)
+    let web = tokenkeeper_web::router(tokenkeeper_web::WebState::new(
+        state.keeper.clone(),
+        state.sinks.clone(),
+        (*state.admin_token).clone(),
+        secure_cookies,
+    ));
+    api.with_state(state).merge(web)
 }
