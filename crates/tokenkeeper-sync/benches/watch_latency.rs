@@ -5,6 +5,8 @@
 //! Run: `cargo bench -p tokenkeeper-sync --bench watch_latency` (optionally
 //! `TK_BENCH_CHANGES=200` for a quicker run).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -99,7 +101,11 @@ async fn run(debounce: Duration, changes: usize) {
             break;
         }
         let took = start.elapsed();
-        if i % 2 == 0 { renamed.push(took) } else { in_place.push(took) }
+        if i % 2 == 0 {
+            renamed.push(took)
+        } else {
+            in_place.push(took)
+        }
     }
     let text = std::fs::read_to_string(&env).unwrap();
     assert!(text.contains(&format!("BENCH{changes:06}")), "the sink holds the last token");

@@ -303,6 +303,7 @@ fn only_comment_after(b: &[u8], from: usize) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -104,11 +104,8 @@ pub fn resolve_symlinks(path: &Path) -> Result<PathBuf, SyncError> {
         match fs::symlink_metadata(&current) {
             Ok(m) if m.file_type().is_symlink() => {
                 let link = fs::read_link(&current).map_err(|e| SyncError::io("read the symlink", &current, e))?;
-                current = if link.is_absolute() {
-                    link
-                } else {
-                    current.parent().map(|p| p.join(&link)).unwrap_or(link)
-                };
+                current =
+                    if link.is_absolute() { link } else { current.parent().map(|p| p.join(&link)).unwrap_or(link) };
             }
             Ok(_) => return Ok(current),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(current),
@@ -165,7 +162,8 @@ fn write_atomic(target: &Path, contents: &[u8], mode: u32, ids: &Ids) -> Result<
 }
 
 fn write_in_place(target: &Path, contents: &[u8], mode: u32, ids: &Ids) -> Result<(), SyncError> {
-    let mut f = OpenOptions::new().write(true).open(target).map_err(|e| SyncError::io("open for writing", target, e))?;
+    let mut f =
+        OpenOptions::new().write(true).open(target).map_err(|e| SyncError::io("open for writing", target, e))?;
     apply_mode_and_owner(&f, target, mode, ids)?;
     f.seek(SeekFrom::Start(0)).map_err(|e| SyncError::io("seek in", target, e))?;
     // One write call and the length cut only after it, so a shorter new content never leaves
@@ -306,6 +304,7 @@ fn apply_mode_and_owner(file: &File, path: &Path, mode: u32, ids: &Ids) -> Resul
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;

@@ -98,8 +98,11 @@ impl InfisicalClient {
         let c = &account.credential;
         let value = Secret::new(match format {
             ValueFormat::Base64Json => claude_json_base64(c),
-            ValueFormat::Json => render_claude_credentials(None, c)
-                .map_err(|source| SyncError::Document { action: "render the JSON for", path: name.clone(), source })?,
+            ValueFormat::Json => render_claude_credentials(None, c).map_err(|source| SyncError::Document {
+                action: "render the JSON for",
+                path: name.clone(),
+                source,
+            })?,
             ValueFormat::AccessToken => c.access_token.expose().to_owned(),
         });
         let mut secrets = vec![c.access_token.clone(), value.clone()];
@@ -112,7 +115,9 @@ impl InfisicalClient {
                 let secret = Secret::new(read_secret_file(secret)?);
                 self.login(&base, &id, &secret).await?
             }
-            _ => return Err(SyncError::Missing { action: "authenticate to Infisical", path: name, field: "token_file" }),
+            _ => {
+                return Err(SyncError::Missing { action: "authenticate to Infisical", path: name, field: "token_file" })
+            }
         };
         secrets.push(token.clone());
 
@@ -128,9 +133,11 @@ impl InfisicalClient {
             self.http.request(method, url.clone()).bearer_auth(token.expose()).json(&body).send()
         };
         let path = PathBuf::from(url.path());
-        let resp = send(reqwest::Method::PATCH)
-            .await
-            .map_err(|e| SyncError::Http { action: "update the Infisical secret", path: path.clone(), source: e.without_url() })?;
+        let resp = send(reqwest::Method::PATCH).await.map_err(|e| SyncError::Http {
+            action: "update the Infisical secret",
+            path: path.clone(),
+            source: e.without_url(),
+        })?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             tracing::info!(sink = %name.display(), "the Infisical secret does not exist yet; creating it");
             let resp = send(reqwest::Method::POST).await.map_err(|e| SyncError::Http {
@@ -155,9 +162,11 @@ impl InfisicalClient {
             .await
             .map_err(|e| SyncError::Http { action, path: path.clone(), source: e.without_url() })?;
         let body = check(resp, action, &path, std::slice::from_ref(client_secret)).await?;
-        body.get("accessToken").and_then(Value::as_str).filter(|t| !t.is_empty()).map(Secret::new).ok_or(
-            SyncError::HttpStatus { action, path, status: 200, message: "the answer has no accessToken".into() },
-        )
+        body.get("accessToken")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .ok_or(SyncError::HttpStatus { action, path, status: 200, message: "the answer has no accessToken".into() })
     }
 }
 
@@ -169,17 +178,20 @@ fn read_secret_file(path: &Path) -> Result<String, SyncError> {
 }
 
 fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, SyncError> {
-    let invalid = |message: String| SyncError::Invalid { action: "build the Infisical URL", path: base.into(), message };
+    let invalid =
+        |message: String| SyncError::Invalid { action: "build the Infisical URL", path: base.into(), message };
     let mut url = reqwest::Url::parse(base).map_err(|e| invalid(format!("`url` is not a URL: {e}")))?;
-    url.path_segments_mut()
-        .map_err(|()| invalid("`url` cannot have a path".into()))?
-        .pop_if_empty()
-        .extend(segments);
+    url.path_segments_mut().map_err(|()| invalid("`url` cannot have a path".into()))?.pop_if_empty().extend(segments);
     Ok(url)
 }
 
 /// The JSON body of a successful answer, or an error with the status and the server's message.
-async fn check(resp: reqwest::Response, action: &'static str, path: &Path, secrets: &[Secret]) -> Result<Value, SyncError> {
+async fn check(
+    resp: reqwest::Response,
+    action: &'static str,
+    path: &Path,
+    secrets: &[Secret],
+) -> Result<Value, SyncError> {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if status.is_success() {

@@ -55,9 +55,8 @@ pub fn render_sink(cfg: &SinkConfig, account: &Account, existing: Option<&str>) 
             })?;
             dotenv::set_var(existing.unwrap_or(""), key, c.access_token.expose())
         }
-        SinkKind::ClaudeCredentials => render_claude_credentials(existing, c).map_err(|source| {
-            SyncError::Document { action: "merge the credential into", path: file(), source }
-        })?,
+        SinkKind::ClaudeCredentials => render_claude_credentials(existing, c)
+            .map_err(|source| SyncError::Document { action: "merge the credential into", path: file(), source })?,
         SinkKind::Openclaw => {
             let layout = match cfg.layout.as_deref() {
                 None | Some("oauth") => OpenclawLayout::Oauth,
@@ -130,6 +129,7 @@ fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncEr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
@@ -188,8 +188,7 @@ mod tests {
 
     #[test]
     fn env_file_never_gets_the_refresh_token() {
-        let cfg: SinkConfig =
-            toml::from_str("account=\"main\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\n").unwrap();
+        let cfg: SinkConfig = toml::from_str("account=\"main\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\n").unwrap();
         let out = render_sink(&cfg, &account(), Some("A=1\n")).unwrap();
         assert_eq!(out.contents, "A=1\nK=sk-ant-oat01-ACCESS\n");
         assert!(!format!("{out:?}").contains("ACCESS"));

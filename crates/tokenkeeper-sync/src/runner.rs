@@ -129,8 +129,12 @@ pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> 
 /// Runs a command once. The real one is [`ProcessExecutor`]; tests substitute their own.
 pub trait Executor: Send + Sync + 'static {
     /// Runs `argv` with `env`, killing it after `timeout`.
-    fn run<'a>(&'a self, argv: &'a [String], env: &'a CommandEnv, timeout: Duration)
-        -> BoxFuture<'a, Result<(), SyncError>>;
+    fn run<'a>(
+        &'a self,
+        argv: &'a [String],
+        env: &'a CommandEnv,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), SyncError>>;
 }
 
 /// Runs commands as child processes.
@@ -336,6 +340,7 @@ impl Worker {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -358,7 +363,12 @@ mod tests {
     }
 
     impl Executor for Fake {
-        fn run<'a>(&'a self, _: &'a [String], env: &'a CommandEnv, _: Duration) -> BoxFuture<'a, Result<(), SyncError>> {
+        fn run<'a>(
+            &'a self,
+            _: &'a [String],
+            env: &'a CommandEnv,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), SyncError>> {
             Box::pin(async move {
                 self.seen.lock().unwrap().push((Instant::now(), env.access_token.expose().to_owned()));
                 if self.fail.load(Ordering::SeqCst) > 0 {

@@ -242,7 +242,8 @@ impl SinkSet {
                     if st.last_error.is_none() {
                         if let Some(e) = cmd.last_error {
                             st.ok = false;
-                            st.last_error = Some(if s.cfg.kind == SinkKind::Command { e } else { format!("on_change: {e}") });
+                            st.last_error =
+                                Some(if s.cfg.kind == SinkKind::Command { e } else { format!("on_change: {e}") });
                         }
                     }
                 }
@@ -353,7 +354,12 @@ async fn attempt(
     result
 }
 
-async fn write_sink(shared: &Shared, s: &Arc<Sink>, account: &Account, background: bool) -> Result<WriteOutcome, SyncError> {
+async fn write_sink(
+    shared: &Shared,
+    s: &Arc<Sink>,
+    account: &Account,
+    background: bool,
+) -> Result<WriteOutcome, SyncError> {
     let outcome = match s.cfg.kind {
         SinkKind::Command => {
             if unchanged_since_last(s, account) {
@@ -435,7 +441,12 @@ fn trigger_command(shared: &Shared, s: &Sink, account: &Account) {
     let Some(argv) = s.argv() else { return };
     let mut slot = s.command.lock().unwrap_or_else(|p| p.into_inner());
     let cmd = slot.get_or_insert_with(|| {
-        DebouncedCommand::spawn(s.name.clone(), argv.clone(), runner_options(shared, &s.cfg), shared.opts.executor.clone())
+        DebouncedCommand::spawn(
+            s.name.clone(),
+            argv.clone(),
+            runner_options(shared, &s.cfg),
+            shared.opts.executor.clone(),
+        )
     });
     cmd.trigger(CommandEnv::new(account, &s.name));
 }

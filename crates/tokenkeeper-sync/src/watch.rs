@@ -73,7 +73,11 @@ impl FileWatcher {
             }
             Err(e) => tracing::warn!(error = %e, "file watcher error"),
         })
-        .map_err(|source| SyncError::Watch { action: "start the file watcher", path: PathBuf::new(), source })?;
+        .map_err(|source| SyncError::Watch {
+            action: "start the file watcher",
+            path: PathBuf::new(),
+            source,
+        })?;
         let debouncer = std::thread::Builder::new()
             .name("tk-watch-debounce".into())
             .spawn(move || debounce_loop(&raw_rx, &tx, debounce))
@@ -125,9 +129,7 @@ fn relevant_paths(event: &Event) -> &[PathBuf] {
         EventKind::Create(_) | EventKind::Access(AccessKind::Close(AccessMode::Write)) => &event.paths,
         EventKind::Modify(ModifyKind::Metadata(_)) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => &[],
         // `[from, to]`: only the destination got new content.
-        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-            event.paths.last().map_or(&[], std::slice::from_ref)
-        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.last().map_or(&[], std::slice::from_ref),
         EventKind::Modify(_) => &event.paths,
         _ => &[],
     }

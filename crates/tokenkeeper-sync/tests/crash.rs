@@ -4,6 +4,8 @@
 //! writes the promise is weaker and tested as such: the file is never missing, keeps its
 //! inode, and the next write repairs whatever a kill left.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! Golden files: what each file sink writes, byte for byte (`tests/golden/*.golden`).
 //! Set `TK_UPDATE_GOLDEN=1` to rewrite them after an intended change, then review the diff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};

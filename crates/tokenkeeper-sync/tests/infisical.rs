@@ -1,5 +1,7 @@
 //! The Infisical sink against a stand-in server that checks every request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -174,14 +176,15 @@ async fn token_file_and_access_token_format_skip_login() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tok"), format!("{MACHINE_TOKEN}\n")).unwrap();
     state.lock().unwrap().secrets.insert("CLAUDE_CREDS".into(), "old".into());
-    let cfg = sink(&format!("url=\"{url}\"\ntoken_file=\"{}\"\nformat=\"access_token\"", dir.path().join("tok").display()));
+    let cfg =
+        sink(&format!("url=\"{url}\"\ntoken_file=\"{}\"\nformat=\"access_token\"", dir.path().join("tok").display()));
     InfisicalClient::new().push(&cfg, &account()).await.unwrap();
-    let st = state.lock().unwrap();
-    assert_eq!(st.log.len(), 1, "no login with a token file");
-    assert_eq!(st.log[0].0, "PATCH");
-    assert_eq!(st.secrets["CLAUDE_CREDS"], ACCESS);
-
-    drop(st);
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(st.log.len(), 1, "no login with a token file");
+        assert_eq!(st.log[0].0, "PATCH");
+        assert_eq!(st.secrets["CLAUDE_CREDS"], ACCESS);
+    }
     let cfg = sink(&format!("url=\"{url}\"\ntoken_file=\"{}\"\nformat=\"json\"", dir.path().join("tok").display()));
     InfisicalClient::new().push(&cfg, &account()).await.unwrap();
     let v: Value = serde_json::from_str(&state.lock().unwrap().secrets["CLAUDE_CREDS"]).unwrap();
@@ -194,7 +197,8 @@ async fn errors_carry_status_and_message_but_no_token() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tok"), MACHINE_TOKEN).unwrap();
     state.lock().unwrap().forbid = true;
-    let cfg = sink(&format!("url=\"{url}\"\ntoken_file=\"{}\"\nformat=\"access_token\"", dir.path().join("tok").display()));
+    let cfg =
+        sink(&format!("url=\"{url}\"\ntoken_file=\"{}\"\nformat=\"access_token\"", dir.path().join("tok").display()));
     let e = InfisicalClient::new().push(&cfg, &account()).await.unwrap_err();
     let msg = tokenkeeper_sync::error::error_chain(&e);
     assert!(msg.contains("HTTP 403") && msg.contains("not allowed to write sk-ant-oat01-…"), "{msg}");

@@ -1,6 +1,8 @@
 //! `SinkSet`: delivery to every sink of an account, on_change debouncing, failures that are
 //! reported, retried and never block the other sinks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,7 +86,9 @@ async fn delivers_every_sink_of_the_account_and_only_on_change() {
         vec![
             sink(&format!("account=\"main\"\nkind=\"env_file\"\npath=\"{d}/.env\"\nkey=\"CLAUDE_CODE_OAUTH_TOKEN\"")),
             sink(&format!("account=\"main\"\nkind=\"claude_credentials\"\npath=\"{d}/creds.json\"\nmode=\"0640\"")),
-            sink(&format!("account=\"main\"\nkind=\"template\"\npath=\"{d}/t.txt\"\ntemplate=\"{{{{ access_token }}}}\"")),
+            sink(&format!(
+                "account=\"main\"\nkind=\"template\"\npath=\"{d}/t.txt\"\ntemplate=\"{{{{ access_token }}}}\""
+            )),
             sink("account=\"main\"\nkind=\"command\"\nname=\"hook\"\ncommand=[\"/bin/hook\"]"),
             sink(&format!("account=\"other\"\nkind=\"template\"\npath=\"{d}/other.txt\"\ntemplate=\"x\"")),
         ],
@@ -93,7 +97,10 @@ async fn delivers_every_sink_of_the_account_and_only_on_change() {
     set.deliver_once(&account("main", "sk-ant-oat01-ONE")).await.into_iter().for_each(|(n, r)| {
         assert_eq!(r.unwrap(), WriteOutcome::Written, "{n}");
     });
-    assert_eq!(std::fs::read_to_string(dir.path().join(".env")).unwrap(), "# keep\nA=1\nCLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-ONE\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".env")).unwrap(),
+        "# keep\nA=1\nCLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-ONE\n"
+    );
     assert_eq!(std::fs::read_to_string(dir.path().join("t.txt")).unwrap(), "sk-ant-oat01-ONE");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(dir.path().join("creds.json")).unwrap().permissions().mode() & 0o777, 0o640);

@@ -1,6 +1,8 @@
 //! The file watcher with real file-system events: writes by rename and in place are both
 //! seen, other files in the directory are not, bursts are debounced.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

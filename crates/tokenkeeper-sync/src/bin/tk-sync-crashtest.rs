@@ -59,7 +59,8 @@ fn main() -> ExitCode {
         let result = match mode.as_str() {
             "env_file" => {
                 // Two tokens of different lengths, set through the real env_file sink path.
-                let token = if i % 2 == 0 { "sk-ant-oat01-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" } else { "sk-ant-oat01-BBBB" };
+                let token =
+                    if i % 2 == 0 { "sk-ant-oat01-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" } else { "sk-ant-oat01-BBBB" };
                 let Ok(cfg) = serde_json::from_value::<SinkConfig>(serde_json::json!({
                     "account": "main",
                     "kind": "env_file",
