@@ -524,6 +524,7 @@ fn create_dir_private(dir: &Path) -> Result<(), ServerError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

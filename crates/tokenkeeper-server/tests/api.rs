@@ -1,6 +1,8 @@
 //! Every endpoint through `Router::oneshot`: authentication, scopes, account limits, the
 //! failure limit, bodies, the never-regress rule, the seeds' shapes, metrics and OpenAPI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,8 @@
 //! flow that touches every endpoint. Alone in its test binary: tracing's per-callsite interest
 //! cache is shared by threads, so a capture beside other tests could miss events.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use chrono::Duration;

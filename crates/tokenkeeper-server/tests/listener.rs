@@ -2,6 +2,8 @@
 //! `Authorization` header added) against 127.0.0.1:0, TLS with a self-signed certificate, the
 //! Unix socket, and draining of a request in flight at shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::net::SocketAddr;

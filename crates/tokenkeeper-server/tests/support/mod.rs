@@ -1,7 +1,7 @@
 //! Test support: a keeper over a temp store, the mock provider and a manual clock, the API
 //! router over it, and helpers to call it with `Router::oneshot`.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
