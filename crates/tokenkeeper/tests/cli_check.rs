@@ -9,7 +9,7 @@ use std::process::Output;
 use chrono::{Duration, Utc};
 use common::{stdout, World};
 use tokenkeeper_core::store::{CredentialChange, CredentialUpdate};
-use tokenkeeper_core::Store;
+use tokenkeeper_core::{Secret, Store};
 
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exited with a status")
@@ -22,14 +22,18 @@ fn import(w: &World, account: &str, email: &str) -> tokenkeeper_mock::IssuedToke
     t
 }
 
-/// Makes the stored refresh token `age` old, as if it had been issued that long ago, by
-/// re-writing the same credential through the store with an old timestamp.
+/// Makes the stored refresh token `age` old: stores a new login (the store stamps a new
+/// refresh token's issue time with the update's time) as if it had happened `age` ago.
 async fn age_refresh_token(w: &World, account: &str, age: Duration) {
     let store = w.store().await;
     let a = store.get_account(account).await.unwrap().unwrap();
+    let t = w.mock.issue_login("aged@example.com");
+    let mut credential = a.credential.clone();
+    credential.access_token = Secret::new(t.access_token.clone());
+    credential.refresh_token = Some(Secret::new(t.refresh_token.clone()));
     let update = CredentialUpdate {
         expected_version: a.version,
-        credential: a.credential.clone(),
+        credential,
         change: CredentialChange::Imported,
         at: Utc::now() - age,
         detail: "test: the refresh token is old".into(),

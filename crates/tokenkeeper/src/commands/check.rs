@@ -65,7 +65,7 @@ impl Report {
 
     fn text(&self) -> String {
         if let Some(e) = &self.error {
-            return format!("UNKNOWN: {e}\n");
+            return format!("UNKNOWN: {}\n", super::doctor::one_line(e));
         }
         self.accounts.iter().map(|v| format!("{} {}: {}\n", label(v.level.exit_code()), v.name, v.message)).collect()
     }

@@ -75,13 +75,19 @@ impl Finding {
         Finding { severity: Severity::Fail, what: what.into(), fix: Some(fix.into()) }
     }
 
-    /// The line `doctor` prints.
+    /// The line `doctor` prints: one line per finding, whatever an error message spans.
     pub fn line(&self) -> String {
+        let what = one_line(&self.what);
         match &self.fix {
-            Some(fix) => format!("{:<4}  {}  — fix: {fix}", self.severity.as_str(), self.what),
-            None => format!("{:<4}  {}", self.severity.as_str(), self.what),
+            Some(fix) => format!("{:<4}  {what}  — fix: {}", self.severity.as_str(), one_line(fix)),
+            None => format!("{:<4}  {what}", self.severity.as_str()),
         }
     }
+}
+
+/// Joins the lines of a multi-line message (toml's errors draw a caret under the key).
+pub fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// The exit status for a set of findings: 0 all ok, 1 warnings, 2 failures.

@@ -52,10 +52,12 @@ pub fn data_dir(dir: &Path, key_from_env: bool) -> Vec<Finding> {
                 "move it aside, or pass --data-dir / set TOKENKEEPER_DATA_DIR to a directory",
             )]
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![Finding::fail(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return vec![Finding::fail(
             format!("data directory {} does not exist", dir.display()),
             "`tokenkeeper login` or `tokenkeeper import` creates it (mode 0700); or point --data-dir at the right one",
-        )],
+        )]
+        }
         Err(e) => {
             return vec![Finding::fail(
                 format!("data directory {} cannot be inspected: {e}", dir.display()),
@@ -146,7 +148,6 @@ pub fn bound_file(account: &Account, now: DateTime<Utc>) -> Vec<Finding> {
     let name = &account.name;
     let path = &binding.path;
     let shown = shell_quote(path);
-    let reconcile = format!("tokenkeeper refresh --if-needed --account {name}");
     let mut out = Vec::new();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -154,7 +155,7 @@ pub fn bound_file(account: &Account, now: DateTime<Utc>) -> Vec<Finding> {
             return vec![Finding::warn(
                 format!("account `{name}`: its bound file {} does not exist", path.display()),
                 if account.mode == Mode::Own {
-                    format!("`{reconcile}` writes it back")
+                    format!("`tokenkeeper refresh --force --account {name}` writes it back")
                 } else {
                     "log in with Claude Code again (`claude login`), or re-import".to_owned()
                 },
@@ -190,32 +191,49 @@ pub fn bound_file(account: &Account, now: DateTime<Utc>) -> Vec<Finding> {
             return out;
         }
     };
-    let in_step = match parse_credential(&text, now) {
-        Err(e) => Err(format!("does not hold a usable credential ({e})")),
-        Ok(p) if p.credential.access_token == account.credential.access_token => Ok(()),
-        Ok(p) => Err(match p.credential.compare_to(&account.credential) {
-            Freshness::Newer => format!(
-                "holds a newer token ({}, expires {}) than the store: someone else refreshed",
-                p.credential.access_token.fingerprint(),
-                p.credential.expires_at.format("%Y-%m-%d %H:%M UTC")
+    // How the keeper will treat the file: adopt it (newer), or write ours back over it.
+    let adopt = format!("`tokenkeeper refresh --if-needed --account {name}` adopts it");
+    let write_back = if account.mode == Mode::Own {
+        format!(
+            "`tokenkeeper refresh --force --account {name}` writes a fresh token back (a running `tokenkeeper serve` \
+             repairs the file by itself)"
+        )
+    } else {
+        format!("this account follows Claude Code: log in there again (`claude login`), or `tokenkeeper login --account {name}`")
+    };
+    let problem = match parse_credential(&text, now) {
+        Err(e) => Some((format!("does not hold a usable credential ({e})"), write_back)),
+        Ok(p) if p.credential.access_token == account.credential.access_token => None,
+        Ok(p) => Some(match p.credential.compare_to(&account.credential) {
+            // Same expiry, other token: the keeper lets the file win (see `bound_freshness`).
+            Freshness::Newer | Freshness::Older if p.credential.expires_at >= account.credential.expires_at => (
+                format!(
+                    "holds a newer token ({}, expires {}) than the store: someone else logged in or refreshed",
+                    p.credential.access_token.fingerprint(),
+                    p.credential.expires_at.format("%Y-%m-%d %H:%M UTC")
+                ),
+                adopt,
             ),
-            Freshness::Blank => "holds a blank stub (emptied tokens)".to_owned(),
-            _ => format!(
-                "holds another token ({}) than the store ({})",
-                p.credential.access_token.fingerprint(),
-                account.credential.access_token.fingerprint()
+            Freshness::Blank => ("holds a blank stub (emptied tokens)".to_owned(), write_back),
+            _ => (
+                format!(
+                    "holds an older token ({}) than the store ({})",
+                    p.credential.access_token.fingerprint(),
+                    account.credential.access_token.fingerprint()
+                ),
+                write_back,
             ),
         }),
     };
-    match in_step {
-        Ok(()) => out.push(Finding::ok(format!(
+    match problem {
+        None => out.push(Finding::ok(format!(
             "account `{name}`: bound file {} holds the stored token {}",
             path.display(),
             account.credential.access_token.fingerprint()
         ))),
-        Err(why) => out.push(Finding::warn(
+        Some((why, fix)) => out.push(Finding::warn(
             format!("account `{name}`: bound file {} is out of step with the store: it {why}", path.display()),
-            format!("`{reconcile}` (adopts a newer token from the file, or writes the stored one back)"),
+            fix,
         )),
     }
     out
