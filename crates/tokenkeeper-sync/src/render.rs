@@ -103,10 +103,14 @@ fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncEr
             })
         }
     };
+    let c = &account.credential;
+    let secrets: Vec<&tokenkeeper_core::Secret> =
+        [Some(&c.access_token), c.refresh_token.as_ref()].into_iter().flatten().collect();
+    // Some messages quote the value a filter choked on; that value may be a token.
     let template_error = |action: &'static str, e: minijinja::Error| SyncError::Template {
         action,
         path: origin.clone(),
-        message: e.to_string(),
+        message: crate::runner::redact(&e.to_string(), secrets.iter().copied()),
     };
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -114,7 +118,6 @@ fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncEr
     // Debug info would copy the variables' values (the token) into errors.
     env.set_debug(false);
     let template = env.template_from_str(&source).map_err(|e| template_error("compile the template of", e))?;
-    let c = &account.credential;
     let mut vars: BTreeMap<&str, Value> = BTreeMap::new();
     vars.insert("access_token", Value::from(c.access_token.expose()));
     vars.insert("expires_at", Value::from(c.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
@@ -176,6 +179,14 @@ mod tests {
         for shown in [msg, format!("{e:?}")] {
             assert!(!shown.contains("ACCESS") && !shown.contains("REFRESH"), "{shown}");
         }
+    }
+
+    #[test]
+    fn filter_errors_never_quote_the_token() {
+        let e = render_sink(&template_sink("{{ access_token | int }}"), &account(), None).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("render the template"), "{shown}");
+        assert!(!shown.contains("ACCESS"), "{shown}");
     }
 
     #[test]

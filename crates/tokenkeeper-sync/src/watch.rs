@@ -154,8 +154,14 @@ fn debounce_loop(input: &std_mpsc::Receiver<PathBuf>, output: &mpsc::Sender<Path
         let due: Vec<PathBuf> = pending.iter().filter(|(_, d)| **d <= now).map(|(p, _)| p.clone()).collect();
         for p in due {
             pending.remove(&p);
-            if output.blocking_send(p).is_err() {
-                return;
+            // Never block: a receiver that stopped reading must not hang the drop of the
+            // watcher. A path that does not fit now is tried again a debounce later.
+            match output.try_send(p) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(p)) => {
+                    pending.insert(p, now + debounce.max(Duration::from_millis(1)));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     }
