@@ -101,29 +101,36 @@ async fn eight_processes_two_hundred_rounds_one_refresh_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_two_hundred_refresh_cycles_loses_nothing_outside_the_commit_window() {
     let w = World::new().await;
-    // Every token is due the moment it is issued, so the daemon refreshes back to back.
-    w.write_config("[keeper]\nmax_attempts_per_hour = 1000000\njitter = \"0s\"\n");
-    w.mock.set_access_lifetime(Duration::from_secs(60));
+    // Tokens live 1800 s and the lead is 100 ms shorter: the daemon refreshes every ~100 ms and
+    // idles in between, like a real one that refreshes every 7.5 h and idles in between.
+    w.write_config("[keeper]\nmax_attempts_per_hour = 1000000\njitter = \"0s\"\nlead = \"1799s 900ms\"\n");
+    w.mock.set_access_lifetime(Duration::from_secs(1800));
     let (json, _) = w.claude_json("crash@example.com");
     w.ok(&["import", "-"], &json);
     let store = w.store().await;
     let mut window_kills = 0u64;
     let mut rng_state = 0x9e3779b97f4a7c15u64;
+    let mut next_random = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
     let mut cycles_seen = 0u64;
     let mut starts = 0;
     let started = Instant::now();
     while cycles_seen < 200 {
-        assert!(started.elapsed() < Duration::from_secs(240), "too slow: {cycles_seen} cycles");
+        assert!(started.elapsed() < Duration::from_secs(300), "too slow: {cycles_seen} cycles");
         let before = w.mock.counts().refresh_ok;
         let mut daemon = spawn_daemon(&w);
         starts += 1;
-        // Let it refresh a few times, then kill it at a random moment.
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        let extra = rng_state % 3;
+        // Let it refresh at least once, then kill it at a uniformly random phase of its ~100 ms
+        // cycle (two short sleeps: this is the kill moment, not a wait for a condition).
+        let extra = next_random() % 2;
         common::wait_for(|| w.mock.counts().refresh_ok > before + extra, "refreshes after restart");
-        std::thread::sleep(Duration::from_micros(rng_state % 4000));
+        let phase = Duration::from_micros(next_random() % 100_000);
+        std::thread::sleep(phase / 2);
+        std::thread::sleep(phase / 2);
         daemon.kill().unwrap();
         daemon.wait().unwrap();
         // Compare what the provider handed out with what was committed.
