@@ -58,6 +58,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Check the set-up (config, file modes, tokens, endpoint, bound files, sinks, locks) and say how to fix it
     Doctor(DoctorArgs),
+    /// Create, list and revoke API keys for the HTTP API
+    Keys(KeysArgs),
+    /// The HTTP server's own settings (print the admin token)
+    Server(ServerArgs),
+    /// Send a local credential (Claude Code's file, the Keychain, stdin) to a remote tokenkeeper server
+    Push(PushArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }
@@ -76,6 +82,12 @@ pub struct LoginArgs {
     /// Name of the account to create or update [default: the only account, or `main`]
     #[arg(long, short = 'a', value_name = "NAME")]
     pub account: Option<String>,
+    /// Send the new login to this tokenkeeper server instead of storing it here (https://host:8377)
+    #[arg(long, value_name = "URL")]
+    pub push: Option<String>,
+    /// With --push: file holding the API key (scope `push`) [env: TOKENKEEPER_KEY_FILE]
+    #[arg(long, value_name = "FILE", requires = "push")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Who refreshes an imported account.
@@ -206,4 +218,73 @@ pub struct CompletionsArgs {
     /// The shell
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+/// `keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// `keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it once (only its hash is stored)
+    Create {
+        /// A name to recognise it by (unique among active keys)
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// What it may do (repeatable): token:read, status:read, push, refresh, login, accounts:write, metrics:read, admin
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+        /// Limit it to this account (repeatable) [default: every account]
+        #[arg(long = "account", short = 'a', value_name = "NAME")]
+        accounts: Vec<String>,
+    },
+    /// List keys (ids, names, scopes; never the keys)
+    List {
+        /// Output JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id or name
+    Revoke {
+        /// The key's id or name
+        #[arg(value_name = "ID|NAME")]
+        key: String,
+    },
+}
+
+/// `server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: ServerAction,
+}
+
+/// `server …`.
+#[derive(Debug, Subcommand)]
+pub enum ServerAction {
+    /// Print the admin token (generated on first use; TOKENKEEPER_ADMIN_TOKEN overrides)
+    Token,
+}
+
+/// `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The tokenkeeper server (https://host:8377)
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// A credentials file, `-` for stdin, or `keychain` [default: ~/.claude/.credentials.json, honouring CLAUDE_CONFIG_DIR]
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
+    /// Account on the server [default: the key's only account, or the server's choice]
+    #[arg(long, short = 'a', value_name = "NAME")]
+    pub account: Option<String>,
+    /// File holding the API key (scope `push`); the key is never taken from the command line [env: TOKENKEEPER_KEY_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }

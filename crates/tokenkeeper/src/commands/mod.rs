@@ -5,9 +5,12 @@ mod check;
 mod doctor;
 mod exec;
 mod import;
+mod keys;
 mod login;
+mod push;
 mod refresh;
 mod serve;
+mod server;
 mod status;
 mod sync;
 mod token;
@@ -27,6 +30,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             clap_complete::generate(args.shell, &mut Cli::command(), "tokenkeeper", &mut std::io::stdout());
             Ok(exit::OK)
         }
+        // Logging in for a remote server stores nothing here: one refresh token, one owner.
+        Command::Login(args) if args.push.is_some() => push::login_and_push(&global, args).await,
         Command::Login(args) => login::run(&App::open(&global).await?, args).await,
         Command::Import(args) => import::run(&App::open(&global).await?, args).await,
         Command::Accounts(args) => accounts::run(&App::open(&global).await?, args).await,
@@ -36,6 +41,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Exec(args) => exec::run(&App::open(&global).await?, args).await,
         Command::Serve(args) => serve::run(App::open(&global).await?, args).await,
         Command::Sync(args) => sync::run(&App::open(&global).await?, args).await,
+        Command::Keys(args) => keys::run(&App::open(&global).await?, args).await,
+        Command::Server(args) => server::run(&global, args).await,
+        Command::Push(args) => push::run(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
         Command::Doctor(args) => doctor::run(&global, args).await,
     }

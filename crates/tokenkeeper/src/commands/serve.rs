@@ -1,39 +1,95 @@
-//! `tokenkeeper serve`: the daemon. Stops cleanly on SIGTERM/SIGINT; tells systemd when ready.
+//! `tokenkeeper serve`: the daemon, and beside it the HTTP API and web page (unless
+//! `--no-http` or `[server] enabled = false`). Stops cleanly on SIGTERM/SIGINT; tells systemd
+//! when ready, which is once the listener is bound and the daemon has started.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
 use tokenkeeper_keeper::daemon::Daemon;
+use tokenkeeper_server::{load_or_create_admin_token, AppState, ADMIN_TOKEN_ENV};
 use tokenkeeper_sync::sink::SinkSet;
 
 use crate::app::App;
 use crate::cli::ServeArgs;
 use crate::exit;
 
-pub async fn run(app: App, _args: ServeArgs) -> Result<i32> {
+/// How long the HTTP server may take to drain after the daemon stopped.
+const HTTP_DRAIN: Duration = Duration::from_secs(35);
+
+pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    // One stop signal for both: a signal stops the daemon, the daemon's end stops the server,
+    // and a server that fails on its own stops the daemon.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server_failed = stop_rx.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            _ = server_failed.wait_for(|stop| *stop) => tracing::warn!("the HTTP server stopped; stopping"),
         }
     };
     let sinks = Arc::new(SinkSet::new(app.config.sinks.clone()));
+    let http = !args.no_http && app.config.server.enabled;
+    let server = if http {
+        let from_env = std::env::var(ADMIN_TOKEN_ENV).ok();
+        let admin = load_or_create_admin_token(&app.data_dir, from_env.as_deref())?;
+        let listen = app.config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen} for the HTTP API; change [server] listen, or run with --no-http")
+        })?;
+        let state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin);
+        let mut stop = stop_rx.clone();
+        let failed = stop_tx.clone();
+        Some(tokio::spawn(async move {
+            let result = tokenkeeper_server::serve(listener, state, async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the HTTP server failed");
+            }
+            let _ = failed.send(true);
+            result
+        }))
+    } else {
+        tracing::info!("HTTP server disabled (--no-http or [server] enabled = false)");
+        None
+    };
     let daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()), Some(app.store.changes_path()));
     tracing::info!(data_dir = %app.data_dir.display(), lead = %humantime::format_duration(app.config.keeper.lead), "tokenkeeper serve starting");
-    daemon
+    let daemon_result = daemon
         .run(shutdown, || {
             // Under systemd (Type=notify) this tells it we are up; elsewhere it does nothing.
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             tracing::info!("ready");
         })
-        .await?;
+        .await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let mut code = exit::OK;
+    if let Some(handle) = server {
+        match tokio::time::timeout(HTTP_DRAIN, handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                eprintln!("error: the HTTP server failed: {e}");
+                code = exit::FAILURE;
+            }
+            Ok(Err(e)) => {
+                eprintln!("error: the HTTP server task failed: {e}");
+                code = exit::FAILURE;
+            }
+            Err(_) => tracing::warn!("the HTTP server did not drain in time"),
+        }
+    }
+    daemon_result?;
     if let Ok(s) = Arc::try_unwrap(sinks) {
         s.shutdown().await;
     }
-    Ok(exit::OK)
+    Ok(code)
 }
