@@ -3,6 +3,8 @@
 //! token endpoint, a bound file or a sink out of step, a rejected login, a refused token in
 //! `--probe`) is named with its fix, and following the fix makes it `ok` again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
