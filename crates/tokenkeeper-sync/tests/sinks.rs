@@ -230,3 +230,30 @@ async fn shutdown_runs_pending_on_change_and_returns() {
     tokio::time::timeout(Duration::from_secs(5), set.shutdown()).await.unwrap();
     assert_eq!(fake.runs.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn real_on_change_and_command_get_the_token_in_their_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let set = SinkSet::new(vec![
+        sink(&format!(
+            "account=\"main\"\nkind=\"env_file\"\npath=\"{d}/.env\"\nkey=\"K\"\non_change=[\"sh\", \"-c\", \"printf %s \\\"$TOKENKEEPER_ACCESS_TOKEN\\\" > {d}/hook\"]"
+        )),
+        sink(&format!(
+            "account=\"main\"\nkind=\"command\"\ncommand=[\"sh\", \"-c\", \"printf %s \\\"$CLAUDE_CODE_OAUTH_TOKEN\\\" > {d}/cmd; exit 4\"]"
+        )),
+    ]);
+    let results = set.deliver_once(&account("main", "sk-ant-oat01-REALRUN")).await;
+    assert!(matches!(results[0].1, Ok(WriteOutcome::Written)), "{results:?}");
+    let err = results[1].1.as_ref().unwrap_err().to_string();
+    assert!(err.contains("exit code 4"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("hook")).unwrap(), "sk-ant-oat01-REALRUN");
+    assert_eq!(std::fs::read_to_string(dir.path().join("cmd")).unwrap(), "sk-ant-oat01-REALRUN");
+    // Status, its JSON and the set's Debug name the failure but never the token.
+    let st = set.statuses();
+    assert!(st[0].ok && !st[1].ok, "{st:?}");
+    for shown in [serde_json::to_string(&st).unwrap(), format!("{set:?}"), format!("{results:?}")] {
+        assert!(!shown.contains("REALRUN"), "{shown}");
+    }
+    set.shutdown().await;
+}
