@@ -42,6 +42,11 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Serve
     Ok(config)
 }
 
+/// Whether serving on `addr` sends keys and tokens over a network in clear text.
+pub fn exposes_plaintext(addr: SocketAddr, tls: bool) -> bool {
+    !tls && !addr.ip().is_loopback()
+}
+
 fn tls_files(state: &AppState) -> Result<Option<(PathBuf, PathBuf)>, ServerError> {
     let server = &state.keeper.config().server;
     match (&server.tls_cert, &server.tls_key) {
@@ -64,7 +69,7 @@ pub async fn serve(
         Some((cert, key)) => Some(tls_config(&cert, &key)?),
         None => None,
     };
-    if tls.is_none() && !addr.ip().is_loopback() {
+    if exposes_plaintext(addr, tls.is_some()) {
         tracing::warn!(%addr, "the HTTP API listens on a non-loopback address WITHOUT TLS: keys and tokens cross the network in clear text. Set [server] tls_cert and tls_key, or put a TLS proxy in front");
     }
     let secure = tls.is_some();
@@ -155,4 +160,21 @@ async fn serve_unix(
     _shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> io::Result<tokio::task::JoinHandle<io::Result<()>>> {
     Err(io::Error::new(io::ErrorKind::Unsupported, format!("Unix sockets are not available here ({})", path.display())))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_loopback_plain_http_is_flagged() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(exposes_plaintext(at("0.0.0.0:8377"), false));
+        assert!(exposes_plaintext(at("192.0.2.7:8377"), false));
+        assert!(exposes_plaintext(at("[::]:8377"), false));
+        assert!(!exposes_plaintext(at("0.0.0.0:8377"), true));
+        assert!(!exposes_plaintext(at("127.0.0.1:8377"), false));
+        assert!(!exposes_plaintext(at("[::1]:8377"), false));
+    }
 }

@@ -483,3 +483,61 @@ async fn the_openapi_document_describes_every_route_and_nothing_else() {
         }
     }
 }
+
+#[tokio::test]
+async fn sinks_show_in_status_and_metrics() {
+    let e = env().await;
+    let (main, _) = e.seed("main").await;
+    let blocker = e.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let configs: Vec<tokenkeeper_core::config::SinkConfig> = serde_json::from_value(json!([
+        {"account": "main", "kind": "env_file", "name": "good", "path": e.dir.path().join("bot.env"), "key": "TOKEN"},
+        {"account": "main", "kind": "env_file", "name": "bad", "path": blocker.join("bot.env"), "key": "TOKEN"}
+    ]))
+    .unwrap();
+    let sinks = tokenkeeper_sync::sink::SinkSet::new(configs);
+    let results = sinks.deliver_once(&main).await;
+    assert_eq!(results.iter().filter(|(_, r)| r.is_ok()).count(), 1);
+    let state = tokenkeeper_server::AppState::new(
+        e.keeper.clone(),
+        Some(Arc::new(sinks)),
+        tokenkeeper_core::Secret::new(ADMIN),
+    );
+    let e = Env { state, ..e };
+
+    let v = e.get("/api/status", ADMIN).await.json();
+    assert_eq!(v["status"], "warning", "a failing sink is a warning: {v}");
+    let account = &v["accounts"][0];
+    assert_eq!(account["failing_sinks"], json!(["bad"]));
+    let sinks = account["sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 2);
+    let good = sinks.iter().find(|s| s["name"] == "good").unwrap();
+    let bad = sinks.iter().find(|s| s["name"] == "bad").unwrap();
+    assert_eq!(
+        (good["ok"].as_bool(), good["writes"].as_u64(), good["kind"].as_str()),
+        (Some(true), Some(1), Some("env_file"))
+    );
+    assert_eq!(bad["ok"], false);
+    assert!(bad["last_error"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let text = e.get("/metrics", ADMIN).await.text;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample = |metric: &str, sink: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == metric && s.labels.get("sink") == Some(sink) && s.labels.get("account") == Some("main")
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v)
+                | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(sample("tokenkeeper_sink_writes_total", "good"), Some(1.0));
+    assert_eq!(sample("tokenkeeper_sink_failures_total", "good"), Some(0.0));
+    assert!(sample("tokenkeeper_sink_failures_total", "bad").is_some_and(|v| v >= 1.0), "{text}");
+    assert!(text.contains("tokenkeeper_account_status{account=\"main\",status=\"warning\"} 1"), "{text}");
+}
