@@ -541,3 +541,13 @@ async fn sinks_show_in_status_and_metrics() {
     assert!(sample("tokenkeeper_sink_failures_total", "bad").is_some_and(|v| v >= 1.0), "{text}");
     assert!(text.contains("tokenkeeper_account_status{account=\"main\",status=\"warning\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn the_web_page_is_served_by_the_same_router() {
+    let e = env().await;
+    let r = e.call(Method::GET, "/login", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    // The API's own routes are not shadowed by the page's.
+    assert_eq!(e.call(Method::GET, "/health", None, None).await.json(), json!({"status": "ok"}));
+}
