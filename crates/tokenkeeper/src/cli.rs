@@ -50,7 +50,7 @@ pub enum Command {
     Refresh(RefreshArgs),
     /// Run a command with a fresh token in its environment (CLAUDE_CODE_OAUTH_TOKEN)
     Exec(ExecArgs),
-    /// Run the keeper: refresh every account ahead of expiry, watch sources, deliver to sinks
+    /// Run the keeper (refresh ahead of expiry, watch sources, deliver to sinks) and the HTTP API and web page
     Serve(ServeArgs),
     /// Deliver every account to its sinks once and exit
     Sync(AccountArg),
