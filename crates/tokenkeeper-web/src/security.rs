@@ -112,16 +112,21 @@ impl SignInLimiter {
 
 /// Why a request was taken for cross-site.
 fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
-    // Browsers send Sec-Fetch-Site on every request; `same-site` is refused too, since a sibling
-    // subdomain may belong to someone else.
-    if let Some(site) = headers.get("sec-fetch-site") {
-        match site.to_str().unwrap_or_default() {
-            "same-origin" | "none" => {}
-            _ => return Some("the browser said the form came from another site"),
+    // Browsers send Sec-Fetch-Site on every request and pages cannot forge it; `same-site` is
+    // refused too, since a sibling subdomain may belong to someone else.
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.to_str().unwrap_or_default());
+    if let Some(site) = fetch_site {
+        if !matches!(site, "same-origin" | "none") {
+            return Some("the browser said the form came from another site");
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
+        // `Origin: null` comes from privacy settings and sandboxed frames alike; only the
+        // browser's own same-origin statement makes it acceptable.
+        if origin == "null" {
+            return (fetch_site.is_none()).then_some("the form's origin is hidden (null)");
+        }
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
         let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
         if host.is_empty() || !authority.eq_ignore_ascii_case(host) {
@@ -149,12 +154,13 @@ pub async fn guard(State(state): State<WebState>, req: Request, next: Next) -> R
     headers.insert(header::CONTENT_SECURITY_POLICY, state.templates().content_security_policy().clone());
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::sync::Arc;
@@ -200,6 +206,8 @@ mod tests {
         h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert!(cross_site(&h).is_some());
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(cross_site(&h).is_some());
+        assert_eq!(cross_site(&h), None, "a hidden origin with the browser's same-origin word");
+        h.remove("sec-fetch-site");
+        assert!(cross_site(&h).is_some(), "a hidden origin and nothing else");
     }
 }

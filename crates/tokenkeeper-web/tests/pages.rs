@@ -1,13 +1,15 @@
 //! The page through `Router::oneshot`: sign-in, sessions, every page, the refresh, remove,
 //! paste and wizard flows against the mock provider, and the CSRF and cross-site refusals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::net::SocketAddr;
 
 use axum::http::{header, StatusCode};
 use support::{claude_json, env, env_with, Env, ADMIN_TOKEN, HOST};
-use tokenkeeper_core::{ManualClock, Store as _};
+use tokenkeeper_core::ManualClock;
 use tokenkeeper_web::security::MAX_FAILED_SIGN_INS;
 
 fn session_cookie(setc: &[String]) -> &String {

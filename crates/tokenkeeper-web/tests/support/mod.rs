@@ -1,7 +1,7 @@
 //! Test support: a keeper over a temp store and the mock provider, the page's router, and a
 //! tiny cookie-keeping client for `Router::oneshot`.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
