@@ -31,7 +31,7 @@ fn holds_secret(name: &str) -> bool {
         || db("-wal")
         || db("-shm")
         || db("-journal")
-        || name.contains("admin")
+        || name.contains("admin") // `admin-token`, the HTTP server's
         || name.ends_with(".key")
         || name.ends_with(".token")
 }

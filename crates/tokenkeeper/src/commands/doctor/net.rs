@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use tokenkeeper_core::config::ProviderConfig;
 use tokenkeeper_core::{Account, AccountState};
-use tokenkeeper_provider::OAuthClient;
+use tokenkeeper_provider::{OAuthClient, ProviderError};
 use tokenkeeper_sync::runner::redact;
 
 use super::Finding;
@@ -51,7 +51,15 @@ pub async fn token_endpoint(provider: &str, cfg: &ProviderConfig) -> Finding {
     match client.probe().await {
         Ok(rtt) => Finding::ok(format!("token endpoint {} answers ({} ms)", cfg.token_url, rtt.as_millis())),
         Err(e) => Finding::fail(
-            format!("token endpoint {} is unreachable: {}", cfg.token_url, chain(&e)),
+            format!(
+                "token endpoint {} is unreachable: {}",
+                cfg.token_url,
+                // The error's own sentence repeats the URL; its causes say why.
+                match &e {
+                    ProviderError::Unreachable { source, .. } => chain(source),
+                    other => chain(other),
+                }
+            ),
             format!(
                 "check this machine's network, DNS and proxy (`curl -sS -X POST {}`), or correct `{setting}` \
                  (or TOKENKEEPER_ANTHROPIC_TOKEN_URL)",
