@@ -110,6 +110,15 @@ pub async fn serve(
     };
     let tcp_result = tcp.await;
     if let Some(u) = unix {
+        if tcp_result.is_err() {
+            // The TCP side failed before shutdown: don't wait for a shutdown that may never
+            // come; stop the socket too so the caller sees the failure now.
+            u.abort();
+            if let Some(path) = &state.keeper.config().server.unix_socket {
+                let _ = std::fs::remove_file(path);
+            }
+            return tcp_result;
+        }
         match u.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "the Unix socket server failed"),
