@@ -551,3 +551,19 @@ async fn the_web_page_is_served_by_the_same_router() {
     // The API's own routes are not shadowed by the page's.
     assert_eq!(e.call(Method::GET, "/health", None, None).await.json(), json!({"status": "ok"}));
 }
+
+#[tokio::test]
+async fn provider_trouble_is_503_with_retry_after_and_a_valid_token_is_still_served() {
+    let e = env().await;
+    let (main, _) = e.seed("main").await;
+    e.mock.push_fault(tokenkeeper_mock::Fault::RateLimited { retry_after_secs: 120 });
+    let r = e.post("/api/auto-refresh", ADMIN, "").await;
+    let v = r.expect_error(503);
+    assert_eq!(r.headers["retry-after"], "120", "{v}");
+    // Inside the lead time with the provider failing: the still-valid token, with a warning.
+    e.clock.set(main.credential.expires_at - Duration::minutes(10));
+    e.mock.push_fault(tokenkeeper_mock::Fault::ServerError);
+    let v = e.get("/api/token", ADMIN).await.json();
+    assert_eq!(v["access_token"], main.credential.access_token.expose());
+    assert!(v["warning"].as_str().is_some_and(|w| w.contains("try again later")), "{v}");
+}
