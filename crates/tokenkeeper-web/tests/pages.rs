@@ -408,3 +408,39 @@ async fn sessions_expire_after_twelve_hours() {
     assert_eq!(res.status, StatusCode::SEE_OTHER);
     assert_eq!(res.location(), "/login");
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_each_sinks_state() {
+    let e = env().await;
+    e.seed("main").await;
+    let dir = e.dir.path();
+    std::fs::write(dir.join("not-a-dir"), "").unwrap();
+    let sink = |name: &str, path: std::path::PathBuf| {
+        serde_json::from_value::<tokenkeeper_core::config::SinkConfig>(serde_json::json!({
+            "account": "main", "kind": "env_file", "name": name,
+            "path": path, "key": "CLAUDE_CODE_OAUTH_TOKEN",
+        }))
+        .unwrap()
+    };
+    let sinks = std::sync::Arc::new(tokenkeeper_sync::sink::SinkSet::new(vec![
+        sink("bot-env", dir.join("bot.env")),
+        sink("broken-env", dir.join("not-a-dir").join("x.env")),
+    ]));
+    let account = e.keeper.store().get_account("main").await.unwrap().unwrap();
+    let results = sinks.deliver_once(&account).await;
+    assert!(results.iter().any(|(n, r)| n == "bot-env" && r.is_ok()), "{results:?}");
+    assert!(results.iter().any(|(n, r)| n == "broken-env" && r.is_err()), "{results:?}");
+
+    let state = tokenkeeper_web::WebState::new(
+        e.keeper.clone(),
+        Some(sinks),
+        tokenkeeper_core::Secret::new(ADMIN_TOKEN),
+        false,
+    );
+    let mut c = support::Client { app: tokenkeeper_web::router(state), cookies: Vec::new(), ip: None };
+    c.sign_in().await;
+    let b = c.get("/").await.body;
+    assert!(b.contains("bot-env (env_file): <span class=\"badge ok\">OK</span>"), "{b}");
+    assert!(b.contains("broken-env (env_file): <span class=\"badge bad\">Failing</span>"), "{b}");
+    assert!(b.contains("class=\"badge warn\">Warning"), "a failing sink is a warning: {b}");
+}
