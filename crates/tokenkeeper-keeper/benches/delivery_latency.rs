@@ -55,7 +55,11 @@ async fn main() {
     let claude = dir.path().join("home/.claude");
     std::fs::create_dir_all(&claude).expect("mkdir");
     let file = claude.join(".credentials.json");
-    let first = credential("sk-ant-oat01-bench-0", "sk-ant-ort01-bench-0", (start + chrono::Duration::hours(8)).timestamp_millis());
+    let first = credential(
+        "sk-ant-oat01-bench-0",
+        "sk-ant-ort01-bench-0",
+        (start + chrono::Duration::hours(8)).timestamp_millis(),
+    );
     std::fs::write(&file, render_claude_credentials(None, &first).expect("render")).expect("write");
     keeper
         .ingest(Ingest {
@@ -97,7 +101,11 @@ async fn main() {
         for i in 1..=CHANGES {
             let n = if style == "rename" { i } else { CHANGES + i };
             let access = format!("sk-ant-oat01-bench-{n}");
-            let c = credential(&access, &format!("sk-ant-ort01-bench-{n}"), (start + chrono::Duration::hours(8) + chrono::Duration::seconds(n as i64)).timestamp_millis());
+            let c = credential(
+                &access,
+                &format!("sk-ant-ort01-bench-{n}"),
+                (start + chrono::Duration::hours(8) + chrono::Duration::seconds(n as i64)).timestamp_millis(),
+            );
             let text = render_claude_credentials(None, &c).expect("render");
             let began = Instant::now();
             if style == "rename" {

@@ -29,6 +29,9 @@ use crate::locks::{claude_lock_dirs, ClaudeLock, DataDirLock, SingleFlight};
 /// within seconds gains nothing and doubles the chance of a lost race elsewhere.
 pub const FORCE_SATISFIED_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long a half-written bound file is given to become whole before it is repaired.
+const UNUSABLE_RECHECK: Duration = Duration::from_millis(250);
+
 /// How long a caller waits for another process's refresh lock.
 const LOCK_WAIT: Duration = Duration::from_secs(90);
 
@@ -541,7 +544,14 @@ impl Keeper {
             },
             BoundContent::Unusable(reason) => {
                 if repair {
-                    self.repair(&account, &binding, &reason).await;
+                    // A writer that takes no lock (`claude login`) may be between truncate and
+                    // write; repairing now would send the rest of its write to a dead inode.
+                    tokio::time::sleep(UNUSABLE_RECHECK).await;
+                    if let BoundContent::Unusable(_) = read_bound(&binding, self.now()) {
+                        self.repair(&account, &binding, &reason).await;
+                    } else {
+                        return Box::pin(self.reconcile_bound(account, true)).await;
+                    }
                 }
                 Ok(account)
             }

@@ -93,3 +93,26 @@ async fn follow_mode_reads_but_never_refreshes() {
     assert_eq!(r.account().credential.access_token.expose(), t.access_token);
     assert_eq!(env.mock.counts().token_requests, 0);
 }
+
+#[tokio::test]
+async fn a_half_written_file_that_completes_is_adopted_not_clobbered() {
+    let env = support::env(|_| {}).await;
+    let (file, binding) = bound(&env);
+    env.seed("main", Some(binding), Mode::Own).await;
+    // `claude login` (no lock) has truncated the file and not yet written the rest.
+    env.clock.advance(chrono::Duration::minutes(1));
+    let t = env.mock.issue_login("main@example.com");
+    let full = render_claude_credentials(None, &support::Env::credential(&t)).unwrap();
+    std::fs::write(&file, &full[..full.len() / 3]).unwrap();
+    let finisher = {
+        let (file, full) = (file.clone(), full.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            std::fs::write(&file, full).unwrap();
+        })
+    };
+    let a = env.keeper.sync_bound("main").await.unwrap();
+    finisher.await.unwrap();
+    assert_eq!(a.credential.access_token.expose(), t.access_token, "the completed login was not adopted");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), full, "the new login was clobbered");
+}

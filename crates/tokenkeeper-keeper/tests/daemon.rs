@@ -17,7 +17,8 @@ use tokenkeeper_sync::sink::SinkSet;
 fn sink(kind: SinkKind, path: &Path) -> SinkConfig {
     let kind_name = serde_json::to_value(kind).unwrap().as_str().unwrap().to_owned();
     let mut s: SinkConfig =
-        toml::from_str(&format!("account = \"main\"\nkind = \"{kind_name}\"\npath = \"{}\"\n", path.display())).unwrap();
+        toml::from_str(&format!("account = \"main\"\nkind = \"{kind_name}\"\npath = \"{}\"\n", path.display()))
+            .unwrap();
     if kind == SinkKind::EnvFile {
         s.key = Some("CLAUDE_CODE_OAUTH_TOKEN".into());
     }
