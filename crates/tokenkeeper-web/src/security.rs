@@ -111,27 +111,28 @@ impl SignInLimiter {
 }
 
 /// Why a request was taken for cross-site.
+///
+/// Browsers send `Sec-Fetch-Site` on every request and no page can forge it, so when it is
+/// there it decides alone: `same-origin` (or `none`, typed by the user) passes, anything else,
+/// `same-site` included (a sibling subdomain may belong to someone else), is refused. Trusting
+/// it over `Origin` keeps the page usable behind a reverse proxy that rewrites `Host`. Older
+/// browsers without it are judged by `Origin` against `Host`. Clients that send neither are not
+/// browsers, carry no victim's cookies, and still need the CSRF token.
 fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
-    // Browsers send Sec-Fetch-Site on every request and pages cannot forge it; `same-site` is
-    // refused too, since a sibling subdomain may belong to someone else.
-    let fetch_site = headers.get("sec-fetch-site").map(|v| v.to_str().unwrap_or_default());
-    if let Some(site) = fetch_site {
-        if !matches!(site, "same-origin" | "none") {
-            return Some("the browser said the form came from another site");
-        }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return match site.to_str().unwrap_or_default() {
+            "same-origin" | "none" => None,
+            _ => Some("the browser said the form came from another site"),
+        };
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        // `Origin: null` comes from privacy settings and sandboxed frames alike; only the
-        // browser's own same-origin statement makes it acceptable.
-        if origin == "null" {
-            return (fetch_site.is_none()).then_some("the form's origin is hidden (null)");
-        }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
-        if host.is_empty() || !authority.eq_ignore_ascii_case(host) {
-            return Some("the form came from another origin");
-        }
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or_default();
+    if origin == "null" {
+        return Some("the form's origin is hidden (null)");
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
+    if host.is_empty() || !authority.eq_ignore_ascii_case(host) {
+        return Some("the form came from another origin");
     }
     None
 }
@@ -195,19 +196,22 @@ mod tests {
     fn cross_site_reads_fetch_metadata_and_origin() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("keeper.example:8377"));
-        assert_eq!(cross_site(&h), None);
+        assert_eq!(cross_site(&h), None, "not a browser: left to the CSRF token");
+        // Older browsers: Origin against Host.
         h.insert(header::ORIGIN, HeaderValue::from_static("http://keeper.example:8377"));
         assert_eq!(cross_site(&h), None);
-        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
-        assert_eq!(cross_site(&h), None);
-        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
-        assert!(cross_site(&h).is_some());
-        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert!(cross_site(&h).is_some());
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert_eq!(cross_site(&h), None, "a hidden origin with the browser's same-origin word");
-        h.remove("sec-fetch-site");
-        assert!(cross_site(&h).is_some(), "a hidden origin and nothing else");
+        assert!(cross_site(&h).is_some(), "a hidden origin");
+        // Fetch metadata decides when present (a proxy may have rewritten Host).
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert_eq!(cross_site(&h), None);
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://keeper.example"));
+        assert_eq!(cross_site(&h), None);
+        for other in ["same-site", "cross-site", "garbage"] {
+            h.insert("sec-fetch-site", HeaderValue::from_str(other).unwrap());
+            assert!(cross_site(&h).is_some(), "{other}");
+        }
     }
 }

@@ -444,3 +444,19 @@ async fn the_dashboard_shows_each_sinks_state() {
     assert!(b.contains("broken-env (env_file): <span class=\"badge bad\">Failing</span>"), "{b}");
     assert!(b.contains("class=\"badge warn\">Warning"), "a failing sink is a warning: {b}");
 }
+
+#[tokio::test]
+async fn a_rate_limited_refresh_says_when_to_try_again() {
+    let e = env().await;
+    e.seed("main").await;
+    let mut c = e.client();
+    let csrf = c.sign_in().await;
+    e.clock.advance(chrono::Duration::hours(1));
+    e.mock.push_fault(tokenkeeper_mock::Fault::RateLimited { retry_after_secs: 120 });
+    let res = c.post("/accounts/main/refresh", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    let dash = c.get("/").await;
+    assert!(dash.body.contains("Could not refresh main right now"), "{}", dash.body);
+    assert!(dash.body.contains("Try again in 2m."), "{}", dash.body);
+    assert!(dash.body.contains("class=\"flash error\""), "{}", dash.body);
+}
