@@ -307,3 +307,17 @@ async fn no_accounts_is_a_warning_with_the_way_to_add_one() {
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     assert!(line_with(&out, "no accounts yet").contains("— fix: `tokenkeeper login`"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_machine_is_told_how_to_start_and_nothing_is_created() {
+    let w = World::new().await;
+    let out = doctor(&w, &[]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    let line = line_with(&out, "data directory");
+    assert!(line.starts_with("fail  ") && line.contains("does not exist"), "{line}");
+    assert!(line.contains("— fix: `tokenkeeper login` or `tokenkeeper import`"), "{line}");
+    assert!(line_with(&out, "no accounts yet").starts_with("warn  "));
+    // The endpoint is still checked: it is what a first login needs.
+    assert!(line_with(&out, "token endpoint").starts_with("ok    "));
+    assert!(!w.data_dir().exists(), "doctor must not create the data directory");
+}

@@ -366,3 +366,18 @@ pub fn claude_locks(config_dirs: &BTreeSet<PathBuf>) -> Vec<Finding> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_the_key_the_database_and_the_admin_token() {
+        for name in ["key", "tokenkeeper.db", "tokenkeeper.db-wal", "tokenkeeper.db-shm", "admin-token"] {
+            assert!(holds_secret(name), "{name}");
+        }
+        for name in ["tokenkeeper.changed", "tokenkeeper.db.setup-lock", "locks", "notes.txt"] {
+            assert!(!holds_secret(name), "{name}");
+        }
+    }
+}
