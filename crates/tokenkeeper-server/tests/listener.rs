@@ -252,3 +252,28 @@ async fn the_unix_socket_serves_the_same_api() {
     server.stop().await;
     assert!(!sock.exists(), "the socket file is removed at shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_without_length_is_cut_at_the_limit() {
+    let e = env().await;
+    let server = start(&e).await;
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/push HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "a".repeat(8192));
+    for _ in 0..10 {
+        // The server may answer and close before taking it all.
+        if conn.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"hint\""), "{answer}");
+    assert!(e.account("main").await.is_none());
+    server.stop().await;
+}
