@@ -37,8 +37,9 @@ pub fn load_config(global: &GlobalArgs) -> Result<Config> {
 pub fn data_dir(global: &GlobalArgs) -> Result<PathBuf> {
     match &global.data_dir {
         Some(d) => Ok(d.clone()),
-        None => paths::default_data_dir()
-            .context("cannot find a home directory for the default data directory; pass --data-dir or set TOKENKEEPER_DATA_DIR"),
+        None => paths::default_data_dir().context(
+            "cannot find a home directory for the default data directory; pass --data-dir or set TOKENKEEPER_DATA_DIR",
+        ),
     }
 }
 

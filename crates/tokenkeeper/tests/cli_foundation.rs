@@ -69,7 +69,8 @@ async fn imports_every_stdin_format() {
     // Base64 of the JSON, wrapped like `base64` does.
     let (json2, _) = w.claude_json("b@example.com");
     let enc = b64.encode(json2);
-    let wrapped: String = enc.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap().to_owned() + "\n").collect();
+    let wrapped: String =
+        enc.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap().to_owned() + "\n").collect();
     let out = w.run(&["import", "-", "--account", "b64"], &wrapped);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("base64"), "{}", stderr(&out));

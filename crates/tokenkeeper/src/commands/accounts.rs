@@ -38,7 +38,9 @@ pub async fn run(app: &App, args: AccountsArgs) -> Result<i32> {
             }
             if !yes {
                 if !std::io::stdin().is_terminal() {
-                    bail!("removing `{name}` deletes its stored credential; pass --yes to confirm when not at a terminal");
+                    bail!(
+                        "removing `{name}` deletes its stored credential; pass --yes to confirm when not at a terminal"
+                    );
                 }
                 eprint!("Remove account `{name}` and its stored credential? [y/N] ");
                 std::io::stderr().flush().ok();

@@ -11,7 +11,10 @@ use crate::cli::ExecArgs;
 pub async fn run(app: &App, args: ExecArgs) -> Result<i32> {
     let (account, warning) = app.keeper.fresh_token(args.account.as_deref()).await?;
     if let Some(w) = warning {
-        eprintln!("warning: {w}; running with the current token, valid until {}", account.credential.expires_at.to_rfc3339());
+        eprintln!(
+            "warning: {w}; running with the current token, valid until {}",
+            account.credential.expires_at.to_rfc3339()
+        );
     }
     if let Err(e) = app.keeper.store().record_usage(&account.name, app.keeper.clock().now()).await {
         tracing::debug!(error = %e, "cannot record usage");

@@ -49,7 +49,8 @@ pub async fn run(app: &App, args: ImportArgs) -> Result<i32> {
             let path = match other {
                 Some(p) => paths::expand_tilde(std::path::Path::new(p)),
                 None => paths::claude_credentials_file(
-                    &paths::claude_config_dir(&env).context("cannot find the home directory; name the file to import")?,
+                    &paths::claude_config_dir(&env)
+                        .context("cannot find the home directory; name the file to import")?,
                 ),
             };
             let text = std::fs::read_to_string(&path).with_context(|| {
@@ -59,10 +60,12 @@ pub async fn run(app: &App, args: ImportArgs) -> Result<i32> {
             (text, Some(Binding { kind: BindingKind::ClaudeCredentials, path: abs }))
         }
     };
-    let parsed = parse_credential(&text, app.keeper.clock().now())
-        .with_context(|| format!("cannot import from {}", args.source.as_deref().unwrap_or("the Claude Code credentials file")))?;
+    let parsed = parse_credential(&text, app.keeper.clock().now()).with_context(|| {
+        format!("cannot import from {}", args.source.as_deref().unwrap_or("the Claude Code credentials file"))
+    })?;
     // Only Claude Code's own JSON file is bound: it is the file Claude Code reads and writes.
-    let binding = binding.filter(|_| !args.no_bind && matches!(parsed.format, Format::ClaudeJson))
+    let binding = binding
+        .filter(|_| !args.no_bind && matches!(parsed.format, Format::ClaudeJson))
         .filter(|b| b.kind == BindingKind::ClaudeCredentials || cfg!(target_os = "macos"));
     let format = parsed.format;
     let outcome = app

@@ -21,11 +21,20 @@ pub async fn run(app: &App, args: RefreshArgs) -> Result<i32> {
     let a = result.account();
     let code = match &result {
         RefreshResult::Refreshed(_) => {
-            eprintln!("Refreshed `{}`: {} valid until {}.", a.name, a.credential.access_token.fingerprint(), a.credential.expires_at.to_rfc3339());
+            eprintln!(
+                "Refreshed `{}`: {} valid until {}.",
+                a.name,
+                a.credential.access_token.fingerprint(),
+                a.credential.expires_at.to_rfc3339()
+            );
             exit::OK
         }
         RefreshResult::Adopted(_) => {
-            eprintln!("`{}` was just refreshed by another process; using that token, valid until {}.", a.name, a.credential.expires_at.to_rfc3339());
+            eprintln!(
+                "`{}` was just refreshed by another process; using that token, valid until {}.",
+                a.name,
+                a.credential.expires_at.to_rfc3339()
+            );
             exit::OK
         }
         RefreshResult::NotNeeded(_) => {

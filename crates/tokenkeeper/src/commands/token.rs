@@ -9,7 +9,10 @@ use crate::exit;
 pub async fn run(app: &App, args: AccountArg) -> Result<i32> {
     let (account, warning) = app.keeper.fresh_token(args.account.as_deref()).await?;
     if let Some(w) = warning {
-        eprintln!("warning: {w}; handing out the current token, still valid until {}", account.credential.expires_at.to_rfc3339());
+        eprintln!(
+            "warning: {w}; handing out the current token, still valid until {}",
+            account.credential.expires_at.to_rfc3339()
+        );
     }
     println!("{}", account.credential.access_token.expose());
     if let Err(e) = app.keeper.store().record_usage(&account.name, app.keeper.clock().now()).await {
