@@ -3,12 +3,14 @@
 //! it. Reports p50/p99/max over 1,000 changes per write style. Run with
 //! `cargo bench -p tokenkeeper-keeper --bench delivery_latency`.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a measurement harness: a panic is the report
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::config::SinkConfig;
 use tokenkeeper_core::formats::{render_claude_credentials, Format, ParsedCredential};
 use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{Binding, BindingKind, Config, Credential, ManualClock, Mode, Secret};

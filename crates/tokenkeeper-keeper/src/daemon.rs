@@ -29,6 +29,10 @@ const MAX_SLEEP: Duration = Duration::from_secs(300);
 /// change with time alone (expiring → expired, reminders due).
 const ALERT_EVERY: Duration = Duration::from_secs(60);
 
+/// File in the data directory holding the alert channels' last known health (JSON), written
+/// by the daemon and shown by `tokenkeeper status`.
+pub const ALERT_CHANNELS_FILE: &str = "alert-channels.json";
+
 /// What the daemon needs.
 pub struct Daemon {
     keeper: Arc<Keeper>,
@@ -60,6 +64,11 @@ impl Daemon {
 
     fn alert_state_path(&self) -> PathBuf {
         self.keeper.data_dir().join("alert-state.json")
+    }
+
+    /// Where the daemon leaves its alert channels' health for `tokenkeeper status`.
+    pub fn alert_channels_path(data_dir: &std::path::Path) -> PathBuf {
+        data_dir.join(ALERT_CHANNELS_FILE)
     }
 
     fn restore_alert_state(&self) {
@@ -96,6 +105,14 @@ impl Daemon {
             })
             .collect();
         let sent = alerts.observe(&assessments).await;
+        // Channel health changes after deliveries, which run in the background; saving it on
+        // every pass keeps `status` at most one pass behind. Written only when it changed.
+        if let Ok(bytes) = serde_json::to_vec_pretty(&alerts.channel_statuses()) {
+            let path = Self::alert_channels_path(self.keeper.data_dir());
+            if let Err(e) = write_file(&path, &bytes, &WriteOptions::default()) {
+                tracing::debug!(error = %e, "cannot save alert channel health");
+            }
+        }
         if !sent.is_empty() {
             for m in &sent {
                 tracing::info!(account = %m.account, status = ?m.status, severity = %m.severity, "alert queued");

@@ -1,6 +1,8 @@
 //! A bound Claude Code file overwritten with a blank stub or an older token is repaired; a
 //! newer token written there by Claude Code is adopted; follow mode never refreshes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use tokenkeeper_core::Clock;

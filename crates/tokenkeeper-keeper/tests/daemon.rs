@@ -2,6 +2,8 @@
 //! place), the daemon adopts the newer credential and every sink has it within milliseconds;
 //! a credential changed by another process (through the store) reaches the sinks too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use std::path::{Path, PathBuf};

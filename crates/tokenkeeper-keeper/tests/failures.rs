@@ -2,6 +2,8 @@
 //! transient → bounded backoff while the valid token keeps being served; recovery on the first
 //! attempt after the provider heals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use tokenkeeper_core::Clock;

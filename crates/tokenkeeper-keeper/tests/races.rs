@@ -3,6 +3,8 @@
 //! A stand-in for Claude Code that takes `proper-lockfile` locks races the keeper on a bound
 //! file: nobody is logged out and the keeper adopts the other's token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use std::path::{Path, PathBuf};

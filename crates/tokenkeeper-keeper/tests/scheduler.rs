@@ -1,6 +1,8 @@
 //! The daemon's scheduler over simulated lifetimes, with an injected clock: each account is
 //! refreshed once per lifetime, inside its lead window, never after expiry.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use tokenkeeper_core::Clock;

@@ -1,6 +1,6 @@
 //! Test support: a keeper over a temp store, the mock provider and a manual clock.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

@@ -2,6 +2,8 @@
 //! code pasted on stdin, status and token, every import format, every refusal leaving the
 //! store as it was, and no token anywhere in what the program printed or stored in clear.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use base64::Engine;

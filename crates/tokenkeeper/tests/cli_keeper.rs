@@ -2,6 +2,8 @@
 //! `refresh --if-needed`) racing on one account for 200 rounds, and SIGKILL of the daemon at
 //! random moments during 200 refresh cycles.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::process::{Child, Stdio};

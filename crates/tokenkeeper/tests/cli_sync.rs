@@ -2,6 +2,8 @@
 //! `serve` picks up an `import` done by another process (through the store's change file, no
 //! polling) and delivers it; `on_change` gets the token in its environment, not its argv.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::process::Stdio;

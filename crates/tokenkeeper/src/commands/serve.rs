@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_keeper::daemon::Daemon;
 use tokenkeeper_server::{load_or_create_admin_token, AppState, ADMIN_TOKEN_ENV};
 use tokenkeeper_sync::sink::SinkSet;
@@ -35,6 +36,13 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         }
     };
     let sinks = Arc::new(SinkSet::new(app.config.sinks.clone()));
+    let alerts = if app.config.alerts.is_empty() {
+        None
+    } else {
+        let engine = AlertEngine::new(app.config.alerts.clone(), app.config.alerting.clone(), app.keeper.clock().clone())
+            .context("cannot set up [[alerts]]")?;
+        Some(Arc::new(engine))
+    };
     let http = !args.no_http && app.config.server.enabled;
     let server = if http {
         let from_env = std::env::var(ADMIN_TOKEN_ENV).ok();
@@ -43,7 +51,11 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen} for the HTTP API; change [server] listen, or run with --no-http")
         })?;
-        let state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin);
+        let mut state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin);
+        if let Some(alerts) = &alerts {
+            let alerts = alerts.clone();
+            state = state.with_extra_metrics(Arc::new(move |out: &mut String| alert_metrics(&alerts, out)));
+        }
         let mut stop = stop_rx.clone();
         let failed = stop_tx.clone();
         Some(tokio::spawn(async move {
@@ -61,7 +73,10 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         tracing::info!("HTTP server disabled (--no-http or [server] enabled = false)");
         None
     };
-    let daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()), Some(app.store.changes_path()));
+    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()), Some(app.store.changes_path()));
+    if let Some(alerts) = &alerts {
+        daemon = daemon.with_alerts(alerts.clone());
+    }
     tracing::info!(data_dir = %app.data_dir.display(), lead = %humantime::format_duration(app.config.keeper.lead), "tokenkeeper serve starting");
     let daemon_result = daemon
         .run(shutdown, || {
@@ -91,5 +106,21 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
     if let Ok(s) = Arc::try_unwrap(sinks) {
         s.shutdown().await;
     }
+    if let Some(Ok(engine)) = alerts.map(Arc::try_unwrap) {
+        engine.shutdown().await;
+    }
     Ok(code)
+}
+
+/// `tokenkeeper_alert_deliveries_total{channel, result}` in Prometheus text format. Channel
+/// names come from the config (never a URL).
+fn alert_metrics(alerts: &AlertEngine, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP tokenkeeper_alert_deliveries_total Alert messages delivered or given up on, by channel.");
+    let _ = writeln!(out, "# TYPE tokenkeeper_alert_deliveries_total counter");
+    for c in alerts.channel_statuses() {
+        let name = c.name.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"sent\"}} {}", c.sent);
+        let _ = writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"failed\"}} {}", c.failed);
+    }
 }

@@ -20,6 +20,23 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
         println!("No accounts yet: run `tokenkeeper login` or `tokenkeeper import`.");
     } else {
         print!("{}", status_table(&rows, now));
+        print_alert_channels(app);
     }
     Ok(exit::OK)
+}
+
+/// The alert channels' health as the running daemon last recorded it (nothing when no daemon
+/// with `[[alerts]]` has run): a failing channel is itself something to fix.
+fn print_alert_channels(app: &App) {
+    let path = tokenkeeper_keeper::daemon::Daemon::alert_channels_path(&app.data_dir);
+    let Ok(text) = std::fs::read_to_string(&path) else { return };
+    let Ok(channels) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return };
+    for c in channels {
+        let name = c["name"].as_str().unwrap_or("?");
+        let (sent, failed) = (c["sent"].as_u64().unwrap_or(0), c["failed"].as_u64().unwrap_or(0));
+        match (c["ok"].as_bool(), c["last_error"].as_str()) {
+            (Some(false), Some(e)) => println!("alert channel {name}: FAILING ({e}); {sent} sent, {failed} failed"),
+            _ => println!("alert channel {name}: ok; {sent} sent, {failed} failed"),
+        }
+    }
 }

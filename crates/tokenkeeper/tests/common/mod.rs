@@ -1,7 +1,7 @@
 //! Shared test support: a data directory, the mock provider, and running the real binary
 //! against them. Every command's output is kept so the secret-leak test can scan it.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
