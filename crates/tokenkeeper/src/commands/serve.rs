@@ -39,8 +39,9 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
     let alerts = if app.config.alerts.is_empty() {
         None
     } else {
-        let engine = AlertEngine::new(app.config.alerts.clone(), app.config.alerting.clone(), app.keeper.clock().clone())
-            .context("cannot set up [[alerts]]")?;
+        let engine =
+            AlertEngine::new(app.config.alerts.clone(), app.config.alerting.clone(), app.keeper.clock().clone())
+                .context("cannot set up [[alerts]]")?;
         Some(Arc::new(engine))
     };
     let http = !args.no_http && app.config.server.enabled;
@@ -116,11 +117,13 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
 /// names come from the config (never a URL).
 fn alert_metrics(alerts: &AlertEngine, out: &mut String) {
     use std::fmt::Write;
-    let _ = writeln!(out, "# HELP tokenkeeper_alert_deliveries_total Alert messages delivered or given up on, by channel.");
+    let _ =
+        writeln!(out, "# HELP tokenkeeper_alert_deliveries_total Alert messages delivered or given up on, by channel.");
     let _ = writeln!(out, "# TYPE tokenkeeper_alert_deliveries_total counter");
     for c in alerts.channel_statuses() {
         let name = c.name.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"sent\"}} {}", c.sent);
-        let _ = writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"failed\"}} {}", c.failed);
+        let _ =
+            writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"failed\"}} {}", c.failed);
     }
 }
