@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(ok.line(), "ok    config defaults");
         let warn = Finding::warn("x", "do y");
         assert_eq!(warn.line(), "warn  x  — fix: do y");
-        assert_eq!(exit_code(&[ok.clone()]), 0);
+        assert_eq!(exit_code(std::slice::from_ref(&ok)), 0);
         assert_eq!(exit_code(&[ok.clone(), warn.clone()]), 1);
         assert_eq!(exit_code(&[warn, Finding::fail("z", "w"), ok]), 2);
         assert_eq!(exit_code(&[]), 0);

@@ -6,7 +6,7 @@
 //! command opens the local store: a login made for a server is owned by that server alone,
 //! since a refresh token used by two keepers logs one of them out.
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,18 +14,16 @@ use anyhow::{bail, Context, Result};
 
 use tokenkeeper_core::config::ANTHROPIC;
 use tokenkeeper_core::formats::{parse_credential, render_claude_credentials};
-use tokenkeeper_core::{paths, Secret};
+use tokenkeeper_core::Secret;
 use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, TokenOutcome};
 
 use crate::app;
 use crate::cli::{GlobalArgs, LoginArgs, PushArgs};
 use crate::exit;
+use crate::source::Source;
 
 /// The environment variable naming the key file.
 const KEY_FILE_ENV: &str = "TOKENKEEPER_KEY_FILE";
-
-/// The Keychain item Claude Code keeps its credential in on macOS.
-const KEYCHAIN_SERVICE: &str = "Claude Code-credentials";
 
 fn read_key(key_file: Option<&Path>) -> Result<Secret> {
     let path = match key_file {
@@ -44,46 +42,6 @@ fn read_key(key_file: Option<&Path>) -> Result<Secret> {
         bail!("the key file {} is empty", path.display());
     }
     Ok(Secret::new(key))
-}
-
-fn read_keychain() -> Result<String> {
-    if !cfg!(target_os = "macos") {
-        bail!("`keychain` works only on macOS, where Claude Code keeps its login in the Keychain; on this system push ~/.claude/.credentials.json or pipe the JSON to `tokenkeeper push --server URL -`");
-    }
-    let out = std::process::Command::new("security")
-        .args(["find-generic-password", "-s", KEYCHAIN_SERVICE, "-w"])
-        .output()
-        .context("cannot run `security` to read the Keychain")?;
-    if !out.status.success() {
-        bail!("the Keychain has no `{KEYCHAIN_SERVICE}` item (or access was denied); run `claude` once and log in, then retry");
-    }
-    String::from_utf8(out.stdout).context("the Keychain item is not text")
-}
-
-fn read_source(source: Option<&str>) -> Result<String> {
-    match source {
-        Some("-") => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read stdin")?;
-            Ok(s)
-        }
-        Some("keychain") => read_keychain(),
-        other => {
-            let path = match other {
-                Some(p) => paths::expand_tilde(Path::new(p)),
-                None => paths::claude_credentials_file(
-                    &paths::claude_config_dir(&|n| std::env::var(n).ok())
-                        .context("cannot find the home directory; name the file to push")?,
-                ),
-            };
-            std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "cannot read {}; check the path (Claude Code keeps it at ~/.claude/.credentials.json)",
-                    path.display()
-                )
-            })
-        }
-    }
 }
 
 /// Sends `text` to the server; prints what it answered; returns the exit status.
@@ -131,7 +89,7 @@ async fn send(server: &str, account: Option<&str>, key: &Secret, text: String) -
 
 pub async fn run(_global: &GlobalArgs, args: PushArgs) -> Result<i32> {
     let key = read_key(args.key_file.as_deref())?;
-    let text = read_source(args.source.as_deref())?;
+    let text = Source::from_arg(args.source.as_deref())?.read()?;
     // Check it here first: a clear message beats sending something the server will refuse.
     let parsed = parse_credential(&text, chrono::Utc::now()).with_context(|| {
         format!("cannot push {}", args.source.as_deref().unwrap_or("the Claude Code credentials file"))
