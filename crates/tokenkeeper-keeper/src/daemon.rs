@@ -33,6 +33,10 @@ const ALERT_EVERY: Duration = Duration::from_secs(60);
 /// by the daemon and shown by `tokenkeeper status`.
 pub const ALERT_CHANNELS_FILE: &str = "alert-channels.json";
 
+/// File in the data directory holding the sinks' last known health (JSON), written by the
+/// daemon and shown by `tokenkeeper status`.
+pub const SINKS_FILE: &str = "sinks-status.json";
+
 /// What the daemon needs.
 pub struct Daemon {
     keeper: Arc<Keeper>,
@@ -80,6 +84,23 @@ impl Daemon {
             },
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the alert state"),
+        }
+    }
+
+    /// Where the daemon leaves its sinks' health for `tokenkeeper status`.
+    pub fn sinks_status_path(data_dir: &std::path::Path) -> PathBuf {
+        data_dir.join(SINKS_FILE)
+    }
+
+    /// Leaves the sinks' health where one-shot commands (`status`, `check`) can read it; the
+    /// write is skipped when nothing changed.
+    fn publish_sink_health(&self) {
+        let Some(sinks) = &self.sinks else { return };
+        if let Ok(bytes) = serde_json::to_vec_pretty(&sinks.statuses()) {
+            let path = Self::sinks_status_path(self.keeper.data_dir());
+            if let Err(e) = write_file(&path, &bytes, &WriteOptions::default()) {
+                tracing::debug!(error = %e, "cannot save sink health");
+            }
         }
     }
 
@@ -194,6 +215,7 @@ impl Daemon {
         self.deliver_all().await;
         self.restore_alert_state();
         self.observe_alerts().await;
+        self.publish_sink_health();
         ready();
         tracing::info!("keeper running");
         loop {
@@ -244,6 +266,7 @@ impl Daemon {
                 }
             }
             self.observe_alerts().await;
+            self.publish_sink_health();
         }
         tracing::info!("keeper stopped");
         Ok(())

@@ -29,6 +29,9 @@ use crate::locks::{claude_lock_dirs, ClaudeLock, DataDirLock, SingleFlight};
 /// within seconds gains nothing and doubles the chance of a lost race elsewhere.
 pub const FORCE_SATISFIED_WITHIN: Duration = Duration::from_secs(30);
 
+/// The name of Claude Code's credentials file in its config directory.
+const CLAUDE_CREDENTIALS_FILE: &str = ".credentials.json";
+
 /// How long a half-written bound file is given to become whole before it is repaired.
 const UNUSABLE_RECHECK: Duration = Duration::from_millis(250);
 
@@ -250,14 +253,18 @@ impl Keeper {
         if seen.mode == Mode::Follow {
             return self.follow(seen, policy).await;
         }
-        // Outside Claude Code's lock the file may be half-written: adopt, never repair, here.
-        let seen = self.reconcile_bound(seen, false).await?;
-        if let RefreshPolicy::IfWithin(lead) = policy {
-            if !seen.credential.needs_refresh(self.now(), chrono_duration(lead)) {
-                return Ok(RefreshResult::NotNeeded(Box::new(seen)));
+        // Before the locks nothing is written: every credential write happens under the
+        // data-dir lock, so a rejection recorded under it cannot mark a fresher credential dead.
+        // A newer credential in the bound file is adopted below, under the locks.
+        let file_newer = self.bound_newer(&seen);
+        if file_newer.is_none() {
+            if let RefreshPolicy::IfWithin(lead) = policy {
+                if !seen.credential.needs_refresh(self.now(), chrono_duration(lead)) {
+                    return Ok(RefreshResult::NotNeeded(Box::new(seen)));
+                }
             }
+            self.check_refreshable(&seen)?;
         }
-        self.check_refreshable(&seen)?;
 
         let _cross_process = DataDirLock::acquire(&self.data_dir, name, self.lock_wait).await?;
         let _claude = self.claude_lock(seen.binding.as_ref()).await?;
@@ -291,13 +298,31 @@ impl Keeper {
         self.spend(latest).await
     }
 
-    /// Claude Code's lock directories for a bound account (none for other accounts).
+    /// A credential in the bound file newer than the stored one, if there is one (read only).
+    fn bound_newer(&self, account: &Account) -> Option<Credential> {
+        let binding = account.binding.as_ref()?;
+        match read_bound(binding, self.now()) {
+            BoundContent::Credential(p) if bound_freshness(&p.credential, &account.credential) == Freshness::Newer => {
+                Some(p.credential)
+            }
+            _ => None,
+        }
+    }
+
+    /// Claude Code's lock directories for an account bound to Claude Code's own
+    /// `.credentials.json` (none otherwise: another file has no Claude Code to coordinate with,
+    /// and its directory's `.lock` sibling may not even be creatable).
     async fn claude_lock(&self, binding: Option<&Binding>) -> Result<Option<ClaudeLock>, KeeperError> {
         match binding {
-            Some(b) if b.kind == BindingKind::ClaudeCredentials => match b.path.parent() {
-                Some(dir) => Ok(Some(ClaudeLock::acquire(&claude_lock_dirs(dir), self.lock_wait).await?)),
-                None => Ok(None),
-            },
+            Some(b)
+                if b.kind == BindingKind::ClaudeCredentials
+                    && b.path.file_name().is_some_and(|n| n == CLAUDE_CREDENTIALS_FILE) =>
+            {
+                match b.path.parent() {
+                    Some(dir) => Ok(Some(ClaudeLock::acquire(&claude_lock_dirs(dir), self.lock_wait).await?)),
+                    None => Ok(None),
+                }
+            }
             _ => Ok(None),
         }
     }
@@ -575,10 +600,21 @@ impl Keeper {
         }
     }
 
+    /// Adopts a newer credential from the bound file under the data-dir lock (follow mode:
+    /// never repairs, never refreshes).
+    async fn adopt_locked(&self, account: Account) -> Result<Account, KeeperError> {
+        if account.binding.is_none() {
+            return Ok(account);
+        }
+        let _cross_process = DataDirLock::acquire(&self.data_dir, &account.name, self.lock_wait).await?;
+        let current = self.get(&account.name).await?;
+        self.reconcile_bound(current, false).await
+    }
+
     /// Follow mode: never refresh; read the bound file, and nudge its owner when due.
     async fn follow(&self, account: Account, policy: RefreshPolicy) -> Result<RefreshResult, KeeperError> {
         let before = account.version;
-        let account = self.reconcile_bound(account, false).await?;
+        let account = self.adopt_locked(account).await?;
         let lead = match policy {
             RefreshPolicy::IfWithin(l) => l,
             RefreshPolicy::Force => self.lead(),
@@ -607,7 +643,7 @@ impl Keeper {
                     Ok(Err(e)) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
                     Err(_) => tracing::warn!(account = %account.name, "nudge command timed out"),
                 }
-                let after = self.reconcile_bound(self.get(&account.name).await?, false).await?;
+                let after = self.adopt_locked(self.get(&account.name).await?).await?;
                 if after.version != account.version
                     && !after.credential.needs_refresh(self.now(), chrono_duration(lead))
                 {
@@ -633,9 +669,10 @@ impl Keeper {
             Ok(r) => Ok((r.account().clone(), None)),
             Err(e) => {
                 let current = self.get(&account.name).await?;
-                let usable = !current.credential.is_expired(self.now())
-                    && !current.credential.is_blank()
-                    && !matches!(e, KeeperError::NeedsLogin { .. });
+                // Even after a rejection the access token works until it expires: keep
+                // serving it (with the error as a warning) so the alert, not an outage, is
+                // how people learn of it.
+                let usable = !current.credential.is_expired(self.now()) && !current.credential.is_blank();
                 if usable {
                     Ok((current, Some(e)))
                 } else {
@@ -654,6 +691,22 @@ impl Keeper {
         }
         let _in_process = self.single_flight.acquire(&name).await;
         let _cross_process = DataDirLock::acquire(&self.data_dir, &name, self.lock_wait).await?;
+        // One login, one account: two accounts holding the same refresh token would each
+        // refresh it under their own lock and log each other out.
+        let incoming = &req.parsed.credential;
+        if let Some(other) = self.store.list_accounts().await?.into_iter().find(|a| {
+            a.name != name
+                && (a.credential.access_token == incoming.access_token
+                    || (incoming.refresh_token.is_some() && a.credential.refresh_token == incoming.refresh_token))
+        }) {
+            return Err(KeeperError::Refused {
+                account: name,
+                reason: format!(
+                    "this login is already stored as account `{0}`; two accounts sharing one refresh token would log each other out (use --account {0})",
+                    other.name
+                ),
+            });
+        }
         let existing = self.store.get_account(&name).await?;
         // Writing back to a bound file happens under Claude Code's lock, like a refresh.
         let binding = req.binding.clone().or_else(|| existing.as_ref().and_then(|a| a.binding.clone()));

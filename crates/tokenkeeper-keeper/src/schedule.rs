@@ -101,17 +101,23 @@ impl Scheduler {
                 Ok(_) => {
                     self.backoff.remove(name);
                 }
-                Err(e) if e.is_temporary() || matches!(e, KeeperError::Store(_)) => {
+                Err(
+                    KeeperError::NeedsLogin { .. }
+                    | KeeperError::NotRefreshable { .. }
+                    | KeeperError::FollowMode { .. },
+                ) => {
+                    // The account is no longer due: nothing to back off from.
+                    self.backoff.remove(name);
+                }
+                Err(e) => {
+                    // Everything else (provider, lock, store, I/O) backs off, so an error that
+                    // keeps recurring can never make the daemon spin.
                     let failures = self.backoff.get(name).map_or(0, |b| b.failures) + 1;
                     let mut delay = self.backoff_delay(failures);
                     if let KeeperError::TryLater { retry_after: Some(ra), .. } = e {
                         delay = delay.max(*ra);
                     }
                     self.backoff.insert(name.clone(), Backoff { failures, not_before: now + chrono_duration(delay) });
-                }
-                Err(_) => {
-                    // Needs login, not refreshable, follow mode: the account is no longer due.
-                    self.backoff.remove(name);
                 }
             }
         }

@@ -147,3 +147,63 @@ async fn long_lived_tokens_are_not_refreshable_but_are_served() {
     assert!(Scheduler::new(env.keeper.clone()).due_at(&env.account("ci").await).is_none());
     let _ = env.store.list_accounts().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_login_cannot_be_stored_under_two_accounts() {
+    let env = support::env(|_| {}).await;
+    let (a, _) = env.seed("first", None, Mode::Own).await;
+    let parsed = tokenkeeper_core::formats::ParsedCredential {
+        credential: a.credential.clone(),
+        format: tokenkeeper_core::formats::Format::ClaudeJson,
+        email: None,
+    };
+    let e = env
+        .keeper
+        .ingest(tokenkeeper_keeper::Ingest {
+            account: Some("second".into()),
+            parsed,
+            mode: None,
+            binding: None,
+            change: tokenkeeper_core::store::CredentialChange::Imported,
+            organization: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KeeperError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains("already stored as account `first`"), "{e}");
+    assert!(env.store.get_account("second").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_scheduler_backs_off_after_any_retryable_error_never_spins() {
+    let env = support::env(|_| {}).await;
+    env.seed("main", None, Mode::Own).await;
+    // The lock directory cannot be created: every refresh fails with an I/O error.
+    let locks = env.dir.path().join("data/locks");
+    let _ = std::fs::remove_dir_all(&locks);
+    std::fs::write(&locks, "not a directory").unwrap();
+    let mut sched = Scheduler::new(env.keeper.clone());
+    let due = sched.next_deadline().await.unwrap().unwrap();
+    env.clock.set(due);
+    let results = sched.tick().await.unwrap();
+    assert!(matches!(results[0].1, Err(KeeperError::Lock(_))), "{:?}", results[0].1);
+    let next = sched.next_deadline().await.unwrap().unwrap();
+    assert!(next >= due + chrono::Duration::seconds(25), "no backoff after a lock error: next {next} due {due}");
+    // At that moment nothing else is due.
+    assert!(sched.tick().await.unwrap().is_empty());
+    assert_eq!(env.mock.counts().token_requests, 0);
+}
+
+#[tokio::test]
+async fn a_still_valid_token_is_served_after_a_rejection() {
+    let env = support::env(|_| {}).await;
+    let (a, t) = env.seed("main", None, Mode::Own).await;
+    env.mock.revoke(&t.refresh_token);
+    env.clock.set(a.credential.expires_at - chrono::Duration::minutes(10));
+    let (served, warning) = env.keeper.fresh_token(Some("main")).await.unwrap();
+    assert_eq!(served.credential.access_token, a.credential.access_token);
+    assert!(matches!(warning, Some(KeeperError::NeedsLogin { .. })), "{warning:?}");
+    assert_eq!(env.account("main").await.state, AccountState::NeedsLogin);
+    env.clock.set(a.credential.expires_at + chrono::Duration::seconds(1));
+    assert!(env.keeper.fresh_token(Some("main")).await.is_err());
+}

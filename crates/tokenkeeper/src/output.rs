@@ -7,9 +7,37 @@ use tokenkeeper_core::status::human_duration;
 use tokenkeeper_core::{Account, Config};
 pub use tokenkeeper_keeper::view::AccountView as AccountStatus;
 
-/// The view of one account, as the CLI shows it.
-pub fn account_status(config: &Config, account: &Account, now: DateTime<Utc>) -> AccountStatus {
-    tokenkeeper_keeper::view::account_view(config, account, now, Vec::new())
+/// The sinks' health as the running daemon last recorded it: (sink, account, ok, last error).
+/// Empty when no daemon with sinks has run.
+pub fn recorded_sinks(data_dir: &std::path::Path) -> Vec<(String, String, bool, Option<String>)> {
+    let path = tokenkeeper_keeper::daemon::Daemon::sinks_status_path(data_dir);
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return Vec::new() };
+    list.iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("?").to_owned(),
+                s["account"].as_str().unwrap_or("?").to_owned(),
+                s["ok"].as_bool().unwrap_or(true),
+                s["last_error"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// The view of one account, as the CLI shows it, with the failing sinks the daemon recorded.
+pub fn account_status(
+    config: &Config,
+    data_dir: &std::path::Path,
+    account: &Account,
+    now: DateTime<Utc>,
+) -> AccountStatus {
+    let failing = recorded_sinks(data_dir)
+        .into_iter()
+        .filter(|(_, a, ok, _)| a == &account.name && !ok)
+        .map(|(name, ..)| name)
+        .collect();
+    tokenkeeper_keeper::view::account_view(config, account, now, failing)
 }
 
 fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {

@@ -13,16 +13,31 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
         Some(n) => vec![app.keeper.resolve_account(Some(n)).await?],
         None => app.keeper.store().list_accounts().await?,
     };
-    let rows: Vec<_> = accounts.iter().map(|a| account_status(&app.config, a, now)).collect();
+    let rows: Vec<_> = accounts.iter().map(|a| account_status(&app.config, &app.data_dir, a, now)).collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
         println!("No accounts yet: run `tokenkeeper login` or `tokenkeeper import`.");
     } else {
         print!("{}", status_table(&rows, now));
+        print_sinks(app, args.account.as_deref());
         print_alert_channels(app);
     }
     Ok(exit::OK)
+}
+
+/// Each sink's health as the running daemon last recorded it.
+fn print_sinks(app: &App, only: Option<&str>) {
+    for (name, account, ok, error) in crate::output::recorded_sinks(&app.data_dir) {
+        if only.is_some_and(|o| o != account) {
+            continue;
+        }
+        match (ok, error) {
+            (false, Some(e)) => println!("sink {name} ({account}): FAILING: {e}"),
+            (false, None) => println!("sink {name} ({account}): FAILING"),
+            (true, _) => println!("sink {name} ({account}): ok"),
+        }
+    }
 }
 
 /// The alert channels' health as the running daemon last recorded it (nothing when no daemon
