@@ -116,7 +116,8 @@ fn is_plain(value: &str) -> bool {
 
 fn encode(value: &str, old: Quote) -> String {
     match old {
-        Quote::None if is_plain(value) => value.to_owned(),
+        // An empty value is written `""`: `KEY = ` (with spaces) is a parse error for dotenvy.
+        Quote::None if !value.is_empty() && is_plain(value) => value.to_owned(),
         // A backslash inside single quotes is literal for compose and shells but an escape for
         // dotenvy, so such a value moves to double quotes where all agree.
         Quote::Single if !value.contains(['\'', '\\', '\n', '\r']) => format!("'{value}'"),

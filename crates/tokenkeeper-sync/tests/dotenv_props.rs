@@ -40,7 +40,7 @@ fn file() -> impl Strategy<Value = (Vec<(String, bool, &'static str)>, bool)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("TK_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn other_lines_survive_and_value_reads_back((lines, final_newline) in file(), new in "[ -~]{0,24}") {
