@@ -28,6 +28,13 @@ pub enum SyncError {
         /// The name as configured.
         name: String,
     },
+    /// The file holds a newer credential than the one being delivered: some other program
+    /// refreshes this login too. Overwriting it would hand that program a spent refresh token.
+    #[error("{path} holds a newer credential than tokenkeeper's, so it was not overwritten: another program (Claude Code in a container?) refreshes this login too. Let tokenkeeper be the only refresher, or import that file with `tokenkeeper import FILE --mode follow`")]
+    NewerOnDisk {
+        /// The file.
+        path: PathBuf,
+    },
     /// A sink's configuration lacks something its kind needs (config validation normally
     /// catches this first).
     #[error("cannot {action} for sink {path}: `{field}` is not set")]

@@ -414,6 +414,17 @@ pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutco
         field: "path",
     })?;
     let existing = read_optional(&path)?;
+    // Files that carry a whole credential (refresh token included) can be refreshed from by
+    // whoever reads them; never replace a newer credential found there with an older one.
+    if matches!(cfg.kind, SinkKind::ClaudeCredentials | SinkKind::Openclaw) {
+        if let Some(text) = &existing {
+            if let Ok(on_disk) = tokenkeeper_core::formats::parse_credential(text, account.credential.expires_at) {
+                if on_disk.credential.compare_to(&account.credential) == tokenkeeper_core::Freshness::Newer {
+                    return Err(SyncError::NewerOnDisk { path });
+                }
+            }
+        }
+    }
     let rendered = render_sink(cfg, account, existing.as_deref())?;
     write_file(&path, rendered.contents.as_bytes(), &WriteOptions::from_sink(cfg))
 }

@@ -257,3 +257,28 @@ async fn real_on_change_and_command_get_the_token_in_their_environment() {
     }
     set.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_credential_file_holding_a_newer_login_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials.json");
+    let cfg = sink(&format!("account = \"main\"\nkind = \"claude_credentials\"\npath = \"{}\"\n", path.display()));
+    let ours = account("main", "sk-ant-oat01-OURS");
+    // A container's own Claude Code refreshed: its file expires later than our credential.
+    let mut theirs = ours.credential.clone();
+    theirs.access_token = Secret::new("sk-ant-oat01-THEIRS");
+    theirs.refresh_token = Some(Secret::new("sk-ant-ort01-THEIRS"));
+    theirs.expires_at += chrono::Duration::hours(1);
+    let newer = tokenkeeper_core::formats::render_claude_credentials(None, &theirs).unwrap();
+    std::fs::write(&path, &newer).unwrap();
+    let err = tokenkeeper_sync::sink::write_file_sink(&cfg, &ours).unwrap_err();
+    assert!(matches!(err, SyncError::NewerOnDisk { .. }), "{err}");
+    assert!(err.to_string().contains("--mode follow"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), newer, "the newer login was overwritten");
+    // An older file is replaced as usual.
+    let mut older = theirs.clone();
+    older.expires_at -= chrono::Duration::hours(3);
+    std::fs::write(&path, tokenkeeper_core::formats::render_claude_credentials(None, &older).unwrap()).unwrap();
+    tokenkeeper_sync::sink::write_file_sink(&cfg, &ours).unwrap();
+    assert!(std::fs::read_to_string(&path).unwrap().contains("sk-ant-oat01-OURS"));
+}
