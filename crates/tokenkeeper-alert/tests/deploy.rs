@@ -91,15 +91,15 @@ fn prometheus_rules_have_the_expected_structure() {
     }
 }
 
-/// Runs promtool when it is installed; its absence is reported, not a failure, since the
-/// structural checks above always run.
+/// Runs promtool, which `scripts/test-deps` installs (Debian's `prometheus` package): a test
+/// that passed because its checker was missing would prove nothing.
 fn promtool(args: &[&str], dir: &Path) -> Option<std::process::Output> {
     match Command::new("promtool").args(args).current_dir(dir).output() {
         Ok(out) => Some(out),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("note: promtool is not on PATH; skipped `promtool {}`", args.join(" "));
-            None
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not on PATH (for `promtool {}`): run scripts/test-deps, which installs Debian's `prometheus` package",
+            args.join(" ")
+        ),
         Err(e) => panic!("cannot run promtool: {e}"),
     }
 }

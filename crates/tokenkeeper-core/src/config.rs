@@ -339,8 +339,9 @@ pub enum AlertKind {
     Command,
 }
 
-/// `[[alerts]]`: one alert channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[[alerts]]`: one alert channel. Its `Debug` leaves the URL out: webhook URLs such as
+/// Slack's are secrets.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     /// Channel kind.
@@ -363,6 +364,20 @@ pub struct AlertConfig {
     /// Only alerts at or above this severity (`warning` default).
     #[serde(default)]
     pub min_severity: Option<String>,
+}
+
+impl std::fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertConfig")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("url_file", &self.url_file)
+            .field("api_key_file", &self.api_key_file)
+            .field("command", &self.command)
+            .field("min_severity", &self.min_severity)
+            .finish()
+    }
 }
 
 /// `[alerting]`: repetition of alerts.
@@ -666,6 +681,15 @@ url = "https://hooks.example/tokenkeeper"
         let env = |_: &str| None;
         assert!(Config::load(Some(Path::new("/nonexistent/tk.toml")), None, &env).is_err());
         assert!(Config::load(None, Some(Path::new("/nonexistent/tk.toml")), &env).is_ok());
+    }
+
+    #[test]
+    fn alert_urls_stay_out_of_debug() {
+        let c = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/SECRETPART\"\n")
+            .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("SECRETPART"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

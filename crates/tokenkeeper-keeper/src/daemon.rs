@@ -252,7 +252,9 @@ impl Daemon {
                         // Another process wrote the store: new accounts, bindings or credentials.
                         let now_bound = self.bound_files().await;
                         for p in now_bound.keys().filter(|p| !bound.contains_key(*p)) {
-                            let _ = watcher.watch(p);
+                            if let Err(e) = watcher.watch(p) {
+                                tracing::warn!(file = %p.display(), error = %e, "cannot watch bound file");
+                            }
                         }
                         bound = now_bound;
                         self.deliver_all().await;

@@ -493,19 +493,29 @@ pub fn load_or_create_admin_token(data_dir: &Path, env_override: Option<&str>) -
     }
     create_dir_private(data_dir)?;
     let token = Secret::new(format!("{ADMIN_PREFIX}{}", random_hex(32)));
+    // Written whole to a private temp file, then hard-linked into place: a reader never sees
+    // an empty file, a crash never leaves one, and of two processes starting at once exactly
+    // one link succeeds (the other uses the winner's token).
+    let tmp = data_dir.join(format!(".admin-token.{}.tmp", random_hex(8)));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    match opts.open(&path) {
-        Ok(mut f) => {
-            f.write_all(format!("{}\n", token.expose()).as_bytes()).and_then(|()| f.sync_all()).map_err(|source| {
-                ServerError::Io { action: "write the admin token file", path: path.clone(), source }
-            })?;
+    let written = opts
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(format!("{}\n", token.expose()).as_bytes()).and_then(|()| f.sync_all()));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ServerError::Io { action: "write the admin token file", path: tmp, source });
+    }
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
             tracing::info!(file = %path.display(), "generated the admin token (print it with `tokenkeeper server token`)");
             Ok(token)
         }
-        // Another process created it between our read and our create: use theirs.
+        // Another process created it between our read and our link: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_admin_token(data_dir, None),
         Err(source) => Err(ServerError::Io { action: "create the admin token file", path, source }),
     }

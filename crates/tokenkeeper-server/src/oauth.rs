@@ -194,7 +194,11 @@ pub async fn delete_one(
     let account = match find_account(&st, &account_email).await {
         Ok(a) => a,
         Err(e) if auth.is_unrestricted() => return Err(e),
-        Err(_) => return Err(ApiError::AccountDenied { account: account_email }),
+        // Only "no such account" is hidden; a store failure stays a server error.
+        Err(ApiError::NoSuchAccount(_) | ApiError::Keeper(KeeperError::Ambiguous(_))) => {
+            return Err(ApiError::AccountDenied { account: account_email })
+        }
+        Err(e) => return Err(e),
     };
     auth.check_account(&account.name)?;
     if !st.keeper.remove(&account.name).await? {

@@ -64,10 +64,10 @@ async fn sh(dir: &Path, url: &str, key: &str, line: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_001_curl_commands_work_as_written() {
-    if !have_curl() {
-        eprintln!("NOTE: curl is not installed; skipping the literal curl commands of seed 001");
-        return;
-    }
+    assert!(
+        have_curl(),
+        "curl is not installed: run scripts/test-deps (needed for the literal curl commands of seed 001)"
+    );
     let e = env().await;
     let key = e.key(&[Scope::Push, Scope::StatusRead, Scope::Refresh], &[]).await;
     let server = start(&e).await;
@@ -105,10 +105,10 @@ async fn seed_001_curl_commands_work_as_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_003_curl_commands_work_as_written() {
-    if !have_curl() {
-        eprintln!("NOTE: curl is not installed; skipping the literal curl commands of seed 003");
-        return;
-    }
+    assert!(
+        have_curl(),
+        "curl is not installed: run scripts/test-deps (needed for the literal curl commands of seed 003)"
+    );
     let e = env().await;
     let key = e.key(&[Scope::Login, Scope::StatusRead, Scope::AccountsWrite], &[]).await;
     let server = start(&e).await;

@@ -47,8 +47,9 @@ pub async fn run(app: &App, args: RefreshArgs) -> Result<i32> {
             exit::NOT_NEEDED
         }
     };
-    if args.sync {
-        super::sync::deliver(app, a).await?;
+    if args.sync && super::sync::deliver(app, a).await? > 0 {
+        // A refresh that could not be delivered is not done: cron and timers should see it.
+        return Ok(exit::FAILURE);
     }
     Ok(code)
 }
