@@ -97,10 +97,6 @@ impl CredentialChange {
         }
     }
 
-    /// Whether the change means a fresh refresh token was issued.
-    pub fn issues_refresh_token(self) -> bool {
-        true
-    }
 }
 
 /// A compare-and-set update of an account's credential.
