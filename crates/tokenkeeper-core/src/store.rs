@@ -96,7 +96,6 @@ impl CredentialChange {
             CredentialChange::LoggedIn => EventKind::LoggedIn,
         }
     }
-
 }
 
 /// A compare-and-set update of an account's credential.
