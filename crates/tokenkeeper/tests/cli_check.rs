@@ -224,3 +224,24 @@ async fn json_has_the_views_and_the_exit_code() {
     assert!(v["error"].as_str().unwrap().contains("nope"));
     assert_no_tokens(&w, &[&t]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_sink_recorded_by_the_daemon_is_a_warning_in_check_and_status() {
+    let w = World::new().await;
+    import(&w, "main", "sink@example.com");
+    // What `serve` leaves in the data directory when a sink keeps failing.
+    std::fs::write(
+        w.data_dir().join("sinks-status.json"),
+        r#"[{"name":"env_file:/srv/bot/.env","account":"main","kind":"env_file","ok":false,"last_error":"cannot create the temporary file in /srv/bot: Permission denied","last_written_at":null,"writes":0,"failures":3}]"#,
+    )
+    .unwrap();
+    let out = w.run(&["check"], "");
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(stdout(&out).contains("env_file:/srv/bot/.env"), "{}", stdout(&out));
+    let status = w.ok(&["status"], "");
+    assert!(
+        status.contains("sink env_file:/srv/bot/.env (main): FAILING: cannot create the temporary file"),
+        "{status}"
+    );
+    assert!(status.contains("warning"), "{status}");
+}

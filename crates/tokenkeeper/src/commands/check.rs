@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use tokenkeeper_core::Store;
-use tokenkeeper_keeper::view::{account_view, AccountView};
+use tokenkeeper_keeper::view::AccountView;
 use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
 
 use crate::app::{self, App};
@@ -103,9 +103,9 @@ async fn gather(global: &GlobalArgs, account: Option<&str>) -> Result<Vec<Accoun
         return Err("no accounts yet: run `tokenkeeper login` or `tokenkeeper import`".into());
     }
     let now = app.keeper.clock().now();
-    // A one-shot process runs no sinks, so it knows of no failing ones; the daemon's
-    // `status` and alerts include them.
-    Ok(accounts.iter().map(|a| account_view(&app.config, a, now, Vec::new())).collect())
+    // A one-shot process runs no sinks; it sees the failing ones the running daemon recorded,
+    // so `check`, `status` and the alerts agree.
+    Ok(accounts.iter().map(|a| crate::output::account_status(&app.config, &app.data_dir, a, now)).collect())
 }
 
 /// Runs `check`; returns the monitoring exit status.
