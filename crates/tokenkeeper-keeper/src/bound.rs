@@ -3,9 +3,27 @@
 
 use std::path::Path;
 
-use tokenkeeper_core::formats::{parse_credential, render_claude_credentials, ParsedCredential};
+use tokenkeeper_core::formats::{parse_credential, render_claude_credentials, ParsedCredential, RenderError};
 use tokenkeeper_core::{Binding, BindingKind, Credential};
 use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions, WriteOutcome};
+use tokenkeeper_sync::SyncError;
+
+/// Why a bound file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundError {
+    /// Reading or writing the file failed.
+    #[error(transparent)]
+    File(#[from] SyncError),
+    /// The existing file is something we must not overwrite.
+    #[error("cannot write the credential into {path}")]
+    Render {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: RenderError,
+    },
+}
 
 /// What a bound file holds right now.
 #[derive(Debug)]
@@ -36,7 +54,7 @@ pub fn read_bound(binding: &Binding, now: chrono::DateTime<chrono::Utc>) -> Boun
 
 /// Writes `credential` into the bound Claude Code file, keeping every key we do not know,
 /// atomically, mode 0600. Returns whether the file changed.
-pub fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOutcome, String> {
+pub fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOutcome, BoundError> {
     if binding.kind != BindingKind::ClaudeCredentials {
         return Ok(WriteOutcome::Unchanged);
     }
@@ -44,8 +62,8 @@ pub fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOu
 }
 
 /// Writes a Claude Code credentials file (merge, atomic, 0600).
-pub fn write_claude_file(path: &Path, credential: &Credential) -> Result<WriteOutcome, String> {
-    let existing = read_optional(path).map_err(|e| e.to_string())?;
+pub fn write_claude_file(path: &Path, credential: &Credential) -> Result<WriteOutcome, BoundError> {
+    let existing = read_optional(path)?;
     if let Some(text) = &existing {
         if let Ok(p) = tokenkeeper_core::formats::parse_credential(text, credential.expires_at) {
             match p.credential.compare_to(credential) {
@@ -63,8 +81,9 @@ pub fn write_claude_file(path: &Path, credential: &Credential) -> Result<WriteOu
     }
     // A half-written or stub file is replaced rather than merged: there is nothing in it to keep.
     let base = existing.as_deref().filter(|t| serde_json_is_object(t));
-    let text = render_claude_credentials(base, credential).map_err(|e| e.to_string())?;
-    write_file(path, text.as_bytes(), &WriteOptions::default()).map_err(|e| e.to_string())
+    let text = render_claude_credentials(base, credential)
+        .map_err(|source| BoundError::Render { path: path.to_owned(), source })?;
+    Ok(write_file(path, text.as_bytes(), &WriteOptions::default())?)
 }
 
 fn serde_json_is_object(text: &str) -> bool {
