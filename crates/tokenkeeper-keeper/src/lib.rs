@@ -5,7 +5,9 @@
 //! - [`locks`]: in-process single-flight, the data-directory `flock`, Claude Code's lock
 //!   directories;
 //! - [`schedule::Scheduler`]: next-deadline scheduling with jitter and backoff;
-//! - [`daemon::Daemon`]: the long-running loop that ties them to watchers and sinks.
+//! - [`daemon::Daemon`]: the long-running loop that ties them to watchers and sinks;
+//! - `testing` (feature `testing`): a keeper over a temporary store and the mock provider, for
+//!   tests here and in the crates built on the keeper.
 
 pub mod bound;
 pub mod daemon;
@@ -13,6 +15,8 @@ pub mod error;
 pub mod keeper;
 pub mod locks;
 pub mod schedule;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod view;
 
 pub use error::KeeperError;

@@ -8,7 +8,8 @@
 //!   timeout, debounce, bounded retries;
 //! - [`sink`]: [`SinkSet`], delivering an account's credential to all its sinks;
 //! - [`watch`]: [`FileWatcher`], noticing changes of a bound file however it is written;
-//! - [`error`][mod@error]: [`SyncError`].
+//! - [`error`][mod@error]: [`SyncError`];
+//! - `testing` (feature `testing`): an account fixture for tests of sinks.
 //!
 //! # `write = "in_place"`
 //!
@@ -31,6 +32,8 @@ pub mod infisical;
 pub mod render;
 pub mod runner;
 pub mod sink;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod watch;
 
 pub use error::SyncError;

@@ -135,35 +135,9 @@ fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncEr
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
-    use tokenkeeper_core::{AccountState, Credential, Mode, Secret, Usage};
 
-    pub(crate) fn account() -> Account {
-        let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-        Account {
-            name: "main".into(),
-            provider: "anthropic".into(),
-            mode: Mode::Own,
-            credential: Credential {
-                access_token: Secret::new("sk-ant-oat01-ACCESS"),
-                refresh_token: Some(Secret::new("sk-ant-ort01-REFRESH")),
-                expires_at: t,
-                scopes: vec!["user:inference".into()],
-                subscription_type: None,
-                rate_limit_tier: None,
-            },
-            version: 1,
-            email: None,
-            organization: None,
-            binding: None,
-            state: AccountState::Active,
-            created_at: t,
-            updated_at: t,
-            last_refreshed_at: None,
-            refresh_token_issued_at: None,
-            usage: Usage::default(),
-            last_error: None,
-        }
+    fn account() -> Account {
+        crate::testing::account("main", "sk-ant-oat01-ACCESS")
     }
 
     fn template_sink(t: &str) -> SinkConfig {

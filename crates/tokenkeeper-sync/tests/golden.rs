@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
 use tokenkeeper_core::config::SinkConfig;
-use tokenkeeper_core::{Account, AccountState, Credential, Mode, Secret, Usage};
+use tokenkeeper_core::{Account, Secret};
 use tokenkeeper_sync::render::render_sink;
 
 const ACCESS: &str = "sk-ant-oat01-NEWACCESS_abc";
@@ -18,31 +17,14 @@ fn dir() -> PathBuf {
 }
 
 fn account() -> Account {
-    let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-    Account {
-        name: "main".into(),
-        provider: "anthropic".into(),
-        mode: Mode::Own,
-        credential: Credential {
-            access_token: Secret::new(ACCESS),
-            refresh_token: Some(Secret::new(REFRESH)),
-            expires_at: t,
-            scopes: vec!["user:inference".into(), "user:profile".into()],
-            subscription_type: Some("max".into()),
-            rate_limit_tier: Some("default_claude_max_20x".into()),
-        },
-        version: 3,
-        email: Some("me@example.com".into()),
-        organization: None,
-        binding: None,
-        state: AccountState::Active,
-        created_at: t,
-        updated_at: t,
-        last_refreshed_at: None,
-        refresh_token_issued_at: None,
-        usage: Usage::default(),
-        last_error: None,
-    }
+    let mut a = tokenkeeper_sync::testing::account("main", ACCESS);
+    a.credential.refresh_token = Some(Secret::new(REFRESH));
+    a.credential.scopes = vec!["user:inference".into(), "user:profile".into()];
+    a.credential.subscription_type = Some("max".into());
+    a.credential.rate_limit_tier = Some("default_claude_max_20x".into());
+    a.version = 3;
+    a.email = Some("me@example.com".into());
+    a
 }
 
 fn sink(toml_text: &str) -> SinkConfig {

@@ -10,10 +10,9 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{patch, post};
 use axum::{Json, Router};
 use base64::Engine;
-use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokenkeeper_core::config::SinkConfig;
-use tokenkeeper_core::{Account, AccountState, Credential, Mode, Secret, Usage};
+use tokenkeeper_core::{Account, Secret};
 use tokenkeeper_sync::infisical::InfisicalClient;
 
 const ACCESS: &str = "sk-ant-oat01-INFACCESS";
@@ -89,31 +88,9 @@ async fn serve() -> (String, Shared) {
 }
 
 fn account() -> Account {
-    let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-    Account {
-        name: "main".into(),
-        provider: "anthropic".into(),
-        mode: Mode::Own,
-        credential: Credential {
-            access_token: Secret::new(ACCESS),
-            refresh_token: Some(Secret::new(REFRESH)),
-            expires_at: t,
-            scopes: vec!["user:inference".into()],
-            subscription_type: None,
-            rate_limit_tier: None,
-        },
-        version: 1,
-        email: None,
-        organization: None,
-        binding: None,
-        state: AccountState::Active,
-        created_at: t,
-        updated_at: t,
-        last_refreshed_at: None,
-        refresh_token_issued_at: None,
-        usage: Usage::default(),
-        last_error: None,
-    }
+    let mut a = tokenkeeper_sync::testing::account("main", ACCESS);
+    a.credential.refresh_token = Some(Secret::new(REFRESH));
+    a
 }
 
 fn sink(extra: &str) -> SinkConfig {

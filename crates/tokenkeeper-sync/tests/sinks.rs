@@ -7,41 +7,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tokenkeeper_core::config::SinkConfig;
-use tokenkeeper_core::{Account, AccountState, Credential, Mode, Secret, Usage};
+use tokenkeeper_core::Secret;
 use tokenkeeper_sync::runner::{CommandEnv, Executor, RunnerOptions};
 use tokenkeeper_sync::sink::{SinkSet, SinkSetOptions};
+use tokenkeeper_sync::testing::account;
 use tokenkeeper_sync::{SyncError, WriteOutcome};
-
-fn account(name: &str, token: &str) -> Account {
-    let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-    Account {
-        name: name.into(),
-        provider: "anthropic".into(),
-        mode: Mode::Own,
-        credential: Credential {
-            access_token: Secret::new(token),
-            refresh_token: Some(Secret::new("sk-ant-ort01-REFRESH")),
-            expires_at: t,
-            scopes: vec!["user:inference".into()],
-            subscription_type: None,
-            rate_limit_tier: None,
-        },
-        version: 1,
-        email: None,
-        organization: None,
-        binding: None,
-        state: AccountState::Active,
-        created_at: t,
-        updated_at: t,
-        last_refreshed_at: None,
-        refresh_token_issued_at: None,
-        usage: Usage::default(),
-        last_error: None,
-    }
-}
 
 fn sink(text: &str) -> SinkConfig {
     toml::from_str(text).unwrap()

@@ -20,12 +20,9 @@ use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use tokenkeeper_core::formats::{Format, ParsedCredential};
-use tokenkeeper_core::store::CredentialChange;
-use tokenkeeper_core::{Config, Credential, Secret};
-use tokenkeeper_keeper::{Ingest, Keeper};
+use tokenkeeper_core::Secret;
+use tokenkeeper_keeper::{testing, Keeper};
 use tokenkeeper_mock::MockProvider;
-use tokenkeeper_store::{EncryptionKey, SqliteStore};
 use tokenkeeper_web::{router, WebState};
 
 const ADMIN_TOKEN: &str = "browser-test-admin-token-0123456789";
@@ -99,20 +96,8 @@ struct Site {
 async fn serve() -> Site {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockProvider::start().await.unwrap();
-    let mut config = Config::default();
-    {
-        let p = config.providers.get_mut("anthropic").unwrap();
-        p.token_url = mock.token_url();
-        p.authorize_url = mock.authorize_url();
-        p.redirect_uri = mock.redirect_uri();
-        p.api_base_url = mock.api_base_url();
-        p.timeout = Duration::from_secs(5);
-    }
-    let store = Arc::new(SqliteStore::open(&dir.path().join("data"), EncryptionKey::generate()).await.unwrap());
-    let keeper = Arc::new(
-        Keeper::new(store, Arc::new(config), &dir.path().join("data"), tokenkeeper_core::system_clock_handle())
-            .unwrap(),
-    );
+    let config = Arc::new(testing::mock_config(&mock));
+    let (_, keeper) = testing::open_keeper(dir.path(), config, tokenkeeper_core::system_clock_handle()).await;
     let state = WebState::new(keeper.clone(), None, Secret::new(ADMIN_TOKEN), false);
     let app = router(state).route("/health", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -131,26 +116,7 @@ async fn serve() -> Site {
 
 impl Site {
     async fn seed(&self, name: &str) {
-        let t = self.mock.issue_login(&format!("{name}@example.com"));
-        let credential = Credential {
-            access_token: Secret::new(t.access_token),
-            refresh_token: Some(Secret::new(t.refresh_token)),
-            expires_at: chrono::DateTime::from_timestamp_millis(t.expires_at_ms).unwrap(),
-            scopes: vec!["user:inference".into(), "user:profile".into()],
-            subscription_type: Some("max".into()),
-            rate_limit_tier: None,
-        };
-        self.keeper
-            .ingest(Ingest {
-                account: Some(name.into()),
-                parsed: ParsedCredential { credential, format: Format::ClaudeJson, email: None },
-                mode: None,
-                binding: None,
-                change: CredentialChange::LoggedIn,
-                organization: None,
-            })
-            .await
-            .unwrap();
+        testing::log_in(&self.keeper, &self.mock, name, None, None).await;
     }
 
     async fn stop(mut self) {

@@ -4,38 +4,38 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use tokenkeeper_core::formats::{Format, ParsedCredential};
-use tokenkeeper_core::store::CredentialChange;
-use tokenkeeper_core::{Account, Clock, Config, Credential, ManualClock, Mode, Secret, Store};
-use tokenkeeper_keeper::{Ingest, Keeper};
-use tokenkeeper_mock::{IssuedTokens, MockProvider};
+use tokenkeeper_core::{Account, Clock, Config, Mode, Secret, Store};
+use tokenkeeper_keeper::testing;
+use tokenkeeper_mock::IssuedTokens;
 use tokenkeeper_server::{AppState, Scope};
-use tokenkeeper_store::{EncryptionKey, SqliteStore};
+
+pub use tokenkeeper_keeper::testing::claude_json;
 
 pub const ADMIN: &str = "tka_test-admin-token-0123456789abcdef";
 
+/// The keeper's test environment (reached through `Deref`) plus the API's state.
 pub struct Env {
-    pub dir: tempfile::TempDir,
-    pub mock: MockProvider,
-    pub clock: ManualClock,
-    pub store: Arc<SqliteStore>,
-    pub keeper: Arc<Keeper>,
+    pub base: testing::Env,
     pub state: AppState,
     /// Every response body seen, for the leak check.
     pub seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
-pub fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+impl Deref for Env {
+    type Target = testing::Env;
+
+    fn deref(&self) -> &testing::Env {
+        &self.base
+    }
 }
 
 pub async fn env() -> Env {
@@ -43,52 +43,13 @@ pub async fn env() -> Env {
 }
 
 pub async fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockProvider::start().await.unwrap();
-    let clock = ManualClock::new(start());
-    mock.set_clock(Arc::new(clock.clone()));
-    let mut config = Config::default();
-    {
-        let p = config.providers.get_mut("anthropic").unwrap();
-        p.token_url = mock.token_url();
-        p.authorize_url = mock.authorize_url();
-        p.redirect_uri = mock.redirect_uri();
-        p.api_base_url = mock.api_base_url();
-        p.timeout = std::time::Duration::from_secs(5);
-    }
-    config.keeper.max_attempts_per_hour = 1000;
-    tweak(&mut config);
-    let config = Arc::new(config);
-    let data = dir.path().join("data");
-    let store = Arc::new(SqliteStore::open(&data, EncryptionKey::generate()).await.unwrap());
-    let keeper = Arc::new(Keeper::new(store.clone(), config, &data, Arc::new(clock.clone())).unwrap());
-    let state = AppState::new(keeper.clone(), None, Secret::new(ADMIN));
-    Env { dir, mock, clock, store, keeper, state, seen: Arc::default() }
-}
-
-pub fn credential(t: &IssuedTokens) -> Credential {
-    Credential {
-        access_token: Secret::new(t.access_token.clone()),
-        refresh_token: Some(Secret::new(t.refresh_token.clone())),
-        expires_at: DateTime::from_timestamp_millis(t.expires_at_ms).unwrap(),
-        scopes: vec!["user:inference".into(), "user:profile".into()],
-        subscription_type: Some("max".into()),
-        rate_limit_tier: None,
-    }
-}
-
-/// Claude Code's credentials JSON for tokens.
-pub fn claude_json(t: &IssuedTokens) -> String {
-    serde_json::json!({
-        "claudeAiOauth": {
-            "accessToken": t.access_token,
-            "refreshToken": t.refresh_token,
-            "expiresAt": t.expires_at_ms,
-            "scopes": ["user:inference", "user:profile"],
-            "subscriptionType": "max"
-        }
+    let base = testing::env(|config| {
+        config.keeper.max_attempts_per_hour = 1000;
+        tweak(config);
     })
-    .to_string()
+    .await;
+    let state = AppState::new(base.keeper.clone(), None, Secret::new(ADMIN));
+    Env { base, state, seen: Arc::default() }
 }
 
 pub struct Reply {
@@ -162,25 +123,12 @@ impl Env {
         self.call(Method::DELETE, uri, Some(key), None).await
     }
 
-    /// Logs in at the mock as `email` and stores the account `name`.
+    /// Logs in at the mock as `name@example.com` and stores the account `name` (mode `own`).
     pub async fn seed(&self, name: &str) -> (Account, IssuedTokens) {
-        let t = self.mock.issue_login(&format!("{name}@example.com"));
-        let parsed = ParsedCredential { credential: credential(&t), format: Format::ClaudeJson, email: None };
-        let a = self
-            .keeper
-            .ingest(Ingest {
-                account: Some(name.into()),
-                parsed,
-                mode: Some(Mode::Own),
-                binding: None,
-                change: CredentialChange::LoggedIn,
-                organization: None,
-            })
-            .await
-            .unwrap();
-        (a.account().clone(), t)
+        self.base.seed(name, None, Mode::Own).await
     }
 
+    /// The stored account `name`, if any.
     pub async fn account(&self, name: &str) -> Option<Account> {
         self.store.get_account(name).await.unwrap()
     }

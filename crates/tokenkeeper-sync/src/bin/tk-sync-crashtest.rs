@@ -8,41 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tokenkeeper_core::config::{SinkConfig, WriteMode};
-use tokenkeeper_core::{Account, AccountState, Credential, Mode, Secret, Usage};
 use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions};
 use tokenkeeper_sync::sink::write_file_sink;
+use tokenkeeper_sync::testing::account;
 
 /// The two contents of the plain modes, of different lengths so in-place writes also truncate.
 fn contents() -> (Vec<u8>, Vec<u8>) {
     (vec![b'A'; 256 * 1024], vec![b'B'; 160 * 1024])
-}
-
-fn account(token: &str) -> Account {
-    let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-    Account {
-        name: "main".into(),
-        provider: "anthropic".into(),
-        mode: Mode::Own,
-        credential: Credential {
-            access_token: Secret::new(token),
-            refresh_token: None,
-            expires_at: t,
-            scopes: vec!["user:inference".into()],
-            subscription_type: None,
-            rate_limit_tier: None,
-        },
-        version: 1,
-        email: None,
-        organization: None,
-        binding: None,
-        state: AccountState::Active,
-        created_at: t,
-        updated_at: t,
-        last_refreshed_at: None,
-        refresh_token_issued_at: None,
-        usage: Usage::default(),
-        last_error: None,
-    }
 }
 
 fn main() -> ExitCode {
@@ -70,7 +42,7 @@ fn main() -> ExitCode {
                     eprintln!("bad sink config");
                     return ExitCode::from(2);
                 };
-                write_file_sink(&cfg, &account(token)).map(drop)
+                write_file_sink(&cfg, &account("main", token)).map(drop)
             }
             m @ ("atomic" | "in_place") => {
                 let write = if m == "atomic" { WriteMode::Atomic } else { WriteMode::InPlace };

@@ -4,106 +4,55 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::ops::Deref;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use chrono::{DateTime, Utc};
 use tower::ServiceExt as _;
 
-use tokenkeeper_core::formats::{Format, ParsedCredential};
-use tokenkeeper_core::store::CredentialChange;
-use tokenkeeper_core::{Config, Credential, ManualClock, Secret};
-use tokenkeeper_keeper::{Ingest, Keeper};
-use tokenkeeper_mock::{IssuedTokens, MockProvider};
-use tokenkeeper_store::{EncryptionKey, SqliteStore};
+use tokenkeeper_core::{ManualClock, Secret};
+use tokenkeeper_keeper::testing;
+use tokenkeeper_mock::IssuedTokens;
 use tokenkeeper_web::{router, WebState};
+
+pub use tokenkeeper_keeper::testing::{claude_json, start};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 pub const HOST: &str = "keeper.test:8377";
 
+/// The keeper's test environment (reached through `Deref`) plus the page's state and router.
 pub struct Env {
-    pub dir: tempfile::TempDir,
-    pub mock: MockProvider,
-    pub clock: ManualClock,
-    pub keeper: Arc<Keeper>,
+    pub base: testing::Env,
     pub state: WebState,
     pub app: Router,
 }
 
-pub fn start() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+impl Deref for Env {
+    type Target = testing::Env;
+
+    fn deref(&self) -> &testing::Env {
+        &self.base
+    }
 }
 
 /// A keeper over the mock on a manual clock, and the page with `secure_cookies`.
 pub async fn env_with(secure_cookies: bool, clock: Option<ManualClock>) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let mock = MockProvider::start().await.unwrap();
-    let clock = clock.unwrap_or_else(|| ManualClock::new(start()));
-    mock.set_clock(Arc::new(clock.clone()));
-    let mut config = Config::default();
-    {
-        let p = config.providers.get_mut("anthropic").unwrap();
-        p.token_url = mock.token_url();
-        p.authorize_url = mock.authorize_url();
-        p.redirect_uri = mock.redirect_uri();
-        p.api_base_url = mock.api_base_url();
-        p.timeout = std::time::Duration::from_secs(5);
-    }
-    let config = Arc::new(config);
-    let store = Arc::new(SqliteStore::open(&dir.path().join("data"), EncryptionKey::generate()).await.unwrap());
-    let keeper = Arc::new(Keeper::new(store, config, &dir.path().join("data"), Arc::new(clock.clone())).unwrap());
-    let state = WebState::new(keeper.clone(), None, Secret::new(ADMIN_TOKEN), secure_cookies);
+    let base = testing::env_at(clock.unwrap_or_else(|| ManualClock::new(start())), |_| {}).await;
+    let state = WebState::new(base.keeper.clone(), None, Secret::new(ADMIN_TOKEN), secure_cookies);
     let app = router(state.clone());
-    Env { dir, mock, clock, keeper, state, app }
+    Env { base, state, app }
 }
 
 pub async fn env() -> Env {
     env_with(false, None).await
 }
 
-pub fn credential(t: &IssuedTokens) -> Credential {
-    Credential {
-        access_token: Secret::new(t.access_token.clone()),
-        refresh_token: Some(Secret::new(t.refresh_token.clone())),
-        expires_at: DateTime::from_timestamp_millis(t.expires_at_ms).unwrap(),
-        scopes: vec!["user:inference".into(), "user:profile".into()],
-        subscription_type: Some("max".into()),
-        rate_limit_tier: None,
-    }
-}
-
-/// Claude Code's credentials file for these tokens.
-pub fn claude_json(t: &IssuedTokens) -> String {
-    serde_json::json!({"claudeAiOauth": {
-        "accessToken": t.access_token,
-        "refreshToken": t.refresh_token,
-        "expiresAt": t.expires_at_ms,
-        "scopes": ["user:inference", "user:profile"],
-        "subscriptionType": "max"
-    }})
-    .to_string()
-}
-
 impl Env {
-    /// Logs in at the mock and stores the account.
+    /// Logs in at the mock and stores the account (its mode left to the keeper).
     pub async fn seed(&self, name: &str) -> IssuedTokens {
-        let t = self.mock.issue_login(&format!("{name}@example.com"));
-        let parsed = ParsedCredential { credential: credential(&t), format: Format::ClaudeJson, email: None };
-        self.keeper
-            .ingest(Ingest {
-                account: Some(name.into()),
-                parsed,
-                mode: None,
-                binding: None,
-                change: CredentialChange::LoggedIn,
-                organization: None,
-            })
-            .await
-            .unwrap();
-        t
+        self.base.seed(name, None, None).await.1
     }
 
     pub fn client(&self) -> Client {
