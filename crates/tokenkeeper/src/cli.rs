@@ -47,6 +47,9 @@ pub enum Command {
     /// Print a fresh access token (refreshing first if it is due), for $(tokenkeeper token)
     Token(AccountArg),
     /// Refresh now, or only if due (for cron and systemd timers)
+    #[command(
+        after_help = "Exit status: 0 refreshed (or another process just did), 3 not needed (--if-needed), 4 needs a new login, 5 try later (rate limited, provider or network error, lock busy), 1 any other failure (also when --sync could not write a sink)."
+    )]
     Refresh(RefreshArgs),
     /// Run a command with a fresh token in its environment (CLAUDE_CODE_OAUTH_TOKEN)
     Exec(ExecArgs),
