@@ -29,6 +29,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(300);
 /// change with time alone (expiring → expired, reminders due).
 const ALERT_EVERY: Duration = Duration::from_secs(60);
 
+/// How long after queueing alerts the daemon keeps re-saving channel health every second.
+const HEALTH_FOLLOW_UP: Duration = Duration::from_secs(30);
+
 /// File in the data directory holding the alert channels' last known health (JSON), written
 /// by the daemon and shown by `tokenkeeper status`.
 pub const ALERT_CHANNELS_FILE: &str = "alert-channels.json";
@@ -105,13 +108,14 @@ impl Daemon {
     }
 
     /// Assesses every account and lets the alert engine decide what to send.
-    async fn observe_alerts(&self) {
-        let Some(alerts) = &self.alerts else { return };
+    /// Returns how many alerts were queued.
+    async fn observe_alerts(&self) -> usize {
+        let Some(alerts) = &self.alerts else { return 0 };
         let accounts = match self.keeper.store().list_accounts().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list accounts for alerting");
-                return;
+                return 0;
             }
         };
         let statuses = self.sinks.as_ref().map(|s| s.statuses()).unwrap_or_default();
@@ -147,6 +151,7 @@ impl Daemon {
                 Err(e) => tracing::warn!(error = %e, "cannot serialise the alert state"),
             }
         }
+        sent.len()
     }
 
     /// Delivers every account to the sinks once.
@@ -214,7 +219,12 @@ impl Daemon {
         }
         self.deliver_all().await;
         self.restore_alert_state();
-        self.observe_alerts().await;
+        // Deliveries run in the background; for a while after alerts are queued, health is
+        // re-saved every second so `status` shows their outcome promptly.
+        let mut health_until = None;
+        if self.observe_alerts().await > 0 {
+            health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
+        }
         self.publish_sink_health();
         ready();
         tracing::info!("keeper running");
@@ -229,6 +239,10 @@ impl Daemon {
                 }
             };
             let sleep = if self.alerts.is_some() { sleep.min(ALERT_EVERY) } else { sleep };
+            let sleep = match health_until {
+                Some(until) if tokio::time::Instant::now() < until => sleep.min(Duration::from_secs(1)),
+                _ => sleep,
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(sleep) => {
@@ -267,7 +281,9 @@ impl Daemon {
                     }
                 }
             }
-            self.observe_alerts().await;
+            if self.observe_alerts().await > 0 {
+                health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
+            }
             self.publish_sink_health();
         }
         tracing::info!("keeper stopped");

@@ -40,7 +40,15 @@ async fn needs_login_fires_one_webhook_alert_without_secrets() {
     let mut daemon =
         w.cmd(&["serve", "--no-http"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
     common::wait_for(|| !received.lock().unwrap().is_empty(), "the alert");
-    let status = w.ok(&["status"], "");
+    // The channel counts the delivery once the receiver has answered; the daemon records it.
+    let mut status = String::new();
+    common::wait_for(
+        || {
+            status = w.ok(&["status"], "");
+            status.contains("alert channel ops: ok; 1 sent")
+        },
+        "status to show the delivered alert",
+    );
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 
