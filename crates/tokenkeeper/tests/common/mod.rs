@@ -137,16 +137,7 @@ impl World {
     /// Claude Code's credentials JSON for a fresh mock login.
     pub fn claude_json(&self, email: &str) -> (String, tokenkeeper_mock::IssuedTokens) {
         let t = self.mock.issue_login(email);
-        let json = serde_json::json!({
-            "claudeAiOauth": {
-                "accessToken": t.access_token,
-                "refreshToken": t.refresh_token,
-                "expiresAt": t.expires_at_ms,
-                "scopes": ["user:inference", "user:profile"],
-                "subscriptionType": "max"
-            }
-        });
-        (json.to_string(), t)
+        (tokenkeeper_keeper::testing::claude_json(&t), t)
     }
 
     pub fn transcript_text(&self) -> String {
