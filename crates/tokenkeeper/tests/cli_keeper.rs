@@ -208,3 +208,26 @@ async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
     assert!(status.success(), "{status:?}");
     assert!(daemon_log(&w).contains("keeper stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_tells_systemd_when_it_is_ready_and_stopping() {
+    let w = World::new().await;
+    let socket_path = w.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut daemon = w
+        .cmd(&["serve", "--no-http"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("no READY=1 from serve within 20 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"), "{}", String::from_utf8_lossy(&buf[..n]));
+    std::process::Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    let n = socket.recv(&mut buf).expect("no STOPPING=1 from serve");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(daemon.wait().unwrap().success());
+}
