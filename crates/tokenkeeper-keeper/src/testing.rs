@@ -160,3 +160,21 @@ impl Env {
         self.store.get_account(name).await.unwrap().unwrap()
     }
 }
+
+/// Imports `parsed` as account `name` through `keeper` (as `tokenkeeper import` does).
+pub async fn import_as(
+    keeper: &crate::Keeper,
+    name: &str,
+    parsed: tokenkeeper_core::formats::ParsedCredential,
+) -> Result<crate::IngestOutcome, crate::KeeperError> {
+    keeper
+        .ingest(crate::Ingest {
+            account: Some(name.into()),
+            parsed,
+            mode: None,
+            binding: None,
+            change: tokenkeeper_core::store::CredentialChange::Imported,
+            organization: None,
+        })
+        .await
+}

@@ -119,17 +119,7 @@ async fn claude_code_writes_reach_every_sink_by_rename_and_in_place() {
         email: None,
     };
     let started = Instant::now();
-    other
-        .ingest(tokenkeeper_keeper::Ingest {
-            account: Some("main".into()),
-            parsed,
-            mode: None,
-            binding: None,
-            change: tokenkeeper_core::store::CredentialChange::Imported,
-            organization: None,
-        })
-        .await
-        .unwrap();
+    tokenkeeper_keeper::testing::import_as(&other, "main", parsed).await.unwrap();
     wait_until(|| all_have(&targets, &t.access_token)).await;
     let cross_process = started.elapsed();
 

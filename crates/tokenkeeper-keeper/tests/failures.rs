@@ -128,17 +128,7 @@ async fn attempts_per_hour_are_capped_whatever_the_caller() {
 async fn long_lived_tokens_are_not_refreshable_but_are_served() {
     let env = support::env(|_| {}).await;
     let parsed = tokenkeeper_core::formats::parse_credential("sk-ant-oat01-setupTOKEN", env.clock.now()).unwrap();
-    env.keeper
-        .ingest(tokenkeeper_keeper::Ingest {
-            account: Some("ci".into()),
-            parsed,
-            mode: None,
-            binding: None,
-            change: tokenkeeper_core::store::CredentialChange::Imported,
-            organization: None,
-        })
-        .await
-        .unwrap();
+    tokenkeeper_keeper::testing::import_as(&env.keeper, "ci", parsed).await.unwrap();
     let (a, warning) = env.keeper.fresh_token(Some("ci")).await.unwrap();
     assert!(warning.is_none());
     assert_eq!(a.credential.access_token.expose(), "sk-ant-oat01-setupTOKEN");
@@ -157,18 +147,7 @@ async fn one_login_cannot_be_stored_under_two_accounts() {
         format: tokenkeeper_core::formats::Format::ClaudeJson,
         email: None,
     };
-    let e = env
-        .keeper
-        .ingest(tokenkeeper_keeper::Ingest {
-            account: Some("second".into()),
-            parsed,
-            mode: None,
-            binding: None,
-            change: tokenkeeper_core::store::CredentialChange::Imported,
-            organization: None,
-        })
-        .await
-        .unwrap_err();
+    let e = tokenkeeper_keeper::testing::import_as(&env.keeper, "second", parsed).await.unwrap_err();
     assert!(matches!(e, KeeperError::Refused { .. }), "{e}");
     assert!(e.to_string().contains("already stored as account `first`"), "{e}");
     assert!(env.store.get_account("second").await.unwrap().is_none());
