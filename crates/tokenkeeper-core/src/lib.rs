@@ -5,6 +5,7 @@
 //! this one (`tokenkeeper-store`, `tokenkeeper-provider`, `tokenkeeper-keeper`, …).
 
 pub mod account;
+pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod credential;
@@ -15,6 +16,10 @@ pub mod status;
 pub mod store;
 
 pub use account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount, Usage};
+pub use backend::{
+    AccountLock, AccountLockGuard, Backend, ChangeFeed, ChangeKind, ChangeSubscription, FeedItem, SeamError,
+    StoreChange,
+};
 pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;
 pub use credential::{Credential, Freshness};

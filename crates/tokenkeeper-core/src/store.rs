@@ -235,6 +235,54 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// Usage counted in memory (by the hand-out path and the proxy) and flushed in batches, or
+/// read back as hourly totals. One record is one (account, key, model, hour) bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Account name.
+    pub account: String,
+    /// Id of the API key the use came through (`None`: the CLI or the admin token).
+    pub key_id: Option<String>,
+    /// The model the proxy forwarded a request for (`None` for plain token hand-outs).
+    pub model: Option<String>,
+    /// The start of the UTC hour the uses fall in (minutes, seconds and below are zero).
+    pub hour: DateTime<Utc>,
+    /// Hand-outs or proxied requests.
+    pub requests: u64,
+    /// Input tokens, from the provider's own `usage` fields.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_creation_tokens: u64,
+    /// Requests that ended in an error (of any class).
+    pub errors: u64,
+    /// The latest use in the bucket; the account's stored `last_used_at` never moves back.
+    pub last_used_at: DateTime<Utc>,
+}
+
+impl UsageRecord {
+    /// The start of the UTC hour `at` falls in.
+    pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+        let secs = at.timestamp().div_euclid(3600) * 3600;
+        DateTime::from_timestamp(secs, 0).unwrap_or(at)
+    }
+}
+
+/// The answer of [`Store::take_refresh_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The attempt was counted; go ahead.
+    Granted,
+    /// The budget is spent; the oldest attempt in the window leaves it at `until`.
+    Exhausted {
+        /// When the next attempt will be granted.
+        until: DateTime<Utc>,
+    },
+}
+
 /// The durable store. Implementations must be safe to share across tasks and processes:
 /// every method is its own transaction, committed durably before it returns.
 #[async_trait]
@@ -261,8 +309,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Changes state, last error, mode or binding.
     async fn patch_account(&self, name: &str, patch: &AccountPatch, at: DateTime<Utc>) -> Result<Account, StoreError>;
 
-    /// Counts one use of the account's token.
-    async fn record_usage(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Adds a batch of usage counted in memory (by the keeper's hand-out path) to the stored
+    /// counters, in one transaction. Writes no change to the feed: a usage flush never wakes
+    /// sink delivery or alerts. Accounts removed meanwhile are skipped.
+    /// Adding a record to an existing bucket adds every counter; the account's own
+    /// `usage.requests` and `usage.last_used_at` follow.
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// Hourly usage buckets from `since` on, optionally of one account, oldest first.
+    async fn usage(&self, account: Option<&str>, since: DateTime<Utc>) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// Takes one refresh attempt from the account's budget of `max` per rolling hour, shared
+    /// by every process of the installation (a cron job that runs `refresh` every minute
+    /// cannot exceed it). Atomic: two processes never both take the last attempt.
+    async fn take_refresh_attempt(&self, name: &str, now: DateTime<Utc>, max: u32) -> Result<Attempt, StoreError>;
+
+    /// A value of installation-wide state (alert state, sink and channel health, cooldowns),
+    /// by key. Keys are `/`-separated words such as `alerts/state`.
+    async fn get_state(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError>;
+
+    /// Sets (replaces) a value of installation-wide state. Writes no change to the feed.
+    async fn put_state(&self, key: &str, value: &serde_json::Value, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Removes a value of installation-wide state. Returns whether it existed.
+    async fn delete_state(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Every value whose key starts with `prefix`, by key.
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
 
     /// Removes an account (and records a `removed` event). Returns whether it existed.
     async fn remove_account(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;

@@ -1,0 +1,137 @@
+//! The seams of every guarantee that spans processes (and, with PostgreSQL, machines).
+//!
+//! The keeper and the daemon never name a backend. They are handed a [`Backend`]: a
+//! [`Store`] (durable state), an [`AccountLock`] (one refresh or ingest of an account at a
+//! time across every process of the installation) and a [`ChangeFeed`] (what other processes
+//! committed, as it happens). Each backend crate provides all three:
+//!
+//! | seam | embedded (`tokenkeeper-store`) | replicas (PostgreSQL) |
+//! |---|---|---|
+//! | [`Store`] | SQLite in the data directory | tables in the database |
+//! | [`AccountLock`] | `flock` on `<data_dir>/locks/<account>.lock` | session advisory lock |
+//! | [`ChangeFeed`] | `changes` table + change file watched with inotify | `LISTEN`/`NOTIFY` |
+//!
+//! Claude Code's own lock directories are not here: they belong to the host whose file is
+//! bound, whatever the backend, and the keeper takes them itself.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+/// Errors taking a cross-process lock or following the change feed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeamError {
+    /// The lock stayed taken for longer than the caller waits.
+    #[error("{what} is held by another process (waited {waited:?}); try again later")]
+    Timeout {
+        /// Which lock, in words (an account name and where the lock lives).
+        what: String,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// A file the seam needs (lock file, change file, directory) could not be used.
+    #[error("cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Which path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend (database connection, watcher) failed.
+    #[error("cannot {action}")]
+    Backend {
+        /// What was being done, in words.
+        action: String,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A held cross-process lock of one account. Dropping the guard releases the lock; a
+/// process that dies releases it too (the kernel closes the `flock`ed file, the database
+/// closes the connection that holds the advisory lock).
+pub trait AccountLockGuard: Send + Sync + fmt::Debug {}
+
+/// One refresh or ingest of an account at a time, across every process (and replica) that
+/// shares the installation. Taken after the keeper's in-process single-flight and before
+/// Claude Code's lock directories; see `tokenkeeper-keeper`'s `locks` module for the order.
+#[async_trait]
+pub trait AccountLock: Send + Sync + fmt::Debug {
+    /// Takes the lock of `account`, waiting up to `wait`; [`SeamError::Timeout`] after that.
+    async fn acquire(&self, account: &str, wait: Duration) -> Result<Box<dyn AccountLockGuard>, SeamError>;
+}
+
+/// What a committed write changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A new account, or a new credential of an account (its version grew). Sinks must be
+    /// re-delivered and caches of the token dropped.
+    Credential,
+    /// Settings or state of an account that carry no token: mode, binding, state, last
+    /// error. Caches reload the account; sinks are not re-delivered.
+    Metadata,
+    /// The account was removed.
+    Removed,
+    /// An API key was created or revoked (no account).
+    Keys,
+}
+
+/// One committed change, in commit order. Usage counters and installation state (alert
+/// state, sink health) are written without a change: they never wake anybody.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreChange {
+    /// Position in the feed; grows with every change.
+    pub seq: i64,
+    /// The account changed (`None` for [`ChangeKind::Keys`]).
+    pub account: Option<String>,
+    /// What changed.
+    pub kind: ChangeKind,
+    /// The account's credential version after the change ([`ChangeKind::Credential`] only),
+    /// so a process that already holds that version can skip it.
+    pub version: Option<i64>,
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedItem {
+    /// One change, in commit order.
+    Change(StoreChange),
+    /// Changes may have been missed (the feed fell behind, or its connection was re-made):
+    /// the subscriber must reload everything it caches.
+    Resync,
+}
+
+/// A live subscription to the change feed.
+#[async_trait]
+pub trait ChangeSubscription: Send + fmt::Debug {
+    /// The next item; `None` once the feed has shut down for good.
+    async fn next(&mut self) -> Option<FeedItem>;
+}
+
+/// What other processes commit to the store, as it happens, without polling.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + fmt::Debug {
+    /// Follows changes committed from now on (by any process, this one included).
+    async fn subscribe(&self) -> Result<Box<dyn ChangeSubscription>, SeamError>;
+}
+
+/// Everything the keeper and the daemon need from a backend, injected as one value.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// The cross-process lock of an account.
+    pub lock: Arc<dyn AccountLock>,
+    /// Committed changes, as they happen.
+    pub feed: Arc<dyn ChangeFeed>,
+}
