@@ -98,8 +98,15 @@ pub struct KeeperConfig {
     /// Longest retry delay.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
-    /// At most this many refresh attempts per account per hour, whatever the provider answers.
+    /// At most this many refresh attempts per account per hour, whatever the provider answers
+    /// (counted in the store, across every process of the installation).
     pub max_attempts_per_hour: u32,
+    /// At most this many refreshes in flight at once when many accounts are due together.
+    pub max_concurrent_refreshes: usize,
+    /// How often `serve` writes the usage counted in memory to the store (and once more when
+    /// it stops); a SIGKILL loses at most this much usage.
+    #[serde(with = "humantime_serde")]
+    pub usage_flush: Duration,
 }
 
 impl Default for KeeperConfig {
@@ -110,6 +117,8 @@ impl Default for KeeperConfig {
             backoff_min: Duration::from_secs(30),
             backoff_max: Duration::from_secs(10 * 60),
             max_attempts_per_hour: 12,
+            max_concurrent_refreshes: 8,
+            usage_flush: Duration::from_secs(5),
         }
     }
 }

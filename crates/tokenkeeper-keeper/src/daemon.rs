@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use tokenkeeper_alert::AlertEngine;
-use tokenkeeper_core::BindingKind;
+use tokenkeeper_core::{BindingKind, ChangeKind};
 use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions};
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::FileWatcher;
@@ -44,22 +44,21 @@ pub const SINKS_FILE: &str = "sinks-status.json";
 pub struct Daemon {
     keeper: Arc<Keeper>,
     sinks: Option<Arc<SinkSet>>,
-    store_changes: Option<PathBuf>,
     watch_debounce: Duration,
     alerts: Option<Arc<AlertEngine>>,
 }
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("store_changes", &self.store_changes).finish_non_exhaustive()
+        f.debug_struct("Daemon").finish_non_exhaustive()
     }
 }
 
 impl Daemon {
-    /// A daemon over `keeper`, delivering to `sinks`, watching `store_changes` (the store's
-    /// change-notification file) for writes by other processes.
-    pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, store_changes: Option<PathBuf>) -> Self {
-        Self { keeper, sinks, store_changes, watch_debounce: Duration::from_millis(20), alerts: None }
+    /// A daemon over `keeper`, delivering to `sinks`. Writes by other processes reach it
+    /// through the keeper's change feed ([`Keeper::follow_changes`], started by [`Daemon::run`]).
+    pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>) -> Self {
+        Self { keeper, sinks, watch_debounce: Duration::from_millis(20), alerts: None }
     }
 
     /// Also feeds every account's level to `alerts` after each change and every minute; the
@@ -111,7 +110,7 @@ impl Daemon {
     /// Returns how many alerts were queued.
     async fn observe_alerts(&self) -> usize {
         let Some(alerts) = &self.alerts else { return 0 };
-        let accounts = match self.keeper.store().list_accounts().await {
+        let accounts = match self.keeper.accounts().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list accounts for alerting");
@@ -157,7 +156,7 @@ impl Daemon {
     /// Delivers every account to the sinks once.
     async fn deliver_all(&self) {
         let Some(sinks) = &self.sinks else { return };
-        match self.keeper.store().list_accounts().await {
+        match self.keeper.accounts().await {
             Ok(accounts) => {
                 for a in &accounts {
                     sinks.deliver(a).await;
@@ -179,7 +178,7 @@ impl Daemon {
     /// Bound files to watch, by path, with their accounts.
     async fn bound_files(&self) -> HashMap<PathBuf, Vec<String>> {
         let mut map: HashMap<PathBuf, Vec<String>> = HashMap::new();
-        if let Ok(accounts) = self.keeper.store().list_accounts().await {
+        if let Ok(accounts) = self.keeper.accounts().await {
             for a in accounts {
                 if let Some(b) = &a.binding {
                     if b.kind == BindingKind::ClaudeCredentials {
@@ -195,14 +194,11 @@ impl Daemon {
     pub async fn run(self, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<(), KeeperError> {
         tokio::pin!(shutdown);
         let mut events = self.keeper.subscribe();
+        let follower = self.keeper.follow_changes().await?;
+        let flusher = self.keeper.spawn_usage_flusher(self.keeper.config().keeper.usage_flush);
         let mut scheduler = Scheduler::new(self.keeper.clone());
         let (mut watcher, mut changes) = FileWatcher::new(self.watch_debounce)
             .map_err(|e| KeeperError::Invalid(format!("cannot start the file watcher: {e}")))?;
-        if let Some(p) = &self.store_changes {
-            if let Err(e) = watcher.watch(p) {
-                tracing::warn!(file = %p.display(), error = %e, "cannot watch the store; changes by other processes are picked up at the next deadline");
-            }
-        }
         let mut bound = self.bound_files().await;
         for p in bound.keys() {
             if let Err(e) = watcher.watch(p) {
@@ -255,15 +251,21 @@ impl Daemon {
                         Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
                     }
                 }
-                ev = events.recv() => match ev {
-                    Ok(KeeperEvent::Changed { account, .. }) => self.deliver_one(&account).await,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => self.deliver_all().await,
-                    Err(RecvError::Closed) => break,
-                },
-                Some(path) = changes.recv() => {
-                    if Some(&path) == self.store_changes.as_ref() {
-                        // Another process wrote the store: new accounts, bindings or credentials.
+                ev = events.recv() => {
+                    let (deliver, rewatch) = match ev {
+                        Ok(KeeperEvent::Changed { account, .. }) => (Some(Some(account)), false),
+                        Ok(KeeperEvent::StoreChanged { account: Some(account), kind: ChangeKind::Credential }) => {
+                            // A new account may be bound to a file, too.
+                            (Some(Some(account)), true)
+                        }
+                        Ok(KeeperEvent::StoreChanged { kind: ChangeKind::Metadata | ChangeKind::Removed, .. }) => {
+                            (None, true)
+                        }
+                        Ok(KeeperEvent::Resync) | Err(RecvError::Lagged(_)) => (Some(None), true),
+                        Ok(_) => (None, false),
+                        Err(RecvError::Closed) => break,
+                    };
+                    if rewatch {
                         let now_bound = self.bound_files().await;
                         for p in now_bound.keys().filter(|p| !bound.contains_key(*p)) {
                             if let Err(e) = watcher.watch(p) {
@@ -271,8 +273,15 @@ impl Daemon {
                             }
                         }
                         bound = now_bound;
-                        self.deliver_all().await;
-                    } else if let Some(names) = bound.get(&path) {
+                    }
+                    match deliver {
+                        Some(Some(account)) => self.deliver_one(&account).await,
+                        Some(None) => self.deliver_all().await,
+                        None => {}
+                    }
+                }
+                Some(path) = changes.recv() => {
+                    if let Some(names) = bound.get(&path) {
                         for n in names {
                             if let Err(e) = self.keeper.sync_bound(n).await {
                                 tracing::warn!(account = %n, error = %e, "cannot ingest the changed bound file");
@@ -285,6 +294,11 @@ impl Daemon {
                 health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
             }
             self.publish_sink_health();
+        }
+        follower.abort();
+        flusher.abort();
+        if let Err(e) = self.keeper.flush_usage().await {
+            tracing::warn!(error = %e, "cannot save the last usage counters");
         }
         tracing::info!("keeper stopped");
         Ok(())

@@ -329,7 +329,7 @@ async fn authenticate(state: &AppState, presented: &str) -> Result<Option<Princi
     }
     let hash = hash_key(presented);
     // The lookup is by the hash of a 256-bit random secret: timing reveals nothing usable.
-    let found = state.keeper.store().find_api_key(&hash).await?;
+    let found = state.find_api_key(&hash).await?;
     Ok(found
         .filter(|k| k.revoked_at.is_none() && bool::from(k.hash.as_bytes().ct_eq(hash.as_bytes())))
         .map(|k| Principal::from_key(&k)))

@@ -9,7 +9,6 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use tokenkeeper_core::Store;
 use tokenkeeper_keeper::view::AccountView;
 use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
 

@@ -74,7 +74,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         tracing::info!("HTTP server disabled (--no-http or [server] enabled = false)");
         None
     };
-    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()), Some(app.store.changes_path()));
+    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()));
     if let Some(alerts) = &alerts {
         daemon = daemon.with_alerts(alerts.clone());
     }
