@@ -6,8 +6,8 @@
 //! every build and across restarts) and spreads a fleet of accounts issued at the same moment;
 //! it only ever makes a refresh earlier.
 //!
-//! **The lead/jitter rule.** A token's lifetime is its expiry minus when it was issued (its
-//! last refresh, else when its refresh token arrived). If the configured lead is not shorter
+//! **The lead/jitter rule.** A token's lifetime is its expiry minus its last refresh (unknown
+//! for a token that was imported and never refreshed here). If the configured lead is not shorter
 //! than the lifetime, the account is refreshed at half its lifetime instead (logged once per
 //! account). The jitter is at most the configured jitter, at most half the effective lead and
 //! at most half of what is left of the lifetime before the lead, so a freshly refreshed token
@@ -54,9 +54,11 @@ impl Scheduler {
         Self { keeper, backoff: HashMap::new(), warned_short_life: HashSet::new() }
     }
 
-    /// The token's lifetime, when it can be told: expiry minus when it was issued.
+    /// The token's lifetime, when it can be told: expiry minus its last refresh (ours or one
+    /// we adopted). An imported or pasted token's issue time is unknown (it may be an 8-hour
+    /// token with 10 minutes left), so its lead applies as configured.
     fn lifetime(account: &Account) -> Option<Duration> {
-        let issued = account.last_refreshed_at.or(account.refresh_token_issued_at).unwrap_or(account.created_at);
+        let issued = account.last_refreshed_at?;
         (account.credential.expires_at - issued).to_std().ok().filter(|d| !d.is_zero())
     }
 
