@@ -188,3 +188,21 @@ async fn a_still_valid_token_is_served_after_a_rejection() {
     env.clock.set(a.credential.expires_at + chrono::Duration::seconds(1));
     assert!(env.keeper.lease(LeaseRequest::account(Some("main"))).await.is_err());
 }
+
+/// The hourly budget is one per account for the installation: processes that each start
+/// fresh (a cron job running `refresh` every minute) share it through the store.
+#[tokio::test]
+async fn the_attempt_budget_is_shared_by_every_process() {
+    let env = support::env(|c| c.keeper.max_attempts_per_hour = 4).await;
+    env.seed("main", None, Mode::Own).await;
+    for minute in 0..10 {
+        // A new process each minute, as cron starts one.
+        let cron = env.other_process().await;
+        let _ = cron.refresh("main", RefreshPolicy::Force).await;
+        env.clock.advance(chrono::Duration::minutes(1));
+        assert!(env.mock.counts().token_requests <= 4, "minute {minute}: the budget was exceeded");
+    }
+    assert_eq!(env.mock.counts().token_requests, 4);
+    let e = env.keeper.refresh("main", RefreshPolicy::Force).await.unwrap_err();
+    assert!(e.to_string().contains("attempts in the last hour"), "{e}");
+}
