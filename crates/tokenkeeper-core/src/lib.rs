@@ -18,5 +18,5 @@ pub use account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount,
 pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;
 pub use credential::{Credential, Freshness};
-pub use secret::Secret;
+pub use secret::{constant_time_eq, redact, Secret};
 pub use store::{Store, StoreError};
