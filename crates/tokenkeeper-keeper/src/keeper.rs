@@ -19,6 +19,7 @@ use tokenkeeper_core::{
     Account, AccountLock, AccountState, Backend, Binding, BindingKind, ChangeFeed, ChangeKind, Config, Credential,
     Freshness, Mode, NewAccount, SharedClock, Store, StoreError,
 };
+use tokenkeeper_process::{ChildCommand, Purpose};
 use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, TokenGrant, TokenOutcome};
 
 use crate::bound::{read_bound, write_bound, BoundContent};
@@ -661,18 +662,21 @@ impl Keeper {
         if let Some(nudge) = self.config.accounts.get(&account.name).and_then(|a| a.nudge.clone()) {
             if !nudge.is_empty() {
                 tracing::info!(account = %account.name, command = %nudge[0], "nudging the owner to refresh");
-                let run = tokio::process::Command::new(&nudge[0])
-                    .args(&nudge[1..])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .status();
-                match tokio::time::timeout(Duration::from_secs(180), run).await {
-                    Ok(Ok(s)) if s.success() => {}
-                    Ok(Ok(s)) => tracing::warn!(account = %account.name, status = %s, "nudge command failed"),
-                    Ok(Err(e)) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
-                    Err(_) => tracing::warn!(account = %account.name, "nudge command timed out"),
+                // The one child-process runner: tokenkeeper's own secrets withheld, its own
+                // process group, killed as a group on timeout.
+                match ChildCommand::new(Purpose::Nudge, &nudge) {
+                    Ok(cmd) => match cmd
+                        .env("TOKENKEEPER_ACCOUNT", account.name.clone())
+                        .timeout(Duration::from_secs(180))
+                        .run()
+                        .await
+                    {
+                        Ok(out) if out.success() => {}
+                        Ok(out) => tracing::warn!(account = %account.name, status = %out.describe_status(),
+                            stderr = %out.stderr_tail(400), "nudge command failed"),
+                        Err(e) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
+                    },
+                    Err(e) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
                 }
                 let after = self.adopt_locked(self.get(&account.name).await?).await?;
                 if after.version != account.version

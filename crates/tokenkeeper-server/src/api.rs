@@ -168,8 +168,8 @@ pub struct ChangeResponse {
 }
 
 /// Takes the credential out of a push body: `{"credential": "..."}` (or an object), else the
-/// whole body (Claude JSON, base64, OpenClaw, a bare token).
-fn credential_text(body: &str) -> Result<String, ApiError> {
+/// whole body (Claude JSON, base64, OpenClaw, a bare token). Public for the fuzz tests.
+pub fn credential_text(body: &str) -> Result<String, ApiError> {
     let trimmed = body.trim();
     if trimmed.starts_with('{') {
         if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed) {

@@ -27,11 +27,10 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use tokenkeeper_core::account::validate_account_name;
 use tokenkeeper_core::store::ApiKey;
-use tokenkeeper_core::{Account, Secret, Store};
+use tokenkeeper_core::{constant_time_eq, Account, Secret, Store};
 use tokenkeeper_keeper::Keeper;
 
 use crate::error::{ApiError, ServerError};
@@ -319,9 +318,10 @@ impl<S: scope::Required> FromRequestParts<AppState> for Authed<S> {
     }
 }
 
-/// Checks a presented token: the admin token (in constant time), then the stored API keys.
+/// Checks a presented token: the admin token (in constant time, hiding its length too: the
+/// same comparison as the web page's sign-in), then the stored API keys.
 async fn authenticate(state: &AppState, presented: &str) -> Result<Option<Principal>, ApiError> {
-    if bool::from(presented.as_bytes().ct_eq(state.admin_token.expose().as_bytes())) {
+    if constant_time_eq(presented.as_bytes(), state.admin_token.expose().as_bytes()) {
         return Ok(Some(Principal::admin()));
     }
     if !presented.starts_with(KEY_PREFIX) {
@@ -331,7 +331,7 @@ async fn authenticate(state: &AppState, presented: &str) -> Result<Option<Princi
     // The lookup is by the hash of a 256-bit random secret: timing reveals nothing usable.
     let found = state.find_api_key(&hash).await?;
     Ok(found
-        .filter(|k| k.revoked_at.is_none() && bool::from(k.hash.as_bytes().ct_eq(hash.as_bytes())))
+        .filter(|k| k.revoked_at.is_none() && constant_time_eq(k.hash.as_bytes(), hash.as_bytes()))
         .map(|k| Principal::from_key(&k)))
 }
 

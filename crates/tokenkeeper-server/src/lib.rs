@@ -20,8 +20,10 @@ pub mod metrics;
 pub mod oauth;
 pub mod state;
 
+use axum::http::StatusCode;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 pub use auth::{
     create_api_key, list_api_keys, load_or_create_admin_token, revoke_api_key, Authed, NewApiKey, Principal, Scope,
@@ -78,5 +80,10 @@ pub(crate) fn router_with(state: AppState, secure_cookies: bool) -> Router {
         (*state.admin_token).clone(),
         secure_cookies,
     ));
-    api.with_state(state).merge(web)
+    let limits = &state.keeper.config().server;
+    // A body that stops arriving ends after `body_read_timeout`; a whole request (a body
+    // trickled in a byte at a time included) after `request_timeout`, answered 408.
+    let body_timeout = RequestBodyTimeoutLayer::new(limits.body_read_timeout);
+    let request_timeout = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout);
+    api.with_state(state).merge(web).layer(body_timeout).layer(request_timeout)
 }

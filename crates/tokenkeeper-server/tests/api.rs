@@ -374,6 +374,7 @@ async fn oauth_login_flow_status_and_deletion_follow_seed_003() {
     let fields: BTreeSet<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
     let expected: BTreeSet<&str> = [
         "account_email",
+        "provider_email",
         "expires_in_minutes",
         "is_healthy",
         "usage_count",

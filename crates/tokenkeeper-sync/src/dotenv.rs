@@ -234,8 +234,10 @@ fn parse_key(text: &str, start: usize, end: usize) -> Option<(&str, usize, usize
 /// The raw value's range, its quoting, and where the next line to scan starts.
 fn parse_value(b: &[u8], eq: usize, vstart: usize, end: usize, eol: usize) -> (Range<usize>, Quote, usize) {
     let next = next_line(b, eol);
-    // Empty value (`KEY=`, `KEY=   `, `KEY= # note`): the new value goes right after `=`.
-    if vstart >= end || b[vstart] == b'#' {
+    // Empty value (`KEY=`, `KEY=   `, `KEY= # note`): the new value goes right after `=`. A
+    // `#` right after `=` (`KEY=#x`) starts the value, as for every reader: only a `#` after a
+    // blank starts a comment (found by the fuzz test: the new value used to be glued to it).
+    if vstart >= end || (b[vstart] == b'#' && vstart > eq + 1) {
         return (eq + 1..eq + 1, Quote::None, next);
     }
     let quote = match b[vstart] {
@@ -321,6 +323,9 @@ mod tests {
         assert_eq!(set_var(&format!("export {K} = 'old' # c\r\n"), K, V), format!("export {K} = '{V}' # c\r\n"));
         assert_eq!(set_var(&format!("{K}= # empty\n"), K, V), format!("{K}={V} # empty\n"));
         assert_eq!(set_var(&format!("{K}=\n"), K, V), format!("{K}={V}\n"));
+        // A `#` right after `=` is part of the value, not a comment.
+        assert_eq!(get_var(&format!("{K}=#ed\n"), K).as_deref(), Some("#ed"));
+        assert_eq!(set_var(&format!("{K}=#ed\n"), K, V), format!("{K}={V}\n"));
     }
 
     #[test]
