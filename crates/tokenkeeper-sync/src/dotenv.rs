@@ -46,6 +46,27 @@ struct Assignment<'a> {
 /// Sets `key` to `value` in the `.env` text `existing` and returns the new text; see the
 /// [module docs](self) for exactly what changes.
 pub fn set_var(existing: &str, key: &str, value: &str) -> String {
+    let out = set_in_place(existing, key, value);
+    if get_var(&out, key).as_deref() == Some(value) {
+        return out;
+    }
+    // In a broken file (a quote left open elsewhere), rewriting a value can change how the
+    // quotes pair up, so that the line is swallowed by another value (found by the fuzz test).
+    // Then leave the file as it was and append a fresh assignment: the last one wins.
+    let mut out = existing.to_owned();
+    let nl = dominant_line_ending(existing);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push_str(nl);
+    }
+    out.push_str(key);
+    out.push('=');
+    out.push_str(&encode(value, Quote::None));
+    out.push_str(nl);
+    out
+}
+
+/// [`set_var`]'s edit in place: every assignment of `key` rewritten, or one appended.
+fn set_in_place(existing: &str, key: &str, value: &str) -> String {
     let mut out = String::with_capacity(existing.len() + value.len() + key.len() + 2);
     let mut copied = 0;
     let mut found = false;
