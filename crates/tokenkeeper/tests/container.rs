@@ -5,8 +5,11 @@
 //!   packages (`scripts/container-base`; no image registry is needed), and runs it the way
 //!   `deploy/compose/` does: `/health` answers and the image's health check passes; an account
 //!   is imported with `podman exec`; a refresh against the mock reaches a second container (a
-//!   stand-in bot) through the volume they share, with no restart; the `on_change` command runs
-//!   and the process it leaves behind is reaped by PID 1 (no zombie); SIGTERM stops the
+//!   stand-in bot) through the volume they share, with no restart, and a third one (a bot that
+//!   reads its token only at start) is restarted in place by `deploy/compose/restart-on-change`
+//!   after `on_change` wrote its trigger (the sinks are `deploy/compose/`'s own config files);
+//!   another `on_change` runs and the process it leaves behind is reaped by PID 1 (no zombie);
+//!   SIGTERM stops the
 //!   container within seconds with exit status 0; no token appears in its log.
 //! - `kubernetes_manifests_render_and_validate`: `kustomize build` of the base and of every
 //!   overlay, each rendered object checked against the schemas of current Kubernetes
@@ -246,7 +249,7 @@ async fn processes(podman: &Podman, container: &str) -> Vec<(u32, char, u32)> {
         .collect()
 }
 
-/// `on_change` of the `.env` sink: records its run, then leaves a process behind that waits
+/// `on_change` of the orphan-maker sink: records its run, then leaves a process behind that waits
 /// until its parent has exited (so it is re-parented to PID 1), records its new parent and
 /// exits. Only PID 1 can reap it.
 const ON_CHANGE: &str = r#"echo ran >> /tmp/on_change.log
@@ -264,7 +267,9 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     );
     let image = format!("localhost/tokenkeeper-test:{run_id}");
     let (tk, bot) = (format!("tk-test-{run_id}"), format!("tk-test-bot-{run_id}"));
-    let (data, shared) = (format!("tk-test-data-{run_id}"), format!("tk-test-shared-{run_id}"));
+    let restarting_bot = format!("tk-test-bot2-{run_id}");
+    let (data, claude, bot_token) =
+        (format!("tk-test-data-{run_id}"), format!("tk-test-claude-{run_id}"), format!("tk-test-bottoken-{run_id}"));
     let mut cleanup = Cleanup { podman: podman.clone(), containers: vec![], volumes: vec![], images: vec![] };
 
     // The image: the Dockerfile's prebuilt stage around the binary of this test build.
@@ -306,40 +311,32 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     let mock = MockProvider::start().await.unwrap();
     let login = mock.issue_login("bot@example.com");
     let port = free_port();
+    // The sinks of deploy/compose/config.toml and config.restart.toml as shipped, plus a sink
+    // whose on_change leaves an orphan behind. Everything else comes from TOKENKEEPER_*.
+    let compose = repo_root().join("deploy/compose");
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("config.toml");
     std::fs::write(
         &cfg,
         format!(
-            r#"# Sinks need a file; everything else comes from TOKENKEEPER_* variables.
-[[sinks]]
-account = "main"
-kind = "claude_credentials"
-path = "/shared/.credentials.json"
-
-[[sinks]]
-account = "main"
-kind = "env_file"
-path = "/shared/.env"
-key = "CLAUDE_CODE_OAUTH_TOKEN"
-debounce = "100ms"
-on_change = ["sh", "-c", '''{ON_CHANGE}''']
-"#
+            "{}\n{}\n[[sinks]]\nname = \"orphan-maker\"\naccount = \"main\"\nkind = \"env_file\"\npath = \"/tmp/orphan-maker.env\"\nkey = \"T\"\ndebounce = \"100ms\"\non_change = [\"sh\", \"-c\", '''{ON_CHANGE}''']\n",
+            std::fs::read_to_string(compose.join("config.toml")).unwrap(),
+            std::fs::read_to_string(compose.join("config.restart.toml")).unwrap(),
         ),
     )
     .unwrap();
 
     // As deploy/compose/ does: the volumes handed to the bot's uid by a one-shot root step.
-    cleanup.volumes.extend([data.clone(), shared.clone()]);
-    for v in [&data, &shared] {
+    cleanup.volumes.extend([data.clone(), claude.clone(), bot_token.clone()]);
+    for v in [&data, &claude, &bot_token] {
         podman.ok(&["volume", "create", v], Duration::from_secs(30)).await;
     }
     podman
         .ok(
             &[
                 "run", "--rm", "--user=0:0", "--entrypoint=chown", "--network=none",
-                &format!("--volume={data}:/data"), &format!("--volume={shared}:/shared"),
-                &image, BOT_UID, "/data", "/shared",
+                &format!("--volume={data}:/data"), &format!("--volume={claude}:/shared/claude"),
+                &format!("--volume={bot_token}:/shared/bot"), &image, BOT_UID, "/data", "/shared/claude", "/shared/bot",
             ],
             Duration::from_secs(60),
         )
@@ -353,7 +350,8 @@ on_change = ["sh", "-c", '''{ON_CHANGE}''']
         "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--health-interval=disable",
         "-e", "TOKENKEEPER_KEY", "-e", "TOKENKEEPER_ADMIN_TOKEN", "-e", "TOKENKEEPER_LISTEN",
         "-e", "TOKENKEEPER_ANTHROPIC_TOKEN_URL", "-e", "TOKENKEEPER_CONFIG=/etc/tokenkeeper/config.toml",
-        &format!("--volume={data}:/data"), &format!("--volume={shared}:/shared"),
+        &format!("--volume={data}:/data"), &format!("--volume={claude}:/shared/claude"),
+        &format!("--volume={bot_token}:/shared/bot"),
         &format!("--volume={}:/etc/tokenkeeper/config.toml:ro", cfg.display()),
         &image,
     ]);
@@ -381,10 +379,10 @@ on_change = ["sh", "-c", '''{ON_CHANGE}''']
     assert_ok(&hc, "podman healthcheck run (the image's HEALTHCHECK)");
 
     // An account, imported with `podman exec`.
-    let claude = tokenkeeper_keeper::testing::claude_json(&login);
+    let login_json = tokenkeeper_keeper::testing::claude_json(&login);
     let import = run(
         podman.cmd(&["exec", "-i", &tk, "tokenkeeper", "import", "-", "--account", "main"]),
-        Some(claude.as_bytes()),
+        Some(login_json.as_bytes()),
         Duration::from_secs(60),
         "podman exec tokenkeeper import",
     )
@@ -398,8 +396,26 @@ on_change = ["sh", "-c", '''{ON_CHANGE}''']
         .ok(
             &[
                 "run", "-d", &format!("--name={bot}"), "--network=none", &format!("--user={BOT_UID}"),
-                "--read-only", "--cap-drop=ALL", &format!("--volume={shared}:/home/node/.claude:ro"),
+                "--read-only", "--cap-drop=ALL", &format!("--volume={claude}:/home/node/.claude:ro"),
                 "--entrypoint=sh", &base, "-c", "trap 'exit 0' TERM; while :; do sleep 1; done",
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+    // The other stand-in: a bot that reads its token only at start, run under
+    // deploy/compose/restart-on-change as compose.restart.yaml runs it.
+    cleanup.containers.push(restarting_bot.clone());
+    let wrapper = compose.join("restart-on-change");
+    podman
+        .ok(
+            &[
+                "run", "-d", &format!("--name={restarting_bot}"), "--network=none", &format!("--user={BOT_UID}"),
+                "--read-only", "--cap-drop=ALL", "-e", "RESTART_ON_CHANGE_INTERVAL=0.05",
+                &format!("--volume={bot_token}:/run/tokenkeeper:ro"),
+                &format!("--volume={}:/opt/tokenkeeper/restart-on-change:ro", wrapper.display()),
+                "--entrypoint=/bin/sh", &base, "/opt/tokenkeeper/restart-on-change", "/run/tokenkeeper/.env",
+                "/run/tokenkeeper/restart", "--", "sh", "-c",
+                "printf '%s\\n' \"$CLAUDE_CODE_OAUTH_TOKEN\" >> /tmp/started-with; exec sleep 1000",
             ],
             Duration::from_secs(60),
         )
@@ -440,9 +456,29 @@ on_change = ["sh", "-c", '''{ON_CHANGE}''']
     let bot_state = podman.ok(&["inspect", "--format", "{{.State.Running}} {{.RestartCount}}", &bot], Duration::from_secs(30)).await;
     assert_eq!(bot_state.trim(), "true 0", "the bot was never restarted");
     let t_delivered = started.elapsed();
+    // The restarting bot was restarted in place (same container) and now runs with the new token.
+    let starts = wait_until(Duration::from_secs(30), "the restarting bot to run with the refreshed token", || {
+        let podman = podman.clone();
+        let bot = restarting_bot.clone();
+        let want = new_access.clone();
+        async move {
+            let out = podman.out(&["exec", &bot, "cat", "/tmp/started-with"], Duration::from_secs(30)).await;
+            let starts: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+            (starts.last() == Some(&want)).then_some(starts)
+        }
+    })
+    .await;
+    assert!(starts.len() >= 2, "the bot started with the first token, then again with the new one ({} starts)", starts.len());
+    let state = podman.ok(&["inspect", "--format", "{{.State.Running}} {{.RestartCount}}", &restarting_bot], Duration::from_secs(30)).await;
+    assert_eq!(state.trim(), "true 0", "restart-on-change restarted the process, not the container");
+    let term_at = Instant::now();
+    podman.ok(&["kill", "--signal=TERM", &restarting_bot], Duration::from_secs(30)).await;
+    podman.ok(&["wait", &restarting_bot], Duration::from_secs(10)).await;
+    assert!(term_at.elapsed() < Duration::from_secs(5), "restart-on-change passes SIGTERM on");
 
-    // on_change ran, and what it left behind was re-parented to PID 1 and reaped: no zombie.
-    let orphans = wait_until(Duration::from_secs(30), "on_change to run and its orphan to finish", || {
+
+    // The orphan-maker's on_change ran, and what it left behind was re-parented to PID 1 and reaped: no zombie.
+    let orphans = wait_until(Duration::from_secs(30), "the orphan-maker's on_change to run and its orphan to finish", || {
         let podman = podman.clone();
         let tk = tk.clone();
         async move {
