@@ -203,7 +203,8 @@ async fn base_image(podman: &Podman) -> String {
     let mut cmd = tokio::process::Command::new(&script);
     cmd.env("TOKENKEEPER_CONTAINER_CACHE", cache_root());
     let out = run(cmd, None, Duration::from_secs(900), "scripts/container-base").await;
-    let tar = assert_ok(&out, "scripts/container-base (mmdebstrap of the base image; needs mmdebstrap: scripts/test-deps)");
+    let tar =
+        assert_ok(&out, "scripts/container-base (mmdebstrap of the base image; needs mmdebstrap: scripts/test-deps)");
     podman.ok(&["import", "--quiet", tar.trim(), &tag], Duration::from_secs(300)).await;
     tag
 }
@@ -232,7 +233,13 @@ where
 async fn processes(podman: &Podman, container: &str) -> Vec<(u32, char, u32)> {
     let out = podman
         .ok(
-            &["exec", container, "sh", "-c", "for s in /proc/[0-9]*/stat; do read -r l < \"$s\" && echo \"$l\"; done 2>/dev/null"],
+            &[
+                "exec",
+                container,
+                "sh",
+                "-c",
+                "for s in /proc/[0-9]*/stat; do read -r l < \"$s\" && echo \"$l\"; done 2>/dev/null",
+            ],
             Duration::from_secs(30),
         )
         .await;
@@ -299,7 +306,16 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
         .await;
     let t_build = started.elapsed();
     let config = podman
-        .ok(&["image", "inspect", "--format", "{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.Cmd}}", &image], Duration::from_secs(30))
+        .ok(
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.Cmd}}",
+                &image,
+            ],
+            Duration::from_secs(30),
+        )
         .await;
     assert_eq!(
         config.trim(),
@@ -334,9 +350,19 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     podman
         .ok(
             &[
-                "run", "--rm", "--user=0:0", "--entrypoint=chown", "--network=none",
-                &format!("--volume={data}:/data"), &format!("--volume={claude}:/shared/claude"),
-                &format!("--volume={bot_token}:/shared/bot"), &image, BOT_UID, "/data", "/shared/claude", "/shared/bot",
+                "run",
+                "--rm",
+                "--user=0:0",
+                "--entrypoint=chown",
+                "--network=none",
+                &format!("--volume={data}:/data"),
+                &format!("--volume={claude}:/shared/claude"),
+                &format!("--volume={bot_token}:/shared/bot"),
+                &image,
+                BOT_UID,
+                "/data",
+                "/shared/claude",
+                "/shared/bot",
             ],
             Duration::from_secs(60),
         )
@@ -346,11 +372,27 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     // its environment (`-e NAME` without a value), never through its argv.
     cleanup.containers.push(tk.clone());
     let mut start = podman.cmd(&[
-        "run", "-d", &format!("--name={tk}"), "--network=host", &format!("--user={BOT_UID}"),
-        "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--health-interval=disable",
-        "-e", "TOKENKEEPER_KEY", "-e", "TOKENKEEPER_ADMIN_TOKEN", "-e", "TOKENKEEPER_LISTEN",
-        "-e", "TOKENKEEPER_ANTHROPIC_TOKEN_URL", "-e", "TOKENKEEPER_CONFIG=/etc/tokenkeeper/config.toml",
-        &format!("--volume={data}:/data"), &format!("--volume={claude}:/shared/claude"),
+        "run",
+        "-d",
+        &format!("--name={tk}"),
+        "--network=host",
+        &format!("--user={BOT_UID}"),
+        "--read-only",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--health-interval=disable",
+        "-e",
+        "TOKENKEEPER_KEY",
+        "-e",
+        "TOKENKEEPER_ADMIN_TOKEN",
+        "-e",
+        "TOKENKEEPER_LISTEN",
+        "-e",
+        "TOKENKEEPER_ANTHROPIC_TOKEN_URL",
+        "-e",
+        "TOKENKEEPER_CONFIG=/etc/tokenkeeper/config.toml",
+        &format!("--volume={data}:/data"),
+        &format!("--volume={claude}:/shared/claude"),
         &format!("--volume={bot_token}:/shared/bot"),
         &format!("--volume={}:/etc/tokenkeeper/config.toml:ro", cfg.display()),
         &image,
@@ -395,9 +437,18 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     podman
         .ok(
             &[
-                "run", "-d", &format!("--name={bot}"), "--network=none", &format!("--user={BOT_UID}"),
-                "--read-only", "--cap-drop=ALL", &format!("--volume={claude}:/home/node/.claude:ro"),
-                "--entrypoint=sh", &base, "-c", "trap 'exit 0' TERM; while :; do sleep 1; done",
+                "run",
+                "-d",
+                &format!("--name={bot}"),
+                "--network=none",
+                &format!("--user={BOT_UID}"),
+                "--read-only",
+                "--cap-drop=ALL",
+                &format!("--volume={claude}:/home/node/.claude:ro"),
+                "--entrypoint=sh",
+                &base,
+                "-c",
+                "trap 'exit 0' TERM; while :; do sleep 1; done",
             ],
             Duration::from_secs(60),
         )
@@ -409,21 +460,38 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     podman
         .ok(
             &[
-                "run", "-d", &format!("--name={restarting_bot}"), "--network=none", &format!("--user={BOT_UID}"),
-                "--read-only", "--cap-drop=ALL", "-e", "RESTART_ON_CHANGE_INTERVAL=0.05",
+                "run",
+                "-d",
+                &format!("--name={restarting_bot}"),
+                "--network=none",
+                &format!("--user={BOT_UID}"),
+                "--read-only",
+                "--cap-drop=ALL",
+                "-e",
+                "RESTART_ON_CHANGE_INTERVAL=0.05",
                 &format!("--volume={bot_token}:/run/tokenkeeper:ro"),
                 &format!("--volume={}:/opt/tokenkeeper/restart-on-change:ro", wrapper.display()),
-                "--entrypoint=/bin/sh", &base, "/opt/tokenkeeper/restart-on-change", "/run/tokenkeeper/.env",
-                "/run/tokenkeeper/restart", "--", "sh", "-c",
+                "--entrypoint=/bin/sh",
+                &base,
+                "/opt/tokenkeeper/restart-on-change",
+                "/run/tokenkeeper/.env",
+                "/run/tokenkeeper/restart",
+                "--",
+                "sh",
+                "-c",
                 "printf '%s\\n' \"$CLAUDE_CODE_OAUTH_TOKEN\" >> /tmp/started-with; exec sleep 1000",
             ],
             Duration::from_secs(60),
         )
         .await;
     let bot_reads = |podman: Podman, bot: String| async move {
-        let creds = podman.out(&["exec", &bot, "cat", "/home/node/.claude/.credentials.json"], Duration::from_secs(30)).await;
+        let creds =
+            podman.out(&["exec", &bot, "cat", "/home/node/.claude/.credentials.json"], Duration::from_secs(30)).await;
         let env = podman
-            .out(&["exec", &bot, "sh", "-c", ". /home/node/.claude/.env && printf %s \"$CLAUDE_CODE_OAUTH_TOKEN\""], Duration::from_secs(30))
+            .out(
+                &["exec", &bot, "sh", "-c", ". /home/node/.claude/.env && printf %s \"$CLAUDE_CODE_OAUTH_TOKEN\""],
+                Duration::from_secs(30),
+            )
             .await;
         if !creds.status.success() || !env.status.success() {
             return None;
@@ -442,18 +510,23 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
     assert_eq!(first.0, login.access_token);
 
     // A refresh against the mock; the bot reads the new token from the same files, unrestarted.
-    let refresh = podman.out(&["exec", &tk, "tokenkeeper", "refresh", "--account", "main", "--force"], Duration::from_secs(60)).await;
+    let refresh = podman
+        .out(&["exec", &tk, "tokenkeeper", "refresh", "--account", "main", "--force"], Duration::from_secs(60))
+        .await;
     assert_ok(&refresh, "podman exec tokenkeeper refresh --force");
     assert_eq!(mock.counts().refresh_ok, 1, "exactly one refresh reached the provider");
-    let (new_access, new_refresh, _) = wait_until(Duration::from_secs(30), "the refreshed token in the bot's files", || {
-        let f = bot_reads(podman.clone(), bot.clone());
-        let old = login.access_token.clone();
-        async move { f.await.filter(|(a, _, e)| *a != old && e == a) }
-    })
-    .await;
+    let (new_access, new_refresh, _) =
+        wait_until(Duration::from_secs(30), "the refreshed token in the bot's files", || {
+            let f = bot_reads(podman.clone(), bot.clone());
+            let old = login.access_token.clone();
+            async move { f.await.filter(|(a, _, e)| *a != old && e == a) }
+        })
+        .await;
     assert!(mock.is_access_token_valid(&new_access), "the bot holds a token the provider issued and accepts");
     assert_ne!(new_refresh, login.refresh_token, "the rotated refresh token was delivered");
-    let bot_state = podman.ok(&["inspect", "--format", "{{.State.Running}} {{.RestartCount}}", &bot], Duration::from_secs(30)).await;
+    let bot_state = podman
+        .ok(&["inspect", "--format", "{{.State.Running}} {{.RestartCount}}", &bot], Duration::from_secs(30))
+        .await;
     assert_eq!(bot_state.trim(), "true 0", "the bot was never restarted");
     let t_delivered = started.elapsed();
     // The restarting bot was restarted in place (same container) and now runs with the new token.
@@ -468,33 +541,41 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
         }
     })
     .await;
-    assert!(starts.len() >= 2, "the bot started with the first token, then again with the new one ({} starts)", starts.len());
-    let state = podman.ok(&["inspect", "--format", "{{.State.Running}} {{.RestartCount}}", &restarting_bot], Duration::from_secs(30)).await;
+    assert!(
+        starts.len() >= 2,
+        "the bot started with the first token, then again with the new one ({} starts)",
+        starts.len()
+    );
+    let state = podman
+        .ok(&["inspect", "--format", "{{.State.Running}} {{.RestartCount}}", &restarting_bot], Duration::from_secs(30))
+        .await;
     assert_eq!(state.trim(), "true 0", "restart-on-change restarted the process, not the container");
     let term_at = Instant::now();
     podman.ok(&["kill", "--signal=TERM", &restarting_bot], Duration::from_secs(30)).await;
     podman.ok(&["wait", &restarting_bot], Duration::from_secs(10)).await;
     assert!(term_at.elapsed() < Duration::from_secs(5), "restart-on-change passes SIGTERM on");
 
-
     // The orphan-maker's on_change ran, and what it left behind was re-parented to PID 1 and reaped: no zombie.
-    let orphans = wait_until(Duration::from_secs(30), "the orphan-maker's on_change to run and its orphan to finish", || {
-        let podman = podman.clone();
-        let tk = tk.clone();
-        async move {
-            let out = podman.out(&["exec", &tk, "cat", "/tmp/on_change.log", "/tmp/orphans"], Duration::from_secs(30)).await;
-            out.status.success().then_some(())?;
-            let lines: Vec<(u32, u32)> = text(&out.stdout)
-                .lines()
-                .filter_map(|l| {
-                    let (p, pp) = l.split_once(' ')?;
-                    Some((p.parse().ok()?, pp.parse().ok()?))
-                })
-                .collect();
-            (!lines.is_empty()).then_some(lines)
-        }
-    })
-    .await;
+    let orphans =
+        wait_until(Duration::from_secs(30), "the orphan-maker's on_change to run and its orphan to finish", || {
+            let podman = podman.clone();
+            let tk = tk.clone();
+            async move {
+                let out = podman
+                    .out(&["exec", &tk, "cat", "/tmp/on_change.log", "/tmp/orphans"], Duration::from_secs(30))
+                    .await;
+                out.status.success().then_some(())?;
+                let lines: Vec<(u32, u32)> = text(&out.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        let (p, pp) = l.split_once(' ')?;
+                        Some((p.parse().ok()?, pp.parse().ok()?))
+                    })
+                    .collect();
+                (!lines.is_empty()).then_some(lines)
+            }
+        })
+        .await;
     for (pid, ppid) in &orphans {
         assert_eq!(*ppid, 1, "the process on_change left behind (pid {pid}) was re-parented to PID 1");
     }
@@ -540,4 +621,321 @@ async fn image_serves_refreshes_delivers_reaps_and_stops() {
         stop_time,
         started.elapsed()
     );
+}
+
+/// `kustomize build DIR`: a `kustomize` binary, else the one built into `kubectl`.
+fn kustomize_build(dir: &Path) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let find = |name: &str| std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file());
+    let mut cmd = if let Some(k) = find("kustomize") {
+        let mut c = std::process::Command::new(k);
+        c.arg("build");
+        c
+    } else if let Some(k) = find("kubectl") {
+        let mut c = std::process::Command::new(k);
+        c.arg("kustomize");
+        c
+    } else {
+        panic!("neither `kustomize` nor `kubectl` (which has kustomize built in) is installed: {FIX}");
+    };
+    let out = cmd.arg(dir).output().unwrap();
+    assert_ok(&out, &format!("kustomize build {}", dir.display()))
+}
+
+/// Every object of a multi-document YAML stream, as JSON values.
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            serde_json::to_value(v).unwrap()
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"].as_str().is_some_and(|n| n == name))
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+/// `labels` ⊆ `of`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let sel = selector.as_object().expect("a selector is a map");
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// `kubernetes-validate --strict` of `file` against Kubernetes `version`; returns its verdict.
+fn kubernetes_validate(file: &Path, version: &str) -> Output {
+    std::process::Command::new(venv_tool("kubernetes-validate"))
+        .args(["--strict", "--quiet", "--kubernetes-version", version])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// Kubernetes versions the manifests are checked against: the newest the validator ships
+/// schemas for (its default) and an older release still in wide use.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.37.0", "1.31.0"];
+
+#[test]
+fn kubernetes_manifests_render_and_validate() {
+    // A copy, so the generators' input files (kept out of git: they hold secrets) can be made
+    // from their examples without touching the work tree.
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("kubernetes");
+    copy_tree(&repo_root().join("deploy/kubernetes"), &tree);
+    for (example, real) in [
+        ("base/secrets.env.example", "base/secrets.env"),
+        ("overlays/postgres/store.env.example", "overlays/postgres/store.env"),
+    ] {
+        std::fs::copy(tree.join(example), tree.join(real)).unwrap();
+    }
+
+    let mut rendered = vec![("base".to_owned(), kustomize_build(&tree.join("base")))];
+    let mut overlays: Vec<_> = std::fs::read_dir(tree.join("overlays")).unwrap().map(|e| e.unwrap().path()).collect();
+    overlays.sort();
+    assert!(!overlays.is_empty(), "deploy/kubernetes/overlays/ holds the overlays");
+    for o in &overlays {
+        rendered.push((format!("overlays/{}", o.file_name().unwrap().to_string_lossy()), kustomize_build(o)));
+    }
+
+    // Every rendered object against the schemas (strict: no unknown field passes).
+    for (name, yaml) in &rendered {
+        let file = tmp.path().join(format!("{}.yaml", name.replace('/', "-")));
+        std::fs::write(&file, yaml).unwrap();
+        for version in KUBERNETES_VERSIONS {
+            let out = kubernetes_validate(&file, version);
+            assert_ok(&out, &format!("kubernetes-validate --strict of {name} against Kubernetes {version}"));
+        }
+    }
+    // The validator is not a rubber stamp: a misspelt field in the Deployment fails it.
+    let broken = rendered[0].1.replacen("  strategy:\n", "  stratgey:\n", 1);
+    assert_ne!(broken, rendered[0].1, "the base renders a Deployment strategy to misspell");
+    let file = tmp.path().join("broken.yaml");
+    std::fs::write(&file, broken).unwrap();
+    assert!(
+        !kubernetes_validate(&file, KUBERNETES_VERSIONS[0]).status.success(),
+        "kubernetes-validate rejects an unknown field"
+    );
+
+    // What the docs promise, in the base.
+    let base = objects(&rendered[0].1);
+    let deploy = find(&base, "Deployment", "tokenkeeper");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate", "never two SQLite keepers at once");
+    let secret = base.iter().find(|o| o["kind"] == "Secret").expect("the base generates the Secret");
+    let secret_name = secret["metadata"]["name"].as_str().unwrap();
+    for key in ["store-key", "admin-token"] {
+        assert!(secret["data"].get(key).is_some(), "the Secret holds {key}");
+    }
+    let pod = &deploy["spec"]["template"];
+    check_pod(pod, secret_name, &["TOKENKEEPER_KEY", "TOKENKEEPER_ADMIN_TOKEN"]);
+    let c = &pod["spec"]["containers"][0];
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"], "/health", "{probe} probes /health");
+        assert!(c[probe]["httpGet"].get("httpHeaders").is_none(), "{probe} needs no secret");
+    }
+    let claim = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str());
+    find(&base, "PersistentVolumeClaim", claim.expect("the data volume is a PersistentVolumeClaim"));
+    let labels = &pod["metadata"]["labels"];
+    assert!(selects(&deploy["spec"]["selector"]["matchLabels"], labels));
+    assert!(
+        selects(&find(&base, "Service", "tokenkeeper")["spec"]["selector"], labels),
+        "the Service selects the pods"
+    );
+    let np = find(&base, "NetworkPolicy", "tokenkeeper-server");
+    assert!(selects(&np["spec"]["podSelector"]["matchLabels"], labels), "the NetworkPolicy covers the pods");
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8377);
+    let cron = find(&base, "CronJob", "tokenkeeper-check");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let job_pod = &cron["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(job_pod["spec"]["containers"][0]["args"], serde_json::json!(["check"]));
+    check_pod(job_pod, secret_name, &["TOKENKEEPER_KEY"]);
+    assert!(
+        selects(
+            &job_pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+                ["labelSelector"]["matchLabels"],
+            labels
+        ),
+        "the check runs beside the server, on its ReadWriteOnce volume"
+    );
+
+    // The PostgreSQL overlay: three replicas, the store URL from a Secret, no SQLite volume.
+    let (_, pg_yaml) = rendered.iter().find(|(n, _)| n == "overlays/postgres").expect("overlays/postgres exists");
+    let pg = objects(pg_yaml);
+    let deploy = find(&pg, "Deployment", "tokenkeeper");
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(pg.iter().all(|o| o["kind"] != "PersistentVolumeClaim"), "no PVC with PostgreSQL");
+    let store = pg
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["data"].get("store-url").is_some())
+        .expect("the overlay generates the store URL's Secret");
+    let store_name = store["metadata"]["name"].as_str().unwrap();
+    for pod in [
+        &deploy["spec"]["template"],
+        &find(&pg, "CronJob", "tokenkeeper-check")["spec"]["jobTemplate"]["spec"]["template"],
+    ] {
+        let env = &pod["spec"]["containers"][0]["env"];
+        let url = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "TOKENKEEPER_STORE_URL")
+            .expect("TOKENKEEPER_STORE_URL is set");
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], store_name);
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "store-url");
+        assert!(
+            pod["spec"]["volumes"].as_array().unwrap().iter().all(|v| v.get("persistentVolumeClaim").is_none()),
+            "no pod mounts a PVC with PostgreSQL"
+        );
+        assert!(pod["spec"].get("affinity").is_none(), "nothing ties the pods to one node");
+    }
+    let pdb = find(&pg, "PodDisruptionBudget", "tokenkeeper");
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"], &deploy["spec"]["template"]["metadata"]["labels"]));
+    let egress = serde_json::to_string(&find(&pg, "NetworkPolicy", "tokenkeeper-server")["spec"]["egress"]).unwrap();
+    assert!(egress.contains("5432"), "the server may reach PostgreSQL: {egress}");
+}
+
+/// The security context, non-root user and Secret-sourced environment of one pod template.
+fn check_pod(pod: &Value, secret: &str, from_secret: &[&str]) {
+    let spec = &pod["spec"];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(spec["securityContext"]["runAsUser"], 10001, "the image's user");
+    assert_eq!(spec["securityContext"]["fsGroup"], 10001, "volumes writable by the image's user");
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    for name in from_secret {
+        let e =
+            c["env"].as_array().unwrap().iter().find(|e| e["name"] == *name).unwrap_or_else(|| panic!("{name} is set"));
+        assert_eq!(e["valueFrom"]["secretKeyRef"]["name"], secret, "{name} comes from the Secret");
+        assert!(e.get("value").is_none(), "{name} is not written into the manifest");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn check_compose_schema(file: &Path) -> Output {
+    std::process::Command::new(venv_tool("check-jsonschema"))
+        .args(["--builtin-schema", "vendor.compose-spec"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn compose_files_validate() {
+    let dir = repo_root().join("deploy/compose");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("compose")
+                && p.extension().is_some_and(|x| x == "yaml")
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "compose.yaml and compose.restart.yaml: {files:?}");
+    for f in &files {
+        assert_ok(&check_compose_schema(f), &format!("check-jsonschema (Compose Specification) of {}", f.display()));
+    }
+    // The schema check rejects what Compose would.
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("compose.yaml");
+    let text = std::fs::read_to_string(&files[0]).unwrap().replacen(
+        "condition: service_healthy",
+        "condition: service_feeling_fine",
+        1,
+    );
+    std::fs::write(&broken, text).unwrap();
+    assert!(
+        !check_compose_schema(&broken).status.success(),
+        "check-jsonschema rejects an unknown depends_on condition"
+    );
+
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let doc = &objects(&std::fs::read_to_string(f).unwrap())[0];
+        let services = &doc["services"];
+        let tk = &services["tokenkeeper"];
+        let bot = &services["bot"];
+        let init = &services["volumes-init"];
+        assert_eq!(
+            tk["user"], bot["user"],
+            "{name}: tokenkeeper runs as the bot's uid, so both can use the 0600 files"
+        );
+        assert_eq!(init["entrypoint"][0], "chown", "{name}: volumes-init hands the volumes to that uid");
+        assert_eq!(tk["depends_on"]["volumes-init"]["condition"], "service_completed_successfully");
+        assert_eq!(
+            bot["depends_on"]["tokenkeeper"]["condition"], "service_healthy",
+            "{name}: the image's health check gates the bot"
+        );
+        assert_eq!(tk["read_only"], true);
+        assert_eq!(tk["cap_drop"], serde_json::json!(["ALL"]));
+        let mounts = |svc: &Value| -> Vec<(String, String)> {
+            svc["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    let s = v.as_str().expect("short volume syntax");
+                    let mut p = s.split(':');
+                    (p.next().unwrap().to_owned(), p.next().unwrap().to_owned())
+                })
+                .collect()
+        };
+        for svc in ["tokenkeeper", "bot", "volumes-init"] {
+            for (src, _) in mounts(&services[svc]) {
+                assert!(!src.contains("docker.sock"), "{name}: {svc} gets no Docker socket");
+                if src.starts_with("./") {
+                    assert!(dir.join(&src).is_file(), "{name}: {svc} mounts {src}, which exists");
+                } else {
+                    assert!(doc["volumes"].get(&src).is_some(), "{name}: volume {src} is declared");
+                }
+            }
+        }
+        // The volume the bot reads is one tokenkeeper writes, and volumes-init owns it over.
+        let tk_mounts = mounts(tk);
+        let shared: Vec<_> =
+            mounts(bot).into_iter().filter(|(src, _)| tk_mounts.iter().any(|(s, _)| s == src)).collect();
+        assert_eq!(shared.len(), 1, "{name}: the bot shares one volume with tokenkeeper");
+        let (vol, _) = &shared[0];
+        let (_, tk_path) = tk_mounts.iter().find(|(s, _)| s == vol).unwrap();
+        assert!(
+            init["entrypoint"].as_array().unwrap().iter().any(|a| a == tk_path.as_str()),
+            "{name}: volumes-init chowns {tk_path}"
+        );
+        let config = tk_mounts
+            .iter()
+            .find(|(_, dst)| dst == "/etc/tokenkeeper/config.toml")
+            .expect("the config file is mounted");
+        let config_text = std::fs::read_to_string(dir.join(&config.0)).unwrap();
+        assert!(
+            config_text.contains(&format!("path = \"{tk_path}/")),
+            "{name}: the sinks write into the shared volume"
+        );
+    }
+    let restart = &objects(&std::fs::read_to_string(dir.join("compose.restart.yaml")).unwrap())[0]["services"]["bot"];
+    assert_eq!(restart["entrypoint"][1], "/opt/tokenkeeper/restart-on-change");
+    assert_eq!(restart["init"], true, "an init passes SIGTERM on to the wrapper");
 }
