@@ -36,8 +36,8 @@ RUN set -eu; \
 # (a bot's .env or Claude Code's credentials directory). Both are created here, owned by the
 # user, because Docker and podman give a new named volume the ownership of its mount point.
 RUN set -eu; \
-    groupadd --system --gid 10001 tokenkeeper; \
-    useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+    groupadd --gid 10001 tokenkeeper; \
+    useradd --uid 10001 --gid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin tokenkeeper; \
     install -d -m 0700 -o 10001 -g 10001 /data; \
     install -d -m 0755 -o 10001 -g 10001 /shared
