@@ -6,12 +6,12 @@
 //! - [`locks`]: in-process single-flight, the order of the cross-process lock (a seam of the
 //!   backend) and Claude Code's lock directories;
 //! - [`schedule::Scheduler`]: next-deadline scheduling with jitter and backoff;
-//! - [`daemon::Daemon`]: the long-running loop that ties them to watchers and sinks;
+//! - the long-running loop that ties them to watchers, sinks and alerts is the
+//!   `tokenkeeper-daemon` crate;
 //! - `testing` (feature `testing`): a keeper over a temporary store and the mock provider, for
 //!   tests here and in the crates built on the keeper.
 
 pub mod bound;
-pub mod daemon;
 pub mod error;
 pub mod keeper;
 pub mod lease;

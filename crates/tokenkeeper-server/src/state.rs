@@ -29,6 +29,11 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// alert delivery). It must write complete, valid exposition lines and no secrets.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// Routes of other components (the web page, the proxy) served beside the API on the same
+/// listener, built by the binary; the argument says whether the listener uses TLS (so cookies
+/// can be `Secure`).
+pub type ExtraRoutes = Arc<dyn Fn(bool) -> axum::Router + Send + Sync>;
+
 /// A login waiting for its code.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingLogin {
@@ -46,6 +51,7 @@ pub struct AppState {
     limiter: Arc<Mutex<FailureLimiter>>,
     pub(crate) extra_metrics: Option<ExtraMetrics>,
     pub(crate) body_limit: usize,
+    pub(crate) extra_routes: Option<ExtraRoutes>,
     keys: Arc<Mutex<KeyCache>>,
 }
 
@@ -124,7 +130,14 @@ impl AppState {
             extra_metrics: None,
             body_limit: DEFAULT_BODY_LIMIT,
             keys: Arc::default(),
+            extra_routes: None,
         }
+    }
+
+    /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
+    pub fn with_routes(mut self, routes: ExtraRoutes) -> Self {
+        self.extra_routes = Some(routes);
+        self
     }
 
     /// The unrevoked key with SHA-256 `hash`: from memory while the keeper follows the change

@@ -10,7 +10,7 @@ pub use tokenkeeper_keeper::view::AccountView as AccountStatus;
 /// The sinks' health as the running daemon last recorded it: (sink, account, ok, last error).
 /// Empty when no daemon with sinks has run.
 pub fn recorded_sinks(data_dir: &std::path::Path) -> Vec<(String, String, bool, Option<String>)> {
-    let path = tokenkeeper_keeper::daemon::Daemon::sinks_status_path(data_dir);
+    let path = tokenkeeper_daemon::Daemon::sinks_status_path(data_dir);
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
     let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return Vec::new() };
     list.iter()

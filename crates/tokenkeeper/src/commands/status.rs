@@ -43,7 +43,7 @@ fn print_sinks(app: &App, only: Option<&str>) {
 /// The alert channels' health as the running daemon last recorded it (nothing when no daemon
 /// with `[[alerts]]` has run): a failing channel is itself something to fix.
 fn print_alert_channels(app: &App) {
-    let path = tokenkeeper_keeper::daemon::Daemon::alert_channels_path(&app.data_dir);
+    let path = tokenkeeper_daemon::Daemon::alert_channels_path(&app.data_dir);
     let Ok(text) = std::fs::read_to_string(&path) else { return };
     let Ok(channels) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return };
     for c in channels {

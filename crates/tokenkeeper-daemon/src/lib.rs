@@ -16,9 +16,8 @@ use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions};
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::FileWatcher;
 
-use crate::error::KeeperError;
-use crate::keeper::{Keeper, KeeperEvent};
-use crate::schedule::Scheduler;
+use tokenkeeper_keeper::schedule::Scheduler;
+use tokenkeeper_keeper::{Keeper, KeeperError, KeeperEvent};
 
 /// The longest the daemon sleeps without looking at the clock again. Timers run on a
 /// monotonic clock that stands still while a machine is suspended; waking now and then
@@ -124,7 +123,7 @@ impl Daemon {
             .map(|a| {
                 let failing =
                     statuses.iter().filter(|s| s.account == a.name && !s.ok).map(|s| s.name.clone()).collect();
-                let v = crate::view::account_view(self.keeper.config(), a, now, failing);
+                let v = tokenkeeper_keeper::view::account_view(self.keeper.config(), a, now, failing);
                 (a.name.clone(), tokenkeeper_core::status::Assessment { level: v.level, message: v.message })
             })
             .collect();

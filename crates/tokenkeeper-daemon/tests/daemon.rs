@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokenkeeper_core::config::{SinkConfig, SinkKind, WriteMode};
 use tokenkeeper_core::formats::render_claude_credentials;
 use tokenkeeper_core::{Binding, BindingKind, Mode};
-use tokenkeeper_keeper::daemon::Daemon;
+use tokenkeeper_daemon::Daemon;
 use tokenkeeper_sync::sink::SinkSet;
 
 fn sink(kind: SinkKind, path: &Path) -> SinkConfig {

@@ -14,7 +14,7 @@ use tokenkeeper_core::config::SinkConfig;
 use tokenkeeper_core::formats::{render_claude_credentials, Format, ParsedCredential};
 use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{Binding, BindingKind, Config, Credential, ManualClock, Mode, Secret};
-use tokenkeeper_keeper::daemon::Daemon;
+use tokenkeeper_daemon::Daemon;
 use tokenkeeper_keeper::{Ingest, Keeper};
 use tokenkeeper_mock::MockProvider;
 use tokenkeeper_store::{EncryptionKey, SqliteStore};
