@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_core::{BindingKind, ChangeKind};
-use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions};
+use tokenkeeper_sync::fs::read_optional;
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::FileWatcher;
 
@@ -31,13 +31,18 @@ const ALERT_EVERY: Duration = Duration::from_secs(60);
 /// How long after queueing alerts the daemon keeps re-saving channel health every second.
 const HEALTH_FOLLOW_UP: Duration = Duration::from_secs(30);
 
-/// File in the data directory holding the alert channels' last known health (JSON), written
-/// by the daemon and shown by `tokenkeeper status`.
-pub const ALERT_CHANNELS_FILE: &str = "alert-channels.json";
+/// Installation state (in the store): the alert engine's memory of what it sent, so an
+/// incident alerts once for the installation, across restarts.
+pub const ALERT_STATE_KEY: &str = "alerts/state";
 
-/// File in the data directory holding the sinks' last known health (JSON), written by the
-/// daemon and shown by `tokenkeeper status`.
-pub const SINKS_FILE: &str = "sinks-status.json";
+/// Installation state: the alert channels' last known health, shown by `tokenkeeper status`.
+pub const ALERT_CHANNELS_KEY: &str = "alerts/channels";
+
+/// Installation state: the sinks' last known health, shown by `status`, `check` and the API.
+pub const SINK_HEALTH_KEY: &str = "sinks/health";
+
+/// The file the alert state lived in before 0.2; read once if the store has none yet.
+const LEGACY_ALERT_STATE_FILE: &str = "alert-state.json";
 
 /// What the daemon needs.
 pub struct Daemon {
@@ -45,6 +50,8 @@ pub struct Daemon {
     sinks: Option<Arc<SinkSet>>,
     watch_debounce: Duration,
     alerts: Option<Arc<AlertEngine>>,
+    /// What was last saved under each state key, so an unchanged value is not written again.
+    saved: std::sync::Mutex<HashMap<&'static str, serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -57,51 +64,77 @@ impl Daemon {
     /// A daemon over `keeper`, delivering to `sinks`. Writes by other processes reach it
     /// through the keeper's change feed ([`Keeper::follow_changes`], started by [`Daemon::run`]).
     pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>) -> Self {
-        Self { keeper, sinks, watch_debounce: Duration::from_millis(20), alerts: None }
+        Self { keeper, sinks, watch_debounce: Duration::from_millis(20), alerts: None, saved: Default::default() }
     }
 
     /// Also feeds every account's level to `alerts` after each change and every minute; the
-    /// alert state survives restarts in `<data_dir>/alert-state.json`.
+    /// alert state survives restarts in the store ([`ALERT_STATE_KEY`]).
     pub fn with_alerts(mut self, alerts: Arc<AlertEngine>) -> Self {
         self.alerts = Some(alerts);
         self
     }
 
-    fn alert_state_path(&self) -> PathBuf {
-        self.keeper.data_dir().join("alert-state.json")
-    }
-
-    /// Where the daemon leaves its alert channels' health for `tokenkeeper status`.
-    pub fn alert_channels_path(data_dir: &std::path::Path) -> PathBuf {
-        data_dir.join(ALERT_CHANNELS_FILE)
-    }
-
-    fn restore_alert_state(&self) {
-        let Some(alerts) = &self.alerts else { return };
-        match read_optional(&self.alert_state_path()) {
-            Ok(Some(text)) => match serde_json::from_str(&text) {
-                Ok(state) => alerts.restore_state(state),
-                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable alert state file"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the alert state"),
+    /// Saves `value` as installation state under `key`, unless it is what was saved last.
+    async fn save_state(&self, key: &'static str, value: serde_json::Value) {
+        {
+            let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            if saved.get(key) == Some(&value) {
+                return;
+            }
+        }
+        let now = self.keeper.clock().now();
+        match self.keeper.store().put_state(key, &value, now).await {
+            Ok(()) => {
+                self.saved.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value);
+            }
+            Err(e) => tracing::warn!(key, error = %e, "cannot save installation state"),
         }
     }
 
-    /// Where the daemon leaves its sinks' health for `tokenkeeper status`.
-    pub fn sinks_status_path(data_dir: &std::path::Path) -> PathBuf {
-        data_dir.join(SINKS_FILE)
+    /// Restores the alert engine's state from the store, or once from the file a previous
+    /// release kept it in.
+    async fn restore_alert_state(&self) {
+        let Some(alerts) = &self.alerts else { return };
+        let stored = match self.keeper.store().get_state(ALERT_STATE_KEY).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the alert state");
+                return;
+            }
+        };
+        let value = match stored {
+            Some(v) => v,
+            None => {
+                let legacy = self.keeper.data_dir().join(LEGACY_ALERT_STATE_FILE);
+                match read_optional(&legacy) {
+                    Ok(Some(text)) => match serde_json::from_str(&text) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring an unreadable alert state file");
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the alert state file");
+                        return;
+                    }
+                }
+            }
+        };
+        match serde_json::from_value(value) {
+            Ok(state) => alerts.restore_state(state),
+            Err(e) => tracing::warn!(error = %e, "ignoring an unreadable alert state"),
+        }
     }
 
     /// Leaves the sinks' health where one-shot commands (`status`, `check`) can read it; the
     /// write is skipped when nothing changed.
-    fn publish_sink_health(&self) {
+    async fn publish_sink_health(&self) {
         let Some(sinks) = &self.sinks else { return };
-        if let Ok(bytes) = serde_json::to_vec_pretty(&sinks.statuses()) {
-            let path = Self::sinks_status_path(self.keeper.data_dir());
-            if let Err(e) = write_file(&path, &bytes, &WriteOptions::default()) {
-                tracing::debug!(error = %e, "cannot save sink health");
-            }
+        match serde_json::to_value(sinks.statuses()) {
+            Ok(v) => self.save_state(SINK_HEALTH_KEY, v).await,
+            Err(e) => tracing::debug!(error = %e, "cannot serialise sink health"),
         }
     }
 
@@ -130,22 +163,16 @@ impl Daemon {
         let sent = alerts.observe(&assessments).await;
         // Channel health changes after deliveries, which run in the background; saving it on
         // every pass keeps `status` at most one pass behind. Written only when it changed.
-        if let Ok(bytes) = serde_json::to_vec_pretty(&alerts.channel_statuses()) {
-            let path = Self::alert_channels_path(self.keeper.data_dir());
-            if let Err(e) = write_file(&path, &bytes, &WriteOptions::default()) {
-                tracing::debug!(error = %e, "cannot save alert channel health");
-            }
+        match serde_json::to_value(alerts.channel_statuses()) {
+            Ok(v) => self.save_state(ALERT_CHANNELS_KEY, v).await,
+            Err(e) => tracing::debug!(error = %e, "cannot serialise alert channel health"),
         }
         if !sent.is_empty() {
             for m in &sent {
                 tracing::info!(account = %m.account, status = ?m.status, severity = %m.severity, "alert queued");
             }
-            match serde_json::to_vec(&alerts.state()) {
-                Ok(bytes) => {
-                    if let Err(e) = write_file(&self.alert_state_path(), &bytes, &WriteOptions::default()) {
-                        tracing::warn!(error = %e, "cannot save the alert state");
-                    }
-                }
+            match serde_json::to_value(alerts.state()) {
+                Ok(v) => self.save_state(ALERT_STATE_KEY, v).await,
                 Err(e) => tracing::warn!(error = %e, "cannot serialise the alert state"),
             }
         }
@@ -213,14 +240,14 @@ impl Daemon {
             }
         }
         self.deliver_all().await;
-        self.restore_alert_state();
+        self.restore_alert_state().await;
         // Deliveries run in the background; for a while after alerts are queued, health is
         // re-saved every second so `status` shows their outcome promptly.
         let mut health_until = None;
         if self.observe_alerts().await > 0 {
             health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
         }
-        self.publish_sink_health();
+        self.publish_sink_health().await;
         ready();
         tracing::info!("keeper running");
         loop {
@@ -292,7 +319,7 @@ impl Daemon {
             if self.observe_alerts().await > 0 {
                 health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
             }
-            self.publish_sink_health();
+            self.publish_sink_health().await;
         }
         follower.abort();
         flusher.abort();
