@@ -56,7 +56,9 @@
 //! With the `testing` feature, `testing::story` exercises every method of the trait; every
 //! implementation runs it.
 
-pub mod crypto;
+/// The installation key and the sealing of tokens (in `tokenkeeper-crypto`, shared with the
+/// PostgreSQL backend), re-exported so `tokenkeeper_store::crypto` keeps working.
+pub use tokenkeeper_crypto as crypto;
 mod fs;
 pub mod sqlite;
 #[cfg(feature = "testing")]
