@@ -21,7 +21,6 @@ use sqlx::Row;
 use tokenkeeper_core::backend::{ChangeFeed, ChangeKind, ChangeSubscription, FeedItem, SeamError, StoreChange};
 
 use crate::describe;
-use crate::store::parse_kind;
 
 /// The notification channel of the change feed.
 pub const CHANNEL: &str = "tokenkeeper_changes";
@@ -130,8 +129,22 @@ impl PgSubscription {
         }
     }
 
-    /// Queues the changes committed after `last`, oldest first.
+    /// Queues the changes committed after `last`, oldest first; a [`FeedItem::Resync`] instead
+    /// if the rows after `last` were pruned before this subscription read them.
     async fn catch_up(&mut self, listener: &mut PgListener) -> Result<(), sqlx::Error> {
+        if self.last > 0 {
+            // The row at `last` was seen committed; only pruning removes it.
+            let kept: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM changes WHERE seq = $1)")
+                .bind(self.last)
+                .fetch_one(&mut *listener)
+                .await?;
+            if !kept {
+                tracing::warn!(seq = self.last, "change feed: fell behind the kept changes; resynchronising");
+                self.last = newest_seq(listener).await?;
+                self.pending.push_back(FeedItem::Resync);
+                return Ok(());
+            }
+        }
         loop {
             let rows = sqlx::query(
                 "SELECT seq, account, kind, version FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -145,7 +158,7 @@ impl PgSubscription {
                 let seq: i64 = row.try_get("seq")?;
                 let kind: String = row.try_get("kind")?;
                 self.last = seq;
-                let Some(kind) = parse_kind(&kind) else {
+                let Some(kind) = ChangeKind::parse(&kind) else {
                     // A newer tokenkeeper wrote a kind this one does not know: reload everything.
                     tracing::warn!(seq, kind, "change feed: unknown change kind; resynchronising");
                     self.pending.push_back(FeedItem::Resync);

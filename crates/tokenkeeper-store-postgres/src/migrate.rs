@@ -41,7 +41,9 @@ pub(crate) async fn run_migrations(pool: &PgPool, target: &str) -> Result<(), St
         .execute(&mut *tx)
         .await
         .map_err(db(format!("take the migration lock of {target}")))?;
-    migrator.run(&mut *tx).await.map_err(|e| StoreError::Database {
+    // `run_direct` is `run` without the `Acquire` bound, whose lifetimes make the future of an
+    // `async_trait` method fail to be `Send` (sqlx documents it as the way around that).
+    migrator.run_direct(&mut *tx).await.map_err(|e| StoreError::Database {
         action: format!(
             "migrate {target} (a schema newer than this tokenkeeper means an older binary is running: upgrade it)"
         ),

@@ -40,11 +40,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The window of the refresh attempt budget.
 const ATTEMPT_WINDOW: TimeDelta = TimeDelta::hours(1);
 
-/// Change rows older than this are pruned; a subscriber that is connected reads its changes
-/// within milliseconds, and one that reconnects resynchronises anyway.
-const CHANGE_RETENTION: &str = "1 day";
+/// How long hourly usage buckets are kept (as in SQLite).
+const USAGE_KEPT: TimeDelta = TimeDelta::days(35);
 
-/// Every this many changes, the writer prunes old change rows.
+/// The change feed keeps at least this many rows (as in SQLite); a subscriber further behind
+/// resynchronises.
+const CHANGES_KEPT: i64 = 10_000;
+
+/// Every this many changes, the writer prunes the rows beyond [`CHANGES_KEPT`].
 const PRUNE_EVERY: i64 = 256;
 
 /// The columns of `accounts`, in the order [`PgStore::account_from_row`] reads them.
@@ -104,11 +107,6 @@ impl PgStore {
         let migrated = run_migrations(&pool, &target).await;
         pool.close().await;
         migrated
-    }
-
-    /// The connection pool (shared with the change feed's catch-up reads).
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// Where the database is, in words, without credentials (for messages).
@@ -360,7 +358,8 @@ impl Store for PgStore {
                 record.account.as_str(),
                 record.key_id.as_deref().unwrap_or(""),
                 record.model.as_deref().unwrap_or(""),
-                ts(record.hour),
+                // Whatever instant the record names, its bucket is the hour it falls in.
+                ts(UsageRecord::hour_of(record.hour)),
             );
             buckets.entry(key).or_insert_with(|| Counters::empty(record.last_used_at)).add(record);
             let total = totals.entry(record.account.as_str()).or_insert((0, record.last_used_at));
@@ -370,7 +369,7 @@ impl Store for PgStore {
         let names: Vec<&str> = totals.keys().copied().collect();
         let mut tx = self.begin("count usage").await?;
         // Locked in name order, so two flushes never deadlock, and held to commit, so an account
-        // cannot be removed between this check and the writes below (those are skipped).
+        // cannot be removed between this check and the writes below. Missing ones are skipped.
         let present: BTreeSet<String> = sqlx::query_scalar(
             "SELECT name FROM accounts WHERE name = ANY($1) ORDER BY name FOR NO KEY UPDATE",
         )
@@ -439,6 +438,14 @@ impl Store for PgStore {
             .await
             .map_err(db("add usage to the accounts"))?;
         }
+        // Hourly buckets are kept for USAGE_KEPT (as in SQLite); the accounts' totals stay.
+        if let Some(newest) = batch.iter().map(|r| r.last_used_at).max() {
+            sqlx::query("DELETE FROM usage WHERE hour < $1")
+                .bind(ts(newest - USAGE_KEPT))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("prune old usage buckets"))?;
+        }
         tx.commit().await.map_err(db("commit a usage flush"))?;
         Ok(())
     }
@@ -485,15 +492,13 @@ impl Store for PgStore {
         let action = format!("take a refresh attempt of `{name}`");
         let now = ts(now);
         let mut tx = self.begin(&action).await?;
-        // The account's row lock makes counting and taking one step across every replica.
-        let exists = sqlx::query("SELECT 1 FROM accounts WHERE name = $1 FOR NO KEY UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
+        // Counting and taking are one step across every replica: one transaction lock per
+        // account name (the budget is kept by name, like SQLite's, whether the account exists).
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(advisory_key(&format!("tokenkeeper/attempts/{name}")))
+            .execute(&mut *tx)
             .await
-            .map_err(db(format!("lock account `{name}` to {action}")))?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(name.to_owned()));
-        }
+            .map_err(db(format!("lock the attempt budget to {action}")))?;
         sqlx::query("DELETE FROM refresh_attempts WHERE account = $1 AND at <= $2")
             .bind(name)
             .bind(now - ATTEMPT_WINDOW)
@@ -573,7 +578,7 @@ impl Store for PgStore {
     async fn remove_account(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
         let action = format!("remove account `{name}`");
         let mut tx = self.begin(&action).await?;
-        // Its usage buckets and refresh attempts go with it (ON DELETE CASCADE); its events stay.
+        // Its events and usage buckets stay (history); its attempt budget goes.
         let deleted = sqlx::query("DELETE FROM accounts WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -582,6 +587,11 @@ impl Store for PgStore {
         if deleted.rows_affected() == 0 {
             return Ok(false);
         }
+        sqlx::query("DELETE FROM refresh_attempts WHERE account = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
         insert_event(&mut tx, name, EventKind::Removed, at, "account removed").await?;
         insert_change(&mut tx, Some(name), ChangeKind::Removed, None).await?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
@@ -780,7 +790,7 @@ async fn insert_change(
     kind: ChangeKind,
     version: Option<i64>,
 ) -> Result<(), StoreError> {
-    let action = || format!("record a `{}` change of {}", kind_str(kind), account.unwrap_or("the API keys"));
+    let action = || format!("record a `{}` change of {}", kind.as_str(), account.unwrap_or("the API keys"));
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(advisory_key(crate::FEED_LOCK))
         .execute(&mut *tx)
@@ -791,40 +801,20 @@ async fn insert_change(
          SELECT seq, pg_notify($4, seq::text) FROM c",
     )
     .bind(account)
-    .bind(kind_str(kind))
+    .bind(kind.as_str())
     .bind(version)
     .bind(CHANNEL)
     .fetch_one(&mut *tx)
     .await
     .map_err(db(action()))?;
     if seq % PRUNE_EVERY == 0 {
-        sqlx::query(&format!("DELETE FROM changes WHERE created_at < now() - interval '{CHANGE_RETENTION}'"))
+        sqlx::query("DELETE FROM changes WHERE seq <= $1")
+            .bind(seq - CHANGES_KEPT)
             .execute(&mut *tx)
             .await
             .map_err(db("prune old changes"))?;
     }
     Ok(())
-}
-
-/// The `changes.kind` text of a kind.
-pub(crate) fn kind_str(kind: ChangeKind) -> &'static str {
-    match kind {
-        ChangeKind::Credential => "credential",
-        ChangeKind::Metadata => "metadata",
-        ChangeKind::Removed => "removed",
-        ChangeKind::Keys => "keys",
-    }
-}
-
-/// Parses `changes.kind`.
-pub(crate) fn parse_kind(text: &str) -> Option<ChangeKind> {
-    Some(match text {
-        "credential" => ChangeKind::Credential,
-        "metadata" => ChangeKind::Metadata,
-        "removed" => ChangeKind::Removed,
-        "keys" => ChangeKind::Keys,
-        _ => return None,
-    })
 }
 
 async fn insert_event(

@@ -61,10 +61,31 @@
 /// The installation key and the sealing of tokens (in `tokenkeeper-crypto`, shared with the
 /// PostgreSQL backend), re-exported so `tokenkeeper_store::crypto` keeps working.
 pub use tokenkeeper_crypto as crypto;
+pub mod feed;
 mod fs;
+pub mod lock;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use crypto::EncryptionKey;
+pub use feed::SqliteChangeFeed;
+pub use lock::FlockAccountLock;
 pub use sqlite::SqliteStore;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokenkeeper_core::{Backend, StoreError};
+
+/// Opens the embedded backend of `data_dir`: the SQLite store, `flock`s in
+/// `<data_dir>/locks`, and the change feed of the store's `changes` table.
+pub async fn open_backend(data_dir: &Path, key: EncryptionKey) -> Result<Backend, StoreError> {
+    let store = SqliteStore::open(data_dir, key).await?;
+    let feed = store.change_feed();
+    Ok(Backend {
+        store: Arc::new(store),
+        lock: Arc::new(FlockAccountLock::new(data_dir.join("locks"))),
+        feed: Arc::new(feed),
+    })
+}

@@ -60,6 +60,11 @@ pub fn new_account(name: &str, credential: Credential) -> NewAccount {
     }
 }
 
+/// One hand-out of `account` at `at`, as the keeper's meter flushes it.
+pub fn use_of(account: &str, requests: u64, at: DateTime<Utc>) -> UsageRecord {
+    UsageRecord { account: account.to_owned(), hour: at, requests, last_used_at: at, ..Default::default() }
+}
+
 /// A credential update from `expected_version`.
 pub fn update(
     expected_version: i64,
@@ -364,9 +369,6 @@ pub mod properties {
         assert!(matches!(store.update_credential("nobody", &ghost).await, Err(StoreError::NotFound(n)) if n == "nobody"));
         let patch = AccountPatch { state: Some(AccountState::NeedsLogin), ..AccountPatch::default() };
         assert!(matches!(store.patch_account("nobody", &patch, at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody"));
-        assert!(
-            matches!(store.take_refresh_attempt("nobody", at(12), 5).await, Err(StoreError::NotFound(n)) if n == "nobody")
-        );
         assert!(!store.remove_account("nobody", at(12)).await.expect("remove a missing account"));
         assert!(store.events(None, 10).await.expect("events").is_empty(), "no event for a missing account");
     }

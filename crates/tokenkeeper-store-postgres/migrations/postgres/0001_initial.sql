@@ -58,10 +58,11 @@ CREATE TABLE api_keys (
 -- A name may be reused once the key that had it is revoked.
 CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked_at IS NULL;
 
--- Hourly usage buckets, added to by batched flushes. `key_id` and `model` are '' for "none"
+-- Hourly usage buckets, added to by batched flushes; kept 35 days, and after the account is
+-- removed (history, like events). `key_id` and `model` are '' for "none"
 -- (a primary key cannot hold NULL, and the upsert needs one key per bucket).
 CREATE TABLE usage (
-    account               TEXT COLLATE "C" NOT NULL REFERENCES accounts (name) ON DELETE CASCADE,
+    account               TEXT COLLATE "C" NOT NULL,
     key_id                TEXT COLLATE "C" NOT NULL,
     model                 TEXT COLLATE "C" NOT NULL,
     hour                  TIMESTAMPTZ NOT NULL,
@@ -79,7 +80,7 @@ CREATE INDEX usage_by_hour ON usage (hour);
 
 -- The refresh attempts of the last hour, one row each: the budget every replica shares.
 CREATE TABLE refresh_attempts (
-    account TEXT COLLATE "C" NOT NULL REFERENCES accounts (name) ON DELETE CASCADE,
+    account TEXT COLLATE "C" NOT NULL,
     at      TIMESTAMPTZ NOT NULL
 );
 
@@ -94,7 +95,7 @@ CREATE TABLE state (
 
 -- The change feed: one row per committed change, `seq` in commit order (writers take a
 -- transaction advisory lock before drawing a `seq`, see the crate docs), announced with
--- NOTIFY tokenkeeper_changes in the same transaction. Rows older than a day are pruned.
+-- NOTIFY tokenkeeper_changes in the same transaction. The newest 10,000 rows are kept.
 CREATE TABLE changes (
     seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account    TEXT COLLATE "C",
@@ -102,5 +103,3 @@ CREATE TABLE changes (
     version    BIGINT,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-
-CREATE INDEX changes_by_time ON changes (created_at);
