@@ -146,13 +146,12 @@ impl PgSubscription {
             }
         }
         loop {
-            let rows = sqlx::query(
-                "SELECT seq, account, kind, version FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )
-            .bind(self.last)
-            .bind(BATCH)
-            .fetch_all(&mut *listener)
-            .await?;
+            let rows =
+                sqlx::query("SELECT seq, account, kind, version FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(self.last)
+                    .bind(BATCH)
+                    .fetch_all(&mut *listener)
+                    .await?;
             let full = rows.len() as i64 == BATCH;
             for row in rows {
                 let seq: i64 = row.try_get("seq")?;

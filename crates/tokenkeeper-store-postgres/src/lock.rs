@@ -89,7 +89,9 @@ impl AccountLock for PgAccountLock {
                 .map_err(|e| backend("prepare to wait for", e))?;
             match sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut conn).await {
                 Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some(LOCK_NOT_AVAILABLE | QUERY_CANCELED)) => {
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some(LOCK_NOT_AVAILABLE | QUERY_CANCELED)) =>
+                {
                     return Err(timeout())
                 }
                 Err(e) => return Err(backend("take", e)),

@@ -30,10 +30,9 @@ pub(crate) const MIGRATE_LOCK: &str = "tokenkeeper/migrate";
 /// finds the schema current. sqlx's own session lock is off (ours covers it, and is released by
 /// the commit even if this process dies halfway).
 pub(crate) async fn run_migrations(pool: &PgPool, target: &str) -> Result<(), StoreError> {
-    let mut migrator = Migrator::new(EmbeddedMigrations).await.map_err(|e| StoreError::Database {
-        action: "load the embedded migrations".to_owned(),
-        source: Box::new(e),
-    })?;
+    let mut migrator = Migrator::new(EmbeddedMigrations)
+        .await
+        .map_err(|e| StoreError::Database { action: "load the embedded migrations".to_owned(), source: Box::new(e) })?;
     migrator.set_locking(false);
     let mut tx = pool.begin().await.map_err(db(format!("begin migrating {target}")))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -370,15 +370,14 @@ impl Store for PgStore {
         let mut tx = self.begin("count usage").await?;
         // Locked in name order, so two flushes never deadlock, and held to commit, so an account
         // cannot be removed between this check and the writes below. Missing ones are skipped.
-        let present: BTreeSet<String> = sqlx::query_scalar(
-            "SELECT name FROM accounts WHERE name = ANY($1) ORDER BY name FOR NO KEY UPDATE",
-        )
-        .bind(&names)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("lock the accounts whose usage is counted"))?
-        .into_iter()
-        .collect();
+        let present: BTreeSet<String> =
+            sqlx::query_scalar("SELECT name FROM accounts WHERE name = ANY($1) ORDER BY name FOR NO KEY UPDATE")
+                .bind(&names)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("lock the accounts whose usage is counted"))?
+                .into_iter()
+                .collect();
         let mut columns = UsageColumns::default();
         for ((account, key_id, model, hour), counters) in &buckets {
             if present.contains(*account) {
@@ -633,18 +632,17 @@ impl Store for PgStore {
         let name = key.name.as_str();
         let action = format!("create API key `{name}`");
         let mut tx = self.begin(&action).await?;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        ))
-        .bind(&key.id)
-        .bind(name)
-        .bind(&key.hash)
-        .bind(Json(&key.scopes))
-        .bind(Json(&key.accounts))
-        .bind(ts(key.created_at))
-        .bind(key.revoked_at.map(ts))
-        .execute(&mut *tx)
-        .await;
+        let inserted =
+            sqlx::query(&format!("INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+                .bind(&key.id)
+                .bind(name)
+                .bind(&key.hash)
+                .bind(Json(&key.scopes))
+                .bind(Json(&key.accounts))
+                .bind(ts(key.created_at))
+                .bind(key.revoked_at.map(ts))
+                .execute(&mut *tx)
+                .await;
         match inserted {
             Ok(_) => {}
             // The trait has no variant for a duplicate key; say plainly which rule was broken.
@@ -688,15 +686,14 @@ impl Store for PgStore {
         // An id is unambiguous; only if none matches is it taken as a name.
         let mut revoked = 0;
         for column in ["id", "name"] {
-            revoked = sqlx::query(&format!(
-                "UPDATE api_keys SET revoked_at = $1 WHERE {column} = $2 AND revoked_at IS NULL"
-            ))
-            .bind(ts(at))
-            .bind(id_or_name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(action.clone()))?
-            .rows_affected();
+            revoked =
+                sqlx::query(&format!("UPDATE api_keys SET revoked_at = $1 WHERE {column} = $2 AND revoked_at IS NULL"))
+                    .bind(ts(at))
+                    .bind(id_or_name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(action.clone()))?
+                    .rows_affected();
             if revoked > 0 {
                 break;
             }

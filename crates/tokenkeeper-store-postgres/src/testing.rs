@@ -24,7 +24,7 @@
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// Held open for the life of the process: its closing tells the supervisor to clean up.
     _lifeline: Mutex<ChildStdin>,
+    /// Never waited for: it outlives this process on purpose (reparented to init, which reaps it).
+    _supervisor: Mutex<Child>,
     next_database: AtomicU32,
     /// How long starting it took (initdb included), for reports.
     pub started_in: Duration,
@@ -120,13 +122,20 @@ impl Cluster {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("give the cluster directory to nobody");
         }
         // The supervisor first, so even a failed start is cleaned up.
-        let lifeline = start_supervisor(&bin, &dir, owner);
+        let (supervisor, lifeline) = start_supervisor(&bin, &dir, owner);
         let data = dir.join("data");
         run(
-            as_owner(Command::new(bin.join("initdb")), owner, &dir)
-                .arg("--pgdata")
-                .arg(&data)
-                .args(["--username", SUPERUSER, "--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-sync"]),
+            as_owner(Command::new(bin.join("initdb")), owner, &dir).arg("--pgdata").arg(&data).args([
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            ]),
             "initdb",
         );
         let server_options = format!(
@@ -147,6 +156,7 @@ impl Cluster {
             dir,
             bin,
             _lifeline: Mutex::new(lifeline),
+            _supervisor: Mutex::new(supervisor),
             next_database: AtomicU32::new(0),
             started_in: began.elapsed(),
         }
@@ -201,10 +211,7 @@ fn as_owner(mut command: Command, owner: Option<(u32, u32)>, dir: &Path) -> Comm
 }
 
 fn run(command: &mut Command, what: &str) {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what} ({e}); {HELP}"));
+    let output = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {what} ({e}); {HELP}"));
     if !output.status.success() {
         panic!(
             "{what} failed ({}): {}{}\n{HELP}",
@@ -218,7 +225,7 @@ fn run(command: &mut Command, what: &str) {
 /// Starts the process that cleans up after this one: it reads its stdin until EOF (the write
 /// end is ours, close-on-exec, so only our exit closes it), then stops the server and removes
 /// the directory. In a process group of its own, so a Ctrl-C aimed at the tests spares it.
-fn start_supervisor(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> ChildStdin {
+fn start_supervisor(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> (Child, ChildStdin) {
     let script = r#"cat >/dev/null; "$0" stop --pgdata "$1/data" --mode immediate >/dev/null 2>&1; rm -rf "$1""#;
     let mut child = as_owner(Command::new("/bin/sh"), owner, dir)
         .current_dir("/")
@@ -232,7 +239,8 @@ fn start_supervisor(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> ChildS
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start the test cluster's supervisor: {e}"));
-    child.stdin.take().expect("the supervisor's stdin is piped")
+    let lifeline = child.stdin.take().expect("the supervisor's stdin is piped");
+    (child, lifeline)
 }
 
 /// Stops and removes clusters left by runs whose process is gone (their supervisor was killed

@@ -96,10 +96,8 @@ async fn notifications_go_out_only_on_commit() {
     // A failed write (duplicate) rolls back its NOTIFY with it: the next payload is the patch's.
     assert!(backend.store.create_account(&new, at(1), CredentialChange::Imported).await.is_err());
     backend.store.patch_account("main", &AccountPatch::default(), at(2)).await.unwrap();
-    let seqs: Vec<String> = vec![
-        listener.recv().await.unwrap().payload().to_owned(),
-        listener.recv().await.unwrap().payload().to_owned(),
-    ];
+    let seqs: Vec<String> =
+        vec![listener.recv().await.unwrap().payload().to_owned(), listener.recv().await.unwrap().payload().to_owned()];
     let seqs: Vec<i64> = seqs.iter().map(|s| s.parse().unwrap()).collect();
     assert!(seqs[1] > seqs[0], "{seqs:?}");
     assert!(listener.next_buffered().is_none(), "nothing else was notified");

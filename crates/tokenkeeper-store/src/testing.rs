@@ -106,7 +106,6 @@ pub async fn kinds<S: Store + ?Sized>(store: &S, account: Option<&str>) -> Vec<E
     store.events(account, 1000).await.expect("events").into_iter().map(|e| e.kind).collect()
 }
 
-
 /// The start of the UTC hour `n` hours after the one [`at`]`(0)` falls in.
 pub fn hour(n: i64) -> DateTime<Utc> {
     UsageRecord::hour_of(at(0)) + TimeDelta::hours(n)
@@ -366,9 +365,13 @@ pub mod properties {
     pub async fn a_missing_account_is_not_found(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let ghost = update(1, credential("sk-ant-oat01-ghost", None, 100), CredentialChange::Imported, at(12));
-        assert!(matches!(store.update_credential("nobody", &ghost).await, Err(StoreError::NotFound(n)) if n == "nobody"));
+        assert!(
+            matches!(store.update_credential("nobody", &ghost).await, Err(StoreError::NotFound(n)) if n == "nobody")
+        );
         let patch = AccountPatch { state: Some(AccountState::NeedsLogin), ..AccountPatch::default() };
-        assert!(matches!(store.patch_account("nobody", &patch, at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody"));
+        assert!(
+            matches!(store.patch_account("nobody", &patch, at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody")
+        );
         assert!(!store.remove_account("nobody", at(12)).await.expect("remove a missing account"));
         assert!(store.events(None, 10).await.expect("events").is_empty(), "no event for a missing account");
     }
@@ -388,7 +391,11 @@ pub mod properties {
         assert_eq!(bravo2.mode, Mode::Own);
         assert_eq!(bravo2.binding, None);
         assert_eq!(bravo2.updated_at, at(20));
-        assert_eq!((bravo2.version, &bravo2.credential), (1, &bravo.credential), "a patch never touches the credential");
+        assert_eq!(
+            (bravo2.version, &bravo2.credential),
+            (1, &bravo.credential),
+            "a patch never touches the credential"
+        );
         assert_eq!(get(&*store, "bravo").await, bravo2);
         let unchanged = store.patch_account("bravo", &AccountPatch::default(), at(21)).await.expect("empty patch");
         assert_eq!(
@@ -541,9 +548,8 @@ pub mod properties {
     /// Buckets sorted by (hour, account, key, model), after checking they come oldest first.
     fn sorted(mut buckets: Vec<UsageRecord>) -> Vec<UsageRecord> {
         assert!(buckets.windows(2).all(|w| w[0].hour <= w[1].hour), "usage must be oldest first: {buckets:?}");
-        buckets.sort_by(|a, b| {
-            (a.hour, &a.account, &a.key_id, &a.model).cmp(&(b.hour, &b.account, &b.key_id, &b.model))
-        });
+        buckets
+            .sort_by(|a, b| (a.hour, &a.account, &a.key_id, &a.model).cmp(&(b.hour, &b.account, &b.key_id, &b.model)));
         buckets
     }
 
@@ -610,7 +616,8 @@ pub mod properties {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
         create(&*store, &bravo(), 0).await;
-        let batch = [usage("alpha", 2, 1, 130), usage("bravo", 0, 1, 1), usage("alpha", 0, 1, 2), usage("bravo", 1, 1, 70)];
+        let batch =
+            [usage("alpha", 2, 1, 130), usage("bravo", 0, 1, 1), usage("alpha", 0, 1, 2), usage("bravo", 1, 1, 70)];
         store.record_usage(&batch).await.expect("usage");
         assert_eq!(
             sorted(store.usage(None, hour(1)).await.expect("usage")),
@@ -639,10 +646,7 @@ pub mod properties {
         }
         // At the instant promised, the next attempt is granted; refusals took nothing.
         assert_eq!(store.take_refresh_attempt("alpha", at(60), 3).await.unwrap(), Attempt::Granted);
-        assert_eq!(
-            store.take_refresh_attempt("alpha", at(61), 3).await.unwrap(),
-            Attempt::Exhausted { until: at(70) }
-        );
+        assert_eq!(store.take_refresh_attempt("alpha", at(61), 3).await.unwrap(), Attempt::Exhausted { until: at(70) });
         // A larger budget counts the same attempts.
         assert_eq!(store.take_refresh_attempt("alpha", at(61), 4).await.unwrap(), Attempt::Granted);
         // Two quiet hours later the whole budget is back.
@@ -714,7 +718,16 @@ pub mod properties {
     pub async fn state_is_listed_by_prefix_in_key_order(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         // `_` and `%` are wildcards of SQL's LIKE: a prefix is literal.
-        for (key, n) in [("sinks/b", 2), ("alerts/state", 0), ("sinks/a", 1), ("sinksx", 3), ("a_b/x", 4), ("axb/y", 5), ("100%/z", 6), ("100x/z", 7)] {
+        for (key, n) in [
+            ("sinks/b", 2),
+            ("alerts/state", 0),
+            ("sinks/a", 1),
+            ("sinksx", 3),
+            ("a_b/x", 4),
+            ("axb/y", 5),
+            ("100%/z", 6),
+            ("100x/z", 7),
+        ] {
             store.put_state(key, &serde_json::json!(n), at(n)).await.expect("put");
         }
         let listed = |pairs: Vec<(String, serde_json::Value)>| -> Vec<(String, i64)> {
@@ -818,7 +831,10 @@ pub mod properties {
                 create(&*store, &new_account(&name, credential("sk-ant-oat01-w", None, 1)), 0).await;
                 for version in 1..EACH {
                     let next = credential(&format!("sk-ant-oat01-w{version}"), None, 1 + version);
-                    store.update_credential(&name, &update(version, next, CredentialChange::Refreshed, at(version))).await.unwrap();
+                    store
+                        .update_credential(&name, &update(version, next, CredentialChange::Refreshed, at(version)))
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -860,7 +876,9 @@ pub mod properties {
                 let refresh = format!("sk-ant-ort01-round{round}-writer{writer}");
                 let mine = credential(&access(round, writer), Some(&refresh), 1_000 * (round + 1) + writer as i64);
                 barrier.wait().await;
-                store.update_credential("main", &update(read.version, mine, CredentialChange::Refreshed, at(round))).await
+                store
+                    .update_credential("main", &update(read.version, mine, CredentialChange::Refreshed, at(round)))
+                    .await
             }));
         }
         let mut winners = Vec::new();
