@@ -3,7 +3,7 @@
 //! crate's tests, PostgreSQL in `tokenkeeper-store-postgres`'s) runs all of it, so they cannot
 //! drift apart:
 //!
-//! ```ignore
+//! ```text
 //! struct Mine { /* an empty installation: a directory, a database */ }
 //! #[async_trait::async_trait]
 //! impl tokenkeeper_store::testing::Installation for Mine {
