@@ -216,3 +216,81 @@ async fn serve_no_http_starts_no_listener() {
     assert!(!w.data_dir().join("admin-token").exists());
     stop(child);
 }
+
+/// Hand-outs are counted in memory and written in batches: after SIGTERM every one of them is
+/// in the store, exactly; a key revoked by another process stops working once the change feed
+/// delivers it (the server caches keys in memory); and a new token committed by another
+/// process is what `/api/token` hands out next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_exact_after_sigterm_and_other_processes_changes_are_served() {
+    let w = World::new().await;
+    let (json, _) = w.claude_json("usage@example.com");
+    w.ok(&["import", "-"], &json);
+    let key = w.ok(&["keys", "create", "--name", "bot", "--scope", "token:read"], "").trim().to_owned();
+    // A long flush interval: only the shutdown flush can have written the counts.
+    let port = free_port();
+    w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[keeper]\nusage_flush = \"1h\"\n"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
+    let child = w
+        .cmd(&["serve"])
+        .env("TOKENKEEPER_ADMIN_TOKEN", ADMIN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    common::wait_for(|| serve_log(&w).contains(" ready"), "serve to be ready");
+    let url = format!("http://127.0.0.1:{port}/api/token?account=main");
+    let client = reqwest::Client::new();
+    let first: serde_json::Value =
+        client.get(&url).bearer_auth(&key).send().await.unwrap().error_for_status().unwrap().json().await.unwrap();
+    for _ in 0..299 {
+        let r = client.get(&url).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(w.store().await.get_account("main").await.unwrap().unwrap().usage.requests, 0, "counted in memory");
+
+    // Another process rotates the token: the server hands out the new one once the feed says so.
+    w.ok(&["refresh", "--force"], "");
+    let rotated = w.store().await.get_account("main").await.unwrap().unwrap().credential.access_token;
+    let mut hand_outs = 300u64;
+    common::wait_for(
+        || {
+            let out = std::process::Command::new("curl")
+                .args(["-sf", &url, "-H", &format!("Authorization: Bearer {key}")])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                hand_outs += 1;
+            }
+            String::from_utf8_lossy(&out.stdout).contains(rotated.expose())
+        },
+        "the rotated token to be handed out",
+    );
+    assert_ne!(first["access_token"].as_str().unwrap(), rotated.expose());
+    // Revoked by another process: refused once the feed delivers it.
+    w.ok(&["keys", "revoke", "bot"], "");
+    common::wait_for(
+        || {
+            std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &url,
+                    "-H",
+                    &format!("Authorization: Bearer {key}"),
+                ])
+                .output()
+                .is_ok_and(|o| o.stdout == b"401")
+        },
+        "the revoked key to be refused",
+    );
+    stop(child);
+    let used = w.store().await.get_account("main").await.unwrap().unwrap().usage.requests;
+    // Every hand-out through the API, plus the one `refresh --force` did not make (it hands
+    // nothing out): exactly what was served.
+    assert_eq!(used, hand_outs, "every hand-out is counted after SIGTERM, once");
+}
