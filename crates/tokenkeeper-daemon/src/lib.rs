@@ -14,7 +14,7 @@ use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_core::{BindingKind, ChangeKind};
 use tokenkeeper_sync::fs::read_optional;
 use tokenkeeper_sync::sink::SinkSet;
-use tokenkeeper_sync::watch::FileWatcher;
+use tokenkeeper_sync::watch::{FileWatcher, DEFAULT_FALLBACK};
 
 use tokenkeeper_keeper::schedule::Scheduler;
 use tokenkeeper_keeper::{Keeper, KeeperError, KeeperEvent};
@@ -48,7 +48,7 @@ const LEGACY_ALERT_STATE_FILE: &str = "alert-state.json";
 pub struct Daemon {
     keeper: Arc<Keeper>,
     sinks: Option<Arc<SinkSet>>,
-    watch_debounce: Duration,
+    watch_fallback: Duration,
     alerts: Option<Arc<AlertEngine>>,
     /// What was last saved under each state key, so an unchanged value is not written again.
     saved: std::sync::Mutex<HashMap<&'static str, serde_json::Value>>,
@@ -64,7 +64,7 @@ impl Daemon {
     /// A daemon over `keeper`, delivering to `sinks`. Writes by other processes reach it
     /// through the keeper's change feed ([`Keeper::follow_changes`], started by [`Daemon::run`]).
     pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>) -> Self {
-        Self { keeper, sinks, watch_debounce: Duration::from_millis(20), alerts: None, saved: Default::default() }
+        Self { keeper, sinks, watch_fallback: DEFAULT_FALLBACK, alerts: None, saved: Default::default() }
     }
 
     /// Also feeds every account's level to `alerts` after each change and every minute; the
@@ -223,7 +223,7 @@ impl Daemon {
         let follower = self.keeper.follow_changes().await?;
         let flusher = self.keeper.spawn_usage_flusher(self.keeper.config().keeper.usage_flush);
         let mut scheduler = Scheduler::new(self.keeper.clone());
-        let (mut watcher, mut changes) = FileWatcher::new(self.watch_debounce)
+        let (mut watcher, mut changes) = FileWatcher::new(self.watch_fallback)
             .map_err(|e| KeeperError::Invalid(format!("cannot start the file watcher: {e}")))?;
         let mut bound = self.bound_files().await;
         for p in bound.keys() {

@@ -1,6 +1,6 @@
 //! Watcher latency: a credential file is written (alternately by rename and in place), the
 //! watcher notices, the credential is parsed and an env_file sink rendered and written.
-//! Measures write -> sink written over 1,000 changes per debounce setting; prints p50/p99.
+//! Measures write -> sink written over 1,000 changes per fallback setting (complete writes are reported at once; the fallback only covers modifications no close follows); prints p50/p99.
 //!
 //! Run: `cargo bench -p tokenkeeper-sync --bench watch_latency` (optionally
 //! `TK_BENCH_CHANGES=200` for a quicker run).
@@ -109,7 +109,7 @@ async fn run(debounce: Duration, changes: usize) {
     }
     let text = std::fs::read_to_string(&env).unwrap();
     assert!(text.contains(&format!("BENCH{changes:06}")), "the sink holds the last token");
-    println!("debounce {debounce:?}, {changes} changes (write -> event -> parse -> env_file written):");
+    println!("fallback {debounce:?}, {changes} changes (write -> event -> parse -> env_file written):");
     report("  by rename", renamed.clone());
     report("  in place", in_place.clone());
     let mut all = renamed;

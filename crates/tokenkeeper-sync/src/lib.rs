@@ -39,4 +39,4 @@ pub mod watch;
 pub use error::SyncError;
 pub use fs::{write_file, WriteOptions, WriteOutcome};
 pub use sink::{SinkSet, SinkSetOptions, SinkStatus};
-pub use watch::FileWatcher;
+pub use watch::{Changes, FileWatcher};

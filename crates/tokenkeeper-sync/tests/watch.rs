@@ -1,5 +1,5 @@
 //! The file watcher with real file-system events: writes by rename and in place are both
-//! seen, other files in the directory are not, bursts are debounced.
+//! seen at once (no timer), other files in the directory are not, bursts coalesce.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,12 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokenkeeper_sync::watch::FileWatcher;
-use tokio::sync::mpsc::Receiver;
+use tokenkeeper_sync::watch::{Changes, FileWatcher};
 
 const SAFETY: Duration = Duration::from_secs(5);
 
-async fn next(rx: &mut Receiver<PathBuf>) -> PathBuf {
+async fn next(rx: &mut Changes) -> PathBuf {
     tokio::time::timeout(SAFETY, rx.recv()).await.expect("no event in time").expect("watcher ended")
 }
 
@@ -61,7 +60,7 @@ async fn a_file_that_does_not_exist_yet_is_seen_when_created() {
 }
 
 #[tokio::test]
-async fn bursts_are_debounced_per_file() {
+async fn bursts_coalesce_per_file() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.json");
     let b = dir.path().join("b.json");
@@ -71,10 +70,19 @@ async fn bursts_are_debounced_per_file() {
     for i in 0..20 {
         write_in_place(&a, &format!("{i}"));
     }
-    assert_eq!(next(&mut rx).await, a);
-    // Had the burst produced a second event for `a`, it would come before `b`'s.
     write_in_place(&b, "x");
-    assert_eq!(next(&mut rx).await, b);
+    // Nothing is taken while the burst is written, so its 20 writes wait as one notification
+    // (plus at most one per change noticed after the reader took the last one).
+    let mut a_seen = 0;
+    loop {
+        let p = next(&mut rx).await;
+        if p == b {
+            break;
+        }
+        assert_eq!(p, a);
+        a_seen += 1;
+    }
+    assert!((1..=3).contains(&a_seen), "20 writes of a gave {a_seen} notifications");
 }
 
 #[tokio::test]
@@ -104,4 +112,112 @@ async fn dropping_the_watcher_ends_the_channel() {
     let (w, mut rx) = FileWatcher::new(Duration::from_millis(20)).unwrap();
     drop(w);
     assert_eq!(tokio::time::timeout(SAFETY, rx.recv()).await.unwrap(), None);
+}
+
+/// A fallback far longer than any wait below: what arrives in time was not sent by a timer.
+const NO_TIMER: Duration = Duration::from_secs(30);
+
+/// Waits until nothing more arrives for a while, returning what did (the wait is a bound on
+/// a real signal, not a sleep the result depends on).
+async fn drain(rx: &mut Changes) -> Vec<PathBuf> {
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+        got.push(p);
+    }
+    got
+}
+
+#[tokio::test]
+async fn rename_and_in_place_writes_are_reported_once_each_without_a_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join(".credentials.json");
+    std::fs::write(&creds, "{}").unwrap();
+    let (mut w, mut rx) = FileWatcher::new(NO_TIMER).unwrap();
+    w.watch(&creds).unwrap();
+
+    write_by_rename(&creds, "{\"a\":1}");
+    let started = std::time::Instant::now();
+    assert_eq!(next(&mut rx).await, creds);
+    assert!(started.elapsed() < NO_TIMER / 2, "the rename was reported by the fallback timer");
+    assert_eq!(drain(&mut rx).await, Vec::<PathBuf>::new(), "a rename was reported more than once");
+
+    // Truncate, write, close: reported on the close, once.
+    write_in_place(&creds, "{\"a\":2}");
+    assert_eq!(next(&mut rx).await, creds);
+    assert_eq!(std::fs::read_to_string(&creds).unwrap(), "{\"a\":2}", "reported before the write was complete");
+    assert_eq!(drain(&mut rx).await, Vec::<PathBuf>::new(), "an in-place write was reported more than once");
+}
+
+#[tokio::test]
+async fn a_write_still_open_is_not_reported_until_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join(".credentials.json");
+    std::fs::write(&creds, "{}").unwrap();
+    let (mut w, mut rx) = FileWatcher::new(NO_TIMER).unwrap();
+    w.watch(&creds).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&creds).unwrap();
+    f.write_all(b"{\"half\":").unwrap();
+    assert_eq!(drain(&mut rx).await, Vec::<PathBuf>::new(), "a half-written file was reported");
+    f.write_all(b"1}").unwrap();
+    drop(f);
+    assert_eq!(next(&mut rx).await, creds);
+    assert_eq!(std::fs::read_to_string(&creds).unwrap(), "{\"half\":1}");
+}
+
+#[tokio::test]
+async fn a_modification_never_closed_is_reported_by_the_fallback_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join(".credentials.json");
+    std::fs::write(&creds, "{}").unwrap();
+    let (mut w, mut rx) = FileWatcher::new(Duration::from_millis(20)).unwrap();
+    w.watch(&creds).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&creds).unwrap();
+    f.write_all(b"{\"b\":1}").unwrap();
+    // Still open: only the timer can report it.
+    assert_eq!(next(&mut rx).await, creds);
+    drop(f);
+}
+
+#[tokio::test]
+async fn a_hundred_quick_writes_coalesce_and_the_last_content_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join(".credentials.json");
+    std::fs::write(&creds, "start").unwrap();
+    let (mut w, mut rx) = FileWatcher::new(NO_TIMER).unwrap();
+    w.watch(&creds).unwrap();
+    let writer = {
+        let creds = creds.clone();
+        std::thread::spawn(move || {
+            for i in 0..100 {
+                if i % 2 == 0 {
+                    write_by_rename(&creds, &format!("{i}"));
+                } else {
+                    write_in_place(&creds, &format!("{i}"));
+                }
+            }
+        })
+    };
+    // A reader that delivers what it was told about, one read per notification; its first
+    // delivery lasts until the writer is done, so every later write arrives during a delivery.
+    let mut writer = Some(writer);
+    let mut notifications = 0;
+    let mut last = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            Ok(Some(p)) => {
+                notifications += 1;
+                last = std::fs::read_to_string(&p).unwrap();
+                if let Some(w) = writer.take() {
+                    w.join().unwrap();
+                }
+            }
+            Ok(None) => panic!("watcher ended"),
+            Err(_) if writer.is_none() => break,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(last, "99", "the last delivery did not read the last content");
+    // One for the first write, one for everything during its delivery, and a few more only
+    // if the watcher was still catching up with the burst when those were taken.
+    assert!(notifications <= 5, "100 writes caused {notifications} notifications");
 }
