@@ -3,7 +3,6 @@
 //! worker that drains a channel's queue in order.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokenkeeper_core::config::{AlertConfig, AlertKind};
 use tokenkeeper_core::{Secret, SharedClock};
-use tokio::io::AsyncWriteExt;
+use tokenkeeper_process::{ChildCommand, ProcessError, Purpose};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AlertError, DeliveryError};
@@ -331,30 +330,15 @@ async fn post(
     Err(DeliveryError::Status { status: status.as_u16(), body: snippet(&body, 200) })
 }
 
-/// Whether an inherited environment variable may hold a credential, so an alert command must
-/// not see it. The daemon's environment can carry its own API key or a Claude token; an alert
-/// hook has no use for either.
-pub(crate) fn is_sensitive_env(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    if upper.starts_with("TOKENKEEPER_") {
-        return !upper.starts_with("TOKENKEEPER_ALERT_");
-    }
-    upper.starts_with("CLAUDE_CODE_OAUTH_TOKEN")
-        || upper.starts_with("ANTHROPIC_")
-        || ["TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY"].iter().any(|w| upper.contains(w))
-}
-
+/// Runs an alert `command` channel through the project's one child-process runner
+/// ([`Purpose::Alert`]): the alert as JSON on stdin and in `TOKENKEEPER_ALERT_*`, none of
+/// tokenkeeper's secrets nor anything credential-looking in its environment, its own process
+/// group killed at the timeout, its standard error redacted.
 async fn run_command(argv: &[String], m: &AlertMessage, timeout: Duration) -> Result<(), DeliveryError> {
     let program = argv.first().cloned().unwrap_or_default();
     let input = serde_json::to_vec(&webhook_payload(m)).map_err(|source| DeliveryError::Encode { source })?;
-    let mut command = tokio::process::Command::new(&program);
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_none_or(is_sensitive_env) {
-            command.env_remove(&name);
-        }
-    }
-    let mut child = command
-        .args(&argv[1..])
+    let command = ChildCommand::new(Purpose::Alert, argv)
+        .map_err(|e| DeliveryError::Spawn { program: program.clone(), source: std::io::Error::other(e.to_string()) })?
         .env("TOKENKEEPER_ALERT_NAME", &m.name)
         .env("TOKENKEEPER_ALERT_STATUS", m.status.as_str())
         .env("TOKENKEEPER_ALERT_SEVERITY", &m.severity)
@@ -362,36 +346,21 @@ async fn run_command(argv: &[String], m: &AlertMessage, timeout: Duration) -> Re
         .env("TOKENKEEPER_ALERT_DESCRIPTION", &m.description)
         .env("TOKENKEEPER_ALERT_SINCE", m.since.to_rfc3339())
         .env("TOKENKEEPER_ALERT_EVENT", m.kind.as_str())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| DeliveryError::Spawn { program: program.clone(), source })?;
-    let run = async {
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that ignores its input closes the pipe early; that is its right.
-            if let Err(e) = stdin.write_all(&input).await {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    tracing::debug!(program = %program, error = %e, "writing the alert to the command's stdin failed");
-                }
-            }
+        .stdin(input)
+        .timeout(timeout);
+    let output = match command.run().await {
+        Ok(output) => output,
+        Err(ProcessError::Timeout { after, .. }) => return Err(DeliveryError::Timeout { program, after }),
+        Err(ProcessError::Wait { source, .. }) => return Err(DeliveryError::Wait { program, source }),
+        Err(ProcessError::Spawn { source, .. }) => return Err(DeliveryError::Spawn { program, source }),
+        Err(e @ ProcessError::Empty { .. }) => {
+            return Err(DeliveryError::Spawn { program, source: std::io::Error::other(e.to_string()) })
         }
-        child.wait_with_output().await
     };
-    let output = match tokio::time::timeout(timeout, run).await {
-        Ok(result) => result.map_err(|source| DeliveryError::Wait { program: program.clone(), source })?,
-        // Dropping the future drops the child, and `kill_on_drop` kills it.
-        Err(_) => return Err(DeliveryError::Timeout { program, after: timeout }),
-    };
-    if output.status.success() {
+    if output.success() {
         return Ok(());
     }
-    Err(DeliveryError::Exit {
-        program,
-        status: output.status.to_string(),
-        stderr: snippet(&String::from_utf8_lossy(&output.stderr), 200),
-    })
+    Err(DeliveryError::Exit { program, status: output.describe_status(), stderr: snippet(&output.stderr, 200) })
 }
 
 /// Work for a channel's worker.
@@ -569,25 +538,6 @@ mod tests {
         };
         let ch = Channel::from_config(&config, "slack".into()).unwrap();
         assert!(!format!("{ch:?}").contains("SECRETPART"));
-    }
-
-    #[test]
-    fn credentials_in_the_environment_are_not_passed_to_commands() {
-        for name in [
-            "CLAUDE_CODE_OAUTH_TOKEN",
-            "CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR",
-            "ANTHROPIC_API_KEY",
-            "TOKENKEEPER_API_KEY",
-            "TOKENKEEPER_SERVER__TOKEN",
-            "GITHUB_TOKEN",
-            "DB_PASSWORD",
-            "aws_secret_access_key",
-        ] {
-            assert!(is_sensitive_env(name), "{name} would be passed on");
-        }
-        for name in ["PATH", "HOME", "LANG", "TZ", "HTTPS_PROXY", "TOKENKEEPER_ALERT_NAME"] {
-            assert!(!is_sensitive_env(name), "{name} would be withheld");
-        }
     }
 
     #[test]

@@ -21,9 +21,11 @@
 //! seed 001 sent it, with a per-account fingerprint and `X-API-KEY`), [`slack_payload`]
 //! (`{"text": …}`), and for a command channel the webhook JSON on stdin plus
 //! `TOKENKEEPER_ALERT_{NAME,STATUS,SEVERITY,ACCOUNT,DESCRIPTION,SINCE,EVENT}` in its environment
-//! (argv run directly, no shell; inherited variables that may hold credentials are removed).
-//! Descriptions come from assessment messages, which hold no tokens, and are passed through
-//! [`redact_tokens`] all the same.
+//! (argv run directly, no shell), through the project's one child-process runner
+//! (`tokenkeeper-process`, purpose `Alert`): none of tokenkeeper's secrets and no inherited
+//! variable that looks like a credential reach it; it runs in its own process group, killed
+//! with it at the attempt timeout. Descriptions come from assessment messages, which hold no
+//! tokens, and are passed through [`tokenkeeper_core::redact`] all the same.
 
 mod channel;
 pub mod error;
@@ -39,9 +41,7 @@ use tokio::task::JoinHandle;
 
 pub use channel::{keep_payload, slack_payload, webhook_payload, ChannelStatus, RetryPolicy};
 pub use error::{AlertError, DeliveryError};
-pub use state::{
-    redact_tokens, AlertEvent, AlertMessage, AlertState, AlertStatus, Incident, Severity, ALERT_NAME, SOURCE,
-};
+pub use state::{AlertEvent, AlertMessage, AlertState, AlertStatus, Incident, Severity, ALERT_NAME, SOURCE};
 
 use channel::{kind_str, lock_status, Channel, Job, SharedStatus};
 

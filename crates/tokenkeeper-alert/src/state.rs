@@ -186,7 +186,9 @@ impl AlertState {
     ) -> Vec<AlertMessage> {
         let mut out = Vec::new();
         for (account, assessment) in assessments {
-            let description = redact_tokens(&assessment.message);
+            // Assessment messages never hold tokens; redacting anything token-shaped is the
+            // second line of defence, because an alert leaves the machine.
+            let description = tokenkeeper_core::redact(&assessment.message, []);
             let message = |status, severity: Severity, kind, since| AlertMessage {
                 name: ALERT_NAME.to_owned(),
                 status,
@@ -249,29 +251,6 @@ impl AlertState {
         }
         out
     }
-}
-
-/// Replaces anything shaped like an Anthropic token (`sk-ant-<kind>-<secret>`) with its public
-/// prefix and `[redacted]`. Assessment messages never hold tokens; this is the second line of
-/// defence, because an alert leaves the machine.
-pub fn redact_tokens(text: &str) -> String {
-    const MARK: &str = "sk-ant-";
-    let is_token_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find(MARK) {
-        out.push_str(&rest[..pos]);
-        let token = &rest[pos..];
-        let end = token.find(|c: char| !is_token_char(c)).unwrap_or(token.len());
-        let token = &token[..end];
-        // Keep `sk-ant-oat01-`: it says which kind of token was there and is not secret.
-        let prefix_end = token.match_indices('-').nth(2).map(|(i, _)| i + 1).unwrap_or(token.len());
-        out.push_str(&token[..prefix_end]);
-        out.push_str("[redacted]");
-        rest = &rest[pos + end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -372,11 +351,14 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_redacted() {
-        let text = "failed (sk-ant-ort01-AbC_d-9xYz) and sk-ant-oat01-QQQQ. sk-ant-";
-        let out = redact_tokens(text);
-        assert_eq!(out, "failed (sk-ant-ort01-[redacted]) and sk-ant-oat01-[redacted]. sk-ant-[redacted]");
-        assert_eq!(redact_tokens("nothing here"), "nothing here");
+    fn tokens_in_descriptions_are_redacted() {
+        let mut state = AlertState::default();
+        let leaky = Assessment { level: Level::NeedsLogin, message: "refused sk-ant-ort01-AbC_d-9xYz".into() };
+        let out = state.step(&[("main".into(), leaky)], t0(), None);
+        assert!(!out.is_empty());
+        for m in out {
+            assert!(!m.description.contains("AbC_d") && m.description.contains("sk-ant-ort01-…"), "{}", m.description);
+        }
     }
 
     #[test]

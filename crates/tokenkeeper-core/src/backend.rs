@@ -86,6 +86,25 @@ pub enum ChangeKind {
     Keys,
 }
 
+impl ChangeKind {
+    /// The word stored in a backend's change table (`credential`, `metadata`, `removed`, `keys`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Credential => "credential",
+            ChangeKind::Metadata => "metadata",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Keys => "keys",
+        }
+    }
+
+    /// Parses [`ChangeKind::as_str`]'s word.
+    pub fn parse(word: &str) -> Option<Self> {
+        [ChangeKind::Credential, ChangeKind::Metadata, ChangeKind::Removed, ChangeKind::Keys]
+            .into_iter()
+            .find(|k| k.as_str() == word)
+    }
+}
+
 /// One committed change, in commit order. Usage counters and installation state (alert
 /// state, sink health) are written without a change: they never wake anybody.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

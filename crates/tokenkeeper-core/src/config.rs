@@ -98,8 +98,15 @@ pub struct KeeperConfig {
     /// Longest retry delay.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
-    /// At most this many refresh attempts per account per hour, whatever the provider answers.
+    /// At most this many refresh attempts per account per hour, whatever the provider answers
+    /// (counted in the store, across every process of the installation).
     pub max_attempts_per_hour: u32,
+    /// At most this many refreshes in flight at once when many accounts are due together.
+    pub max_concurrent_refreshes: usize,
+    /// How often `serve` writes the usage counted in memory to the store (and once more when
+    /// it stops); a SIGKILL loses at most this much usage.
+    #[serde(with = "humantime_serde")]
+    pub usage_flush: Duration,
 }
 
 impl Default for KeeperConfig {
@@ -110,6 +117,8 @@ impl Default for KeeperConfig {
             backoff_min: Duration::from_secs(30),
             backoff_max: Duration::from_secs(10 * 60),
             max_attempts_per_hour: 12,
+            max_concurrent_refreshes: 8,
+            usage_flush: Duration::from_secs(5),
         }
     }
 }
@@ -128,7 +137,30 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Also listen on this Unix socket.
     pub unix_socket: Option<PathBuf>,
+    /// Longest a client may take to send a request's headers. Also how long a connection may
+    /// sit idle, before its first request or between two requests on a kept-alive connection:
+    /// the clock starts as soon as the server waits for a request head. Slow-header
+    /// ("slowloris") and idle connections are closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next bytes of a request body, once the headers are in.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Longest one request may take in all, reading its body and answering it included (a
+    /// body trickled in a byte at a time is cut off here). It must leave room for a refresh,
+    /// which may wait for a lock and for the provider.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most connections served at once (TCP and Unix socket each); further ones are closed at
+    /// once until one ends.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes; larger ones are refused (HTTP/1:
+    /// 431 and the connection closed). At least 8192.
+    pub max_header_bytes: usize,
 }
+
+/// The smallest `[server] max_header_bytes` the HTTP library accepts.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -138,7 +170,40 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             unix_socket: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(120),
+            max_connections: 512,
+            max_header_bytes: 16 * 1024,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the limits: `invalid(key, message)` builds the error.
+    fn validate(&self, invalid: impl Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(format!("server.{key}"), "must be more than zero, for example \"10s\"".into()));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("server.max_connections".into(), "must be at least 1, for example 512".into()));
+        }
+        if !(MIN_HEADER_BYTES..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes".into(),
+                format!(
+                    "is {}; must be between {MIN_HEADER_BYTES} and 1048576, for example 16384",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -482,6 +547,7 @@ impl Config {
     /// Checks values serde cannot: URLs, modes, required keys per sink kind.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
+        self.server.validate(&invalid)?;
         if self.keeper.lead.is_zero() {
             return Err(invalid("keeper.lead".into(), "must be more than zero, for example \"30m\"".into()));
         }
@@ -635,6 +701,33 @@ url = "https://hooks.example/tokenkeeper"
         // Keys not named keep their defaults.
         assert_eq!(c.provider(ANTHROPIC).authorize_url, "https://claude.ai/oauth/authorize");
         assert_eq!(c.sinks[0].file_mode(), 0o640);
+    }
+
+    #[test]
+    fn server_limits_have_defaults_parse_and_are_validated() {
+        let d = parse("").unwrap().server;
+        assert_eq!(
+            (d.header_read_timeout, d.body_read_timeout, d.request_timeout, d.max_connections, d.max_header_bytes),
+            (Duration::from_secs(10), Duration::from_secs(10), Duration::from_secs(120), 512, 16384)
+        );
+        let c = parse(
+            "[server]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"3s\"\nrequest_timeout = \"1m\"\nmax_connections = 64\nmax_header_bytes = 8192\n",
+        )
+        .unwrap()
+        .server;
+        assert_eq!(
+            (c.header_read_timeout, c.body_read_timeout, c.request_timeout, c.max_connections, c.max_header_bytes),
+            (Duration::from_secs(2), Duration::from_secs(3), Duration::from_secs(60), 64, 8192)
+        );
+        for (text, key) in [
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("request_timeout = \"0s\"", "server.request_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_header_bytes = 100", "server.max_header_bytes"),
+        ] {
+            let e = parse(&format!("[server]\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub use backend::{
 pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;
 pub use credential::{Credential, Freshness};
-pub use secret::Secret;
+pub use secret::{constant_time_eq, redact, Secret};
 pub use store::{Store, StoreError};

@@ -5,6 +5,9 @@
 //! digits of its SHA-256. The fingerprint identifies a token in logs without revealing any of
 //! its secret characters. Code that needs the value calls [`Secret::expose`], which is easy to
 //! find in review.
+//!
+//! [`redact`] is the one function that makes text safe to log or pass on (a child process's
+//! output, an error from a template or a server, an alert's description).
 
 use std::fmt;
 
@@ -62,6 +65,69 @@ fn public_prefix(value: &str) -> &str {
         }
     }
     "sk-"
+}
+
+/// Whether `presented` equals `expected`, in time that depends on neither their contents nor
+/// their lengths: both are hashed with SHA-256 and the fixed-size digests compared in constant
+/// time. The one comparison of presented credentials (the admin token on the API and on the
+/// web page's sign-in, session and CSRF tokens); a plain `==`, or a constant-time comparison
+/// of the bytes themselves, would tell an attacker how long the admin token is.
+pub fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let a = Sha256::digest(presented);
+    let b = Sha256::digest(expected);
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// What every token of the provider starts with; [`redact`] hides anything shaped like one.
+const TOKEN_MARK: &str = "sk-ant-";
+
+/// `text` made safe to log: every value of `known` (tokens and keys tokenkeeper holds) is
+/// replaced by its fingerprint, and then anything else shaped like a provider token
+/// (`sk-ant-` followed by token characters, which were not in `known`: another login's token
+/// a command printed, say) is replaced by its fingerprint too. Fingerprints are left as they
+/// are, so redacting twice changes nothing.
+pub fn redact<'a>(text: &str, known: impl IntoIterator<Item = &'a Secret>) -> String {
+    let mut known: Vec<&Secret> = known.into_iter().filter(|s| !s.expose().is_empty()).collect();
+    // Longest first, so a secret that contains another is replaced whole.
+    known.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+    let mut out = text.to_owned();
+    for s in known {
+        if out.contains(s.expose()) {
+            out = out.replace(s.expose(), &s.fingerprint());
+        }
+    }
+    redact_token_shapes(&out)
+}
+
+/// Replaces each `sk-ant-…` run that carries secret characters by its fingerprint.
+fn redact_token_shapes(text: &str) -> String {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(TOKEN_MARK) {
+        out.push_str(&rest[..pos]);
+        let candidate = &rest[pos..];
+        let end = TOKEN_MARK.len()
+            + candidate[TOKEN_MARK.len()..]
+                .find(|c: char| !is_token_char(c))
+                .unwrap_or(candidate.len() - TOKEN_MARK.len());
+        let token = &candidate[..end];
+        // After the kind (`sk-ant-oat01-`) comes the secret; a bare kind, or a fingerprint
+        // (`sk-ant-oat01-…f3a9`, where `…` ends the run), carries none.
+        let secret_part = match token.match_indices('-').nth(2) {
+            Some((i, _)) => &token[i + 1..],
+            None => &token[TOKEN_MARK.len()..],
+        };
+        if secret_part.is_empty() {
+            out.push_str(token);
+        } else {
+            out.push_str(&Secret::new(token).fingerprint());
+        }
+        rest = &candidate[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Drop for Secret {
@@ -138,6 +204,42 @@ mod tests {
         let s = Secret::new("plainsecretvalue");
         assert!(s.fingerprint().starts_with('…'));
         assert!(!s.fingerprint().contains("plain"));
+    }
+
+    #[test]
+    fn redact_replaces_known_secrets_and_anything_token_shaped() {
+        let known = Secret::new("tk_abc_KNOWNSECRET");
+        let text =
+            format!("key {} then sk-ant-ort01-AbC_d-9xYz and (sk-ant-oat01-QQQQ). sk-ant- sk-ant-RAW", known.expose());
+        let out = redact(&text, [&known]);
+        for leaked in ["KNOWNSECRET", "AbC_d", "QQQQ", "RAW"] {
+            assert!(!out.contains(leaked), "{leaked} in {out}");
+        }
+        assert!(out.contains(&known.fingerprint()), "{out}");
+        assert!(out.contains(&Secret::new("sk-ant-ort01-AbC_d-9xYz").fingerprint()), "{out}");
+        assert!(
+            out.contains("sk-ant-oat01-…") && out.contains("(sk-ant-oat01-…") && out.contains(" sk-ant- "),
+            "{out}"
+        );
+        assert_eq!(redact(&out, [&known]), out, "redacting twice changes nothing");
+        assert_eq!(redact("nothing here", []), "nothing here");
+    }
+
+    #[test]
+    fn redact_handles_a_secret_inside_another_and_empty_ones() {
+        let short = Secret::new("sk-ant-oat01-ABC");
+        let long = Secret::new("sk-ant-oat01-ABCDEF");
+        let out = redact("x sk-ant-oat01-ABCDEF y", [&short, &long, &Secret::new("")]);
+        assert_eq!(out, format!("x {} y", long.fingerprint()));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_values_of_any_length() {
+        assert!(constant_time_eq(b"tka_secret", b"tka_secret"));
+        assert!(!constant_time_eq(b"tka_secret", b"tka_secreT"));
+        assert!(!constant_time_eq(b"tka_secret", b"tka_secret_longer"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

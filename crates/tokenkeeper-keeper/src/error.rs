@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokenkeeper_core::StoreError;
 
-use crate::locks::LockError;
+use tokenkeeper_core::backend::SeamError;
 
 /// What went wrong keeping an account fresh.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub enum KeeperError {
     },
     /// A lock failed.
     #[error(transparent)]
-    Lock(#[from] LockError),
+    Lock(#[from] SeamError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,6 +78,6 @@ pub enum KeeperError {
 impl KeeperError {
     /// Whether retrying later may help.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, KeeperError::TryLater { .. } | KeeperError::Lock(LockError::Timeout { .. }))
+        matches!(self, KeeperError::TryLater { .. } | KeeperError::Lock(SeamError::Timeout { .. }))
     }
 }

@@ -3,7 +3,7 @@
 //! durably, then publish. Also ingest (import, push, login, watched files) under the
 //! never-regress rule.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,20 +14,18 @@ use tokio::sync::broadcast;
 use tokenkeeper_core::config::ANTHROPIC;
 use tokenkeeper_core::formats::ParsedCredential;
 use tokenkeeper_core::status::human_duration;
-use tokenkeeper_core::store::{AccountPatch, CredentialChange, CredentialUpdate, EventKind, NewEvent};
+use tokenkeeper_core::store::{AccountPatch, Attempt, CredentialChange, CredentialUpdate, EventKind, NewEvent};
 use tokenkeeper_core::{
-    Account, AccountState, Binding, BindingKind, Config, Credential, Freshness, Mode, NewAccount, SharedClock, Store,
-    StoreError,
+    Account, AccountLock, AccountState, Backend, Binding, BindingKind, ChangeFeed, ChangeKind, Config, Credential,
+    Freshness, Mode, NewAccount, SharedClock, Store, StoreError,
 };
+use tokenkeeper_process::{ChildCommand, Purpose};
 use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, TokenGrant, TokenOutcome};
 
 use crate::bound::{read_bound, write_bound, BoundContent};
 use crate::error::KeeperError;
-use crate::locks::{claude_lock_dirs, ClaudeLock, DataDirLock, SingleFlight};
-
-/// A refresh that another process did within this window satisfies `--force`: rotating twice
-/// within seconds gains nothing and doubles the chance of a lost race elsewhere.
-pub const FORCE_SATISFIED_WITHIN: Duration = Duration::from_secs(30);
+use crate::lease::{LeaseCache, UsageMeter};
+use crate::locks::{claude_lock_dirs, ClaudeLockDir, HeldLocks, SingleFlight};
 
 /// The name of Claude Code's credentials file in its config directory.
 const CLAUDE_CREDENTIALS_FILE: &str = ".credentials.json";
@@ -43,8 +41,15 @@ const LOCK_WAIT: Duration = Duration::from_secs(90);
 pub enum RefreshPolicy {
     /// Only if the access token expires within this long (the lead time).
     IfWithin(Duration),
-    /// Now, unless someone else refreshed it within [`FORCE_SATISFIED_WITHIN`].
+    /// Now: rotates, unless another refresh committed between the call's start and the moment
+    /// it holds the locks (it was in flight, so this call coalesces into it).
     Force,
+    /// The caller's API request was answered 401 with the token of credential `version`:
+    /// rotates unless the credential already moved on from that version.
+    Rejected {
+        /// The version whose access token was rejected.
+        version: i64,
+    },
 }
 
 /// What a refresh call did.
@@ -89,6 +94,16 @@ pub enum KeeperEvent {
         /// Account.
         account: String,
     },
+    /// Another process committed a change (from the change feed): credentials of other
+    /// processes arrive as `Credential`, settings and bindings as `Metadata`.
+    StoreChanged {
+        /// The account, when the change concerns one.
+        account: Option<String>,
+        /// What changed.
+        kind: ChangeKind,
+    },
+    /// Changes may have been missed: reload everything.
+    Resync,
 }
 
 /// A credential to ingest.
@@ -129,18 +144,24 @@ impl IngestOutcome {
 }
 
 /// The refresh engine. Cheap to share (`Arc<Keeper>`).
+///
+/// It names no backend: the store, the cross-process lock and the change feed arrive as one
+/// [`Backend`].
 #[derive(Debug)]
 pub struct Keeper {
     store: Arc<dyn Store>,
+    lock: Arc<dyn AccountLock>,
+    feed: Arc<dyn ChangeFeed>,
     client: OAuthClient,
     clock: SharedClock,
     config: Arc<Config>,
     data_dir: PathBuf,
     single_flight: SingleFlight,
-    attempts: Mutex<HashMap<String, VecDeque<DateTime<Utc>>>>,
     events: broadcast::Sender<KeeperEvent>,
     lock_wait: Duration,
     counters: Mutex<HashMap<(String, &'static str), u64>>,
+    pub(crate) cache: LeaseCache,
+    pub(crate) meter: UsageMeter,
 }
 
 fn fp(c: &Credential) -> String {
@@ -148,9 +169,9 @@ fn fp(c: &Credential) -> String {
 }
 
 impl Keeper {
-    /// Builds a keeper over a store.
+    /// Builds a keeper over a backend. `data_dir` holds what belongs to this host.
     pub fn new(
-        store: Arc<dyn Store>,
+        backend: Backend,
         config: Arc<Config>,
         data_dir: &Path,
         clock: SharedClock,
@@ -158,17 +179,37 @@ impl Keeper {
         let client = OAuthClient::new(&config.provider(ANTHROPIC))?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
-            store,
+            store: backend.store,
+            lock: backend.lock,
+            feed: backend.feed,
             client,
             clock,
             config,
             data_dir: data_dir.to_owned(),
             single_flight: SingleFlight::default(),
-            attempts: Mutex::new(HashMap::new()),
             events,
             lock_wait: LOCK_WAIT,
             counters: Mutex::new(HashMap::new()),
+            cache: LeaseCache::default(),
+            meter: UsageMeter::default(),
         })
+    }
+
+    /// The change feed the keeper follows (see [`Keeper::follow_changes`]).
+    pub fn feed(&self) -> &Arc<dyn ChangeFeed> {
+        &self.feed
+    }
+
+    /// The locks of `name` across processes, then Claude Code's when `binding` is its file.
+    async fn lock_account(&self, name: &str, binding: Option<&Binding>) -> Result<HeldLocks, KeeperError> {
+        let held = HeldLocks::take(self.lock.as_ref(), name, self.lock_wait).await?;
+        Ok(held.and_claude(claude_dirs(binding), self.lock_wait).await?)
+    }
+
+    /// What the keeper learns from its own writes: the cache drops the account, and the
+    /// change feed's echo of the write is known not to be news.
+    fn wrote(&self, account: &Account) {
+        self.cache.wrote(account);
     }
 
     /// The store.
@@ -206,7 +247,7 @@ impl Keeper {
         self.events.subscribe()
     }
 
-    fn publish(&self, event: KeeperEvent) {
+    pub(crate) fn publish(&self, event: KeeperEvent) {
         // No subscribers is fine (the CLI has none).
         let _ = self.events.send(event);
     }
@@ -248,6 +289,13 @@ impl Keeper {
 
     /// Refreshes `name` according to `policy`, through every lock. See the module docs.
     pub async fn refresh(&self, name: &str, policy: RefreshPolicy) -> Result<RefreshResult, KeeperError> {
+        // What the caller saw, before waiting for any lock: a refresh that commits after this
+        // and before we hold the locks was in flight when we started.
+        let started = match policy {
+            RefreshPolicy::Force => Some(self.get(name).await?.version),
+            RefreshPolicy::Rejected { version } => Some(version),
+            RefreshPolicy::IfWithin(_) => None,
+        };
         let _in_process = self.single_flight.acquire(name).await;
         let seen = self.get(name).await?;
         if seen.mode == Mode::Follow {
@@ -266,14 +314,13 @@ impl Keeper {
             self.check_refreshable(&seen)?;
         }
 
-        let _cross_process = DataDirLock::acquire(&self.data_dir, name, self.lock_wait).await?;
-        let _claude = self.claude_lock(seen.binding.as_ref()).await?;
+        let _locks = self.lock_account(name, seen.binding.as_ref()).await?;
 
         // Under the locks: whoever refreshed while we waited has committed; take theirs.
         let latest = self.get(name).await?;
         let latest = self.reconcile_bound(latest, true).await?;
         let now = self.now();
-        let changed_meanwhile = latest.version != seen.version;
+        let changed_meanwhile = latest.version != started.unwrap_or(seen.version);
         match policy {
             RefreshPolicy::IfWithin(lead) => {
                 if !latest.credential.needs_refresh(now, chrono_duration(lead)) {
@@ -285,16 +332,21 @@ impl Keeper {
                 }
             }
             RefreshPolicy::Force => {
-                let recent = latest
-                    .last_refreshed_at
-                    .is_some_and(|t| now - t < chrono_duration(FORCE_SATISFIED_WITHIN) && now >= t);
-                if (changed_meanwhile || recent) && !latest.credential.is_expired(now) {
+                // A refresh that committed while this call waited for the locks was in flight
+                // when it started: coalesce into it. No time window: a force started after the
+                // last refresh finished always rotates.
+                if changed_meanwhile && !latest.credential.is_expired(now) {
+                    return Ok(RefreshResult::Adopted(Box::new(latest)));
+                }
+            }
+            RefreshPolicy::Rejected { .. } => {
+                if changed_meanwhile && !latest.credential.is_expired(now) {
                     return Ok(RefreshResult::Adopted(Box::new(latest)));
                 }
             }
         }
         self.check_refreshable(&latest)?;
-        self.take_attempt(name, now)?;
+        self.take_attempt(name, now).await?;
         self.spend(latest).await
     }
 
@@ -309,24 +361,6 @@ impl Keeper {
         }
     }
 
-    /// Claude Code's lock directories for an account bound to Claude Code's own
-    /// `.credentials.json` (none otherwise: another file has no Claude Code to coordinate with,
-    /// and its directory's `.lock` sibling may not even be creatable).
-    async fn claude_lock(&self, binding: Option<&Binding>) -> Result<Option<ClaudeLock>, KeeperError> {
-        match binding {
-            Some(b)
-                if b.kind == BindingKind::ClaudeCredentials
-                    && b.path.file_name().is_some_and(|n| n == CLAUDE_CREDENTIALS_FILE) =>
-            {
-                match b.path.parent() {
-                    Some(dir) => Ok(Some(ClaudeLock::acquire(&claude_lock_dirs(dir), self.lock_wait).await?)),
-                    None => Ok(None),
-                }
-            }
-            _ => Ok(None),
-        }
-    }
-
     /// Brings an account and its bound file in step, under every lock: adopts a newer
     /// credential found in the file; for an `own` account, repairs a file holding an older
     /// credential, a blank stub or half-written JSON. The daemon calls this when the file
@@ -337,8 +371,7 @@ impl Keeper {
         if account.binding.is_none() {
             return Ok(account);
         }
-        let _cross_process = DataDirLock::acquire(&self.data_dir, name, self.lock_wait).await?;
-        let _claude = self.claude_lock(account.binding.as_ref()).await?;
+        let _locks = self.lock_account(name, account.binding.as_ref()).await?;
         let account = self.get(name).await?;
         self.reconcile_bound(account, true).await
     }
@@ -359,24 +392,18 @@ impl Keeper {
         Ok(())
     }
 
-    /// Bounds attempts per account per hour, whatever the provider answers.
-    fn take_attempt(&self, name: &str, now: DateTime<Utc>) -> Result<(), KeeperError> {
-        let max = self.config.keeper.max_attempts_per_hour as usize;
-        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let window = map.entry(name.to_owned()).or_default();
-        while window.front().is_some_and(|t| now - *t >= chrono::Duration::hours(1)) {
-            window.pop_front();
-        }
-        if window.len() >= max {
-            let retry = window.front().map(|t| (*t + chrono::Duration::hours(1) - now).to_std().unwrap_or_default());
-            return Err(KeeperError::TryLater {
+    /// Bounds attempts per account per hour, whatever the provider answers, across every
+    /// process of the installation (the budget is kept in the store).
+    async fn take_attempt(&self, name: &str, now: DateTime<Utc>) -> Result<(), KeeperError> {
+        let max = self.config.keeper.max_attempts_per_hour;
+        match self.store.take_refresh_attempt(name, now, max).await? {
+            Attempt::Granted => Ok(()),
+            Attempt::Exhausted { until } => Err(KeeperError::TryLater {
                 account: name.to_owned(),
                 reason: format!("{max} refresh attempts in the last hour already; waiting before the next"),
-                retry_after: retry,
-            });
+                retry_after: Some((until - now).to_std().unwrap_or_default()),
+            }),
         }
-        window.push_back(now);
-        Ok(())
     }
 
     /// Spends the refresh token and commits the answer. The commit is the first thing done with
@@ -404,7 +431,8 @@ impl Keeper {
             TokenOutcome::Rejected { reason } => {
                 let now = self.now();
                 let msg = format!("rejected by the provider: {reason}");
-                self.store
+                let patched = self
+                    .store
                     .patch_account(
                         &name,
                         &AccountPatch {
@@ -415,6 +443,7 @@ impl Keeper {
                         now,
                     )
                     .await?;
+                self.wrote(&patched);
                 self.event(&name, EventKind::RefreshFailed, format!("needs login: {reason}")).await;
                 tracing::error!(account = %name, %reason, "refresh token rejected; the account needs a new login");
                 self.publish(KeeperEvent::RefreshFailed { account: name.clone(), reason: msg });
@@ -472,6 +501,7 @@ impl Keeper {
                 }
             }
         };
+        self.wrote(&stored);
         tracing::info!(
             account = %stored.name,
             old_expiry = %account.credential.expires_at.to_rfc3339(),
@@ -488,8 +518,9 @@ impl Keeper {
     async fn note_failure(&self, name: &str, reason: &str) {
         let now = self.now();
         let patch = AccountPatch { last_error: Some(Some(reason.to_owned())), ..Default::default() };
-        if let Err(e) = self.store.patch_account(name, &patch, now).await {
-            tracing::warn!(account = %name, error = %e, "could not record a refresh failure");
+        match self.store.patch_account(name, &patch, now).await {
+            Ok(a) => self.wrote(&a),
+            Err(e) => tracing::warn!(account = %name, error = %e, "could not record a refresh failure"),
         }
         self.event(name, EventKind::RefreshFailed, reason.to_owned()).await;
         tracing::warn!(account = %name, %reason, "refresh failed; will retry");
@@ -547,6 +578,7 @@ impl Keeper {
                     };
                     match self.store.update_credential(&account.name, &update).await {
                         Ok(a) => {
+                            self.wrote(&a);
                             tracing::info!(account = %a.name, new = %fp(&a.credential), file = %binding.path.display(),
                                 "adopted a credential refreshed by someone else");
                             self.publish(KeeperEvent::Changed {
@@ -606,7 +638,7 @@ impl Keeper {
         if account.binding.is_none() {
             return Ok(account);
         }
-        let _cross_process = DataDirLock::acquire(&self.data_dir, &account.name, self.lock_wait).await?;
+        let _locks = self.lock_account(&account.name, None).await?;
         let current = self.get(&account.name).await?;
         self.reconcile_bound(current, false).await
     }
@@ -617,7 +649,7 @@ impl Keeper {
         let account = self.adopt_locked(account).await?;
         let lead = match policy {
             RefreshPolicy::IfWithin(l) => l,
-            RefreshPolicy::Force => self.lead(),
+            RefreshPolicy::Force | RefreshPolicy::Rejected { .. } => self.lead(),
         };
         let now = self.now();
         if !account.credential.needs_refresh(now, chrono_duration(lead)) {
@@ -630,18 +662,21 @@ impl Keeper {
         if let Some(nudge) = self.config.accounts.get(&account.name).and_then(|a| a.nudge.clone()) {
             if !nudge.is_empty() {
                 tracing::info!(account = %account.name, command = %nudge[0], "nudging the owner to refresh");
-                let run = tokio::process::Command::new(&nudge[0])
-                    .args(&nudge[1..])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .status();
-                match tokio::time::timeout(Duration::from_secs(180), run).await {
-                    Ok(Ok(s)) if s.success() => {}
-                    Ok(Ok(s)) => tracing::warn!(account = %account.name, status = %s, "nudge command failed"),
-                    Ok(Err(e)) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
-                    Err(_) => tracing::warn!(account = %account.name, "nudge command timed out"),
+                // The one child-process runner: tokenkeeper's own secrets withheld, its own
+                // process group, killed as a group on timeout.
+                match ChildCommand::new(Purpose::Nudge, &nudge) {
+                    Ok(cmd) => match cmd
+                        .env("TOKENKEEPER_ACCOUNT", account.name.clone())
+                        .timeout(Duration::from_secs(180))
+                        .run()
+                        .await
+                    {
+                        Ok(out) if out.success() => {}
+                        Ok(out) => tracing::warn!(account = %account.name, status = %out.describe_status(),
+                            stderr = %out.stderr_tail(400), "nudge command failed"),
+                        Err(e) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
+                    },
+                    Err(e) => tracing::warn!(account = %account.name, error = %e, "cannot run nudge command"),
                 }
                 let after = self.adopt_locked(self.get(&account.name).await?).await?;
                 if after.version != account.version
@@ -660,28 +695,6 @@ impl Keeper {
         Err(KeeperError::FollowMode { account: account.name, situation })
     }
 
-    /// A token fit to hand out: refreshed first if inside the lead time. If a refresh fails
-    /// for a temporary reason but the current token is still valid, it is returned with the
-    /// error as a warning.
-    pub async fn fresh_token(&self, name: Option<&str>) -> Result<(Account, Option<KeeperError>), KeeperError> {
-        let account = self.resolve_account(name).await?;
-        match self.refresh(&account.name, RefreshPolicy::IfWithin(self.lead())).await {
-            Ok(r) => Ok((r.account().clone(), None)),
-            Err(e) => {
-                let current = self.get(&account.name).await?;
-                // Even after a rejection the access token works until it expires: keep
-                // serving it (with the error as a warning) so the alert, not an outage, is
-                // how people learn of it.
-                let usable = !current.credential.is_expired(self.now()) && !current.credential.is_blank();
-                if usable {
-                    Ok((current, Some(e)))
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
     /// Ingests a credential under the never-regress rule.
     pub async fn ingest(&self, req: Ingest) -> Result<IngestOutcome, KeeperError> {
         let name = self.ingest_target(req.account.as_deref(), req.parsed.email.as_deref()).await?;
@@ -690,7 +703,7 @@ impl Keeper {
             return Err(KeeperError::Refused { account: name, reason: "it is a blank stub".into() });
         }
         let _in_process = self.single_flight.acquire(&name).await;
-        let _cross_process = DataDirLock::acquire(&self.data_dir, &name, self.lock_wait).await?;
+        let locks = HeldLocks::take(self.lock.as_ref(), &name, self.lock_wait).await?;
         // One login, one account: two accounts holding the same refresh token would each
         // refresh it under their own lock and log each other out.
         let incoming = &req.parsed.credential;
@@ -710,7 +723,7 @@ impl Keeper {
         let existing = self.store.get_account(&name).await?;
         // Writing back to a bound file happens under Claude Code's lock, like a refresh.
         let binding = req.binding.clone().or_else(|| existing.as_ref().and_then(|a| a.binding.clone()));
-        let _claude = self.claude_lock(binding.as_ref()).await?;
+        let _locks = locks.and_claude(claude_dirs(binding.as_ref()), self.lock_wait).await?;
         let now = self.now();
         let cred = req.parsed.credential.clone();
         let Some(existing) = existing else {
@@ -729,6 +742,7 @@ impl Keeper {
                 refresh_token_issued_at: None,
             };
             let created = self.store.create_account(&new, now, req.change).await?;
+            self.wrote(&created);
             self.write_back(&created).await;
             tracing::info!(account = %name, token = %fp(&created.credential), format = req.parsed.format.describe(), "account created");
             self.publish(KeeperEvent::Changed { account: name, change: req.change });
@@ -760,6 +774,7 @@ impl Keeper {
                 if has_settings {
                     updated = self.store.patch_account(&name, &settings, now).await?;
                 }
+                self.wrote(&updated);
                 tracing::info!(account = %name, token = %fp(&updated.credential), "credential updated");
                 self.write_back(&updated).await;
                 self.publish(KeeperEvent::Changed { account: name, change: req.change });
@@ -767,6 +782,7 @@ impl Keeper {
             }
             Freshness::Same => {
                 let a = if has_settings { self.store.patch_account(&name, &settings, now).await? } else { existing };
+                self.wrote(&a);
                 Ok(IngestOutcome::Unchanged(Box::new(a)))
             }
             f @ (Freshness::Older | Freshness::Blank) => {
@@ -857,6 +873,7 @@ impl Keeper {
     /// Removes an account.
     pub async fn remove(&self, name: &str) -> Result<bool, KeeperError> {
         let removed = self.store.remove_account(name, self.now()).await?;
+        self.cache.removed(name);
         if removed {
             self.publish(KeeperEvent::Removed { account: name.to_owned() });
         }
@@ -873,6 +890,17 @@ fn bound_freshness(file: &Credential, stored: &Credential) -> Freshness {
         Freshness::Older if file.expires_at == stored.expires_at => Freshness::Newer,
         other => other,
     }
+}
+
+/// Claude Code's lock directories for an account bound to Claude Code's own
+/// `.credentials.json` (none otherwise: another file has no Claude Code to coordinate with,
+/// and its directory's `.lock` sibling may not even be creatable).
+fn claude_dirs(binding: Option<&Binding>) -> Option<Vec<ClaudeLockDir>> {
+    let b = binding?;
+    if b.kind != BindingKind::ClaudeCredentials || b.path.file_name().is_none_or(|n| n != CLAUDE_CREDENTIALS_FILE) {
+        return None;
+    }
+    b.path.parent().map(claude_lock_dirs)
 }
 
 /// std → chrono duration (saturating).

@@ -1,9 +1,10 @@
 //! The three locks a refresh takes, in this order:
 //!
 //! 1. [`SingleFlight`]: one refresh per account inside this process (a tokio mutex per account);
-//! 2. [`DataDirLock`]: one refresh per account across processes sharing the data directory
-//!    (`exec`, `refresh` from cron, the daemon): an advisory `flock` on
-//!    `<data_dir>/locks/<account>.lock`, released by the kernel if the process dies;
+//! 2. the backend's [`AccountLock`](tokenkeeper_core::AccountLock): one refresh or ingest per
+//!    account across every process of the installation (`exec`, `refresh` from cron, the
+//!    daemon, other replicas): a `flock` in the data directory on the embedded backend, an
+//!    advisory lock with PostgreSQL; released if the holder dies;
 //! 3. [`ClaudeLock`]: when the account is bound to a Claude Code credentials file, Claude Code's
 //!    own `proper-lockfile` locks, so tokenkeeper and Claude Code never refresh at once. These
 //!    are directories (`mkdir` is atomic): `<configdir>.lock` (older versions, stale after
@@ -11,41 +12,21 @@
 //!    hold them we touch their mtime every couple of seconds, as `proper-lockfile` does, so
 //!    Claude Code does not take them for stale.
 //!
-//! Waiting for a lock is bounded; a caller that cannot get one gets [`LockError::Timeout`].
+//! [`HeldLocks`] is the only way the keeper holds locks 2 and 3, so the order is kept here:
+//! the cross-process lock first, then Claude Code's; released in the opposite order.
+//!
+//! Waiting for a lock is bounded; a caller that cannot get one gets [`SeamError::Timeout`].
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use fs4::fs_std::FileExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
-/// Errors taking a lock.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    /// The lock stayed taken for longer than we wait.
-    #[error("{what} is held by another process (waited {waited:?}); try again later")]
-    Timeout {
-        /// Which lock.
-        what: String,
-        /// How long we waited.
-        waited: Duration,
-    },
-    /// The lock file or directory could not be used.
-    #[error("cannot {action} {path}")]
-    Io {
-        /// What we were doing.
-        action: &'static str,
-        /// Which path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
+use tokenkeeper_core::backend::{AccountLock, AccountLockGuard, SeamError};
 
 /// One refresh per account within this process.
 #[derive(Debug, Default)]
@@ -64,53 +45,30 @@ impl SingleFlight {
     }
 }
 
-/// How often a waiting process retries a taken lock. Short, because a refresh takes
-/// milliseconds on a good day and every waiter is a user or a script.
+/// How often a waiting process retries a taken Claude Code lock directory.
 const RETRY: Duration = Duration::from_millis(15);
 
-/// An exclusive `flock` on `<data_dir>/locks/<account>.lock`, held until dropped.
+/// The cross-process lock of an account and, when it is bound to Claude Code's file, Claude
+/// Code's lock directories, released Claude's first (fields drop in declaration order).
 #[derive(Debug)]
-pub struct DataDirLock {
-    file: File,
+pub struct HeldLocks {
+    claude: Option<ClaudeLock>,
+    _cross_process: Box<dyn AccountLockGuard>,
 }
 
-impl DataDirLock {
-    /// Takes the cross-process lock of `account`, waiting up to `wait`.
-    pub async fn acquire(data_dir: &Path, account: &str, wait: Duration) -> Result<Self, LockError> {
-        let dir = data_dir.join("locks");
-        std::fs::create_dir_all(&dir).map_err(|source| LockError::Io {
-            action: "create",
-            path: dir.clone(),
-            source,
-        })?;
-        let path = dir.join(format!("{account}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| LockError::Io { action: "open", path: path.clone(), source })?;
-        let started = tokio::time::Instant::now();
-        loop {
-            match FileExt::try_lock_exclusive(&file) {
-                Ok(true) => return Ok(Self { file }),
-                Ok(false) => {}
-                Err(source) => return Err(LockError::Io { action: "lock", path, source }),
-            }
-            if started.elapsed() >= wait {
-                return Err(LockError::Timeout {
-                    what: format!("the refresh lock of `{account}` ({})", path.display()),
-                    waited: wait,
-                });
-            }
-            tokio::time::sleep(RETRY).await;
-        }
+impl HeldLocks {
+    /// Takes the cross-process lock of `account` from `lock`, waiting up to `wait`.
+    pub async fn take(lock: &dyn AccountLock, account: &str, wait: Duration) -> Result<Self, SeamError> {
+        Ok(Self { claude: None, _cross_process: lock.acquire(account, wait).await? })
     }
-}
 
-impl Drop for DataDirLock {
-    fn drop(&mut self) {
-        let _ = FileExt::unlock(&self.file);
+    /// Also takes Claude Code's lock directories `dirs` (after the cross-process lock: the
+    /// one order every tokenkeeper process uses, so two never deadlock).
+    pub async fn and_claude(mut self, dirs: Option<Vec<ClaudeLockDir>>, wait: Duration) -> Result<Self, SeamError> {
+        if let Some(dirs) = dirs {
+            self.claude = Some(ClaudeLock::acquire(&dirs, wait).await?);
+        }
+        Ok(self)
     }
 }
 
@@ -157,7 +115,7 @@ impl ClaudeLock {
     /// Takes every lock directory of `dirs` (in order), waiting up to `wait` in all.
     /// A directory whose mtime is older than its stale threshold is taken over, as
     /// `proper-lockfile` itself does.
-    pub async fn acquire(dirs: &[ClaudeLockDir], wait: Duration) -> Result<Self, LockError> {
+    pub async fn acquire(dirs: &[ClaudeLockDir], wait: Duration) -> Result<Self, SeamError> {
         let started = tokio::time::Instant::now();
         let mut lock = ClaudeLock { held: Vec::new(), keeper: None };
         for dir in dirs {
@@ -182,11 +140,11 @@ impl ClaudeLock {
                         }
                     }
                     Err(source) => {
-                        return Err(LockError::Io { action: "create lock directory", path: dir.path.clone(), source })
+                        return Err(SeamError::Io { action: "create lock directory", path: dir.path.clone(), source })
                     }
                 }
                 if started.elapsed() >= wait {
-                    return Err(LockError::Timeout {
+                    return Err(SeamError::Timeout {
                         what: format!("Claude Code's lock {}", dir.path.display()),
                         waited: wait,
                     });
@@ -232,18 +190,6 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn data_dir_lock_excludes_a_second_holder_until_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = DataDirLock::acquire(dir.path(), "main", Duration::from_millis(10)).await.unwrap();
-        let second = DataDirLock::acquire(dir.path(), "main", Duration::from_millis(40)).await;
-        assert!(matches!(second, Err(LockError::Timeout { .. })));
-        let other_account = DataDirLock::acquire(dir.path(), "other", Duration::from_millis(10)).await;
-        assert!(other_account.is_ok());
-        drop(first);
-        assert!(DataDirLock::acquire(dir.path(), "main", Duration::from_millis(10)).await.is_ok());
-    }
-
-    #[tokio::test]
     async fn claude_lock_honours_a_fresh_lock_and_takes_a_stale_one() {
         let home = tempfile::tempdir().unwrap();
         let config = home.path().join(".claude");
@@ -253,8 +199,8 @@ mod tests {
         // Claude Code holds the newer lock, fresh.
         std::fs::create_dir(&dirs[1].path).unwrap();
         let r = ClaudeLock::acquire(&dirs, Duration::from_millis(40)).await;
-        assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
-        // The older lock we took while trying was released again.
+        assert!(matches!(r, Err(SeamError::Timeout { .. })), "{r:?}");
+        assert!(!dirs[0].path.exists(), "the older lock taken while trying was released again");
         // Make Claude's lock stale: older than 60 s.
         File::open(&dirs[1].path).unwrap().set_modified(SystemTime::now() - Duration::from_secs(61)).unwrap();
         let lock = ClaudeLock::acquire(&dirs, Duration::from_millis(40)).await.unwrap();

@@ -2,17 +2,29 @@
 //! later while it backs off after a failure. [`Scheduler::tick`] refreshes every due account;
 //! the daemon sleeps until [`Scheduler::next_deadline`] between ticks.
 //!
-//! Jitter is derived from the account name and its expiry, so it is stable across restarts and
-//! spreads a fleet of accounts issued at the same moment; it only ever makes a refresh earlier.
+//! Jitter is derived from the account name and its expiry (SHA-256, so it is the same on
+//! every build and across restarts) and spreads a fleet of accounts issued at the same moment;
+//! it only ever makes a refresh earlier.
+//!
+//! **The lead/jitter rule.** A token's lifetime is its expiry minus its last refresh (unknown
+//! for a token that was imported and never refreshed here). If the configured lead is not shorter
+//! than the lifetime, the account is refreshed at half its lifetime instead (logged once per
+//! account). The jitter is at most the configured jitter, at most half the effective lead and
+//! at most half of what is left of the lifetime before the lead, so a freshly refreshed token
+//! is never due at once: there is no lifetime at which lead and jitter add up to a storm.
+//!
+//! **Bounded concurrency.** A tick refreshes at most `[keeper] max_concurrent_refreshes`
+//! accounts at once and takes at most four times that many due accounts per tick, so with
+//! thousands due together the daemon stays responsive and the provider sees a steady rate.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use rand::Rng;
+use sha2::{Digest, Sha256};
 
 use tokenkeeper_core::{Account, AccountState, Mode};
 
@@ -30,6 +42,7 @@ struct Backoff {
 pub struct Scheduler {
     keeper: Arc<Keeper>,
     backoff: HashMap<String, Backoff>,
+    warned_short_life: HashSet<String>,
 }
 
 /// The outcome of one refresh attempted by a tick.
@@ -38,25 +51,61 @@ pub type TickOutcome = (String, Result<RefreshResult, KeeperError>);
 impl Scheduler {
     /// A scheduler over the keeper's accounts.
     pub fn new(keeper: Arc<Keeper>) -> Self {
-        Self { keeper, backoff: HashMap::new() }
+        Self { keeper, backoff: HashMap::new(), warned_short_life: HashSet::new() }
     }
 
-    /// This account's jitter: a stable fraction of the configured jitter.
+    /// The token's lifetime, when it can be told: expiry minus its last refresh (ours or one
+    /// we adopted). An imported or pasted token's issue time is unknown (it may be an 8-hour
+    /// token with 10 minutes left), so its lead applies as configured.
+    fn lifetime(account: &Account) -> Option<Duration> {
+        let issued = account.last_refreshed_at?;
+        (account.credential.expires_at - issued).to_std().ok().filter(|d| !d.is_zero())
+    }
+
+    /// The lead this account is refreshed at, before jitter: the configured lead, or half the
+    /// token's lifetime when the lead is not shorter than it (see the module docs).
+    pub fn effective_lead(&self, account: &Account) -> Duration {
+        let lead = self.keeper.lead();
+        match Self::lifetime(account) {
+            Some(life) if lead >= life => life / 2,
+            _ => lead,
+        }
+    }
+
+    /// This account's jitter: a stable fraction of its jitter bound (see the module docs).
     pub fn jitter_for(&self, account: &Account) -> Duration {
-        let max = self.keeper.config().keeper.jitter;
+        let lead = self.effective_lead(account);
+        let mut max = self.keeper.config().keeper.jitter.min(lead / 2);
+        if let Some(life) = Self::lifetime(account) {
+            max = max.min(life.saturating_sub(lead) / 2);
+        }
         if max.is_zero() {
             return Duration::ZERO;
         }
-        let mut h = DefaultHasher::new();
-        account.name.hash(&mut h);
-        account.credential.expires_at.timestamp_millis().hash(&mut h);
-        let fraction = (h.finish() % 10_000) as f64 / 10_000.0;
+        let mut h = Sha256::new();
+        h.update(account.name.as_bytes());
+        h.update(account.credential.expires_at.timestamp_millis().to_le_bytes());
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        let fraction = (u64::from_le_bytes(first) % 10_000) as f64 / 10_000.0;
         max.mul_f64(fraction)
     }
 
-    /// The lead this account is refreshed at (lead plus its jitter).
+    /// The lead this account is refreshed at (effective lead plus its jitter).
     pub fn lead_for(&self, account: &Account) -> Duration {
-        self.keeper.lead() + self.jitter_for(account)
+        self.effective_lead(account) + self.jitter_for(account)
+    }
+
+    fn warn_short_life(&mut self, account: &Account) {
+        let lead = self.keeper.lead();
+        if let Some(life) = Self::lifetime(account) {
+            if lead >= life && self.warned_short_life.insert(account.name.clone()) {
+                tracing::warn!(account = %account.name, lead = %humantime::format_duration(lead),
+                    lifetime = %humantime::format_duration(Duration::from_secs(life.as_secs())),
+                    "[keeper] lead is not shorter than this token's lifetime; refreshing at half its lifetime instead");
+            }
+        }
     }
 
     /// When the account is next due, or `None` if the keeper never refreshes it.
@@ -76,25 +125,34 @@ impl Scheduler {
 
     /// The earliest due time over all accounts.
     pub async fn next_deadline(&self) -> Result<Option<DateTime<Utc>>, KeeperError> {
-        let accounts = self.keeper.store().list_accounts().await?;
+        let accounts = self.keeper.accounts().await?;
         Ok(accounts.iter().filter_map(|a| self.due_at(a)).min())
     }
 
     /// Refreshes every due account (concurrently) and updates backoff.
     pub async fn tick(&mut self) -> Result<Vec<TickOutcome>, KeeperError> {
         let now = self.keeper.clock().now();
-        let accounts = self.keeper.store().list_accounts().await?;
-        self.backoff.retain(|name, _| accounts.iter().any(|a| &a.name == name));
-        let due: Vec<(String, Duration)> = accounts
+        let accounts = self.keeper.accounts().await?;
+        let names: HashSet<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+        self.backoff.retain(|name, _| names.contains(name.as_str()));
+        let concurrency = self.keeper.config().keeper.max_concurrent_refreshes.max(1);
+        let mut due: Vec<(DateTime<Utc>, String, Duration)> = accounts
             .iter()
-            .filter(|a| self.due_at(a).is_some_and(|t| t <= now))
-            .map(|a| (a.name.clone(), self.lead_for(a)))
+            .filter_map(|a| self.due_at(a).filter(|t| *t <= now).map(|t| (t, a.name.clone(), self.lead_for(a))))
             .collect();
+        // Most overdue first; the rest wait for the next tick, which comes at once.
+        due.sort();
+        due.truncate(concurrency * 4);
+        for a in accounts.iter().filter(|a| due.iter().any(|(_, n, _)| n == &a.name)) {
+            self.warn_short_life(a);
+        }
         let keeper = &self.keeper;
-        let results = futures::future::join_all(due.into_iter().map(|(name, lead)| async move {
+        let results: Vec<TickOutcome> = futures::stream::iter(due.into_iter().map(|(_, name, lead)| async move {
             let r = keeper.refresh(&name, RefreshPolicy::IfWithin(lead)).await;
             (name, r)
         }))
+        .buffer_unordered(concurrency)
+        .collect()
         .await;
         for (name, r) in &results {
             match r {

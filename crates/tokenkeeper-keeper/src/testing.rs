@@ -15,9 +15,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokenkeeper_core::formats::{Format, ParsedCredential};
 use tokenkeeper_core::store::CredentialChange;
-use tokenkeeper_core::{Account, Binding, Clock, Config, Credential, ManualClock, Mode, Secret, Store};
+use tokenkeeper_core::{Account, Backend, Binding, Clock, Config, Credential, ManualClock, Mode, Secret, Store};
 use tokenkeeper_mock::{IssuedTokens, MockProvider};
-use tokenkeeper_store::{EncryptionKey, SqliteStore};
+use tokenkeeper_store::{EncryptionKey, FlockAccountLock, SqliteStore};
 
 use crate::{Ingest, Keeper};
 
@@ -58,8 +58,17 @@ pub fn mock_config(mock: &MockProvider) -> Config {
 pub async fn open_keeper(dir: &Path, config: Arc<Config>, clock: Arc<dyn Clock>) -> (Arc<SqliteStore>, Arc<Keeper>) {
     let data = dir.join("data");
     let store = Arc::new(SqliteStore::open(&data, EncryptionKey::generate()).await.unwrap());
-    let keeper = Arc::new(Keeper::new(store.clone(), config, &data, clock).unwrap());
+    let keeper = Arc::new(Keeper::new(backend_of(&store, &data), config, &data, clock).unwrap());
     (store, keeper)
+}
+
+/// The embedded backend around an open store of `data`.
+pub fn backend_of(store: &Arc<SqliteStore>, data: &Path) -> Backend {
+    Backend {
+        store: store.clone(),
+        lock: Arc::new(FlockAccountLock::new(data.join("locks"))),
+        feed: Arc::new(store.change_feed()),
+    }
 }
 
 /// An [`Env`] starting at [`start`], its configuration changed by `tweak`.
@@ -123,7 +132,7 @@ impl Env {
     pub async fn other_process(&self) -> Arc<Keeper> {
         Arc::new(
             Keeper::new(
-                self.store.clone(),
+                backend_of(&self.store, &self.dir.path().join("data")),
                 self.config.clone(),
                 &self.dir.path().join("data"),
                 Arc::new(self.clock.clone()),

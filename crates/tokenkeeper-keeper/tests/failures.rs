@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokenkeeper_core::{AccountState, Mode, Store};
 use tokenkeeper_keeper::schedule::Scheduler;
+use tokenkeeper_keeper::LeaseRequest;
 use tokenkeeper_keeper::{KeeperError, RefreshPolicy, RefreshResult};
 use tokenkeeper_mock::Fault;
 
@@ -87,8 +88,8 @@ async fn an_hour_of_500s_is_a_bounded_number_of_attempts_then_recovery() {
         // (Its own refresh attempts count against the same hourly budget.) Once the token has
         // expired there is nothing valid left to hand out.
         let expires_at = env.account("main").await.credential.expires_at;
-        match env.keeper.fresh_token(Some("main")).await {
-            Ok((a, _warning)) => assert!(!a.credential.is_expired(env.clock.now())),
+        match env.keeper.lease(LeaseRequest::account(Some("main"))).await {
+            Ok(lease) => assert!(!lease.account().credential.is_expired(env.clock.now())),
             Err(e) => assert!(env.clock.now() >= expires_at, "a valid token was not served: {e}"),
         }
     }
@@ -129,9 +130,9 @@ async fn long_lived_tokens_are_not_refreshable_but_are_served() {
     let env = support::env(|_| {}).await;
     let parsed = tokenkeeper_core::formats::parse_credential("sk-ant-oat01-setupTOKEN", env.clock.now()).unwrap();
     tokenkeeper_keeper::testing::import_as(&env.keeper, "ci", parsed).await.unwrap();
-    let (a, warning) = env.keeper.fresh_token(Some("ci")).await.unwrap();
-    assert!(warning.is_none());
-    assert_eq!(a.credential.access_token.expose(), "sk-ant-oat01-setupTOKEN");
+    let lease = env.keeper.lease(LeaseRequest::account(Some("ci"))).await.unwrap();
+    assert!(lease.warning().is_none());
+    assert_eq!(lease.token().expose(), "sk-ant-oat01-setupTOKEN");
     let e = env.keeper.refresh("ci", RefreshPolicy::Force).await.unwrap_err();
     assert!(matches!(e, KeeperError::NotRefreshable { .. }));
     assert!(Scheduler::new(env.keeper.clone()).due_at(&env.account("ci").await).is_none());
@@ -179,10 +180,29 @@ async fn a_still_valid_token_is_served_after_a_rejection() {
     let (a, t) = env.seed("main", None, Mode::Own).await;
     env.mock.revoke(&t.refresh_token);
     env.clock.set(a.credential.expires_at - chrono::Duration::minutes(10));
-    let (served, warning) = env.keeper.fresh_token(Some("main")).await.unwrap();
-    assert_eq!(served.credential.access_token, a.credential.access_token);
-    assert!(matches!(warning, Some(KeeperError::NeedsLogin { .. })), "{warning:?}");
+    let lease = env.keeper.lease(LeaseRequest::account(Some("main"))).await.unwrap();
+    assert_eq!(lease.token(), &a.credential.access_token);
+    let warning = lease.warning().unwrap_or_default();
+    assert!(warning.contains("rejected the refresh token"), "{warning}");
     assert_eq!(env.account("main").await.state, AccountState::NeedsLogin);
     env.clock.set(a.credential.expires_at + chrono::Duration::seconds(1));
-    assert!(env.keeper.fresh_token(Some("main")).await.is_err());
+    assert!(env.keeper.lease(LeaseRequest::account(Some("main"))).await.is_err());
+}
+
+/// The hourly budget is one per account for the installation: processes that each start
+/// fresh (a cron job running `refresh` every minute) share it through the store.
+#[tokio::test]
+async fn the_attempt_budget_is_shared_by_every_process() {
+    let env = support::env(|c| c.keeper.max_attempts_per_hour = 4).await;
+    env.seed("main", None, Mode::Own).await;
+    for minute in 0..10 {
+        // A new process each minute, as cron starts one.
+        let cron = env.other_process().await;
+        let _ = cron.refresh("main", RefreshPolicy::Force).await;
+        env.clock.advance(chrono::Duration::minutes(1));
+        assert!(env.mock.counts().token_requests <= 4, "minute {minute}: the budget was exceeded");
+    }
+    assert_eq!(env.mock.counts().token_requests, 4);
+    let e = env.keeper.refresh("main", RefreshPolicy::Force).await.unwrap_err();
+    assert!(e.to_string().contains("attempts in the last hour"), "{e}");
 }

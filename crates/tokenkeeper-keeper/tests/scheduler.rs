@@ -88,3 +88,52 @@ async fn follow_and_needs_login_accounts_are_never_scheduled() {
     let sched = Scheduler::new(env.keeper.clone());
     assert!(sched.due_at(&follow).is_none());
 }
+
+/// Issue 10's storm: `lead = "10s"` with tokens that live 20 to 40 s and the default 2-minute
+/// jitter used to refresh over and over. Now each lifetime gets exactly one refresh, inside the
+/// lead, and a freshly refreshed token is never due at once.
+#[tokio::test]
+async fn a_lead_close_to_short_lifetimes_refreshes_once_per_lifetime() {
+    for (lead_secs, life_secs) in [(10, 20), (10, 40), (30, 30), (60, 20)] {
+        let env = support::env(|c| {
+            c.keeper.lead = Duration::from_secs(lead_secs);
+            // 40 lifetimes of seconds exceed the default hourly budget of 12, as they should.
+            c.keeper.max_attempts_per_hour = 1000;
+        })
+        .await;
+        env.mock.set_access_lifetime(Duration::from_secs(life_secs));
+        env.seed("short", None, Mode::Own).await;
+        let mut sched = Scheduler::new(env.keeper.clone());
+        let mut refreshes = 0;
+        for _ in 0..40 {
+            let next = sched.next_deadline().await.unwrap().unwrap();
+            let now = env.clock.now();
+            assert!(next >= now || refreshes == 0, "due in the past right after a refresh ({lead_secs}s/{life_secs}s)");
+            env.clock.set(next.max(now));
+            let results = sched.tick().await.unwrap();
+            assert_eq!(results.len(), 1);
+            let after = match &results[0].1 {
+                Ok(RefreshResult::Refreshed(a)) => a.clone(),
+                other => panic!("expected a refresh, got {other:?}"),
+            };
+            refreshes += 1;
+            // Right after a refresh nothing is due: not at once, and not a moment later.
+            assert!(sched.tick().await.unwrap().is_empty(), "refreshed twice in a row ({lead_secs}s/{life_secs}s)");
+            let due = sched.due_at(&after).unwrap();
+            let left_at_due = after.credential.expires_at - due;
+            let life = chrono::Duration::seconds(life_secs as i64);
+            assert!(due > env.clock.now(), "a fresh token is due at once");
+            assert!(left_at_due <= life, "due before it was issued");
+            if lead_secs < life_secs as u64 {
+                // Within the configured lead, jitter only earlier and bounded.
+                assert!(left_at_due >= chrono::Duration::seconds(lead_secs as i64));
+            } else {
+                // Lead not shorter than the lifetime: refreshed at about half of it.
+                assert!(left_at_due >= life / 2 && left_at_due < life, "{left_at_due} of {life}");
+            }
+        }
+        assert_eq!(refreshes, 40);
+        assert_eq!(env.mock.counts().refresh_ok, 40, "exactly one refresh per lifetime");
+        assert_eq!(env.mock.counts().refresh_invalid_grant, 0);
+    }
+}

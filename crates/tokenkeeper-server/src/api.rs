@@ -17,9 +17,9 @@ use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{Account, Mode};
 use tokenkeeper_keeper::keeper::chrono_duration;
 use tokenkeeper_keeper::view::AccountView;
-use tokenkeeper_keeper::{Ingest, IngestOutcome, RefreshPolicy, RefreshResult};
+use tokenkeeper_keeper::{Ingest, IngestOutcome, LeaseRequest, RefreshPolicy, RefreshResult};
 
-use crate::auth::{scope, Authed};
+use crate::auth::{scope, Authed, Caller};
 use crate::body::LimitedBody;
 use crate::error::ApiError;
 use crate::state::{AccountWithSinks, AppState};
@@ -168,8 +168,8 @@ pub struct ChangeResponse {
 }
 
 /// Takes the credential out of a push body: `{"credential": "..."}` (or an object), else the
-/// whole body (Claude JSON, base64, OpenClaw, a bare token).
-fn credential_text(body: &str) -> Result<String, ApiError> {
+/// whole body (Claude JSON, base64, OpenClaw, a bare token). Public for the fuzz tests.
+pub fn credential_text(body: &str) -> Result<String, ApiError> {
     let trimmed = body.trim();
     if trimmed.starts_with('{') {
         if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed) {
@@ -275,28 +275,30 @@ struct TokenResponse {
 }
 
 /// `GET /api/token[?account=NAME]`: a fresh access token (refreshed first inside the lead
-/// time); counts one use.
+/// time), from the keeper's one hand-out path; counts one use under the caller's key.
 pub async fn token(
     auth: Authed<scope::TokenRead>,
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let account = auth.resolve_account(&st.keeper, query_param(q.as_deref(), "account").as_deref()).await?;
-    let (account, warning) = st.keeper.fresh_token(Some(&account.name)).await?;
+    let target = auth.target(query_param(q.as_deref(), "account").as_deref())?;
+    let key_id = match &auth.caller {
+        Caller::Key { id, .. } => Some(id.as_str()),
+        _ => None,
+    };
+    let lease = st.keeper.lease(LeaseRequest { account: target.as_deref(), key_id, model: None }).await?;
+    auth.check_account(&lease.account().name)?;
     let now = st.keeper.clock().now();
-    if let Err(e) = st.keeper.store().record_usage(&account.name, now).await {
-        tracing::warn!(account = %account.name, error = %e, "cannot record token usage");
+    if let Some(w) = lease.warning() {
+        tracing::warn!(account = %lease.account().name, warning = %w, "handing out a still-valid token; the refresh failed");
     }
-    if let Some(w) = &warning {
-        tracing::warn!(account = %account.name, warning = %w, "handing out a still-valid token; the refresh failed");
-    }
-    tracing::info!(account = %account.name, token = %account.credential.access_token.fingerprint(), caller = ?auth.caller, "access token handed out");
+    tracing::debug!(account = %lease.account().name, token = %lease.token().fingerprint(), caller = ?auth.caller, "access token handed out");
     let body = TokenResponse {
-        access_token: account.credential.access_token.expose().to_owned(),
-        expires_at: account.credential.expires_at,
-        expires_in_seconds: account.credential.time_left(now).num_seconds(),
-        account: account.name.clone(),
-        warning: warning.map(|w| w.to_string()),
+        access_token: lease.token().expose().to_owned(),
+        expires_at: lease.expires_at(),
+        expires_in_seconds: lease.account().credential.time_left(now).num_seconds(),
+        account: lease.account().name.clone(),
+        warning: lease.warning().map(str::to_owned),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

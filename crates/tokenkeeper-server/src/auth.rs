@@ -27,11 +27,10 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use tokenkeeper_core::account::validate_account_name;
 use tokenkeeper_core::store::ApiKey;
-use tokenkeeper_core::{Account, Secret, Store};
+use tokenkeeper_core::{constant_time_eq, Account, Secret, Store};
 use tokenkeeper_keeper::Keeper;
 
 use crate::error::{ApiError, ServerError};
@@ -300,8 +299,9 @@ impl<S: scope::Required> FromRequestParts<AppState> for Authed<S> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let addr = client_addr(parts);
         let now = state.keeper.clock().now();
-        state.limiter().check(addr, now)?;
+        // No key at all is a 401 even from a blocked address: it guesses nothing.
         let Some(presented) = bearer(parts) else { return Err(ApiError::MissingKey) };
+        state.limiter().check(addr, now)?;
         let principal = match authenticate(state, presented).await? {
             Some(p) => p,
             None => {
@@ -319,9 +319,10 @@ impl<S: scope::Required> FromRequestParts<AppState> for Authed<S> {
     }
 }
 
-/// Checks a presented token: the admin token (in constant time), then the stored API keys.
+/// Checks a presented token: the admin token (in constant time, hiding its length too: the
+/// same comparison as the web page's sign-in), then the stored API keys.
 async fn authenticate(state: &AppState, presented: &str) -> Result<Option<Principal>, ApiError> {
-    if bool::from(presented.as_bytes().ct_eq(state.admin_token.expose().as_bytes())) {
+    if constant_time_eq(presented.as_bytes(), state.admin_token.expose().as_bytes()) {
         return Ok(Some(Principal::admin()));
     }
     if !presented.starts_with(KEY_PREFIX) {
@@ -329,9 +330,9 @@ async fn authenticate(state: &AppState, presented: &str) -> Result<Option<Princi
     }
     let hash = hash_key(presented);
     // The lookup is by the hash of a 256-bit random secret: timing reveals nothing usable.
-    let found = state.keeper.store().find_api_key(&hash).await?;
+    let found = state.find_api_key(&hash).await?;
     Ok(found
-        .filter(|k| k.revoked_at.is_none() && bool::from(k.hash.as_bytes().ct_eq(hash.as_bytes())))
+        .filter(|k| k.revoked_at.is_none() && constant_time_eq(k.hash.as_bytes(), hash.as_bytes()))
         .map(|k| Principal::from_key(&k)))
 }
 
@@ -342,12 +343,24 @@ struct Failures {
 }
 
 /// Counts failed authentications per client address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailureLimiter {
     by_addr: HashMap<ClientAddr, Failures>,
+    max_failures: usize,
+}
+
+impl Default for FailureLimiter {
+    fn default() -> Self {
+        Self::new(MAX_FAILURES)
+    }
 }
 
 impl FailureLimiter {
+    /// A limiter that blocks an address after `max_failures` failures within the window.
+    pub fn new(max_failures: usize) -> Self {
+        Self { by_addr: HashMap::new(), max_failures: max_failures.max(1) }
+    }
+
     /// Fails with 429 while `addr` is blocked.
     pub fn check(&mut self, addr: ClientAddr, now: DateTime<Utc>) -> Result<(), ApiError> {
         if let Some(f) = self.by_addr.get_mut(&addr) {
@@ -376,7 +389,7 @@ impl FailureLimiter {
         while f.at.front().is_some_and(|t| now - *t >= Duration::seconds(FAILURE_WINDOW_SECS)) {
             f.at.pop_front();
         }
-        if f.at.len() >= MAX_FAILURES {
+        if f.at.len() >= self.max_failures {
             tracing::warn!(client = ?addr, failures = f.at.len(), block_seconds = BLOCK_FOR,
                 "too many failed API authentications; refusing this address for a while");
             f.blocked_until = Some(now + Duration::seconds(BLOCK_FOR));

@@ -23,7 +23,14 @@ impl FromRequest<AppState> for LimitedBody {
             return Err(ApiError::TooLarge { limit });
         }
         // A chunked body has no length up front: the limit stops reading past `limit` bytes.
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::TooLarge { limit })?;
+        // The router's `RequestBodyTimeoutLayer` ends a body that stops arriving.
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            if is_body_timeout(&e) {
+                ApiError::SlowBody { after: state.keeper.config().server.body_read_timeout }
+            } else {
+                ApiError::TooLarge { limit }
+            }
+        })?;
         let text = String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::BadBody {
             reason: "it is not UTF-8 text".into(),
             hint: "send JSON or text in UTF-8",
@@ -41,6 +48,18 @@ impl LimitedBody {
             hint,
         })
     }
+}
+
+/// Whether reading a body failed because `[server] body_read_timeout` passed.
+fn is_body_timeout(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn describe_json_error(e: &serde_json::Error) -> String {

@@ -58,6 +58,12 @@ pub enum ApiError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The request body stopped arriving for longer than `[server] body_read_timeout`.
+    #[error("the request body arrived too slowly (nothing for {after:?})")]
+    SlowBody {
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// The request body could not be read as what the endpoint expects.
     #[error("the request body is not valid: {reason}")]
     BadBody {
@@ -107,6 +113,7 @@ impl ApiError {
             | ApiError::NeedsUnrestrictedKey => (StatusCode::FORBIDDEN, None),
             ApiError::RateLimited { retry_after } => (StatusCode::TOO_MANY_REQUESTS, Some(*retry_after)),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
+            ApiError::SlowBody { .. } => (StatusCode::REQUEST_TIMEOUT, None),
             ApiError::BadBody { .. } | ApiError::Format(_) | ApiError::UnknownLogin => (StatusCode::BAD_REQUEST, None),
             ApiError::NoSuchAccount(_) => (StatusCode::NOT_FOUND, None),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
@@ -126,6 +133,7 @@ impl ApiError {
             ApiError::NeedsUnrestrictedKey => "delete the accounts one by one with `DELETE /oauth/tokens/{account}`, or use a key without account limits".into(),
             ApiError::RateLimited { retry_after } => format!("wait {} s; failed attempts are counted per client address", retry_after.as_secs().max(1)),
             ApiError::TooLarge { .. } => "send one credential (a .credentials.json file is well under 64 KiB)".into(),
+            ApiError::SlowBody { .. } => "send the whole body at once; a credential is a few kilobytes".into(),
             ApiError::BadBody { hint, .. } => (*hint).into(),
             ApiError::Format(_) => "send Claude Code's .credentials.json, its base64 form, OpenClaw's oauth.json or a sk-ant-oat01- token, as the body or as {\"credential\": \"...\"}".into(),
             ApiError::UnknownLogin => "start a new login with `POST /oauth/start`, open its authorize_url, and send the code it shows (CODE#STATE) within 10 minutes".into(),

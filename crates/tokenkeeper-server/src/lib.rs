@@ -3,7 +3,8 @@
 //! `DELETE /oauth/tokens[/{email}]`, `/health`) plus `/api/token`, `/oauth/start`, `/ready`,
 //! `/metrics` and `/api/openapi.json`, all behind scoped API keys.
 //!
-//! - [`router`] builds the axum router, with the web page of `tokenkeeper-web` merged in;
+//! - [`router`] builds the API's axum router; the binary merges in the routes of other
+//!   components (the web page, the proxy) with [`AppState::with_routes`];
 //! - [`serve`] runs it on a TCP listener (TLS when configured) and a Unix socket, until a
 //!   shutdown future resolves, draining requests in flight;
 //! - [`auth`] has the admin token, API keys and the authentication extractor;
@@ -20,8 +21,10 @@ pub mod metrics;
 pub mod oauth;
 pub mod state;
 
+use axum::http::StatusCode;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 pub use auth::{
     create_api_key, list_api_keys, load_or_create_admin_token, revoke_api_key, Authed, NewApiKey, Principal, Scope,
@@ -29,7 +32,7 @@ pub use auth::{
 };
 pub use error::{ApiError, ServerError};
 pub use listen::serve;
-pub use state::{AppState, ExtraMetrics};
+pub use state::{AppState, ExtraMetrics, ExtraRoutes};
 
 /// The OpenAPI 3 document served at `/api/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -72,11 +75,15 @@ pub(crate) fn router_with(state: AppState, secure_cookies: bool) -> Router {
     for (_, path, handler) in table() {
         api = api.route(path, handler);
     }
-    let web = tokenkeeper_web::router(tokenkeeper_web::WebState::new(
-        state.keeper.clone(),
-        state.sinks.clone(),
-        (*state.admin_token).clone(),
-        secure_cookies,
-    ));
-    api.with_state(state).merge(web)
+    let extra = state.extra_routes.as_ref().map(|f| f(secure_cookies));
+    let limits = &state.keeper.config().server;
+    // A body that stops arriving ends after `body_read_timeout`; a whole request (a body
+    // trickled in a byte at a time included) after `request_timeout`, answered 408.
+    let body_timeout = RequestBodyTimeoutLayer::new(limits.body_read_timeout);
+    let request_timeout = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout);
+    let mut app = api.with_state(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    app.layer(body_timeout).layer(request_timeout)
 }

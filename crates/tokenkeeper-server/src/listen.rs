@@ -1,24 +1,42 @@
 //! Serving the router: plain HTTP or TLS (rustls) on a TCP listener, and optionally a Unix
 //! socket beside it, all stopped by one shutdown future and drained before [`serve`] returns.
+//!
+//! Every listener is served by `axum-server`, HTTP/1.1 only (the reason is on `configure`), with
+//! the limits of `[server]` set on the HTTP library rather than written here:
+//!
+//! - `header_read_timeout`: hyper's header read timeout (HTTP/1), which runs whenever a
+//!   connection waits for a request head, so it also closes idle connections, new or kept
+//!   alive; TLS handshakes get the same time (`axum-server`'s handshake timeout);
+//! - `max_header_bytes`: hyper's read buffer (a larger head is answered 431 and the connection
+//!   closed);
+//! - `body_read_timeout` and `request_timeout`: `tower-http`'s body and request timeouts on the
+//!   router ([`crate::router`]);
+//! - `max_connections`: a semaphore taken when a connection is accepted (before TLS) and held
+//!   by the connection's service until the connection ends; past it, new connections are
+//!   closed at once.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
+use axum_server::accept::Accept;
+use axum_server::Address;
 use futures::FutureExt;
+use hyper_util::rt::TokioTimer;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokenkeeper_core::config::{ServerConfig, MIN_HEADER_BYTES};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::Layer;
 
 use crate::error::ServerError;
 use crate::state::AppState;
-
-/// How long in-flight requests get to finish after shutdown under TLS (plain HTTP waits for
-/// them all).
-const TLS_DRAIN: Duration = Duration::from_secs(30);
 
 /// Builds the rustls configuration from PEM files.
 pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerError> {
@@ -38,7 +56,8 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Serve
         .with_no_client_auth()
         .with_single_cert(certs, private)
         .map_err(|e| tls(key, format!("the key does not fit the certificate ({e})")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: see `configure`.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -58,7 +77,7 @@ fn tls_files(state: &AppState) -> Result<Option<(PathBuf, PathBuf)>, ServerError
 
 /// Serves `state`'s router on `listener` (TLS when `[server] tls_cert`/`tls_key` are set) and
 /// on `[server] unix_socket` when set, until `shutdown` resolves; then stops accepting, lets
-/// requests in flight finish, and returns.
+/// requests in flight finish (each is bounded by `[server] request_timeout`), and returns.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -70,51 +89,45 @@ pub async fn serve(
         None => None,
     };
     if exposes_plaintext(addr, tls.is_some()) {
-        tracing::warn!(%addr, "the HTTP API listens on a non-loopback address WITHOUT TLS: keys and tokens cross the network in clear text. Set [server] tls_cert and tls_key, or put a TLS proxy in front");
+        tracing::warn!(%addr, "{}", PLAINTEXT_WARNING);
     }
     let secure = tls.is_some();
     let app = crate::router_with(state.clone(), secure);
+    let limits = state.keeper.config().server.clone();
     let shutdown = shutdown.shared();
 
-    let unix = match state.keeper.config().server.unix_socket.clone() {
-        Some(path) => Some(serve_unix(path, app.clone(), shutdown.clone()).await?),
+    let unix = match limits.unix_socket.clone() {
+        Some(path) => Some(serve_unix(path, app.clone(), &limits, shutdown.clone()).await?),
         None => None,
     };
 
-    tracing::info!(%addr, tls = secure, "HTTP API listening");
-    let tcp = async {
-        match tls {
-            Some(config) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                let stop = shutdown.clone();
-                let watcher = tokio::spawn(async move {
-                    stop.await;
-                    stopper.graceful_shutdown(Some(TLS_DRAIN));
-                });
-                let std_listener = listener.into_std()?;
-                let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
-                let result = axum_server::from_tcp_rustls(std_listener, config)?
-                    .handle(handle)
-                    .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                    .await;
-                watcher.abort();
-                result
-            }
-            None => {
-                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(shutdown.clone())
-                    .await
-            }
+    tracing::info!(%addr, tls = secure, max_connections = limits.max_connections, "HTTP API listening");
+    let handle = axum_server::Handle::new();
+    let watcher = tokio::spawn(stop_on(shutdown.clone(), handle.clone(), limits.request_timeout));
+    let limit = ConnectionLimit::new(limits.max_connections);
+    let std_listener = listener.into_std()?;
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let tcp_result = match tls {
+        Some(config) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .handshake_timeout(limits.header_read_timeout)
+                .acceptor(limit);
+            let server = axum_server::from_tcp(std_listener)?.acceptor(acceptor).handle(handle);
+            configure(server, &limits).serve(make_service).await
+        }
+        None => {
+            let server = axum_server::from_tcp(std_listener)?.acceptor(limit).handle(handle);
+            configure(server, &limits).serve(make_service).await
         }
     };
-    let tcp_result = tcp.await;
+    watcher.abort();
     if let Some(u) = unix {
         if tcp_result.is_err() {
             // The TCP side failed before shutdown: don't wait for a shutdown that may never
             // come; stop the socket too so the caller sees the failure now.
             u.abort();
-            if let Some(path) = &state.keeper.config().server.unix_socket {
+            if let Some(path) = &limits.unix_socket {
                 let _ = std::fs::remove_file(path);
             }
             return tcp_result;
@@ -129,10 +142,83 @@ pub async fn serve(
     tcp_result
 }
 
+/// What `serve` logs, once, when it listens on a non-loopback address without TLS.
+pub const PLAINTEXT_WARNING: &str = "the HTTP API listens on a non-loopback address WITHOUT TLS: keys and tokens cross the network in clear text. Enable TLS with [server] tls_cert = \"/path/fullchain.pem\" and tls_key = \"/path/privkey.pem\" in the config, put a TLS proxy in front, or listen on 127.0.0.1 only";
+
+/// Applies `[server]`'s limits to the HTTP library.
+///
+/// HTTP/1.1 only: hyper's HTTP/1 server enforces the header read timeout from the moment a
+/// connection waits for a request (so idle connections, new or kept alive, are closed too),
+/// while its HTTP/2 server and the protocol detection in front of both have no such timeout:
+/// a client could hold a connection open for ever by sending nothing. Nothing served here
+/// gains from HTTP/2.
+fn configure<A: Address, Acc>(
+    server: axum_server::Server<A, Acc>,
+    limits: &ServerConfig,
+) -> axum_server::Server<A, Acc> {
+    let mut server = server.http1_only();
+    server
+        .http_builder()
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    server
+}
+
+/// Begins a graceful shutdown of `handle` when `shutdown` resolves, giving requests in flight
+/// up to `drain` to finish.
+async fn stop_on<A: Address>(shutdown: impl Future<Output = ()>, handle: axum_server::Handle<A>, drain: Duration) {
+    shutdown.await;
+    handle.graceful_shutdown(Some(drain));
+}
+
+/// The acceptor that caps concurrent connections (see the [module docs](self)).
+#[derive(Clone)]
+struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+    /// Whether the cap was already reported, so a flood logs one warning, not thousands.
+    warned: Arc<AtomicBool>,
+}
+
+impl ConnectionLimit {
+    fn new(max: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(max)), max, warned: Arc::default() }
+    }
+}
+
+/// A connection's share of `[server] max_connections`, released when the connection ends.
+#[derive(Clone)]
+struct ConnectionPermit {
+    _held: Arc<OwnedSemaphorePermit>,
+}
+
+impl<I, S> Accept<I, S> for ConnectionLimit {
+    type Stream = I;
+    type Service = <Extension<ConnectionPermit> as Layer<S>>::Service;
+    type Future = std::future::Ready<io::Result<(I, Self::Service)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    max = self.max,
+                    "[server] max_connections reached: closing new connections until some end (logged once)"
+                );
+            }
+            return std::future::ready(Err(io::Error::other("too many connections")));
+        };
+        // The service lives as long as the connection: it holds the permit.
+        std::future::ready(Ok((stream, Extension(ConnectionPermit { _held: Arc::new(permit) }).layer(service))))
+    }
+}
+
 #[cfg(unix)]
 async fn serve_unix(
     path: PathBuf,
     app: axum::Router,
+    limits: &ServerConfig,
     shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> io::Result<tokio::task::JoinHandle<io::Result<()>>> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -150,13 +236,21 @@ async fn serve_unix(
             ));
         }
     }
-    let listener = tokio::net::UnixListener::bind(&path)
+    let listener = std::os::unix::net::UnixListener::bind(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on the Unix socket {}: {e}", path.display())))?;
+    listener.set_nonblocking(true)?;
     // Only the owner may connect; requests still need a key.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %path.display(), "HTTP API listening on a Unix socket");
+    let handle = axum_server::Handle::new();
+    let server =
+        axum_server::from_unix(listener)?.acceptor(ConnectionLimit::new(limits.max_connections)).handle(handle.clone());
+    let server = configure(server, limits);
+    let drain = limits.request_timeout;
     Ok(tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let watcher = tokio::spawn(stop_on(shutdown, handle, drain));
+        let result = server.serve(app.into_make_service()).await;
+        watcher.abort();
         let _ = std::fs::remove_file(&path);
         result
     }))
@@ -166,6 +260,7 @@ async fn serve_unix(
 async fn serve_unix(
     path: PathBuf,
     _app: axum::Router,
+    _limits: &ServerConfig,
     _shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> io::Result<tokio::task::JoinHandle<io::Result<()>>> {
     Err(io::Error::new(io::ErrorKind::Unsupported, format!("Unix sockets are not available here ({})", path.display())))

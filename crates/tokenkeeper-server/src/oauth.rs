@@ -1,5 +1,12 @@
 //! The `/oauth/...` handlers, with seed 003's paths and shapes: start a login, exchange the
 //! pasted code, the per-token status, and removal of accounts.
+//!
+//! In seed 003 the caller names each login: `POST /oauth/exchange-code {"code": ...,
+//! "account_email": "one@example.com"}` stores the login under `one@example.com`, whatever
+//! email the provider reports for it. That value is the account's *name* here, and every
+//! answer of these handlers gives it back as `account_email` (so `GET /oauth/status` lists it
+//! and `DELETE /oauth/tokens/{account_email}` removes it). The provider's own email, which may
+//! differ, is `provider_email`.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -50,15 +57,17 @@ fn pasted_state(code: &str) -> Option<String> {
 pub struct ExchangeResponse {
     /// `created`, `updated` or `unchanged`.
     pub result: &'static str,
-    /// The account's email (or name).
+    /// The account's name: the caller's `account_email` when it sent one.
     pub account_email: String,
+    /// The email the provider reports for this login, when it reports one.
+    pub provider_email: Option<String>,
     /// The stored account.
     pub account: AccountWithSinks,
 }
 
 /// `POST /oauth/exchange-code`: `{"code": "CODE#STATE", "account_email": "..."}`. The account
-/// is named after `account_email` when given. A bare `CODE` (seed 003's console flow) is
-/// accepted while exactly one login is pending.
+/// is named `account_email` when given (seed 003), else after the provider's email. A bare
+/// `CODE` (seed 003's console flow) is accepted while exactly one login is pending.
 pub async fn exchange_code(
     auth: Authed<scope::Login>,
     State(st): State<AppState>,
@@ -94,18 +103,22 @@ pub async fn exchange_code(
         IngestOutcome::Updated(_) => "updated",
         IngestOutcome::Unchanged(_) => "unchanged",
     };
-    Ok(Json(ExchangeResponse { result, account_email: email_of(account), account: st.view(account) }))
+    Ok(Json(ExchangeResponse {
+        result,
+        account_email: account.name.clone(),
+        provider_email: account.email.clone(),
+        account: st.view(account),
+    }))
 }
 
-fn email_of(a: &Account) -> String {
-    a.email.clone().unwrap_or_else(|| a.name.clone())
-}
-
-/// One token in `/oauth/status` (seed 003's fields, exactly).
+/// One token in `/oauth/status`: seed 003's fields, plus `provider_email`.
 #[derive(Debug, Serialize)]
 pub struct TokenStatus {
-    /// The account's email (its name when no email is known).
+    /// The account's name: the `account_email` it was created with.
     pub account_email: String,
+    /// The email the provider reports for this login, when known (may differ from
+    /// `account_email`).
+    pub provider_email: Option<String>,
     /// Minutes until the access token expires (negative once expired), one decimal.
     pub expires_in_minutes: f64,
     /// Whether the token is usable and nothing critical is wrong (level healthy, expiring or
@@ -152,7 +165,8 @@ pub async fn status(
             let level = st.view_with(a, &sinks).view.level;
             let minutes = a.credential.time_left(now).num_seconds() as f64 / 60.0;
             TokenStatus {
-                account_email: email_of(a),
+                account_email: a.name.clone(),
+                provider_email: a.email.clone(),
                 expires_in_minutes: (minutes * 10.0).round() / 10.0,
                 is_healthy: level.exit_code() < 2,
                 usage_count: a.usage.requests,
@@ -166,8 +180,8 @@ pub async fn status(
     Ok(Json(OauthStatus { total_tokens: tokens.len(), tokens }))
 }
 
-/// The account an `{account_email}` path segment means: by name, else the one account with
-/// that email.
+/// The account an `{account_email}` path segment means: the account of that name (the
+/// `account_email` it was created with), else the one account whose provider email it is.
 async fn find_account(st: &AppState, key: &str) -> Result<Account, ApiError> {
     let store = st.keeper.store();
     if let Some(a) = store.get_account(key).await? {
@@ -184,7 +198,8 @@ async fn find_account(st: &AppState, key: &str) -> Result<Account, ApiError> {
     }
 }
 
-/// `DELETE /oauth/tokens/{account_email}`: removes one account (by name or email).
+/// `DELETE /oauth/tokens/{account_email}`: removes one account (by the `account_email` it
+/// was created with, or by its provider email when that names exactly one account).
 pub async fn delete_one(
     auth: Authed<scope::AccountsWrite>,
     State(st): State<AppState>,
@@ -205,7 +220,7 @@ pub async fn delete_one(
         return Err(ApiError::NoSuchAccount(account_email));
     }
     tracing::info!(account = %account.name, caller = ?auth.caller, "account removed through the API");
-    Ok(Json(json!({"deleted": account.name, "account_email": email_of(&account)})))
+    Ok(Json(json!({"deleted": account.name, "account_email": account.name})))
 }
 
 /// `DELETE /oauth/tokens`: removes every account (needs a key without account limits).

@@ -29,6 +29,11 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// alert delivery). It must write complete, valid exposition lines and no secrets.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// Routes of other components (the web page, the proxy) served beside the API on the same
+/// listener, built by the binary; the argument says whether the listener uses TLS (so cookies
+/// can be `Secure`).
+pub type ExtraRoutes = Arc<dyn Fn(bool) -> axum::Router + Send + Sync>;
+
 /// A login waiting for its code.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingLogin {
@@ -46,6 +51,17 @@ pub struct AppState {
     limiter: Arc<Mutex<FailureLimiter>>,
     pub(crate) extra_metrics: Option<ExtraMetrics>,
     pub(crate) body_limit: usize,
+    pub(crate) extra_routes: Option<ExtraRoutes>,
+    keys: Arc<Mutex<KeyCache>>,
+}
+
+/// Unrevoked API keys found so far, by hash, valid for one generation of the keeper's change
+/// feed (a key created or revoked by any process starts a new one). Unknown keys are not
+/// remembered: a flood of wrong keys must not grow memory (the failure limiter handles it).
+#[derive(Debug, Default)]
+struct KeyCache {
+    generation: u64,
+    by_hash: HashMap<String, tokenkeeper_core::store::ApiKey>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -113,12 +129,56 @@ impl AppState {
             limiter: Arc::default(),
             extra_metrics: None,
             body_limit: DEFAULT_BODY_LIMIT,
+            keys: Arc::default(),
+            extra_routes: None,
         }
+    }
+
+    /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
+    pub fn with_routes(mut self, routes: ExtraRoutes) -> Self {
+        self.extra_routes = Some(routes);
+        self
+    }
+
+    /// The unrevoked key with SHA-256 `hash`: from memory while the keeper follows the change
+    /// feed, from the store otherwise (and to fill the memory).
+    pub(crate) async fn find_api_key(
+        &self,
+        hash: &str,
+    ) -> Result<Option<tokenkeeper_core::store::ApiKey>, tokenkeeper_core::StoreError> {
+        let generation = self.keeper.keys_generation();
+        if let Some(g) = generation {
+            let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation != g {
+                cache.by_hash.clear();
+                cache.generation = g;
+            }
+            if let Some(k) = cache.by_hash.get(hash) {
+                return Ok(Some(k.clone()));
+            }
+        }
+        let found = self.keeper.store().find_api_key(hash).await?;
+        if let (Some(g), Some(k)) = (generation, &found) {
+            let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            // A change that arrived during the read starts a newer generation: keep nothing.
+            if cache.generation == g && self.keeper.keys_generation() == Some(g) {
+                cache.by_hash.insert(hash.to_owned(), k.clone());
+            }
+        }
+        Ok(found)
     }
 
     /// Adds a hook that appends Prometheus text to `/metrics`.
     pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
         self.extra_metrics = Some(hook);
+        self
+    }
+
+    /// Sets how many failed authentications an address may make per minute before it is
+    /// refused for a while (default [`crate::auth::MAX_FAILURES`]). For API testers such as
+    /// schemathesis, which present wrong keys on purpose.
+    pub fn with_failure_limit(mut self, max_failures: usize) -> Self {
+        self.limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
         self
     }
 

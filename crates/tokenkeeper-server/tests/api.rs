@@ -216,7 +216,9 @@ async fn a_token_read_key_for_one_account_reads_only_that_token() {
         assert!(v["expires_in_seconds"].as_i64().unwrap() > 7 * 3600);
         assert!(v["expires_at"].as_str().is_some());
     }
-    assert_eq!(e.account("a").await.unwrap().usage.requests, 2, "usage is recorded");
+    assert_eq!(e.account("a").await.unwrap().usage.requests, 0, "usage is counted in memory, not per request");
+    assert_eq!(e.keeper.flush_usage().await.unwrap(), 2);
+    assert_eq!(e.account("a").await.unwrap().usage.requests, 2, "usage is recorded by the flush");
     // Not another account's token, and nothing else.
     let v = e.get("/api/token?account=b", &key).await.expect_error(403);
     assert!(!v.to_string().contains(&tb.access_token));
@@ -364,6 +366,7 @@ async fn oauth_login_flow_status_and_deletion_follow_seed_003() {
 
     // Use one token so usage shows, then read the status in seed 003's exact shape.
     e.get("/api/token?account=user1@example.com", ADMIN).await;
+    e.keeper.flush_usage().await.unwrap();
     e.clock.advance(Duration::minutes(5));
     let v = e.get("/oauth/status", &key).await.json();
     assert_eq!(v["total_tokens"], 2);
@@ -371,6 +374,7 @@ async fn oauth_login_flow_status_and_deletion_follow_seed_003() {
     let fields: BTreeSet<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
     let expected: BTreeSet<&str> = [
         "account_email",
+        "provider_email",
         "expires_in_minutes",
         "is_healthy",
         "usage_count",

@@ -114,9 +114,11 @@ async fn seed_003_curl_commands_work_as_written() {
     let server = start(&e).await;
     let url = format!("http://{}", server.addr);
     let dir = e.dir.path();
-    for email in ["user1@example.com", "user2@example.com"] {
+    // The caller names each login (`account_email`); the provider reports other emails. The
+    // caller's value is what status lists and what deletion takes, as in seed 003.
+    for (email, provider) in [("user1@example.com", "alice@corp.example"), ("user2@example.com", "bob@corp.example")] {
         let start = sh(dir, &url, &key, r#"curl -X POST $URL/oauth/start -H "Authorization: Bearer $KEY""#).await;
-        let code = e.mock.authorize(start["authorize_url"].as_str().unwrap(), email).unwrap();
+        let code = e.mock.authorize(start["authorize_url"].as_str().unwrap(), provider).unwrap();
         let line = format!(
             r#"curl -X POST $URL/oauth/exchange-code \
      -H "Content-Type: application/json" \
@@ -124,15 +126,41 @@ async fn seed_003_curl_commands_work_as_written() {
         );
         let v = sh(dir, &url, &key, &line).await;
         assert_eq!(v["result"], "created", "{v}");
+        assert_eq!(v["account_email"], email, "{v}");
+        assert_eq!(v["provider_email"], provider, "{v}");
     }
     let v = sh(dir, &url, &key, r#"curl $URL/oauth/status -H "Authorization: Bearer $KEY""#).await;
     assert_eq!(v["total_tokens"], 2);
-    assert_eq!(v["tokens"][0]["account_email"], "user1@example.com");
+    let listed: Vec<&str> =
+        v["tokens"].as_array().unwrap().iter().map(|t| t["account_email"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["user1@example.com", "user2@example.com"], "{v}");
+    assert_eq!(v["tokens"][0]["provider_email"], "alice@corp.example");
     assert!(v["tokens"][0]["expires_in_minutes"].as_f64().unwrap() > 60.0);
+    // Logging the same account in again (seed 003's re-authorisation) updates it in place
+    // (a minute later, so the new login expires later than the stored one).
+    e.clock.advance(chrono::Duration::minutes(1));
+    let start = sh(dir, &url, &key, r#"curl -X POST $URL/oauth/start -H "Authorization: Bearer $KEY""#).await;
+    let code = e.mock.authorize(start["authorize_url"].as_str().unwrap(), "alice@corp.example").unwrap();
+    let line = format!(
+        r#"curl -X POST $URL/oauth/exchange-code -H "Content-Type: application/json" -d '{{"code":"{code}","account_email":"user1@example.com"}}' -H "Authorization: Bearer $KEY""#
+    );
+    let v = sh(dir, &url, &key, &line).await;
+    assert_eq!(
+        (v["result"].as_str(), v["account_email"].as_str()),
+        (Some("updated"), Some("user1@example.com")),
+        "{v}"
+    );
+    let v = sh(dir, &url, &key, r#"curl $URL/oauth/status -H "Authorization: Bearer $KEY""#).await;
+    assert_eq!(v["total_tokens"], 2, "{v}");
     let v =
         sh(dir, &url, &key, r#"curl -X DELETE $URL/oauth/tokens/user1@example.com -H "Authorization: Bearer $KEY""#)
             .await;
     assert_eq!(v["deleted"], "user1@example.com");
+    assert_eq!(v["account_email"], "user1@example.com");
+    assert!(e.account("user1@example.com").await.is_none());
+    let v = sh(dir, &url, &key, r#"curl $URL/oauth/status -H "Authorization: Bearer $KEY""#).await;
+    assert_eq!(v["total_tokens"], 1, "{v}");
+    assert_eq!(v["tokens"][0]["account_email"], "user2@example.com", "{v}");
     let v = sh(dir, &url, &key, r#"curl -X DELETE $URL/oauth/tokens -H "Authorization: Bearer $KEY""#).await;
     assert_eq!(v["count"], 1);
     assert!(e.account("user2@example.com").await.is_none());

@@ -57,10 +57,31 @@
 //! implementation runs it.
 
 pub mod crypto;
+pub mod feed;
 mod fs;
+pub mod lock;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use crypto::EncryptionKey;
+pub use feed::SqliteChangeFeed;
+pub use lock::FlockAccountLock;
 pub use sqlite::SqliteStore;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokenkeeper_core::{Backend, StoreError};
+
+/// Opens the embedded backend of `data_dir`: the SQLite store, `flock`s in
+/// `<data_dir>/locks`, and the change feed of the store's `changes` table.
+pub async fn open_backend(data_dir: &Path, key: EncryptionKey) -> Result<Backend, StoreError> {
+    let store = SqliteStore::open(data_dir, key).await?;
+    let feed = store.change_feed();
+    Ok(Backend {
+        store: Arc::new(store),
+        lock: Arc::new(FlockAccountLock::new(data_dir.join("locks"))),
+        feed: Arc::new(feed),
+    })
+}

@@ -32,9 +32,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 use tokenkeeper_core::account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount, Usage};
+use tokenkeeper_core::backend::ChangeKind;
 use tokenkeeper_core::credential::Credential;
 use tokenkeeper_core::store::{
-    AccountPatch, ApiKey, CredentialChange, CredentialUpdate, Event, EventKind, NewEvent, Store, StoreError,
+    AccountPatch, ApiKey, Attempt, CredentialChange, CredentialUpdate, Event, EventKind, NewEvent, Store, StoreError,
+    UsageRecord,
 };
 
 use crate::crypto::EncryptionKey;
@@ -61,7 +63,16 @@ const MAX_CONNECTIONS: u32 = 4;
 ///
 /// Embedded by hand rather than with `sqlx::migrate!`, which needs sqlx's `macros` feature
 /// (and its compile-time cost); the checksums are the same, so either can apply them later.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, "seams", include_str!("../migrations/sqlite/0002_seams.sql")),
+];
+
+/// Hourly usage buckets older than this are pruned at each flush.
+const USAGE_KEPT: chrono::Duration = chrono::Duration::days(35);
+
+/// The change feed keeps at least this many rows; a subscriber further behind resynchronises.
+const CHANGES_KEPT: i64 = 10_000;
 
 /// The columns of `accounts`, in the order [`SqliteStore::account_from_row`] reads them.
 const ACCOUNT_COLUMNS: &str = "name, provider, mode, version, secret, expires_at, scopes, subscription_type, \
@@ -136,6 +147,11 @@ impl SqliteStore {
     /// directory). Watch it, or its directory, to learn that the store changed.
     pub fn changes_path(&self) -> PathBuf {
         self.changes_path.clone()
+    }
+
+    /// The change feed of this data directory (see [`crate::feed`]).
+    pub fn change_feed(&self) -> crate::feed::SqliteChangeFeed {
+        crate::feed::SqliteChangeFeed::new(self.pool.clone(), self.changes_path.clone())
     }
 
     /// Closes every connection, waiting for those in use to be returned.
@@ -291,6 +307,7 @@ impl Store for SqliteStore {
             credential.expires_at.to_rfc3339(),
         );
         insert_event(&mut tx, name, change.event_kind(), at, &detail).await?;
+        insert_change(&mut tx, Some(name), ChangeKind::Credential, Some(1), at).await?;
         let account = self.fetch_account(&mut tx, name).await?.ok_or_else(|| vanished(name))?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
         self.notify_changed().await;
@@ -347,6 +364,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db(action.clone()))?;
         insert_event(&mut tx, name, update.change.event_kind(), update.at, &update.detail).await?;
+        insert_change(&mut tx, Some(name), ChangeKind::Credential, Some(found + 1), update.at).await?;
         let account = self.fetch_account(&mut tx, name).await?.ok_or_else(|| vanished(name))?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
         self.notify_changed().await;
@@ -386,29 +404,187 @@ impl Store for SqliteStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound(name.to_owned()));
         }
+        insert_change(&mut tx, Some(name), ChangeKind::Metadata, None, at).await?;
         let account = self.fetch_account(&mut tx, name).await?.ok_or_else(|| vanished(name))?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
         self.notify_changed().await;
         Ok(account)
     }
 
-    async fn record_usage(&self, name: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        // A single statement commits atomically on its own; MAX keeps a late, out-of-order
-        // report from moving `last_used_at` back.
-        let updated = sqlx::query(
-            "UPDATE accounts SET usage_requests = usage_requests + 1, \
-             last_used_at = MAX(COALESCE(last_used_at, ?1), ?1) WHERE name = ?2",
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let action = format!("add {} usage record(s)", batch.len());
+        let mut tx = self.begin(&action).await?;
+        for r in batch {
+            let requests = count(r.requests);
+            // The bucket only for an account that still exists (removed meanwhile: dropped).
+            sqlx::query(
+                "INSERT INTO usage (account, key_id, model, hour, requests, input_tokens, output_tokens, \
+                 cache_read_tokens, cache_creation_tokens, errors, last_used_at) \
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 WHERE EXISTS (SELECT 1 FROM accounts WHERE name = ?1) \
+                 ON CONFLICT (account, key_id, model, hour) DO UPDATE SET \
+                 requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, \
+                 output_tokens = output_tokens + excluded.output_tokens, \
+                 cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, \
+                 cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens, \
+                 errors = errors + excluded.errors, last_used_at = MAX(last_used_at, excluded.last_used_at)",
+            )
+            .bind(&r.account)
+            .bind(r.key_id.as_deref().unwrap_or(""))
+            .bind(r.model.as_deref().unwrap_or(""))
+            .bind(ms(UsageRecord::hour_of(r.hour)))
+            .bind(requests)
+            .bind(count(r.input_tokens))
+            .bind(count(r.output_tokens))
+            .bind(count(r.cache_read_tokens))
+            .bind(count(r.cache_creation_tokens))
+            .bind(count(r.errors))
+            .bind(ms(r.last_used_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
+            // MAX keeps a late, out-of-order batch from moving `last_used_at` back.
+            sqlx::query(
+                "UPDATE accounts SET usage_requests = usage_requests + ?1, \
+                 last_used_at = MAX(COALESCE(last_used_at, ?2), ?2) WHERE name = ?3",
+            )
+            .bind(requests)
+            .bind(ms(r.last_used_at))
+            .bind(&r.account)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
+        }
+        // Hourly buckets are kept for USAGE_KEPT; the account's totals stay.
+        let oldest = batch.iter().map(|r| r.last_used_at).max().map(|t| ms(t - USAGE_KEPT));
+        sqlx::query("DELETE FROM usage WHERE hour < ?")
+            .bind(oldest)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("prune old usage buckets"))?;
+        tx.commit().await.map_err(db(format!("commit {action}")))?;
+        Ok(())
+    }
+
+    async fn usage(&self, account: Option<&str>, since: DateTime<Utc>) -> Result<Vec<UsageRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account, key_id, model, hour, requests, input_tokens, output_tokens, cache_read_tokens, \
+             cache_creation_tokens, errors, last_used_at FROM usage \
+             WHERE (?1 IS NULL OR account = ?1) AND hour >= ?2 ORDER BY hour, account, key_id, model",
         )
+        .bind(account)
+        .bind(ms(UsageRecord::hour_of(since)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read usage"))?;
+        rows.iter()
+            .map(|row| {
+                let account: String = column(row, "usage", "account")?;
+                let key_id: String = column(row, &account, "key_id")?;
+                let model: String = column(row, &account, "model")?;
+                let n = |c: &str| column::<i64>(row, "usage", c).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(UsageRecord {
+                    key_id: (!key_id.is_empty()).then_some(key_id),
+                    model: (!model.is_empty()).then_some(model),
+                    hour: time(&account, "usage.hour", column(row, "usage", "hour")?)?,
+                    requests: n("requests")?,
+                    input_tokens: n("input_tokens")?,
+                    output_tokens: n("output_tokens")?,
+                    cache_read_tokens: n("cache_read_tokens")?,
+                    cache_creation_tokens: n("cache_creation_tokens")?,
+                    errors: n("errors")?,
+                    last_used_at: time(&account, "usage.last_used_at", column(row, "usage", "last_used_at")?)?,
+                    account,
+                })
+            })
+            .collect()
+    }
+
+    async fn take_refresh_attempt(&self, name: &str, now: DateTime<Utc>, max: u32) -> Result<Attempt, StoreError> {
+        let action = format!("count a refresh attempt of `{name}`");
+        let window = chrono::Duration::hours(1);
+        let mut tx = self.begin(&action).await?;
+        sqlx::query("DELETE FROM refresh_attempts WHERE account = ? AND at <= ?")
+            .bind(name)
+            .bind(ms(now - window))
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(at) AS oldest FROM refresh_attempts WHERE account = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
+        let taken: i64 = column(&row, name, "n")?;
+        if taken >= i64::from(max) {
+            let oldest: Option<i64> = column(&row, name, "oldest")?;
+            let until = opt_time(name, "refresh_attempts.at", oldest)?.map_or(now + window, |t| t + window);
+            tx.commit().await.map_err(db(format!("commit {action}")))?;
+            return Ok(Attempt::Exhausted { until });
+        }
+        sqlx::query("INSERT INTO refresh_attempts (account, at) VALUES (?, ?)")
+            .bind(name)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
+        tx.commit().await.map_err(db(format!("commit {action}")))?;
+        Ok(Attempt::Granted)
+    }
+
+    async fn get_state(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query("SELECT value FROM state WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db(format!("read state `{key}`")))?;
+        row.map(|row| {
+            let text: String = column(&row, key, "value")?;
+            serde_json::from_str(&text).map_err(|e| corrupt(key, format!("state value: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn put_state(&self, key: &str, value: &serde_json::Value, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO state (key, value, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value.to_string())
         .bind(ms(at))
-        .bind(name)
         .execute(&self.pool)
         .await
-        .map_err(db(format!("count a use of `{name}`")))?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(name.to_owned()));
-        }
-        self.notify_changed().await;
+        .map_err(db(format!("save state `{key}`")))?;
         Ok(())
+    }
+
+    async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM state WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db(format!("delete state `{key}`")))?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        // substr rather than LIKE: a prefix may hold `%` or `_`.
+        let rows = sqlx::query("SELECT key, value FROM state WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key")
+            .bind(prefix)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(format!("list state under `{prefix}`")))?;
+        rows.iter()
+            .map(|row| {
+                let key: String = column(row, "state", "key")?;
+                let text: String = column(row, &key, "value")?;
+                let value = serde_json::from_str(&text).map_err(|e| corrupt(&key, format!("state value: {e}")))?;
+                Ok((key, value))
+            })
+            .collect()
     }
 
     async fn remove_account(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -423,6 +599,12 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         insert_event(&mut tx, name, EventKind::Removed, at, "account removed").await?;
+        insert_change(&mut tx, Some(name), ChangeKind::Removed, None, at).await?;
+        sqlx::query("DELETE FROM refresh_attempts WHERE account = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action.clone()))?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
         self.notify_changed().await;
         Ok(true)
@@ -430,10 +612,8 @@ impl Store for SqliteStore {
 
     async fn record_event(&self, event: &NewEvent) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db("connect to record an event"))?;
-        insert_event(&mut conn, &event.account, event.kind, event.at, &event.detail).await?;
-        drop(conn);
-        self.notify_changed().await;
-        Ok(())
+        // Events wake nobody: they are history, read when shown.
+        insert_event(&mut conn, &event.account, event.kind, event.at, &event.detail).await
     }
 
     async fn events(&self, account: Option<&str>, limit: u32) -> Result<Vec<Event>, StoreError> {
@@ -467,6 +647,8 @@ impl Store for SqliteStore {
         let name = key.name.as_str();
         let scopes = to_json("api_keys", &key.scopes)?;
         let accounts = to_json("api_keys", &key.accounts)?;
+        let action = format!("create API key `{name}`");
+        let mut tx = self.begin(&action).await?;
         let inserted = sqlx::query(&format!("INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"))
             .bind(&key.id)
             .bind(name)
@@ -475,7 +657,7 @@ impl Store for SqliteStore {
             .bind(&accounts)
             .bind(ms(key.created_at))
             .bind(key.revoked_at.map(ms))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
         match inserted {
             Ok(_) => {}
@@ -491,6 +673,8 @@ impl Store for SqliteStore {
             }
             Err(e) => return Err(db(format!("create API key `{name}`"))(e)),
         }
+        insert_change(&mut tx, None, ChangeKind::Keys, None, key.created_at).await?;
+        tx.commit().await.map_err(db(format!("commit {action}")))?;
         self.notify_changed().await;
         Ok(())
     }
@@ -533,6 +717,7 @@ impl Store for SqliteStore {
         if revoked == 0 {
             return Ok(false);
         }
+        insert_change(&mut tx, None, ChangeKind::Keys, None, at).await?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
         self.notify_changed().await;
         Ok(true)
@@ -585,6 +770,37 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_error("create the database", path)(e)),
     }
+}
+
+/// Records a change for the feed inside the writer's transaction, and prunes rows far behind.
+async fn insert_change(
+    conn: &mut SqliteConnection,
+    account: Option<&str>,
+    kind: ChangeKind,
+    version: Option<i64>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let seq = sqlx::query("INSERT INTO changes (account, kind, version, at) VALUES (?, ?, ?, ?)")
+        .bind(account)
+        .bind(kind.as_str())
+        .bind(version)
+        .bind(ms(at))
+        .execute(&mut *conn)
+        .await
+        .map_err(db(format!("record a `{}` change", kind.as_str())))?
+        .last_insert_rowid();
+    // Pruning by the primary key is an index range delete: cheap enough to do on every write.
+    sqlx::query("DELETE FROM changes WHERE seq <= ?")
+        .bind(seq - CHANGES_KEPT)
+        .execute(conn)
+        .await
+        .map_err(db("prune the change feed"))?;
+    Ok(())
+}
+
+/// Saturating u64 → SQLite integer.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 async fn insert_event(
@@ -778,7 +994,8 @@ mod tests {
         };
         assert!(matches!(store.get_account("main").await, Err(StoreError::Database { .. })));
         assert!(matches!(store.update_credential("main", &update).await, Err(StoreError::Database { .. })));
-        assert!(matches!(store.record_usage("main", when).await, Err(StoreError::Database { .. })));
+        let used = crate::testing::use_of("main", 1, when);
+        assert!(matches!(store.record_usage(&[used]).await, Err(StoreError::Database { .. })));
         assert!(matches!(store.remove_account("main", when).await, Err(StoreError::Database { .. })));
     }
 

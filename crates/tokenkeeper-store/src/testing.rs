@@ -47,6 +47,16 @@ pub fn new_account(name: &str, credential: Credential) -> NewAccount {
         refresh_token_issued_at: None,
     }
 }
+/// One hand-out of `account` at `at`, as the keeper's meter flushes it.
+pub fn use_of(account: &str, requests: u64, at: DateTime<Utc>) -> tokenkeeper_core::store::UsageRecord {
+    tokenkeeper_core::store::UsageRecord {
+        account: account.to_owned(),
+        hour: at,
+        requests,
+        last_used_at: at,
+        ..Default::default()
+    }
+}
 
 /// A credential update from `expected_version`.
 pub fn update(
@@ -178,7 +188,9 @@ pub async fn story<S: Store + ?Sized>(store: &S) {
     assert!(
         matches!(store.patch_account("nobody", &patch, at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody")
     );
-    assert!(matches!(store.record_usage("nobody", at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody"));
+    // Usage of a missing account is dropped, not an error (it may have been removed meanwhile).
+    store.record_usage(&[use_of("nobody", 1, at(12))]).await.expect("usage of a missing account");
+    assert!(store.usage(Some("nobody"), at(-100)).await.expect("usage").is_empty());
     assert!(!store.remove_account("nobody", at(12)).await.expect("remove a missing account"));
 
     // Patch: state, last error, mode, binding; unmentioned fields stay.
@@ -235,8 +247,8 @@ pub async fn story<S: Store + ?Sized>(store: &S) {
     );
 
     // Usage counters.
-    store.record_usage("alpha", at(40)).await.expect("usage");
-    store.record_usage("alpha", at(41)).await.expect("usage");
+    store.record_usage(&[use_of("alpha", 1, at(40))]).await.expect("usage");
+    store.record_usage(&[use_of("alpha", 1, at(41))]).await.expect("usage");
     let used = get(store, "alpha").await;
     assert_eq!((used.usage.requests, used.usage.last_used_at), (2, Some(at(41))));
     assert_eq!(used.version, 2, "usage is not a credential change");

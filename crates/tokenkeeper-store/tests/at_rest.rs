@@ -241,6 +241,11 @@ async fn every_committed_write_touches_the_change_file() {
     let stale = credential("sk-ant-oat01-x3", Some("sk-ant-ort01-y3"), 300);
     assert!(store.update_credential("main", &update(1, stale, CredentialChange::Refreshed, at(2))).await.is_err());
     assert_eq!(stamp().as_ref(), Some(&second));
-    store.record_usage("main", at(3)).await.unwrap();
-    assert_ne!(stamp().as_ref(), Some(&second));
+    // Usage and installation state wake nobody: a usage flush must never re-deliver sinks.
+    store.record_usage(&[tokenkeeper_store::testing::use_of("main", 1, at(3))]).await.unwrap();
+    store.put_state("alerts/state", &serde_json::json!({"x": 1}), at(3)).await.unwrap();
+    assert_eq!(stamp().as_ref(), Some(&second), "usage and state are not changes");
+    let patch = tokenkeeper_core::store::AccountPatch { last_error: Some(Some("x".into())), ..Default::default() };
+    store.patch_account("main", &patch, at(4)).await.unwrap();
+    assert_ne!(stamp().as_ref(), Some(&second), "a metadata change is a change");
 }

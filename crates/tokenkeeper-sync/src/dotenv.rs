@@ -46,6 +46,27 @@ struct Assignment<'a> {
 /// Sets `key` to `value` in the `.env` text `existing` and returns the new text; see the
 /// [module docs](self) for exactly what changes.
 pub fn set_var(existing: &str, key: &str, value: &str) -> String {
+    let out = set_in_place(existing, key, value);
+    if get_var(&out, key).as_deref() == Some(value) {
+        return out;
+    }
+    // In a broken file (a quote left open elsewhere), rewriting a value can change how the
+    // quotes pair up, so that the line is swallowed by another value (found by the fuzz test).
+    // Then leave the file as it was and append a fresh assignment: the last one wins.
+    let mut out = existing.to_owned();
+    let nl = dominant_line_ending(existing);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push_str(nl);
+    }
+    out.push_str(key);
+    out.push('=');
+    out.push_str(&encode(value, Quote::None));
+    out.push_str(nl);
+    out
+}
+
+/// [`set_var`]'s edit in place: every assignment of `key` rewritten, or one appended.
+fn set_in_place(existing: &str, key: &str, value: &str) -> String {
     let mut out = String::with_capacity(existing.len() + value.len() + key.len() + 2);
     let mut copied = 0;
     let mut found = false;
@@ -234,8 +255,10 @@ fn parse_key(text: &str, start: usize, end: usize) -> Option<(&str, usize, usize
 /// The raw value's range, its quoting, and where the next line to scan starts.
 fn parse_value(b: &[u8], eq: usize, vstart: usize, end: usize, eol: usize) -> (Range<usize>, Quote, usize) {
     let next = next_line(b, eol);
-    // Empty value (`KEY=`, `KEY=   `, `KEY= # note`): the new value goes right after `=`.
-    if vstart >= end || b[vstart] == b'#' {
+    // Empty value (`KEY=`, `KEY=   `, `KEY= # note`): the new value goes right after `=`. A
+    // `#` right after `=` (`KEY=#x`) starts the value, as for every reader: only a `#` after a
+    // blank starts a comment (found by the fuzz test: the new value used to be glued to it).
+    if vstart >= end || (b[vstart] == b'#' && vstart > eq + 1) {
         return (eq + 1..eq + 1, Quote::None, next);
     }
     let quote = match b[vstart] {
@@ -321,6 +344,9 @@ mod tests {
         assert_eq!(set_var(&format!("export {K} = 'old' # c\r\n"), K, V), format!("export {K} = '{V}' # c\r\n"));
         assert_eq!(set_var(&format!("{K}= # empty\n"), K, V), format!("{K}={V} # empty\n"));
         assert_eq!(set_var(&format!("{K}=\n"), K, V), format!("{K}={V}\n"));
+        // A `#` right after `=` is part of the value, not a comment.
+        assert_eq!(get_var(&format!("{K}=#ed\n"), K).as_deref(), Some("#ed"));
+        assert_eq!(set_var(&format!("{K}=#ed\n"), K, V), format!("{K}={V}\n"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The one place tokenkeeper writes files: [`write_file`]. Nothing else in the project may
-//! hand-roll an atomic write.
+//! The one place tokenkeeper writes the files it delivers and keeps in step: [`write_file`].
+//! Every sink and every bound-file write goes through it. (Two secrets that are created once
+//! and never rewritten, the key file and the admin token file, are created whole with
+//! `create_new` by their own crates.)
 //!
 //! # Guarantees
 //!

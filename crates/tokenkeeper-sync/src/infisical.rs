@@ -26,7 +26,7 @@ use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::{Account, Secret};
 
 use crate::error::SyncError;
-use crate::runner::redact;
+use tokenkeeper_core::redact;
 
 /// Timeout of one request to Infisical.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -110,7 +110,7 @@ fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncEr
     let template_error = |action: &'static str, e: minijinja::Error| SyncError::Template {
         action,
         path: origin.clone(),
-        message: crate::runner::redact(&e.to_string(), secrets.iter().copied()),
+        message: tokenkeeper_core::redact(&e.to_string(), secrets.iter().copied()),
     };
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);

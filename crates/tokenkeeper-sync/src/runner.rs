@@ -1,11 +1,16 @@
 //! Commands: `on_change` after a sink's file changed, and the program of a `command` sink.
 //!
+//! Each run goes through the project's one child-process runner,
+//! [`tokenkeeper_process::ChildCommand`] with [`Purpose::Sink`]:
+//!
 //! - **No shell, no token in argv.** The argv is run as given; the credential travels in the
 //!   environment only: `TOKENKEEPER_ACCESS_TOKEN`, `CLAUDE_CODE_OAUTH_TOKEN` (so `claude`
 //!   itself can be the command), `TOKENKEEPER_EXPIRES_AT` (RFC 3339),
 //!   `TOKENKEEPER_EXPIRES_AT_MS`, `TOKENKEEPER_ACCOUNT`, `TOKENKEEPER_SINK`. The refresh
-//!   token is never passed. Everything else of tokenkeeper's environment is inherited (`PATH`,
-//!   `DOCKER_HOST`, …).
+//!   token is never passed. Of tokenkeeper's own environment the command inherits everything
+//!   but tokenkeeper's secrets (`TOKENKEEPER_KEY`, `TOKENKEEPER_ADMIN_TOKEN`, every other
+//!   `TOKENKEEPER_*` but a few non-secret settings; see [`tokenkeeper_process::env`]), so
+//!   `PATH`, `DOCKER_HOST` and the like still reach it.
 //! - **Timeout** (default 60 s): the command's whole process group is killed when it expires.
 //! - **Output** (stdout and stderr) is captured and logged line by line, every token value
 //!   replaced by its fingerprint.
@@ -19,15 +24,14 @@
 //! Time is `tokio::time`, so tests drive debounce and backoff with `tokio::time::pause()`;
 //! the process execution itself sits behind [`Executor`] so those tests need no processes.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::BoxFuture;
-use tokenkeeper_core::{Account, Secret};
+use tokenkeeper_core::{redact, Account, Secret};
+use tokenkeeper_process::{ChildCommand, ProcessError, Purpose};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -115,17 +119,6 @@ impl CommandEnv {
     }
 }
 
-/// `text` with each of `secrets` replaced by its fingerprint.
-pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> String {
-    let mut out = text.to_owned();
-    for s in secrets {
-        if !s.expose().is_empty() {
-            out = out.replace(s.expose(), &s.fingerprint());
-        }
-    }
-    out
-}
-
 /// Runs a command once. The real one is [`ProcessExecutor`]; tests substitute their own.
 pub trait Executor: Send + Sync + 'static {
     /// Runs `argv` with `env`, killing it after `timeout`.
@@ -155,51 +148,41 @@ impl Executor for ProcessExecutor {
 /// Runs `argv` once as described in the [module docs](self).
 pub async fn run_process(argv: &[String], env: &CommandEnv, timeout: Duration) -> Result<(), SyncError> {
     let action = "run the command of sink";
-    let Some((program, args)) = argv.split_first() else {
-        return Err(SyncError::Missing { action, path: PathBuf::from(&env.sink), field: "command" });
-    };
-    let path = PathBuf::from(program);
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(env.vars())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        // Its own process group, so a timeout kills what it started too.
-        .process_group(0);
-    let child = cmd.spawn().map_err(|e| SyncError::io("start the command", &path, e))?;
-    let pid = child.id();
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => return Err(SyncError::io("wait for the command", &path, e)),
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The child itself is killed on drop; this reaches its descendants.
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-            return Err(SyncError::CommandTimeout { action, path, after: timeout });
+    let mut cmd = ChildCommand::new(Purpose::Sink, argv)
+        .map_err(|_| SyncError::Missing { action, path: PathBuf::from(&env.sink), field: "command" })?
+        .timeout(timeout);
+    for (name, value) in env.vars() {
+        cmd = cmd.env(name, value);
+    }
+    cmd = cmd.redact(&env.access_token);
+    if let Some(refresh) = &env.refresh_token {
+        cmd = cmd.redact(refresh);
+    }
+    let path = PathBuf::from(cmd.program());
+    let output = match cmd.run().await {
+        Ok(output) => output,
+        Err(ProcessError::Spawn { source, .. }) => return Err(SyncError::io("start the command", &path, source)),
+        Err(ProcessError::Wait { source, .. }) => return Err(SyncError::io("wait for the command", &path, source)),
+        Err(ProcessError::Timeout { after, .. }) => return Err(SyncError::CommandTimeout { action, path, after }),
+        Err(ProcessError::Empty { .. }) => {
+            return Err(SyncError::Missing { action, path: PathBuf::from(&env.sink), field: "command" })
         }
     };
-    let stdout = env.redact(&String::from_utf8_lossy(&output.stdout));
-    let stderr = env.redact(&String::from_utf8_lossy(&output.stderr));
-    for line in stdout.lines().take(LOGGED_LINES) {
+    for line in output.stdout.lines().take(LOGGED_LINES) {
         tracing::info!(sink = %env.sink, program = %path.display(), "stdout: {line}");
     }
-    for line in stderr.lines().take(LOGGED_LINES) {
+    for line in output.stderr.lines().take(LOGGED_LINES) {
         tracing::info!(sink = %env.sink, program = %path.display(), "stderr: {line}");
     }
-    if output.status.success() {
+    if output.success() {
         return Ok(());
     }
-    let status = match (output.status.code(), output.status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        (None, None) => "failed".to_owned(),
-    };
-    let trimmed = stderr.trim_end();
-    let skip = trimmed.chars().count().saturating_sub(STDERR_TAIL_CHARS);
-    Err(SyncError::CommandFailed { action, path, status, stderr: trimmed.chars().skip(skip).collect() })
+    Err(SyncError::CommandFailed {
+        action,
+        path,
+        status: output.describe_status(),
+        stderr: output.stderr_tail(STDERR_TAIL_CHARS),
+    })
 }
 
 /// What a [`DebouncedCommand`] has done so far.

@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use tokenkeeper_core::formats::parse_credential;
 use tokenkeeper_core::status::{human_duration, Level};
 use tokenkeeper_core::store::CredentialChange;
-use tokenkeeper_core::Account;
+use tokenkeeper_core::{constant_time_eq, Account};
 use tokenkeeper_keeper::view::account_view;
 use tokenkeeper_keeper::{Ingest, IngestOutcome, KeeperError, RefreshPolicy, RefreshResult};
 
 use crate::error::WebError;
-use crate::security::{ct_eq, ClientIp};
+use crate::security::ClientIp;
 use crate::session::{cookie_value, random_token, set_cookie, Flash, PendingLogin, SignedIn};
 use crate::session::{LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_LIFETIME};
 use crate::WebState;
@@ -140,7 +140,7 @@ impl<T: DeserializeOwned + Send> FromRequest<WebState> for CsrfForm<T> {
                        Go back, reload the page, and try again.";
         let Form(Guarded { csrf, form }) =
             Form::<Guarded<T>>::from_request(req, state).await.map_err(|_| refused(state, refusal))?;
-        if csrf.is_empty() || !ct_eq(&csrf, &session.csrf) {
+        if csrf.is_empty() || !constant_time_eq(csrf.as_bytes(), session.csrf.as_bytes()) {
             tracing::warn!("form with a missing or wrong CSRF token refused");
             return Err(refused(state, refusal));
         }
@@ -207,7 +207,7 @@ pub async fn login(
         return refused(&state, "The sign-in form was incomplete. Reload the sign-in page and try again.");
     };
     let expected = cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !ct_eq(&expected, &form.csrf) {
+    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf.as_bytes()) {
         return refused(
             &state,
             "The sign-in form was refused because its security token is missing or out of date. \
@@ -215,7 +215,7 @@ pub async fn login(
         );
     }
     let token = form.token.trim();
-    if token.is_empty() || !ct_eq(token, state.admin_token().expose()) {
+    if token.is_empty() || !constant_time_eq(token.as_bytes(), state.admin_token().expose().as_bytes()) {
         state.limiter().fail(ip);
         tracing::warn!(client = %ip, "sign-in with a wrong admin token");
         return login_page(

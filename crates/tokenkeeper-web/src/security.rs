@@ -1,6 +1,7 @@
 //! What keeps the page safe besides the session: the cross-site guard on every state-changing
-//! request, security headers on every response, constant-time comparison, and the per-address
-//! limit on failed sign-ins.
+//! request, security headers on every response, and the per-address limit on failed sign-ins.
+//! Secrets are compared with the project's one length-hiding comparison,
+//! [`tokenkeeper_core::constant_time_eq`], shared with the API.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,8 +15,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq as _;
 
 use tokenkeeper_core::SharedClock;
 
@@ -28,13 +27,6 @@ pub const MAX_FAILED_SIGN_INS: u32 = 5;
 pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Addresses tracked at most; beyond that the stalest entries are dropped.
 const MAX_TRACKED: usize = 10_000;
-
-/// Compares two secrets in time that depends on neither their contents nor where they differ.
-/// Both sides are hashed first so that their lengths do not show either.
-pub fn ct_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    bool::from(a.as_slice().ct_eq(b.as_slice()))
-}
 
 /// The client's address as the listener saw it. Headers like `X-Forwarded-For` are not
 /// trusted: anyone can send them. Without connection info (a router served without it, or a
@@ -166,14 +158,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use tokenkeeper_core::ManualClock;
-
-    #[test]
-    fn ct_eq_compares_contents() {
-        assert!(ct_eq("abc", "abc"));
-        assert!(!ct_eq("abc", "abd"));
-        assert!(!ct_eq("abc", "abcd"));
-        assert!(!ct_eq("", "a"));
-    }
 
     #[test]
     fn limiter_blocks_after_the_budget_and_forgives_after_the_window() {

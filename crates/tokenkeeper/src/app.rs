@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use tokenkeeper_core::{paths, system_clock_handle, Config};
+use tokenkeeper_core::{paths, system_clock_handle, Config, Store};
 use tokenkeeper_keeper::Keeper;
-use tokenkeeper_store::{EncryptionKey, SqliteStore};
+use tokenkeeper_store::EncryptionKey;
 
 use crate::cli::GlobalArgs;
 
@@ -17,8 +17,8 @@ pub struct App {
     pub config: Arc<Config>,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// The store (concrete, for its change-notification file).
-    pub store: Arc<SqliteStore>,
+    /// The store (also reachable as `keeper.store()`).
+    pub store: Arc<dyn Store>,
     /// The keeper.
     pub keeper: Arc<Keeper>,
 }
@@ -49,12 +49,11 @@ impl App {
         let config = Arc::new(load_config(global)?);
         let data_dir = data_dir(global)?;
         let key = EncryptionKey::load_or_create(env("TOKENKEEPER_KEY").as_deref(), &data_dir)?;
-        let store = Arc::new(
-            SqliteStore::open(&data_dir, key)
-                .await
-                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?,
-        );
-        let keeper = Arc::new(Keeper::new(store.clone(), config.clone(), &data_dir, system_clock_handle())?);
+        let backend = tokenkeeper_store::open_backend(&data_dir, key)
+            .await
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        let store = backend.store.clone();
+        let keeper = Arc::new(Keeper::new(backend, config.clone(), &data_dir, system_clock_handle())?);
         Ok(App { config, data_dir, store, keeper })
     }
 }

@@ -7,12 +7,14 @@ use tokenkeeper_core::status::human_duration;
 use tokenkeeper_core::{Account, Config};
 pub use tokenkeeper_keeper::view::AccountView as AccountStatus;
 
-/// The sinks' health as the running daemon last recorded it: (sink, account, ok, last error).
-/// Empty when no daemon with sinks has run.
-pub fn recorded_sinks(data_dir: &std::path::Path) -> Vec<(String, String, bool, Option<String>)> {
-    let path = tokenkeeper_keeper::daemon::Daemon::sinks_status_path(data_dir);
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return Vec::new() };
+/// A sink's health as the daemon recorded it: (sink, account, ok, last error).
+pub type RecordedSink = (String, String, bool, Option<String>);
+
+/// The sinks' health as the running daemon last recorded it in the store. Empty when no
+/// daemon with sinks has run.
+pub async fn recorded_sinks(store: &dyn tokenkeeper_core::Store) -> Vec<RecordedSink> {
+    let Ok(Some(value)) = store.get_state(tokenkeeper_daemon::SINK_HEALTH_KEY).await else { return Vec::new() };
+    let Ok(list) = serde_json::from_value::<Vec<serde_json::Value>>(value) else { return Vec::new() };
     list.iter()
         .map(|s| {
             (
@@ -28,15 +30,12 @@ pub fn recorded_sinks(data_dir: &std::path::Path) -> Vec<(String, String, bool, 
 /// The view of one account, as the CLI shows it, with the failing sinks the daemon recorded.
 pub fn account_status(
     config: &Config,
-    data_dir: &std::path::Path,
+    recorded: &[RecordedSink],
     account: &Account,
     now: DateTime<Utc>,
 ) -> AccountStatus {
-    let failing = recorded_sinks(data_dir)
-        .into_iter()
-        .filter(|(_, a, ok, _)| a == &account.name && !ok)
-        .map(|(name, ..)| name)
-        .collect();
+    let failing =
+        recorded.iter().filter(|(_, a, ok, _)| a == &account.name && !ok).map(|(name, ..)| name.clone()).collect();
     tokenkeeper_keeper::view::account_view(config, account, now, failing)
 }
 

@@ -229,12 +229,13 @@ async fn json_has_the_views_and_the_exit_code() {
 async fn a_failing_sink_recorded_by_the_daemon_is_a_warning_in_check_and_status() {
     let w = World::new().await;
     import(&w, "main", "sink@example.com");
-    // What `serve` leaves in the data directory when a sink keeps failing.
-    std::fs::write(
-        w.data_dir().join("sinks-status.json"),
+    // What `serve` leaves in the store when a sink keeps failing.
+    let health: serde_json::Value = serde_json::from_str(
         r#"[{"name":"env_file:/srv/bot/.env","account":"main","kind":"env_file","ok":false,"last_error":"cannot create the temporary file in /srv/bot: Permission denied","last_written_at":null,"writes":0,"failures":3}]"#,
     )
     .unwrap();
+    let store = w.store().await;
+    tokenkeeper_core::Store::put_state(&store, "sinks/health", &health, chrono::Utc::now()).await.unwrap();
     let out = w.run(&["check"], "");
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     assert!(stdout(&out).contains("env_file:/srv/bot/.env"), "{}", stdout(&out));

@@ -18,6 +18,7 @@ use tokenkeeper_keeper::testing;
 use tokenkeeper_mock::IssuedTokens;
 use tokenkeeper_server::{AppState, Scope};
 
+#[allow(unused_imports)]
 pub use tokenkeeper_keeper::testing::claude_json;
 
 pub const ADMIN: &str = "tka_test-admin-token-0123456789abcdef";

@@ -15,8 +15,8 @@ pub async fn run(app: &App, args: AccountsArgs) -> Result<i32> {
             let now = app.keeper.clock().now();
             let accounts = app.keeper.store().list_accounts().await?;
             if args.json {
-                let rows: Vec<_> =
-                    accounts.iter().map(|a| account_status(&app.config, &app.data_dir, a, now)).collect();
+                let recorded = crate::output::recorded_sinks(app.store.as_ref()).await;
+                let rows: Vec<_> = accounts.iter().map(|a| account_status(&app.config, &recorded, a, now)).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if accounts.is_empty() {
                 eprintln!("No accounts yet: run `tokenkeeper login` or `tokenkeeper import`.");

@@ -9,7 +9,6 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use tokenkeeper_core::Store;
 use tokenkeeper_keeper::view::AccountView;
 use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
 
@@ -105,7 +104,8 @@ async fn gather(global: &GlobalArgs, account: Option<&str>) -> Result<Vec<Accoun
     let now = app.keeper.clock().now();
     // A one-shot process runs no sinks; it sees the failing ones the running daemon recorded,
     // so `check`, `status` and the alerts agree.
-    Ok(accounts.iter().map(|a| crate::output::account_status(&app.config, &app.data_dir, a, now)).collect())
+    let recorded = crate::output::recorded_sinks(app.store.as_ref()).await;
+    Ok(accounts.iter().map(|a| crate::output::account_status(&app.config, &recorded, a, now)).collect())
 }
 
 /// Runs `check`; returns the monitoring exit status.

@@ -20,7 +20,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use tokenkeeper_core::status::{human_duration, Level};
-use tokenkeeper_core::{paths, Account, Config, Mode, Store};
+use tokenkeeper_core::{paths, Account, Config, Mode};
 use tokenkeeper_keeper::view::account_view;
 use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
 

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tokenkeeper_alert::AlertEngine;
-use tokenkeeper_keeper::daemon::Daemon;
+use tokenkeeper_daemon::Daemon;
 use tokenkeeper_server::{load_or_create_admin_token, AppState, ADMIN_TOKEN_ENV};
 use tokenkeeper_sync::sink::SinkSet;
 
@@ -52,7 +52,18 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen} for the HTTP API; change [server] listen, or run with --no-http")
         })?;
-        let mut state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin);
+        let web = {
+            let (keeper, sinks, admin) = (app.keeper.clone(), sinks.clone(), admin.clone());
+            Arc::new(move |secure: bool| {
+                tokenkeeper_web::router(tokenkeeper_web::WebState::new(
+                    keeper.clone(),
+                    Some(sinks.clone()),
+                    admin.clone(),
+                    secure,
+                ))
+            })
+        };
+        let mut state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin).with_routes(web);
         if let Some(alerts) = &alerts {
             let alerts = alerts.clone();
             state = state.with_extra_metrics(Arc::new(move |out: &mut String| alert_metrics(&alerts, out)));
@@ -74,7 +85,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         tracing::info!("HTTP server disabled (--no-http or [server] enabled = false)");
         None
     };
-    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()), Some(app.store.changes_path()));
+    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()));
     if let Some(alerts) = &alerts {
         daemon = daemon.with_alerts(alerts.clone());
     }

@@ -13,22 +13,23 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
         Some(n) => vec![app.keeper.resolve_account(Some(n)).await?],
         None => app.keeper.store().list_accounts().await?,
     };
-    let rows: Vec<_> = accounts.iter().map(|a| account_status(&app.config, &app.data_dir, a, now)).collect();
+    let recorded = crate::output::recorded_sinks(app.store.as_ref()).await;
+    let rows: Vec<_> = accounts.iter().map(|a| account_status(&app.config, &recorded, a, now)).collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
         println!("No accounts yet: run `tokenkeeper login` or `tokenkeeper import`.");
     } else {
         print!("{}", status_table(&rows, now));
-        print_sinks(app, args.account.as_deref());
-        print_alert_channels(app);
+        print_sinks(app, args.account.as_deref()).await;
+        print_alert_channels(app).await;
     }
     Ok(exit::OK)
 }
 
 /// Each sink's health as the running daemon last recorded it.
-fn print_sinks(app: &App, only: Option<&str>) {
-    for (name, account, ok, error) in crate::output::recorded_sinks(&app.data_dir) {
+async fn print_sinks(app: &App, only: Option<&str>) {
+    for (name, account, ok, error) in crate::output::recorded_sinks(app.store.as_ref()).await {
         if only.is_some_and(|o| o != account) {
             continue;
         }
@@ -42,10 +43,9 @@ fn print_sinks(app: &App, only: Option<&str>) {
 
 /// The alert channels' health as the running daemon last recorded it (nothing when no daemon
 /// with `[[alerts]]` has run): a failing channel is itself something to fix.
-fn print_alert_channels(app: &App) {
-    let path = tokenkeeper_keeper::daemon::Daemon::alert_channels_path(&app.data_dir);
-    let Ok(text) = std::fs::read_to_string(&path) else { return };
-    let Ok(channels) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return };
+async fn print_alert_channels(app: &App) {
+    let Ok(Some(value)) = app.store.get_state(tokenkeeper_daemon::ALERT_CHANNELS_KEY).await else { return };
+    let Ok(channels) = serde_json::from_value::<Vec<serde_json::Value>>(value) else { return };
     for c in channels {
         let name = c["name"].as_str().unwrap_or("?");
         let (sent, failed) = (c["sent"].as_u64().unwrap_or(0), c["failed"].as_u64().unwrap_or(0));

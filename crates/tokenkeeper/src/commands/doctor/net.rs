@@ -9,9 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use tokenkeeper_core::config::ProviderConfig;
+use tokenkeeper_core::redact;
 use tokenkeeper_core::{Account, AccountState};
 use tokenkeeper_provider::{OAuthClient, ProviderError};
-use tokenkeeper_sync::runner::redact;
 
 use super::Finding;
 

@@ -11,14 +11,13 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use tokenkeeper_alert::AlertEngine;
-use tokenkeeper_core::BindingKind;
-use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions};
+use tokenkeeper_core::{BindingKind, ChangeKind};
+use tokenkeeper_sync::fs::read_optional;
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::FileWatcher;
 
-use crate::error::KeeperError;
-use crate::keeper::{Keeper, KeeperEvent};
-use crate::schedule::Scheduler;
+use tokenkeeper_keeper::schedule::Scheduler;
+use tokenkeeper_keeper::{Keeper, KeeperError, KeeperEvent};
 
 /// The longest the daemon sleeps without looking at the clock again. Timers run on a
 /// monotonic clock that stands still while a machine is suspended; waking now and then
@@ -32,78 +31,110 @@ const ALERT_EVERY: Duration = Duration::from_secs(60);
 /// How long after queueing alerts the daemon keeps re-saving channel health every second.
 const HEALTH_FOLLOW_UP: Duration = Duration::from_secs(30);
 
-/// File in the data directory holding the alert channels' last known health (JSON), written
-/// by the daemon and shown by `tokenkeeper status`.
-pub const ALERT_CHANNELS_FILE: &str = "alert-channels.json";
+/// Installation state (in the store): the alert engine's memory of what it sent, so an
+/// incident alerts once for the installation, across restarts.
+pub const ALERT_STATE_KEY: &str = "alerts/state";
 
-/// File in the data directory holding the sinks' last known health (JSON), written by the
-/// daemon and shown by `tokenkeeper status`.
-pub const SINKS_FILE: &str = "sinks-status.json";
+/// Installation state: the alert channels' last known health, shown by `tokenkeeper status`.
+pub const ALERT_CHANNELS_KEY: &str = "alerts/channels";
+
+/// Installation state: the sinks' last known health, shown by `status`, `check` and the API.
+pub const SINK_HEALTH_KEY: &str = "sinks/health";
+
+/// The file the alert state lived in before 0.2; read once if the store has none yet.
+const LEGACY_ALERT_STATE_FILE: &str = "alert-state.json";
 
 /// What the daemon needs.
 pub struct Daemon {
     keeper: Arc<Keeper>,
     sinks: Option<Arc<SinkSet>>,
-    store_changes: Option<PathBuf>,
     watch_debounce: Duration,
     alerts: Option<Arc<AlertEngine>>,
+    /// What was last saved under each state key, so an unchanged value is not written again.
+    saved: std::sync::Mutex<HashMap<&'static str, serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("store_changes", &self.store_changes).finish_non_exhaustive()
+        f.debug_struct("Daemon").finish_non_exhaustive()
     }
 }
 
 impl Daemon {
-    /// A daemon over `keeper`, delivering to `sinks`, watching `store_changes` (the store's
-    /// change-notification file) for writes by other processes.
-    pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, store_changes: Option<PathBuf>) -> Self {
-        Self { keeper, sinks, store_changes, watch_debounce: Duration::from_millis(20), alerts: None }
+    /// A daemon over `keeper`, delivering to `sinks`. Writes by other processes reach it
+    /// through the keeper's change feed ([`Keeper::follow_changes`], started by [`Daemon::run`]).
+    pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>) -> Self {
+        Self { keeper, sinks, watch_debounce: Duration::from_millis(20), alerts: None, saved: Default::default() }
     }
 
     /// Also feeds every account's level to `alerts` after each change and every minute; the
-    /// alert state survives restarts in `<data_dir>/alert-state.json`.
+    /// alert state survives restarts in the store ([`ALERT_STATE_KEY`]).
     pub fn with_alerts(mut self, alerts: Arc<AlertEngine>) -> Self {
         self.alerts = Some(alerts);
         self
     }
 
-    fn alert_state_path(&self) -> PathBuf {
-        self.keeper.data_dir().join("alert-state.json")
-    }
-
-    /// Where the daemon leaves its alert channels' health for `tokenkeeper status`.
-    pub fn alert_channels_path(data_dir: &std::path::Path) -> PathBuf {
-        data_dir.join(ALERT_CHANNELS_FILE)
-    }
-
-    fn restore_alert_state(&self) {
-        let Some(alerts) = &self.alerts else { return };
-        match read_optional(&self.alert_state_path()) {
-            Ok(Some(text)) => match serde_json::from_str(&text) {
-                Ok(state) => alerts.restore_state(state),
-                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable alert state file"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the alert state"),
+    /// Saves `value` as installation state under `key`, unless it is what was saved last.
+    async fn save_state(&self, key: &'static str, value: serde_json::Value) {
+        {
+            let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            if saved.get(key) == Some(&value) {
+                return;
+            }
+        }
+        let now = self.keeper.clock().now();
+        match self.keeper.store().put_state(key, &value, now).await {
+            Ok(()) => {
+                self.saved.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value);
+            }
+            Err(e) => tracing::warn!(key, error = %e, "cannot save installation state"),
         }
     }
 
-    /// Where the daemon leaves its sinks' health for `tokenkeeper status`.
-    pub fn sinks_status_path(data_dir: &std::path::Path) -> PathBuf {
-        data_dir.join(SINKS_FILE)
+    /// Restores the alert engine's state from the store, or once from the file a previous
+    /// release kept it in.
+    async fn restore_alert_state(&self) {
+        let Some(alerts) = &self.alerts else { return };
+        let stored = match self.keeper.store().get_state(ALERT_STATE_KEY).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the alert state");
+                return;
+            }
+        };
+        let value = match stored {
+            Some(v) => v,
+            None => {
+                let legacy = self.keeper.data_dir().join(LEGACY_ALERT_STATE_FILE);
+                match read_optional(&legacy) {
+                    Ok(Some(text)) => match serde_json::from_str(&text) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring an unreadable alert state file");
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the alert state file");
+                        return;
+                    }
+                }
+            }
+        };
+        match serde_json::from_value(value) {
+            Ok(state) => alerts.restore_state(state),
+            Err(e) => tracing::warn!(error = %e, "ignoring an unreadable alert state"),
+        }
     }
 
     /// Leaves the sinks' health where one-shot commands (`status`, `check`) can read it; the
     /// write is skipped when nothing changed.
-    fn publish_sink_health(&self) {
+    async fn publish_sink_health(&self) {
         let Some(sinks) = &self.sinks else { return };
-        if let Ok(bytes) = serde_json::to_vec_pretty(&sinks.statuses()) {
-            let path = Self::sinks_status_path(self.keeper.data_dir());
-            if let Err(e) = write_file(&path, &bytes, &WriteOptions::default()) {
-                tracing::debug!(error = %e, "cannot save sink health");
-            }
+        match serde_json::to_value(sinks.statuses()) {
+            Ok(v) => self.save_state(SINK_HEALTH_KEY, v).await,
+            Err(e) => tracing::debug!(error = %e, "cannot serialise sink health"),
         }
     }
 
@@ -111,7 +142,7 @@ impl Daemon {
     /// Returns how many alerts were queued.
     async fn observe_alerts(&self) -> usize {
         let Some(alerts) = &self.alerts else { return 0 };
-        let accounts = match self.keeper.store().list_accounts().await {
+        let accounts = match self.keeper.accounts().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list accounts for alerting");
@@ -125,29 +156,23 @@ impl Daemon {
             .map(|a| {
                 let failing =
                     statuses.iter().filter(|s| s.account == a.name && !s.ok).map(|s| s.name.clone()).collect();
-                let v = crate::view::account_view(self.keeper.config(), a, now, failing);
+                let v = tokenkeeper_keeper::view::account_view(self.keeper.config(), a, now, failing);
                 (a.name.clone(), tokenkeeper_core::status::Assessment { level: v.level, message: v.message })
             })
             .collect();
         let sent = alerts.observe(&assessments).await;
         // Channel health changes after deliveries, which run in the background; saving it on
         // every pass keeps `status` at most one pass behind. Written only when it changed.
-        if let Ok(bytes) = serde_json::to_vec_pretty(&alerts.channel_statuses()) {
-            let path = Self::alert_channels_path(self.keeper.data_dir());
-            if let Err(e) = write_file(&path, &bytes, &WriteOptions::default()) {
-                tracing::debug!(error = %e, "cannot save alert channel health");
-            }
+        match serde_json::to_value(alerts.channel_statuses()) {
+            Ok(v) => self.save_state(ALERT_CHANNELS_KEY, v).await,
+            Err(e) => tracing::debug!(error = %e, "cannot serialise alert channel health"),
         }
         if !sent.is_empty() {
             for m in &sent {
                 tracing::info!(account = %m.account, status = ?m.status, severity = %m.severity, "alert queued");
             }
-            match serde_json::to_vec(&alerts.state()) {
-                Ok(bytes) => {
-                    if let Err(e) = write_file(&self.alert_state_path(), &bytes, &WriteOptions::default()) {
-                        tracing::warn!(error = %e, "cannot save the alert state");
-                    }
-                }
+            match serde_json::to_value(alerts.state()) {
+                Ok(v) => self.save_state(ALERT_STATE_KEY, v).await,
                 Err(e) => tracing::warn!(error = %e, "cannot serialise the alert state"),
             }
         }
@@ -157,7 +182,7 @@ impl Daemon {
     /// Delivers every account to the sinks once.
     async fn deliver_all(&self) {
         let Some(sinks) = &self.sinks else { return };
-        match self.keeper.store().list_accounts().await {
+        match self.keeper.accounts().await {
             Ok(accounts) => {
                 for a in &accounts {
                     sinks.deliver(a).await;
@@ -179,7 +204,7 @@ impl Daemon {
     /// Bound files to watch, by path, with their accounts.
     async fn bound_files(&self) -> HashMap<PathBuf, Vec<String>> {
         let mut map: HashMap<PathBuf, Vec<String>> = HashMap::new();
-        if let Ok(accounts) = self.keeper.store().list_accounts().await {
+        if let Ok(accounts) = self.keeper.accounts().await {
             for a in accounts {
                 if let Some(b) = &a.binding {
                     if b.kind == BindingKind::ClaudeCredentials {
@@ -195,14 +220,11 @@ impl Daemon {
     pub async fn run(self, shutdown: impl Future<Output = ()>, ready: impl FnOnce()) -> Result<(), KeeperError> {
         tokio::pin!(shutdown);
         let mut events = self.keeper.subscribe();
+        let follower = self.keeper.follow_changes().await?;
+        let flusher = self.keeper.spawn_usage_flusher(self.keeper.config().keeper.usage_flush);
         let mut scheduler = Scheduler::new(self.keeper.clone());
         let (mut watcher, mut changes) = FileWatcher::new(self.watch_debounce)
             .map_err(|e| KeeperError::Invalid(format!("cannot start the file watcher: {e}")))?;
-        if let Some(p) = &self.store_changes {
-            if let Err(e) = watcher.watch(p) {
-                tracing::warn!(file = %p.display(), error = %e, "cannot watch the store; changes by other processes are picked up at the next deadline");
-            }
-        }
         let mut bound = self.bound_files().await;
         for p in bound.keys() {
             if let Err(e) = watcher.watch(p) {
@@ -218,14 +240,14 @@ impl Daemon {
             }
         }
         self.deliver_all().await;
-        self.restore_alert_state();
+        self.restore_alert_state().await;
         // Deliveries run in the background; for a while after alerts are queued, health is
         // re-saved every second so `status` shows their outcome promptly.
         let mut health_until = None;
         if self.observe_alerts().await > 0 {
             health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
         }
-        self.publish_sink_health();
+        self.publish_sink_health().await;
         ready();
         tracing::info!("keeper running");
         loop {
@@ -255,15 +277,21 @@ impl Daemon {
                         Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
                     }
                 }
-                ev = events.recv() => match ev {
-                    Ok(KeeperEvent::Changed { account, .. }) => self.deliver_one(&account).await,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => self.deliver_all().await,
-                    Err(RecvError::Closed) => break,
-                },
-                Some(path) = changes.recv() => {
-                    if Some(&path) == self.store_changes.as_ref() {
-                        // Another process wrote the store: new accounts, bindings or credentials.
+                ev = events.recv() => {
+                    let (deliver, rewatch) = match ev {
+                        Ok(KeeperEvent::Changed { account, .. }) => (Some(Some(account)), false),
+                        Ok(KeeperEvent::StoreChanged { account: Some(account), kind: ChangeKind::Credential }) => {
+                            // A new account may be bound to a file, too.
+                            (Some(Some(account)), true)
+                        }
+                        Ok(KeeperEvent::StoreChanged { kind: ChangeKind::Metadata | ChangeKind::Removed, .. }) => {
+                            (None, true)
+                        }
+                        Ok(KeeperEvent::Resync) | Err(RecvError::Lagged(_)) => (Some(None), true),
+                        Ok(_) => (None, false),
+                        Err(RecvError::Closed) => break,
+                    };
+                    if rewatch {
                         let now_bound = self.bound_files().await;
                         for p in now_bound.keys().filter(|p| !bound.contains_key(*p)) {
                             if let Err(e) = watcher.watch(p) {
@@ -271,8 +299,15 @@ impl Daemon {
                             }
                         }
                         bound = now_bound;
-                        self.deliver_all().await;
-                    } else if let Some(names) = bound.get(&path) {
+                    }
+                    match deliver {
+                        Some(Some(account)) => self.deliver_one(&account).await,
+                        Some(None) => self.deliver_all().await,
+                        None => {}
+                    }
+                }
+                Some(path) = changes.recv() => {
+                    if let Some(names) = bound.get(&path) {
                         for n in names {
                             if let Err(e) = self.keeper.sync_bound(n).await {
                                 tracing::warn!(account = %n, error = %e, "cannot ingest the changed bound file");
@@ -284,7 +319,12 @@ impl Daemon {
             if self.observe_alerts().await > 0 {
                 health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
             }
-            self.publish_sink_health();
+            self.publish_sink_health().await;
+        }
+        follower.abort();
+        flusher.abort();
+        if let Err(e) = self.keeper.flush_usage().await {
+            tracing::warn!(error = %e, "cannot save the last usage counters");
         }
         tracing::info!("keeper stopped");
         Ok(())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokenkeeper_core::config::{SinkConfig, SinkKind, WriteMode};
 use tokenkeeper_core::formats::render_claude_credentials;
 use tokenkeeper_core::{Binding, BindingKind, Mode};
-use tokenkeeper_keeper::daemon::Daemon;
+use tokenkeeper_daemon::Daemon;
 use tokenkeeper_sync::sink::SinkSet;
 
 fn sink(kind: SinkKind, path: &Path) -> SinkConfig {
@@ -73,7 +73,7 @@ async fn claude_code_writes_reach_every_sink_by_rename_and_in_place() {
     let targets: Vec<PathBuf> =
         ["bot.env", "mounted.json", "oauth.json", "token.yaml"].iter().map(|n| out.join(n)).collect();
     let sinks = Arc::new(SinkSet::new(configs));
-    let daemon = Daemon::new(env.keeper.clone(), Some(sinks.clone()), Some(env.store.changes_path()));
+    let daemon = Daemon::new(env.keeper.clone(), Some(sinks.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(daemon.run(

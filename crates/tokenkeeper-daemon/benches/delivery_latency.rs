@@ -14,7 +14,7 @@ use tokenkeeper_core::config::SinkConfig;
 use tokenkeeper_core::formats::{render_claude_credentials, Format, ParsedCredential};
 use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{Binding, BindingKind, Config, Credential, ManualClock, Mode, Secret};
-use tokenkeeper_keeper::daemon::Daemon;
+use tokenkeeper_daemon::Daemon;
 use tokenkeeper_keeper::{Ingest, Keeper};
 use tokenkeeper_mock::MockProvider;
 use tokenkeeper_store::{EncryptionKey, SqliteStore};
@@ -53,7 +53,10 @@ async fn main() {
     let config = Arc::new(config);
     let data = dir.path().join("data");
     let store = Arc::new(SqliteStore::open(&data, EncryptionKey::generate()).await.expect("store"));
-    let keeper = Arc::new(Keeper::new(store.clone(), config, &data, Arc::new(clock.clone())).expect("keeper"));
+    let keeper = Arc::new(
+        Keeper::new(tokenkeeper_keeper::testing::backend_of(&store, &data), config, &data, Arc::new(clock.clone()))
+            .expect("keeper"),
+    );
     let claude = dir.path().join("home/.claude");
     std::fs::create_dir_all(&claude).expect("mkdir");
     let file = claude.join(".credentials.json");
@@ -87,7 +90,7 @@ async fn main() {
     let sinks = Arc::new(SinkSet::new(sinks));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = Daemon::new(keeper.clone(), Some(sinks.clone()), Some(store.changes_path()));
+    let daemon = Daemon::new(keeper.clone(), Some(sinks.clone()));
     let task = tokio::spawn(daemon.run(
         async move {
             let _ = stop_rx.await;
