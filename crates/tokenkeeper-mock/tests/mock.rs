@@ -534,7 +534,7 @@ async fn streaming_messages_send_the_standard_event_sequence() {
         }
         names.push(name.to_owned());
     }
-    let mut want = vec!["message_start", "content_block_start"];
+    let mut want = vec!["message_start", "content_block_start", "ping"];
     want.extend(std::iter::repeat_n("content_block_delta", 4));
     want.extend(["content_block_stop", "message_delta", "message_stop"]);
     assert_eq!(names, want);

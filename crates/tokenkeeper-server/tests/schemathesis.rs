@@ -57,13 +57,17 @@ async fn schemathesis_finds_no_server_error_and_every_response_conforms() {
         .current_dir(e.dir.path())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(600), run).await.expect("schemathesis ran over 10 minutes").unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(600), run).await.expect("schemathesis ran over 10 minutes").unwrap();
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let summary = report.lines().filter(|l| l.contains(" generated, ") || l.starts_with("=====")).collect::<Vec<_>>();
     eprintln!("schemathesis: {}", summary.join(" | "));
     assert!(out.status.success(), "schemathesis found problems:\n{report}");
     let operations = tokenkeeper_server::api_routes().len();
-    assert!(report.contains(&format!("Tested: {operations}")), "not all {operations} operations were tested:\n{report}");
+    assert!(
+        report.contains(&format!("Tested: {operations}")),
+        "not all {operations} operations were tested:\n{report}"
+    );
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
