@@ -993,10 +993,7 @@ fn validate_proxy(config: &Config, invalid: &impl Fn(String, String) -> ConfigEr
             crate::account::validate_account_name(m.account())
                 .map_err(|e| invalid(format!("pools.{name}.accounts[{i}]"), e))?;
             if !seen.insert(m.account()) {
-                return Err(invalid(
-                    format!("pools.{name}.accounts[{i}]"),
-                    format!("names `{}` twice", m.account()),
-                ));
+                return Err(invalid(format!("pools.{name}.accounts[{i}]"), format!("names `{}` twice", m.account())));
             }
             if let PoolMember::Full { weight: 0, .. } = m {
                 return Err(invalid(format!("pools.{name}.accounts[{i}].weight"), "must be at least 1".into()));

@@ -349,6 +349,11 @@ fn sse_response(shared: Arc<Shared>, model: &str, fault: Option<Fault>) -> Respo
             if !st.guard.finished {
                 st.guard.finished = true;
                 st.guard.shared.lock().counts.streams_cut += 1;
+                // Let the events sent so far leave first (hyper drops what is still buffered
+                // when a body fails), so the client sees a stream that starts and then breaks.
+                if st.sent > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 return Some((Err(std::io::Error::other("stream cut by the mock")), st));
             }
             return None;
