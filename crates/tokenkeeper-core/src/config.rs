@@ -553,7 +553,7 @@ impl Config {
     /// Checks values serde cannot: URLs, modes, required keys per sink kind.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
-        self.server.validate(&invalid)?;
+        self.server.validate(invalid)?;
         validate_proxy(self, &invalid)?;
         if self.keeper.lead.is_zero() {
             return Err(invalid("keeper.lead".into(), "must be more than zero, for example \"30m\"".into()));
