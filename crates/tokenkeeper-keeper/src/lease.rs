@@ -2,7 +2,7 @@
 //! `/api/token`, `tokenkeeper token`, `exec`, the proxy) comes from here.
 //!
 //! - **From memory.** While the keeper follows the change feed ([`Keeper::follow_changes`],
-//!   which `serve` does) the decrypted accounts live in [`LeaseCache`]; a hand-out is a map
+//!   which `serve` does) the decrypted accounts live in `LeaseCache`; a hand-out is a map
 //!   lookup and an `Arc` clone. Without the feed (one-shot CLI commands) each lease reads the
 //!   store once: another process may have refreshed since, and nobody would tell us.
 //! - **Refreshed only when needed.** A token inside the lead time (or whose version a caller

@@ -1,7 +1,7 @@
 //! The three locks a refresh takes, in this order:
 //!
 //! 1. [`SingleFlight`]: one refresh per account inside this process (a tokio mutex per account);
-//! 2. the backend's [`AccountLock`](tokenkeeper_core::AccountLock): one refresh or ingest per
+//! 2. the backend's [`AccountLock`]: one refresh or ingest per
 //!    account across every process of the installation (`exec`, `refresh` from cron, the
 //!    daemon, other replicas): a `flock` in the data directory on the embedded backend, an
 //!    advisory lock with PostgreSQL; released if the holder dies;

@@ -2,7 +2,7 @@
 //! `command` sinks (`tokenkeeper-sync`), the alert `command` channel (`tokenkeeper-alert`), the
 //! follow-mode nudge (`tokenkeeper-keeper`) and `tokenkeeper exec` (the binary).
 //!
-//! - **Environment** ([`env`]): the parent's environment minus tokenkeeper's own secrets, plus
+//! - **Environment** ([`env`](mod@env)): the parent's environment minus tokenkeeper's own secrets, plus
 //!   exactly the documented variables of that [`Purpose`]. Every `TOKENKEEPER_*` variable is
 //!   withheld except the non-secret ones in [`env::PASSED_TOKENKEEPER_VARS`] (deny by default:
 //!   a secret variable added later is withheld without anyone remembering to list it).

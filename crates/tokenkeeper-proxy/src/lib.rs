@@ -9,7 +9,7 @@
 //!   refresh) and one retry on the same account.
 //! - [`pool`]: pools, strategies, cooldowns (stored, absolute, self-ending).
 //! - [`classify`]: what an upstream answer means; [`scan`]: usage read as the bytes pass.
-//! - [`forward`]: the request path: rewriting, failover, the streamed body.
+//! - `forward`: the request path: rewriting, failover, the streamed body.
 //! - [`ProxyState::pool_snapshot`] and [`ProxyState::metrics`]: what status, the web page and
 //!   `/metrics` show.
 //!
