@@ -1,7 +1,7 @@
 //! End-to-end delivery latency: Claude Code writes a new credential into its watched file
 //! (by rename, or in place); the daemon notices, adopts it (durable commit), and every sink has
 //! it. Reports p50/p99/max over 1,000 changes per write style. Run with
-//! `cargo bench -p tokenkeeper-keeper --bench delivery_latency`.
+//! `cargo bench -p tokenkeeper-daemon --bench delivery_latency`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a measurement harness: a panic is the report
 
