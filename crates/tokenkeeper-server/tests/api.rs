@@ -547,12 +547,23 @@ async fn sinks_show_in_status_and_metrics() {
 }
 
 #[tokio::test]
-async fn the_web_page_is_served_by_the_same_router() {
-    let e = env().await;
+async fn routes_the_binary_adds_are_served_by_the_same_router() {
+    // The binary mounts the web page (and the proxy) this way; the server names neither.
+    let mut e = env().await;
+    let extra: tokenkeeper_server::ExtraRoutes = std::sync::Arc::new(|secure: bool| {
+        axum::Router::new().route(
+            "/login",
+            axum::routing::get(move || async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/html")], format!("page secure={secure}"))
+            }),
+        )
+    });
+    e.state = e.state.clone().with_routes(extra);
     let r = e.call(Method::GET, "/login", None, None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/html"));
-    // The API's own routes are not shadowed by the page's.
+    assert_eq!(r.text, "page secure=false");
+    // The API's own routes are not shadowed by the added ones.
     assert_eq!(e.call(Method::GET, "/health", None, None).await.json(), json!({"status": "ok"}));
 }
 
