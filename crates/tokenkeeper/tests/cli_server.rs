@@ -288,6 +288,10 @@ async fn usage_is_exact_after_sigterm_and_other_processes_changes_are_served() {
         },
         "the revoked key to be refused",
     );
+    // The binary mounts the web page beside the API on the same listener.
+    let page = client.get(format!("http://127.0.0.1:{port}/login")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     stop(child);
     let used = w.store().await.get_account("main").await.unwrap().unwrap().usage.requests;
     // Every hand-out through the API, plus the one `refresh --force` did not make (it hands
