@@ -64,6 +64,10 @@ pub struct Config {
     pub alerts: Vec<AlertConfig>,
     /// How alerts repeat.
     pub alerting: AlertingConfig,
+    /// The Anthropic API proxy (`/v1/*`): limits, timeouts, default strategy.
+    pub proxy: ProxyConfig,
+    /// Account pools of the proxy, by name (`default` is used by keys without a pool).
+    pub pools: BTreeMap<String, PoolConfig>,
 }
 
 impl Default for Config {
@@ -78,6 +82,8 @@ impl Default for Config {
             sinks: Vec::new(),
             alerts: Vec::new(),
             alerting: AlertingConfig::default(),
+            proxy: ProxyConfig::default(),
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -547,7 +553,8 @@ impl Config {
     /// Checks values serde cannot: URLs, modes, required keys per sink kind.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
-        self.server.validate(&invalid)?;
+        self.server.validate(invalid)?;
+        validate_proxy(self, &invalid)?;
         if self.keeper.lead.is_zero() {
             return Err(invalid("keeper.lead".into(), "must be more than zero, for example \"30m\"".into()));
         }
@@ -790,5 +797,260 @@ url = "https://hooks.example/tokenkeeper"
         assert_eq!(parse_mode("0600").unwrap(), 0o600);
         assert_eq!(parse_mode("640").unwrap(), 0o640);
         assert!(parse_mode("0900").is_err());
+    }
+}
+
+/// `[proxy]`: the Anthropic API proxy served at `/v1/*` (see `docs/PROXY.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Whether `serve` serves the proxy at all.
+    pub enabled: bool,
+    /// A separate address for the proxy; when absent it is served on `[server] listen`.
+    pub listen: Option<SocketAddr>,
+    /// Where requests go; when absent, `providers.anthropic.api_base_url`.
+    pub upstream: Option<String>,
+    /// The strategy of pools that name none, and of the implicit pool of every account.
+    pub strategy: Strategy,
+    /// How long a sticky session stays bound to its account without a request.
+    #[serde(with = "humantime_serde")]
+    pub sticky_ttl: Duration,
+    /// Largest request body accepted, in bytes (the proxy keeps the body to retry it on
+    /// another account).
+    pub max_body_bytes: usize,
+    /// Upstream TCP (and TLS) connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for upstream's response headers (non-streaming answers arrive whole, so
+    /// this is generous).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest pause between two chunks of a response body (streams send pings meanwhile).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest whole exchange of a non-streaming request.
+    #[serde(with = "humantime_serde")]
+    pub total_timeout: Duration,
+    /// Longest cooldown a 429's headers can impose (a cap against absurd resets).
+    #[serde(with = "humantime_serde")]
+    pub max_cooldown: Duration,
+    /// Requests per minute per proxy key (0: unlimited); `key_limits` overrides it per key.
+    pub requests_per_minute: u32,
+    /// Requests in flight per proxy key (0: unlimited); `key_limits` overrides it per key.
+    pub concurrent_requests: u32,
+    /// Per-key limits, by key name.
+    pub key_limits: BTreeMap<String, KeyLimits>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            upstream: None,
+            strategy: Strategy::RoundRobin,
+            sticky_ttl: Duration::from_secs(3600),
+            max_body_bytes: 32 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            total_timeout: Duration::from_secs(900),
+            max_cooldown: Duration::from_secs(8 * 86_400),
+            requests_per_minute: 0,
+            concurrent_requests: 0,
+            key_limits: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[proxy.key_limits.<key name>]`: limits of one proxy key (0: unlimited).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub requests_per_minute: u32,
+    /// Requests in flight.
+    pub concurrent_requests: u32,
+}
+
+/// How a pool picks the account for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In turn, each account `weight` times per round (smooth weighted round robin).
+    #[default]
+    RoundRobin,
+    /// The account with the fewest requests (divided by its weight) since the proxy started.
+    LeastUsed,
+    /// The available account with the lowest `priority`; the next only while it is unavailable.
+    FillFirst,
+    /// One account per client session (Claude Code's session header, `x-session-id`, or the
+    /// body's `metadata.user_id`) for `sticky_ttl`; rebound when that account is unavailable.
+    Sticky,
+    /// The account with the most remaining quota by the `anthropic-ratelimit-unified-*`
+    /// headers seen last.
+    QuotaAware,
+}
+
+/// `[pools.<name>]`: a named set of accounts the proxy chooses from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// The accounts: names, or tables `{ account = "a", priority = 1, weight = 2 }`.
+    pub accounts: Vec<PoolMember>,
+    /// How to pick; `[proxy] strategy` when absent.
+    pub strategy: Option<Strategy>,
+    /// Sticky session lifetime; `[proxy] sticky_ttl` when absent.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub sticky_ttl: Option<Duration>,
+}
+
+/// An account of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PoolMember {
+    /// Just the account name (priority 0, weight 1).
+    Name(String),
+    /// The account with its priority and weight.
+    Full {
+        /// Account name.
+        account: String,
+        /// Lower is used first by `fill_first` (default 0).
+        #[serde(default)]
+        priority: i32,
+        /// Share of requests under `round_robin` and `least_used` (default 1).
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl PoolMember {
+    /// The account name.
+    pub fn account(&self) -> &str {
+        match self {
+            PoolMember::Name(n) => n,
+            PoolMember::Full { account, .. } => account,
+        }
+    }
+
+    /// The priority (lower first).
+    pub fn priority(&self) -> i32 {
+        match self {
+            PoolMember::Name(_) => 0,
+            PoolMember::Full { priority, .. } => *priority,
+        }
+    }
+
+    /// The weight (at least 1).
+    pub fn weight(&self) -> u32 {
+        match self {
+            PoolMember::Name(_) => 1,
+            PoolMember::Full { weight, .. } => (*weight).max(1),
+        }
+    }
+}
+
+/// Checks `[proxy]` and `[pools.*]`.
+fn validate_proxy(config: &Config, invalid: &impl Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
+    let p = &config.proxy;
+    if let Some(u) = &p.upstream {
+        match url::Url::parse(u) {
+            Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
+            _ => return Err(invalid("proxy.upstream".into(), format!("is `{u}`; expected an http(s) URL"))),
+        }
+    }
+    for (key, value) in [
+        ("connect_timeout", p.connect_timeout),
+        ("header_timeout", p.header_timeout),
+        ("idle_timeout", p.idle_timeout),
+        ("total_timeout", p.total_timeout),
+        ("sticky_ttl", p.sticky_ttl),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(format!("proxy.{key}"), "must be more than zero, for example \"30s\"".into()));
+        }
+    }
+    if p.max_body_bytes < 1024 {
+        return Err(invalid("proxy.max_body_bytes".into(), "must be at least 1024 (bytes)".into()));
+    }
+    if p.listen.is_some_and(|l| l == config.server.listen) {
+        return Err(invalid(
+            "proxy.listen".into(),
+            "is the same address as server.listen; leave it out to serve the proxy on the main listener".into(),
+        ));
+    }
+    for (name, pool) in &config.pools {
+        let key = |k: &str| format!("pools.{name}.{k}");
+        if pool.accounts.is_empty() {
+            return Err(invalid(key("accounts"), "must name at least one account".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in pool.accounts.iter().enumerate() {
+            crate::account::validate_account_name(m.account())
+                .map_err(|e| invalid(format!("pools.{name}.accounts[{i}]"), e))?;
+            if !seen.insert(m.account()) {
+                return Err(invalid(format!("pools.{name}.accounts[{i}]"), format!("names `{}` twice", m.account())));
+            }
+            if let PoolMember::Full { weight: 0, .. } = m {
+                return Err(invalid(format!("pools.{name}.accounts[{i}].weight"), "must be at least 1".into()));
+            }
+        }
+        if pool.sticky_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(key("sticky_ttl"), "must be more than zero, for example \"1h\"".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/tokenkeeper/config.toml"))
+    }
+
+    #[test]
+    fn pools_take_names_and_tables() {
+        let c = parse(
+            r#"
+            [proxy]
+            strategy = "least_used"
+            listen = "127.0.0.1:8378"
+            [pools.team]
+            strategy = "fill_first"
+            sticky_ttl = "10m"
+            accounts = ["a", { account = "b", priority = 2, weight = 3 }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.proxy.strategy, Strategy::LeastUsed);
+        let team = &c.pools["team"];
+        assert_eq!(team.strategy, Some(Strategy::FillFirst));
+        assert_eq!(team.sticky_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(team.accounts[0].account(), "a");
+        assert_eq!((team.accounts[1].priority(), team.accounts[1].weight()), (2, 3));
+        assert_eq!(team.accounts[0].weight(), 1);
+    }
+
+    #[test]
+    fn bad_pools_and_limits_are_refused_with_the_key() {
+        for (text, key) in [
+            ("[pools.x]\naccounts = []", "pools.x.accounts"),
+            ("[pools.x]\naccounts = [\"a\", \"a\"]", "pools.x.accounts[1]"),
+            ("[pools.x]\naccounts = [\"../a\"]", "pools.x.accounts[0]"),
+            ("[pools.x]\naccounts = [{ account = \"a\", weight = 0 }]", "pools.x.accounts[0].weight"),
+            ("[pools.x]\naccounts = [\"a\"]\nstrategy = \"random\"", "strategy"),
+            ("[proxy]\nidle_timeout = \"0s\"", "proxy.idle_timeout"),
+            ("[proxy]\nupstream = \"ftp://x\"", "proxy.upstream"),
+            ("[proxy]\nlisten = \"127.0.0.1:8377\"", "proxy.listen"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

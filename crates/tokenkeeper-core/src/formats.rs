@@ -7,7 +7,9 @@
 //! - OpenClaw's `oauth.json` (`{"anthropic":{"access","refresh","expires"}}`) and its
 //!   auth-profiles layout (`{"profiles":{"anthropic:…":{"type":"oauth",…}}}`);
 //! - a bare long-lived token `sk-ant-oat01-…` from `claude setup-token` (no refresh token,
-//!   about a year of life).
+//!   about a year of life);
+//! - a plain API key `sk-ant-api…` (for the proxy's pools): never refreshed, never expiring,
+//!   stored under the provider [`API_KEY_PROVIDER`].
 //!
 //! Writers merge into the existing document so keys tokenkeeper does not know survive.
 
@@ -31,6 +33,17 @@ pub enum Format {
     OpenclawProfiles,
     /// A bare long-lived access token.
     BareToken,
+    /// A plain API key (`sk-ant-api…`): sent as `x-api-key`, never refreshed.
+    ApiKey,
+}
+
+/// The provider id of plain API-key accounts: their credential is the key itself, with no
+/// refresh token and an expiry that never comes ([`api_key_expiry`]).
+pub const API_KEY_PROVIDER: &str = "anthropic-api-key";
+
+/// The expiry stored for API keys, which do not expire: 9999-12-31T00:00:00Z.
+pub fn api_key_expiry() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl Format {
@@ -42,6 +55,7 @@ impl Format {
             Format::OpenclawOauth => "OpenClaw oauth.json",
             Format::OpenclawProfiles => "OpenClaw auth-profiles",
             Format::BareToken => "long-lived token (setup-token)",
+            Format::ApiKey => "API key",
         }
     }
 }
@@ -94,6 +108,17 @@ pub fn parse_credential(input: &str, now: DateTime<Utc>) -> Result<ParsedCredent
     if text.starts_with("sk-ant-") {
         if text.chars().any(char::is_whitespace) {
             return Err(FormatError::Unrecognised("a token must be a single word without spaces".into()));
+        }
+        if text.starts_with("sk-ant-api") {
+            let credential = Credential {
+                access_token: Secret::new(text),
+                refresh_token: None,
+                expires_at: api_key_expiry(),
+                scopes: vec!["user:inference".into()],
+                subscription_type: None,
+                rate_limit_tier: None,
+            };
+            return Ok(ParsedCredential { credential, format: Format::ApiKey, email: None });
         }
         if !text.starts_with("sk-ant-oat") {
             return Err(FormatError::Unrecognised(
@@ -415,6 +440,10 @@ mod tests {
     fn bare_token_lives_a_year_without_refresh() {
         let p = parse_credential(&format!("{A}\n"), now()).unwrap();
         assert_eq!(p.format, Format::BareToken);
+        let k = parse_credential("sk-ant-api03-KEYKEY", now()).unwrap();
+        assert_eq!(k.format, Format::ApiKey);
+        assert!(!k.credential.is_refreshable());
+        assert_eq!(k.credential.expires_at, api_key_expiry());
         assert!(p.credential.refresh_token.is_none());
         assert_eq!(p.credential.expires_at, now() + Duration::days(365));
     }

@@ -729,7 +729,11 @@ impl Keeper {
         let Some(existing) = existing else {
             let new = NewAccount {
                 name: name.clone(),
-                provider: ANTHROPIC.to_owned(),
+                provider: if req.parsed.format == tokenkeeper_core::formats::Format::ApiKey {
+                    tokenkeeper_core::formats::API_KEY_PROVIDER.to_owned()
+                } else {
+                    ANTHROPIC.to_owned()
+                },
                 mode: req.mode.unwrap_or_default(),
                 credential: cred,
                 email: req.parsed.email.clone(),

@@ -211,10 +211,13 @@ impl LeaseCache {
     }
 }
 
+/// A usage bucket: account, API key id, model, hour (seconds since the epoch).
+type BucketKey = (String, Option<String>, Option<String>, i64);
+
 /// Usage counted since the last flush, by (account, key, model, hour).
 #[derive(Debug, Default)]
 pub struct UsageMeter {
-    buckets: Mutex<HashMap<(String, Option<String>, Option<String>, i64), UsageRecord>>,
+    buckets: Mutex<HashMap<BucketKey, UsageRecord>>,
 }
 
 impl UsageMeter {

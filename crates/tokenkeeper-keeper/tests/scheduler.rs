@@ -124,7 +124,7 @@ async fn a_lead_close_to_short_lifetimes_refreshes_once_per_lifetime() {
             let life = chrono::Duration::seconds(life_secs as i64);
             assert!(due > env.clock.now(), "a fresh token is due at once");
             assert!(left_at_due <= life, "due before it was issued");
-            if lead_secs < life_secs as u64 {
+            if lead_secs < life_secs {
                 // Within the configured lead, jitter only earlier and bounded.
                 assert!(left_at_due >= chrono::Duration::seconds(lead_secs as i64));
             } else {

@@ -6,8 +6,18 @@
 //!   authorization-code grant with PKCE S256 checks, JSON bodies only;
 //! - `GET /oauth/authorize` and `GET /oauth/code/callback`: a tiny approve page and the page
 //!   that shows `CODE#STATE` for manual copy (element id `code`), for browser tests;
-//! - `POST /v1/messages` (plain JSON or SSE with `"stream": true`) and `GET /api/oauth/usage`,
-//!   which accept only live, unexpired access tokens judged by the mock's [`SharedClock`].
+//! - `POST /v1/messages` (plain JSON or SSE with `"stream": true`),
+//!   `POST /v1/messages/count_tokens`, `GET /v1/models` and `GET /api/oauth/usage`, which
+//!   accept only live, unexpired access tokens judged by the mock's [`SharedClock`] (with the
+//!   OAuth beta flag), or an API key it issued ([`MockProvider::issue_api_key`]) as `x-api-key`;
+//!   any other `/v1/*` path answers 404 in Anthropic's error shape. Every such request is
+//!   recorded whole ([`MockProvider::requests`]): which account's credential it carried, and
+//!   the exact bytes of its headers and body, for the proxy's pass-through tests.
+//! - Rate-limit headers per account ([`MockProvider::set_utilization`]), faults per account
+//!   ([`MockProvider::push_account_fault`], [`MockProvider::set_account_fault`]): 429 with
+//!   and without rate-limit headers, 529, 500, a stream cut mid-way, a slow stream; a stream
+//!   whose client goes away is counted ([`Counts::streams_cancelled`],
+//!   [`MockProvider::wait_streams_cancelled`]).
 //!
 //! Tests inject failures with [`MockProvider::push_fault`] (FIFO, one per request) and
 //! [`MockProvider::set_persistent_fault`], and read what happened with
@@ -17,6 +27,7 @@
 //! The tokens it issues are random, fake, and only ever valid against this mock; the handle
 //! therefore hands them out as plain `String`s.
 
+mod api;
 mod authorize;
 mod routes;
 mod state;
@@ -65,6 +76,23 @@ pub enum Fault {
         /// Seconds until the announced reset.
         reset_secs: u64,
     },
+    /// Messages API: `429 rate_limit_error` without any rate-limit or `Retry-After` header.
+    Messages429Bare,
+    /// Messages API: `529 overloaded_error`.
+    Messages529,
+    /// Messages API: `500 api_error`.
+    Messages500,
+    /// Messages API, streaming: send this many events, then break the connection (no end of
+    /// the chunked body). A non-streaming request answers normally.
+    StreamCut {
+        /// Events sent before the cut.
+        after_events: usize,
+    },
+    /// Messages API, streaming: wait this long before each event.
+    SlowStream {
+        /// The pause before each event.
+        delay: Duration,
+    },
 }
 
 impl Fault {
@@ -98,6 +126,85 @@ pub struct Counts {
     pub messages_429: u64,
     /// Requests to `GET /api/oauth/usage`.
     pub usage_requests: u64,
+    /// Messages requests answered 529.
+    pub messages_529: u64,
+    /// Messages requests answered 500.
+    pub messages_500: u64,
+    /// Streams sent to their end.
+    pub streams_completed: u64,
+    /// Streams broken on purpose ([`Fault::StreamCut`]).
+    pub streams_cut: u64,
+    /// Streams whose client went away before their end.
+    pub streams_cancelled: u64,
+}
+
+/// Whose credential an API request carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A live OAuth access token of this login (email) as `Authorization: Bearer`.
+    OAuth(String),
+    /// An API key the mock issued (its label) as `x-api-key`.
+    ApiKey(String),
+    /// A credential the mock does not know (or an expired token).
+    Unknown,
+    /// No credential at all.
+    None,
+}
+
+/// One API request exactly as the mock received it.
+#[derive(Clone)]
+pub struct RecordedRequest {
+    /// The method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Every header, in the order received, with the raw value bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+    /// Whose credential it carried.
+    pub credential: Credential,
+}
+
+impl RecordedRequest {
+    /// The values of header `name` (case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    /// Whether any header value or the body contains `needle` (to prove a secret was not
+    /// forwarded).
+    pub fn contains(&self, needle: &str) -> bool {
+        let n = needle.as_bytes();
+        let has = |hay: &[u8]| !n.is_empty() && hay.windows(n.len()).any(|w| w == n);
+        self.headers.iter().any(|(k, v)| has(k.as_bytes()) || has(v)) || has(&self.body)
+    }
+}
+
+impl fmt::Debug for RecordedRequest {
+    // Credentials stay out of test output, like everywhere else.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let secret = n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key");
+                let shown = if secret { "<redacted>".to_owned() } else { String::from_utf8_lossy(v).into_owned() };
+                (n.clone(), shown)
+            })
+            .collect();
+        f.debug_struct("RecordedRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("headers", &headers)
+            .field("body_len", &self.body.len())
+            .field("credential", &self.credential)
+            .finish()
+    }
 }
 
 /// A login created by [`MockProvider::issue_login`]: a live access and refresh token pair.
@@ -160,6 +267,8 @@ pub struct MessagesRequestSummary {
 pub(crate) struct Shared {
     state: Mutex<State>,
     base_url: String,
+    /// The number of cancelled streams, for waiters.
+    pub(crate) cancelled: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -221,6 +330,7 @@ impl MockProvider {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(tokenkeeper_core::clock::system_clock())),
             base_url: format!("http://{addr}"),
+            cancelled: tokio::sync::watch::channel(0).0,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let app = routes::router(shared.clone());
@@ -345,6 +455,55 @@ impl MockProvider {
     /// What the last Messages API request carried (no token).
     pub fn last_messages_request(&self) -> Option<MessagesRequestSummary> {
         self.inner.shared.lock().last_messages_request.clone()
+    }
+
+    /// Issues an API key (`sk-ant-api03-…`) that the Messages API accepts as `x-api-key`;
+    /// requests with it are recorded as [`Credential::ApiKey`] with `label`.
+    pub fn issue_api_key(&self, label: &str) -> String {
+        let key = format!("sk-ant-api03-{}", state::random_string(48));
+        self.inner.shared.lock().api_keys.insert(key.clone(), label.to_owned());
+        key
+    }
+
+    /// Queues a Messages fault for one account (its login email, or its API key's label).
+    pub fn push_account_fault(&self, who: &str, fault: Fault) {
+        self.inner.shared.lock().account_faults.entry(who.to_owned()).or_default().push_back(fault);
+    }
+
+    /// Applies a Messages fault to every request of one account until cleared with `None`.
+    pub fn set_account_fault(&self, who: &str, fault: Option<Fault>) {
+        let mut st = self.inner.shared.lock();
+        match fault {
+            Some(f) => {
+                st.account_persistent.insert(who.to_owned(), f);
+            }
+            None => {
+                st.account_persistent.remove(who);
+            }
+        }
+    }
+
+    /// The 5-hour and 7-day utilisation (0..=1) reported in one account's rate-limit headers
+    /// (default 0.12 and 0.34).
+    pub fn set_utilization(&self, who: &str, five_hour: f64, seven_day: f64) {
+        self.inner.shared.lock().utilization.insert(who.to_owned(), (five_hour, seven_day));
+    }
+
+    /// Every API request received so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.inner.shared.lock().recorded.clone()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.inner.shared.lock().recorded.clear();
+    }
+
+    /// Waits until at least `n` streams have been cancelled by their client; false after
+    /// `timeout`.
+    pub async fn wait_streams_cancelled(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.shared.cancelled.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Revokes a refresh token: from now on it answers `invalid_grant`.

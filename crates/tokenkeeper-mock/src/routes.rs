@@ -2,28 +2,26 @@
 //! and the usage endpoint.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, Sse};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::authorize;
-use crate::state::{random_string, OAuthError, Target, TokenRequest};
-use crate::{Fault, MessagesRequestSummary, Shared};
+use crate::state::{OAuthError, Target, TokenRequest};
+use crate::{Fault, Shared};
 
 /// The beta flag without which the Messages API refuses OAuth tokens.
-const OAUTH_BETA: &str = "oauth-2025-04-20";
+pub(crate) const OAUTH_BETA: &str = "oauth-2025-04-20";
 
 /// Utilisation figures the mock reports while not rate limited.
-const UTILIZATION_5H: f64 = 0.12;
-const UTILIZATION_7D: f64 = 0.34;
+pub(crate) const UTILIZATION_5H: f64 = 0.12;
+pub(crate) const UTILIZATION_7D: f64 = 0.34;
 
 const CLOUDFLARE_502: &str =
     "<!DOCTYPE html>\n<html><head><title>platform.claude.com | 502: Bad gateway</title></head>\
@@ -39,7 +37,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth/authorize", get(authorize_page))
         .route("/oauth/authorize/approve", get(approve))
         .route("/oauth/code/callback", get(callback))
-        .route("/v1/messages", post(messages))
+        .route("/v1/messages", post(crate::api::messages))
+        .route("/v1/messages/count_tokens", post(crate::api::count_tokens))
+        .route("/v1/models", get(crate::api::models))
+        .route("/v1/{*rest}", axum::routing::any(crate::api::other))
         .route("/api/oauth/usage", get(usage))
         .with_state(shared)
 }
@@ -69,7 +70,9 @@ fn token_fault(fault: &Fault) -> Option<Response> {
             Json(json!({"error": "invalid_grant", "error_description": "Refresh token not found or invalid"})),
         )
             .into_response(),
-        Fault::Slow(_) | Fault::OmitRefreshToken | Fault::Messages401 | Fault::Messages429 { .. } => return None,
+        // Slow and OmitRefreshToken change a normal answer; Messages faults are not the token
+        // endpoint's.
+        _ => return None,
     };
     Some(response)
 }
@@ -195,163 +198,18 @@ async fn callback(Query(query): Query<HashMap<String, String>>) -> Response {
     Html(page("Authentication code", &body)).into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
+pub(crate) fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, Json(json!({"type": "error", "error": {"type": kind, "message": message}}))).into_response()
 }
 
-fn expired_401() -> Response {
+pub(crate) fn expired_401() -> Response {
     api_error(StatusCode::UNAUTHORIZED, "authentication_error", "OAuth token has expired.")
-}
-
-/// Rate-limit headers of an allowed answer.
-fn allowed_headers(headers: &mut HeaderMap, now_s: i64) {
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    };
-    put("anthropic-ratelimit-unified-status", "allowed".into());
-    put("anthropic-ratelimit-unified-5h-status", "allowed".into());
-    put("anthropic-ratelimit-unified-5h-utilization", UTILIZATION_5H.to_string());
-    put("anthropic-ratelimit-unified-5h-reset", (now_s + 5 * 3600).to_string());
-    put("anthropic-ratelimit-unified-7d-status", "allowed".into());
-    put("anthropic-ratelimit-unified-7d-utilization", UTILIZATION_7D.to_string());
-    put("anthropic-ratelimit-unified-7d-reset", (now_s + 7 * 86_400).to_string());
-    put("request-id", format!("req_mock{}", random_string(16)));
-}
-
-async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (fault, valid, now_s) = {
-        let mut st = shared.lock();
-        let fault = st.take_fault(Target::Messages);
-        let email = bearer(&headers).and_then(|t| st.access_email(t));
-        let header = |name: &str| {
-            let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-            (!values.is_empty()).then(|| values.join(","))
-        };
-        st.last_messages_request = Some(MessagesRequestSummary {
-            email: email.clone(),
-            anthropic_version: header("anthropic-version"),
-            anthropic_beta: header("anthropic-beta"),
-            user_agent: header("user-agent"),
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        });
-        (fault, email.is_some(), st.now().timestamp())
-    };
-    let count = |f: fn(&mut crate::Counts)| f(&mut shared.lock().counts);
-    match fault {
-        Some(Fault::Messages401) => {
-            count(|c| c.messages_401 += 1);
-            return expired_401();
-        }
-        Some(Fault::Messages429 { reset_secs }) => {
-            count(|c| c.messages_429 += 1);
-            let reset = now_s + i64::try_from(reset_secs).unwrap_or(i64::MAX / 2);
-            let mut response = api_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "This request would exceed your account's rate limit. Please try again later.",
-            );
-            let h = response.headers_mut();
-            for (name, value) in [
-                ("anthropic-ratelimit-unified-status", "rejected".to_owned()),
-                ("anthropic-ratelimit-unified-reset", reset.to_string()),
-                ("anthropic-ratelimit-unified-5h-utilization", "1.0".to_owned()),
-                ("retry-after", reset_secs.to_string()),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(name, v);
-                }
-            }
-            return response;
-        }
-        _ => {}
-    }
-    if !valid {
-        count(|c| c.messages_401 += 1);
-        return expired_401();
-    }
-    if headers.get("anthropic-version").is_none() {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_request_error", "anthropic-version: header is required");
-    }
-    let beta_ok = headers
-        .get_all("anthropic-beta")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|flag| flag.trim() == OAUTH_BETA);
-    if !beta_ok {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "OAuth authentication requires the anthropic-beta flag oauth-2025-04-20",
-        );
-    }
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("body: {e}")),
-    };
-    count(|c| c.messages_ok += 1);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("claude-mock").to_owned();
-    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let mut response = if stream { sse_response(&model) } else { Json(message_json(&model)).into_response() };
-    allowed_headers(response.headers_mut(), now_s);
-    response
-}
-
-/// The words the mock answers with; the stream sends one delta per word.
-const REPLY: [&str; 4] = ["Hello", " from", " the", " mock."];
-
-fn message_json(model: &str) -> Value {
-    json!({
-        "id": format!("msg_mock{}", random_string(16)),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": REPLY.concat()}],
-        "stop_reason": "end_turn",
-        "stop_sequence": null,
-        "usage": {"input_tokens": 8, "output_tokens": REPLY.len()},
-    })
-}
-
-fn sse_response(model: &str) -> Response {
-    let id = format!("msg_mock{}", random_string(16));
-    let mut events: Vec<(&str, Value)> = vec![
-        (
-            "message_start",
-            json!({"type": "message_start", "message": {
-                "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 8, "output_tokens": 1}}}),
-        ),
-        (
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-    ];
-    for word in REPLY {
-        events.push((
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}),
-        ));
-    }
-    events.push(("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
-    events.push((
-        "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-               "usage": {"output_tokens": REPLY.len()}}),
-    ));
-    events.push(("message_stop", json!({"type": "message_stop"})));
-    let stream = futures::stream::iter(
-        events.into_iter().map(|(name, data)| Ok::<_, Infallible>(Event::default().event(name).data(data.to_string()))),
-    );
-    Sse::new(stream).into_response()
 }
 
 async fn usage(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {

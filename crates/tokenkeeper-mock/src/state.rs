@@ -32,7 +32,13 @@ pub(crate) enum Target {
 impl Fault {
     pub(crate) fn target(&self) -> Target {
         match self {
-            Fault::Messages401 | Fault::Messages429 { .. } => Target::Messages,
+            Fault::Messages401
+            | Fault::Messages429 { .. }
+            | Fault::Messages429Bare
+            | Fault::Messages529
+            | Fault::Messages500
+            | Fault::StreamCut { .. }
+            | Fault::SlowStream { .. } => Target::Messages,
             _ => Target::Token,
         }
     }
@@ -131,6 +137,16 @@ pub(crate) struct State {
     pub counts: Counts,
     pub last_token_request: Option<TokenRequestSummary>,
     pub last_messages_request: Option<MessagesRequestSummary>,
+    /// Faults queued for one account (by email, or API key label).
+    pub account_faults: HashMap<String, VecDeque<Fault>>,
+    /// Faults applied to every request of one account until cleared.
+    pub account_persistent: HashMap<String, Fault>,
+    /// 5-hour and 7-day utilisation reported per account (0..=1).
+    pub utilization: HashMap<String, (f64, f64)>,
+    /// API keys issued (`sk-ant-api03-…`) and their labels.
+    pub api_keys: HashMap<String, String>,
+    /// Every API request (`/v1/*` but the token endpoint), in order.
+    pub recorded: Vec<crate::RecordedRequest>,
 }
 
 pub(crate) fn random_string(len: usize) -> String {
@@ -160,6 +176,11 @@ impl State {
             counts: Counts::default(),
             last_token_request: None,
             last_messages_request: None,
+            account_faults: HashMap::new(),
+            account_persistent: HashMap::new(),
+            utilization: HashMap::new(),
+            api_keys: HashMap::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -176,6 +197,21 @@ impl State {
     pub(crate) fn take_fault(&mut self, target: Target) -> Option<Fault> {
         let queued = self.faults.iter().position(|f| f.target() == target).and_then(|i| self.faults.remove(i));
         let fault = queued.or_else(|| self.persistent.clone().filter(|f| f.target() == target));
+        if fault.is_some() {
+            self.counts.faults_served += 1;
+        }
+        fault
+    }
+
+    /// The fault for a Messages request of `who`: queued global ones first, then the
+    /// account's queued, then the account's persistent, then the global persistent one.
+    pub(crate) fn take_api_fault(&mut self, who: Option<&str>) -> Option<Fault> {
+        let queued =
+            self.faults.iter().position(|f| f.target() == Target::Messages).and_then(|i| self.faults.remove(i));
+        let fault = queued
+            .or_else(|| who.and_then(|w| self.account_faults.get_mut(w).and_then(VecDeque::pop_front)))
+            .or_else(|| who.and_then(|w| self.account_persistent.get(w).cloned()))
+            .or_else(|| self.persistent.clone().filter(|f| f.target() == Target::Messages));
         if fault.is_some() {
             self.counts.faults_served += 1;
         }

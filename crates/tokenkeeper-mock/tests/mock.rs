@@ -534,7 +534,7 @@ async fn streaming_messages_send_the_standard_event_sequence() {
         }
         names.push(name.to_owned());
     }
-    let mut want = vec!["message_start", "content_block_start"];
+    let mut want = vec!["message_start", "content_block_start", "ping"];
     want.extend(std::iter::repeat_n("content_block_delta", 4));
     want.extend(["content_block_stop", "message_delta", "message_stop"]);
     assert_eq!(names, want);
@@ -617,4 +617,23 @@ fn the_binary_refuses_unknown_arguments() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenkeeper-mock")).arg("--nope").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument"));
+}
+
+#[tokio::test]
+async fn a_cut_stream_breaks_the_connection_and_per_account_faults_apply_to_that_account() {
+    let mock = MockProvider::start().await.unwrap();
+    let a = mock.issue_login("a@example.com");
+    let b = mock.issue_login("b@example.com");
+    mock.push_account_fault("a@example.com", Fault::StreamCut { after_events: 3 });
+    let r = messages(&mock, &b.access_token, json!({"model": "m", "max_tokens": 5, "stream": true})).await;
+    assert!(r.text().await.unwrap().contains("message_stop"), "b is not affected");
+    let r = messages(&mock, &a.access_token, json!({"model": "m", "max_tokens": 5, "stream": true})).await;
+    assert_eq!(r.status().as_u16(), 200);
+    let err = r.bytes().await;
+    assert!(err.is_err(), "a cut stream is an error for the client, got {:?}", err.map(|b| b.len()));
+    assert_eq!(mock.counts().streams_cut, 1);
+    let recorded = mock.requests();
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded[1].credential, tokenkeeper_mock::Credential::OAuth("a@example.com".into()));
+    assert!(!format!("{:?}", recorded[1]).contains(&a.access_token), "Debug hides the token");
 }

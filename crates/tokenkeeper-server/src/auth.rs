@@ -71,13 +71,15 @@ pub enum Scope {
     AccountsWrite,
     /// `GET /metrics`.
     MetricsRead,
+    /// The Anthropic API proxy, `/v1/*` (a key may be tied to one pool).
+    Proxy,
     /// Everything.
     Admin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::TokenRead,
         Scope::StatusRead,
         Scope::Push,
@@ -85,6 +87,7 @@ impl Scope {
         Scope::Login,
         Scope::AccountsWrite,
         Scope::MetricsRead,
+        Scope::Proxy,
         Scope::Admin,
     ];
 
@@ -98,6 +101,7 @@ impl Scope {
             Scope::Login => "login",
             Scope::AccountsWrite => "accounts:write",
             Scope::MetricsRead => "metrics:read",
+            Scope::Proxy => "proxy",
             Scope::Admin => "admin",
         }
     }
@@ -162,6 +166,8 @@ pub mod scope {
         AccountsWrite => Some(Scope::AccountsWrite);
         /// `metrics:read`.
         MetricsRead => Some(Scope::MetricsRead);
+        /// `proxy`.
+        Proxy => Some(Scope::Proxy);
     }
 }
 
@@ -186,21 +192,29 @@ pub struct Principal {
     pub caller: Caller,
     scopes: Vec<Scope>,
     accounts: Vec<String>,
+    pool: Option<String>,
 }
 
 impl Principal {
     /// The admin: every scope, every account.
     pub fn admin() -> Self {
-        Principal { caller: Caller::Admin, scopes: vec![Scope::Admin], accounts: Vec::new() }
+        Principal { caller: Caller::Admin, scopes: vec![Scope::Admin], accounts: Vec::new(), pool: None }
     }
 
-    fn from_key(key: &ApiKey) -> Self {
+    /// The principal of a stored (unrevoked) key.
+    pub fn from_key(key: &ApiKey) -> Self {
         Principal {
             caller: Caller::Key { id: key.id.clone(), name: key.name.clone() },
             // Unknown scope names (written by a newer version) grant nothing.
             scopes: key.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
             accounts: key.accounts.clone(),
+            pool: key.scopes.iter().find_map(|s| s.strip_prefix(POOL_PREFIX)).map(str::to_owned),
         }
+    }
+
+    /// The proxy pool the key is tied to (`None`: the default pool).
+    pub fn pool(&self) -> Option<&str> {
+        self.pool.as_deref()
     }
 
     /// Whether the caller holds `scope` (`admin` holds every scope).
@@ -397,6 +411,10 @@ impl FailureLimiter {
     }
 }
 
+/// A key's proxy pool is kept among its scopes as `pool:<name>`: older versions read it as an
+/// unknown scope, which grants nothing.
+pub const POOL_PREFIX: &str = "pool:";
+
 /// The prefix of every API key.
 pub const KEY_PREFIX: &str = "tk_";
 
@@ -438,9 +456,21 @@ pub async fn create_api_key(
     if scopes.is_empty() {
         return Err(ServerError::NoScopes { known: Scope::known() });
     }
+    let (pools, scopes): (Vec<&String>, Vec<&String>) = scopes.iter().partition(|s| s.starts_with(POOL_PREFIX));
     let mut parsed: Vec<Scope> = scopes.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
     parsed.sort();
     parsed.dedup();
+    let pool = match pools.as_slice() {
+        [] => None,
+        [one] if parsed.contains(&Scope::Proxy) => {
+            let name = &one[POOL_PREFIX.len()..];
+            validate_account_name(name)
+                .map_err(|reason| ServerError::BadAccount { account: name.to_owned(), reason })?;
+            Some(one.to_string())
+        }
+        [_] => return Err(ServerError::BadPool("a pool is only for keys with the `proxy` scope; add --scope proxy")),
+        _ => return Err(ServerError::BadPool("a key can be tied to one pool only")),
+    };
     for a in accounts {
         validate_account_name(a).map_err(|reason| ServerError::BadAccount { account: a.clone(), reason })?;
     }
@@ -458,7 +488,7 @@ pub async fn create_api_key(
         id,
         name: name.to_owned(),
         hash: hash_key(key.expose()),
-        scopes: parsed.iter().map(|s| s.as_str().to_owned()).collect(),
+        scopes: parsed.iter().map(|s| s.as_str().to_owned()).chain(pool).collect(),
         accounts,
         created_at: now,
         revoked_at: None,

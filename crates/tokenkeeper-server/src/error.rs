@@ -252,6 +252,9 @@ pub enum ServerError {
         /// The scopes there are.
         known: String,
     },
+    /// `--pool` without the `proxy` scope, or more than one pool.
+    #[error("--pool: {0}")]
+    BadPool(&'static str),
     /// A key name is empty or too long.
     #[error("a key name must be 1 to 64 characters without control characters")]
     BadKeyName,

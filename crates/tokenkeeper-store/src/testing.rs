@@ -1,21 +1,33 @@
-//! The store conformance suite: [`story`] walks every method of [`Store`] through its normal
-//! and error cases. Every implementation (SQLite here, PostgreSQL later) runs it on an empty
-//! store, so they cannot drift apart.
+//! The conformance suite of a backend: one test per property of [`Store`], of the change feed
+//! that goes with it, and of compare-and-set under contention. Every backend (SQLite in this
+//! crate's tests, PostgreSQL in `tokenkeeper-store-postgres`'s) runs all of it, so they cannot
+//! drift apart:
 //!
-//! Also small builders ([`credential`], [`new_account`], [`at`]) for tests of stores.
+//! ```text
+//! struct Mine { /* an empty installation: a directory, a database */ }
+//! #[async_trait::async_trait]
+//! impl tokenkeeper_store::testing::Installation for Mine {
+//!     async fn open(&self) -> tokenkeeper_core::Backend { /* open it, as a process would */ }
+//! }
+//! async fn fresh() -> Mine { /* … */ }
+//! tokenkeeper_store::store_conformance!(fresh);
+//! ```
+//!
+//! The properties are the functions of [`properties`]; [`store_conformance!`] makes one
+//! `#[tokio::test]` of each. Also small builders ([`credential`], [`new_account`], [`at`]) for
+//! tests of stores.
 
 // A test suite: a broken expectation should stop it with its message, right there.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use tokenkeeper_core::account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount};
+use chrono::{DateTime, TimeDelta, Utc};
+use tokenkeeper_core::account::{Account, Mode, NewAccount};
+use tokenkeeper_core::backend::Backend;
 use tokenkeeper_core::credential::Credential;
 use tokenkeeper_core::secret::Secret;
-use tokenkeeper_core::store::{
-    AccountPatch, ApiKey, CredentialChange, CredentialUpdate, EventKind, NewEvent, Store, StoreError,
-};
+use tokenkeeper_core::store::{ApiKey, CredentialChange, CredentialUpdate, EventKind, Store, UsageRecord};
 
 /// The instant `minutes` minutes after a fixed base time (whole milliseconds, as stored).
 pub fn at(minutes: i64) -> DateTime<Utc> {
@@ -47,15 +59,10 @@ pub fn new_account(name: &str, credential: Credential) -> NewAccount {
         refresh_token_issued_at: None,
     }
 }
+
 /// One hand-out of `account` at `at`, as the keeper's meter flushes it.
-pub fn use_of(account: &str, requests: u64, at: DateTime<Utc>) -> tokenkeeper_core::store::UsageRecord {
-    tokenkeeper_core::store::UsageRecord {
-        account: account.to_owned(),
-        hour: at,
-        requests,
-        last_used_at: at,
-        ..Default::default()
-    }
+pub fn use_of(account: &str, requests: u64, at: DateTime<Utc>) -> UsageRecord {
+    UsageRecord { account: account.to_owned(), hour: at, requests, last_used_at: at, ..Default::default() }
 }
 
 /// A credential update from `expected_version`.
@@ -76,7 +83,8 @@ pub fn update(
     }
 }
 
-fn api_key(id: &str, name: &str, hash: &str, created_minutes: i64) -> ApiKey {
+/// An API key with scope `token:read` for account `alpha`.
+pub fn api_key(id: &str, name: &str, hash: &str, created_minutes: i64) -> ApiKey {
     ApiKey {
         id: id.to_owned(),
         name: name.to_owned(),
@@ -88,246 +96,852 @@ fn api_key(id: &str, name: &str, hash: &str, created_minutes: i64) -> ApiKey {
     }
 }
 
-async fn get<S: Store + ?Sized>(store: &S, name: &str) -> Account {
+/// The account `name`, which must exist.
+pub async fn get<S: Store + ?Sized>(store: &S, name: &str) -> Account {
     store.get_account(name).await.expect("get_account").unwrap_or_else(|| panic!("account `{name}` is missing"))
 }
 
-async fn kinds<S: Store + ?Sized>(store: &S, account: Option<&str>) -> Vec<EventKind> {
+/// The kinds of the newest 1000 events, newest first.
+pub async fn kinds<S: Store + ?Sized>(store: &S, account: Option<&str>) -> Vec<EventKind> {
     store.events(account, 1000).await.expect("events").into_iter().map(|e| e.kind).collect()
 }
 
-/// Runs the conformance story against an empty store; panics at the first difference.
-pub async fn story<S: Store + ?Sized>(store: &S) {
-    // An empty store.
-    assert!(store.list_accounts().await.expect("list").is_empty(), "the store must start empty");
-    assert!(store.get_account("alpha").await.expect("get").is_none());
-    assert!(store.events(None, 10).await.expect("events").is_empty());
+/// The start of the UTC hour `n` hours after the one [`at`]`(0)` falls in.
+pub fn hour(n: i64) -> DateTime<Utc> {
+    UsageRecord::hour_of(at(0)) + TimeDelta::hours(n)
+}
 
-    // Create: version 1, fields as given, an event of the change's kind.
-    let mut bravo_new = new_account("bravo", credential("sk-ant-oat01-bravo1", Some("sk-ant-ort01-bravo1"), 600));
-    bravo_new.mode = Mode::Follow;
-    bravo_new.email = Some("bravo@example.com".to_owned());
-    bravo_new.organization = Some("Bravo Org".to_owned());
-    bravo_new.binding = Some(Binding {
-        kind: BindingKind::ClaudeCredentials,
-        path: PathBuf::from("/home/b/.claude/.credentials.json"),
-    });
-    bravo_new.refresh_token_issued_at = Some(at(-30));
-    let bravo = store.create_account(&bravo_new, at(1), CredentialChange::Imported).await.expect("create bravo");
-    assert_eq!(bravo.name, "bravo");
-    assert_eq!(bravo.provider, "anthropic");
-    assert_eq!(bravo.mode, Mode::Follow);
-    assert_eq!(bravo.credential, bravo_new.credential);
-    assert_eq!(bravo.version, 1);
-    assert_eq!(bravo.email.as_deref(), Some("bravo@example.com"));
-    assert_eq!(bravo.organization.as_deref(), Some("Bravo Org"));
-    assert_eq!(bravo.binding, bravo_new.binding);
-    assert_eq!(bravo.state, AccountState::Active);
-    assert_eq!((bravo.created_at, bravo.updated_at), (at(1), at(1)));
-    assert_eq!(bravo.last_refreshed_at, None);
-    assert_eq!(bravo.refresh_token_issued_at, Some(at(-30)));
-    assert_eq!((bravo.usage.requests, bravo.usage.last_used_at), (0, None));
-    assert_eq!(bravo.last_error, None);
-
-    // A long-lived token: no refresh token; its issue time defaults to the creation time.
-    let alpha_new = new_account("alpha", credential("sk-ant-oat01-alpha1", None, 500));
-    let alpha = store.create_account(&alpha_new, at(2), CredentialChange::LoggedIn).await.expect("create alpha");
-    assert_eq!(alpha.credential.refresh_token, None);
-    assert_eq!(alpha.refresh_token_issued_at, Some(at(2)));
-    assert_eq!(alpha.binding, None);
-    assert_eq!(kinds(store, None).await, [EventKind::LoggedIn, EventKind::Imported]);
-
-    // A duplicate name is refused and changes nothing.
-    let dup = new_account("alpha", credential("sk-ant-oat01-other", Some("sk-ant-ort01-other"), 900));
-    match store.create_account(&dup, at(3), CredentialChange::Imported).await {
-        Err(StoreError::AlreadyExists(name)) => assert_eq!(name, "alpha"),
-        other => panic!("a duplicate account must be AlreadyExists, got {other:?}"),
+/// A usage record of `requests` plain hand-outs of `account` in [`hour`]`(hour_n)`, the latest
+/// at [`at`]`(last_minutes)`.
+pub fn usage(account: &str, hour_n: i64, requests: u64, last_minutes: i64) -> UsageRecord {
+    UsageRecord {
+        account: account.to_owned(),
+        hour: hour(hour_n),
+        requests,
+        last_used_at: at(last_minutes),
+        ..UsageRecord::default()
     }
-    assert_eq!(get(store, "alpha").await, alpha);
-    assert_eq!(store.events(None, 10).await.expect("events").len(), 2);
+}
 
-    // Get and list (by name).
-    assert_eq!(get(store, "bravo").await, bravo);
-    let names: Vec<String> = store.list_accounts().await.expect("list").into_iter().map(|a| a.name).collect();
-    assert_eq!(names, ["alpha", "bravo"]);
+/// One installation of a backend under test, empty when made: what every process of it shares
+/// (a data directory, a database).
+#[async_trait::async_trait]
+pub trait Installation: Send + Sync + 'static {
+    /// Opens the installation as one more process (or replica) would: a store with its own
+    /// connections, and its own lock and feed. Panics if it cannot.
+    async fn open(&self) -> Backend;
+}
 
-    // Compare-and-set that wins: a refresh with a new refresh token.
-    let refreshed = credential("sk-ant-oat01-alpha2", Some("sk-ant-ort01-alpha2"), 1000);
-    let mut up = update(1, refreshed.clone(), CredentialChange::Refreshed, at(10));
-    up.email = Some("alpha@example.com".to_owned());
-    let alpha2 = store.update_credential("alpha", &up).await.expect("CAS from the current version");
-    assert_eq!(alpha2.version, 2);
-    assert_eq!(alpha2.credential, refreshed);
-    assert_eq!(alpha2.updated_at, at(10));
-    assert_eq!(alpha2.last_refreshed_at, Some(at(10)));
-    assert_eq!(alpha2.refresh_token_issued_at, Some(at(10)));
-    assert_eq!(alpha2.email.as_deref(), Some("alpha@example.com"));
-    assert_eq!(alpha2.organization, None, "an update without an organization keeps the stored one");
-    assert_eq!(alpha2.created_at, at(2));
-    assert_eq!(get(store, "alpha").await, alpha2);
+/// One `#[tokio::test]` per conformance property, each on a fresh installation made by
+/// `$fresh` (an `async fn() -> impl Installation`). Invoke it once in a test file of the
+/// backend; see the [module docs](crate::testing).
+#[macro_export]
+macro_rules! store_conformance {
+    ($fresh:path) => {
+        $crate::store_conformance!(@each $fresh;
+            a_new_store_is_empty,
+            create_keeps_every_field_at_version_one,
+            a_long_lived_token_has_no_refresh_token_and_defaults_its_issue_time,
+            a_duplicate_name_is_refused_and_changes_nothing,
+            accounts_are_listed_by_name,
+            a_compare_and_set_from_the_current_version_wins,
+            a_stale_writer_loses_and_changes_nothing,
+            a_missing_account_is_not_found,
+            a_patch_changes_only_what_it_names,
+            a_credential_update_revives_and_keeps_what_it_does_not_mention,
+            events_are_newest_first_limited_filtered_and_tokenless,
+            removal_forgets_the_account_and_keeps_its_events,
+            api_keys_are_unique_found_by_hash_and_revoked,
+            usage_buckets_add_up_and_the_account_follows,
+            last_used_at_never_moves_back,
+            usage_of_a_missing_account_is_skipped,
+            usage_is_read_since_an_hour_and_by_account,
+            the_attempt_budget_grants_max_per_rolling_hour,
+            the_attempt_budget_is_per_account,
+            the_attempt_budget_is_atomic_across_processes,
+            state_round_trips_and_is_replaced,
+            state_is_listed_by_prefix_in_key_order,
+            state_removal_says_whether_it_existed,
+            the_feed_reports_each_kind_of_write,
+            the_feed_is_silent_for_usage_state_and_failed_writes,
+            the_feed_carries_changes_of_another_process,
+            the_feed_yields_concurrent_changes_once_in_order,
+            cas_sixteen_tasks_one_process_exactly_one_wins_each_round,
+            cas_four_processes_opened_at_once_exactly_one_wins_each_round,
+        );
+    };
+    (@each $fresh:path; $($property:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $property() {
+                let installation: ::std::sync::Arc<dyn $crate::testing::Installation> =
+                    ::std::sync::Arc::new($fresh().await);
+                $crate::testing::properties::$property(installation).await;
+            }
+        )*
+    };
+}
 
-    // A stale writer loses and changes nothing.
-    let stale = update(
-        1,
-        credential("sk-ant-oat01-stale", Some("sk-ant-ort01-stale"), 2000),
-        CredentialChange::Refreshed,
-        at(11),
-    );
-    match store.update_credential("alpha", &stale).await {
-        Err(StoreError::VersionConflict { account, expected, found }) => {
-            assert_eq!((account.as_str(), expected, found), ("alpha", 1, 2));
+/// The properties every backend must have, one function each (see [`store_conformance!`]).
+pub mod properties {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokenkeeper_core::account::{AccountState, Binding, BindingKind};
+    use tokenkeeper_core::backend::{ChangeKind, ChangeSubscription, FeedItem, StoreChange};
+    use tokenkeeper_core::store::{AccountPatch, Attempt, NewEvent, StoreError};
+    use tokio::sync::Barrier;
+
+    use super::*;
+
+    /// How long a feed may take to deliver a committed change before the test fails.
+    const FEED_WAIT: Duration = Duration::from_secs(10);
+
+    async fn store(installation: &Arc<dyn Installation>) -> Arc<dyn Store> {
+        installation.open().await.store
+    }
+
+    fn alpha() -> NewAccount {
+        new_account("alpha", credential("sk-ant-oat01-alpha1", None, 500))
+    }
+
+    /// `bravo`: every optional field set.
+    fn bravo() -> NewAccount {
+        let mut new = new_account("bravo", credential("sk-ant-oat01-bravo1", Some("sk-ant-ort01-bravo1"), 600));
+        new.mode = Mode::Follow;
+        new.email = Some("bravo@example.com".to_owned());
+        new.organization = Some("Bravo Org".to_owned());
+        new.binding = Some(Binding {
+            kind: BindingKind::ClaudeCredentials,
+            path: PathBuf::from("/home/b/.claude/.credentials.json"),
+        });
+        new.refresh_token_issued_at = Some(at(-30));
+        new
+    }
+
+    async fn create(store: &dyn Store, new: &NewAccount, minutes: i64) -> Account {
+        store.create_account(new, at(minutes), CredentialChange::Imported).await.expect("create_account")
+    }
+
+    async fn names(store: &dyn Store) -> Vec<String> {
+        store.list_accounts().await.expect("list").into_iter().map(|a| a.name).collect()
+    }
+
+    /// The next item of `sub`, failing the test after [`FEED_WAIT`].
+    pub async fn next_item(sub: &mut dyn ChangeSubscription) -> FeedItem {
+        match tokio::time::timeout(FEED_WAIT, sub.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => panic!("the change feed ended"),
+            Err(_) => panic!("no change arrived within {FEED_WAIT:?}"),
         }
-        other => panic!("a stale CAS must be VersionConflict, got {other:?}"),
-    }
-    assert_eq!(get(store, "alpha").await, alpha2);
-
-    // No such account.
-    let ghost = update(1, credential("sk-ant-oat01-ghost", None, 100), CredentialChange::Imported, at(12));
-    assert!(matches!(store.update_credential("nobody", &ghost).await, Err(StoreError::NotFound(n)) if n == "nobody"));
-    let patch = AccountPatch { state: Some(AccountState::NeedsLogin), ..AccountPatch::default() };
-    assert!(
-        matches!(store.patch_account("nobody", &patch, at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody")
-    );
-    // Usage of a missing account is dropped, not an error (it may have been removed meanwhile).
-    store.record_usage(&[use_of("nobody", 1, at(12))]).await.expect("usage of a missing account");
-    assert!(store.usage(Some("nobody"), at(-100)).await.expect("usage").is_empty());
-    assert!(!store.remove_account("nobody", at(12)).await.expect("remove a missing account"));
-
-    // Patch: state, last error, mode, binding; unmentioned fields stay.
-    let patch = AccountPatch {
-        state: Some(AccountState::NeedsLogin),
-        last_error: Some(Some("invalid_grant: refresh token revoked".to_owned())),
-        mode: Some(Mode::Own),
-        binding: Some(None),
-    };
-    let bravo2 = store.patch_account("bravo", &patch, at(20)).await.expect("patch bravo");
-    assert_eq!(bravo2.state, AccountState::NeedsLogin);
-    assert_eq!(bravo2.last_error.as_deref(), Some("invalid_grant: refresh token revoked"));
-    assert_eq!(bravo2.mode, Mode::Own);
-    assert_eq!(bravo2.binding, None);
-    assert_eq!(bravo2.updated_at, at(20));
-    assert_eq!((bravo2.version, &bravo2.credential), (1, &bravo.credential), "a patch never touches the credential");
-    assert_eq!(get(store, "bravo").await, bravo2);
-    let unchanged = store.patch_account("bravo", &AccountPatch::default(), at(21)).await.expect("empty patch");
-    assert_eq!(
-        (unchanged.state, &unchanged.last_error, unchanged.mode),
-        (bravo2.state, &bravo2.last_error, bravo2.mode)
-    );
-    let keychain = Binding { kind: BindingKind::Keychain, path: PathBuf::from("Claude Code-credentials") };
-    let rebound = AccountPatch { binding: Some(Some(keychain.clone())), ..AccountPatch::default() };
-    assert_eq!(store.patch_account("bravo", &rebound, at(22)).await.expect("bind").binding, Some(keychain.clone()));
-
-    // A credential update revives a needs-login account and clears its error; an import with
-    // the same refresh token is neither a refresh nor a new refresh token.
-    let mut reimport = bravo.credential.clone();
-    reimport.access_token = Secret::new("sk-ant-oat01-bravo2");
-    reimport.expires_at = at(700);
-    let bravo3 = store
-        .update_credential("bravo", &update(1, reimport.clone(), CredentialChange::Imported, at(30)))
-        .await
-        .expect("CAS on bravo");
-    assert_eq!(bravo3.version, 2);
-    assert_eq!(bravo3.state, AccountState::Active);
-    assert_eq!(bravo3.last_error, None);
-    assert_eq!(bravo3.last_refreshed_at, None);
-    assert_eq!(bravo3.refresh_token_issued_at, Some(at(-30)));
-    assert_eq!(bravo3.email.as_deref(), Some("bravo@example.com"));
-    assert_eq!(bravo3.organization.as_deref(), Some("Bravo Org"));
-    assert_eq!(bravo3.binding, Some(keychain));
-    assert_eq!(bravo3.credential, reimport);
-    // Adopting someone else's refresh counts as a refresh.
-    let adopted = credential("sk-ant-oat01-bravo3", Some("sk-ant-ort01-bravo3"), 800);
-    let bravo4 = store
-        .update_credential("bravo", &update(2, adopted, CredentialChange::Adopted, at(31)))
-        .await
-        .expect("adopt on bravo");
-    assert_eq!(
-        (bravo4.version, bravo4.last_refreshed_at, bravo4.refresh_token_issued_at),
-        (3, Some(at(31)), Some(at(31)))
-    );
-
-    // Usage counters.
-    store.record_usage(&[use_of("alpha", 1, at(40))]).await.expect("usage");
-    store.record_usage(&[use_of("alpha", 1, at(41))]).await.expect("usage");
-    let used = get(store, "alpha").await;
-    assert_eq!((used.usage.requests, used.usage.last_used_at), (2, Some(at(41))));
-    assert_eq!(used.version, 2, "usage is not a credential change");
-
-    // Events recorded by hand, then the log: newest first, limited, filtered.
-    let failed =
-        NewEvent { account: "alpha".into(), kind: EventKind::RefreshFailed, at: at(50), detail: "HTTP 500".into() };
-    store.record_event(&failed).await.expect("record_event");
-    let repaired =
-        NewEvent { account: "bravo".into(), kind: EventKind::Repaired, at: at(51), detail: "rewrote the file".into() };
-    store.record_event(&repaired).await.expect("record_event");
-    let all = store.events(None, 100).await.expect("events");
-    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "events must be newest first");
-    assert_eq!(
-        all.iter().map(|e| (e.account.as_str(), e.kind)).collect::<Vec<_>>(),
-        [
-            ("bravo", EventKind::Repaired),
-            ("alpha", EventKind::RefreshFailed),
-            ("bravo", EventKind::Adopted),
-            ("bravo", EventKind::Imported),
-            ("alpha", EventKind::Refreshed),
-            ("alpha", EventKind::LoggedIn),
-            ("bravo", EventKind::Imported),
-        ]
-    );
-    assert_eq!((all[0].at, all[0].detail.as_str()), (at(51), "rewrote the file"));
-    assert_eq!(all[4].detail, "Refreshed in a test");
-    let newest = store.events(None, 2).await.expect("events");
-    assert_eq!(newest, all[..2]);
-    assert_eq!(
-        kinds(store, Some("alpha")).await,
-        [EventKind::RefreshFailed, EventKind::Refreshed, EventKind::LoggedIn]
-    );
-    assert_eq!(store.events(Some("alpha"), 1).await.expect("events")[0], all[1]);
-    assert!(store.events(Some("nobody"), 10).await.expect("events").is_empty());
-    for event in &all {
-        assert!(!event.detail.contains("alpha1") && !event.detail.contains("bravo1"), "a token in an event: {event:?}");
     }
 
-    // Remove: gone, with a `removed` event; a second removal finds nothing; the name is free.
-    assert!(store.remove_account("bravo", at(60)).await.expect("remove"));
-    assert!(store.get_account("bravo").await.expect("get").is_none());
-    let names: Vec<String> = store.list_accounts().await.expect("list").into_iter().map(|a| a.name).collect();
-    assert_eq!(names, ["alpha"]);
-    let last = &store.events(None, 1).await.expect("events")[0];
-    assert_eq!((last.account.as_str(), last.kind, last.at), ("bravo", EventKind::Removed, at(60)));
-    assert!(!store.remove_account("bravo", at(61)).await.expect("remove again"));
-    assert_eq!(store.events(None, 1).await.expect("events")[0].id, last.id, "no event for removing nothing");
-    let again = store.create_account(&bravo_new, at(62), CredentialChange::Imported).await.expect("recreate bravo");
-    assert_eq!(again.version, 1);
+    /// The next `n` changes of `sub` (a `Resync` fails the test), checking `seq` grows.
+    pub async fn next_changes(sub: &mut dyn ChangeSubscription, n: usize) -> Vec<StoreChange> {
+        let mut changes: Vec<StoreChange> = Vec::with_capacity(n);
+        while changes.len() < n {
+            match next_item(sub).await {
+                FeedItem::Change(change) => {
+                    if let Some(previous) = changes.last() {
+                        assert!(change.seq > previous.seq, "seq must grow: {previous:?} then {change:?}");
+                    }
+                    changes.push(change);
+                }
+                FeedItem::Resync => panic!("unexpected Resync after {changes:?}"),
+            }
+        }
+        changes
+    }
 
-    // API keys.
-    assert!(store.list_api_keys().await.expect("list keys").is_empty());
-    let ci = api_key("key_ci", "ci", "aa11", 70);
-    let laptop = ApiKey {
-        accounts: vec![],
-        scopes: vec!["token:read".into(), "admin".into()],
-        ..api_key("key_laptop", "laptop", "bb22", 71)
-    };
-    store.create_api_key(&ci).await.expect("create key");
-    store.create_api_key(&laptop).await.expect("create key");
-    assert!(store.create_api_key(&api_key("key_other", "ci", "cc33", 72)).await.is_err(), "a live name is unique");
-    assert!(store.create_api_key(&api_key("key_other", "other", "aa11", 72)).await.is_err(), "a hash is unique");
-    assert_eq!(store.list_api_keys().await.expect("list keys"), [ci.clone(), laptop.clone()]);
-    assert_eq!(store.find_api_key("aa11").await.expect("find"), Some(ci.clone()));
-    assert_eq!(store.find_api_key("ffff").await.expect("find"), None);
-    assert!(store.revoke_api_key("ci", at(80)).await.expect("revoke by name"));
-    assert_eq!(store.find_api_key("aa11").await.expect("find"), None, "a revoked key is not found");
-    assert!(!store.revoke_api_key("ci", at(81)).await.expect("revoke again"));
-    assert!(store.revoke_api_key("key_laptop", at(82)).await.expect("revoke by id"));
-    assert!(!store.revoke_api_key("nothing", at(83)).await.expect("revoke unknown"));
-    let listed = store.list_api_keys().await.expect("list keys");
-    assert_eq!(
-        listed.iter().map(|k| (k.id.as_str(), k.revoked_at)).collect::<Vec<_>>(),
-        [("key_ci", Some(at(80))), ("key_laptop", Some(at(82)))],
-        "revoked keys are still listed"
-    );
-    // A revoked key's name may be reused.
-    let ci2 = api_key("key_ci2", "ci", "dd44", 90);
-    store.create_api_key(&ci2).await.expect("reuse a revoked key's name");
-    assert_eq!(store.find_api_key("dd44").await.expect("find"), Some(ci2));
+    /// (account, kind, version) of each change, for comparing without `seq`.
+    fn what(changes: &[StoreChange]) -> Vec<(Option<&str>, ChangeKind, Option<i64>)> {
+        changes.iter().map(|c| (c.account.as_deref(), c.kind, c.version)).collect()
+    }
+
+    pub async fn a_new_store_is_empty(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        assert!(store.list_accounts().await.expect("list").is_empty(), "the store must start empty");
+        assert!(store.get_account("alpha").await.expect("get").is_none());
+        assert!(store.events(None, 10).await.expect("events").is_empty());
+        assert!(store.list_api_keys().await.expect("keys").is_empty());
+        assert!(store.usage(None, at(-100_000)).await.expect("usage").is_empty());
+        assert!(store.list_state("").await.expect("state").is_empty());
+    }
+
+    pub async fn create_keeps_every_field_at_version_one(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        let new = bravo();
+        let bravo = create(&*store, &new, 1).await;
+        assert_eq!(bravo.name, "bravo");
+        assert_eq!(bravo.provider, "anthropic");
+        assert_eq!(bravo.mode, Mode::Follow);
+        assert_eq!(bravo.credential, new.credential);
+        assert_eq!(bravo.version, 1);
+        assert_eq!(bravo.email.as_deref(), Some("bravo@example.com"));
+        assert_eq!(bravo.organization.as_deref(), Some("Bravo Org"));
+        assert_eq!(bravo.binding, new.binding);
+        assert_eq!(bravo.state, AccountState::Active);
+        assert_eq!((bravo.created_at, bravo.updated_at), (at(1), at(1)));
+        assert_eq!(bravo.last_refreshed_at, None);
+        assert_eq!(bravo.refresh_token_issued_at, Some(at(-30)));
+        assert_eq!((bravo.usage.requests, bravo.usage.last_used_at), (0, None));
+        assert_eq!(bravo.last_error, None);
+        assert_eq!(get(&*store, "bravo").await, bravo, "what create returns is what is stored");
+        assert_eq!(kinds(&*store, None).await, [EventKind::Imported]);
+        // Another process reads the same (and can decrypt it with the installation's key).
+        assert_eq!(get(&*installation.open().await.store, "bravo").await, bravo);
+    }
+
+    pub async fn a_long_lived_token_has_no_refresh_token_and_defaults_its_issue_time(
+        installation: Arc<dyn Installation>,
+    ) {
+        let store = store(&installation).await;
+        let alpha = store.create_account(&alpha(), at(2), CredentialChange::LoggedIn).await.expect("create");
+        assert_eq!(alpha.credential.refresh_token, None);
+        assert_eq!(alpha.refresh_token_issued_at, Some(at(2)));
+        assert_eq!(alpha.binding, None);
+        assert_eq!(kinds(&*store, None).await, [EventKind::LoggedIn]);
+    }
+
+    pub async fn a_duplicate_name_is_refused_and_changes_nothing(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        let alpha = create(&*store, &alpha(), 2).await;
+        let dup = new_account("alpha", credential("sk-ant-oat01-other", Some("sk-ant-ort01-other"), 900));
+        match store.create_account(&dup, at(3), CredentialChange::Imported).await {
+            Err(StoreError::AlreadyExists(name)) => assert_eq!(name, "alpha"),
+            other => panic!("a duplicate account must be AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(get(&*store, "alpha").await, alpha);
+        assert_eq!(store.events(None, 10).await.expect("events").len(), 1);
+    }
+
+    pub async fn accounts_are_listed_by_name(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        for name in ["bravo", "Zulu", "alpha", "alpha-2"] {
+            create(&*store, &new_account(name, credential("sk-ant-oat01-x", None, 10)), 0).await;
+        }
+        // Bytewise: upper case before lower case, whatever the database's locale.
+        assert_eq!(names(&*store).await, ["Zulu", "alpha", "alpha-2", "bravo"]);
+    }
+
+    pub async fn a_compare_and_set_from_the_current_version_wins(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 2).await;
+        let refreshed = credential("sk-ant-oat01-alpha2", Some("sk-ant-ort01-alpha2"), 1000);
+        let mut up = update(1, refreshed.clone(), CredentialChange::Refreshed, at(10));
+        up.email = Some("alpha@example.com".to_owned());
+        let alpha2 = store.update_credential("alpha", &up).await.expect("CAS from the current version");
+        assert_eq!(alpha2.version, 2);
+        assert_eq!(alpha2.credential, refreshed);
+        assert_eq!(alpha2.updated_at, at(10));
+        assert_eq!(alpha2.last_refreshed_at, Some(at(10)));
+        assert_eq!(alpha2.refresh_token_issued_at, Some(at(10)));
+        assert_eq!(alpha2.email.as_deref(), Some("alpha@example.com"));
+        assert_eq!(alpha2.organization, None, "an update without an organization keeps the stored one");
+        assert_eq!(alpha2.created_at, at(2));
+        assert_eq!(get(&*store, "alpha").await, alpha2);
+        assert_eq!(kinds(&*store, Some("alpha")).await, [EventKind::Refreshed, EventKind::Imported]);
+        assert_eq!(store.events(None, 1).await.expect("events")[0].detail, "Refreshed in a test");
+    }
+
+    pub async fn a_stale_writer_loses_and_changes_nothing(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 2).await;
+        let fresh = credential("sk-ant-oat01-alpha2", Some("sk-ant-ort01-alpha2"), 1000);
+        let alpha2 = store.update_credential("alpha", &update(1, fresh, CredentialChange::Refreshed, at(10))).await;
+        let alpha2 = alpha2.expect("first writer");
+        let stale = credential("sk-ant-oat01-stale", Some("sk-ant-ort01-stale"), 2000);
+        match store.update_credential("alpha", &update(1, stale, CredentialChange::Refreshed, at(11))).await {
+            Err(StoreError::VersionConflict { account, expected, found }) => {
+                assert_eq!((account.as_str(), expected, found), ("alpha", 1, 2));
+            }
+            other => panic!("a stale CAS must be VersionConflict, got {other:?}"),
+        }
+        assert_eq!(get(&*store, "alpha").await, alpha2);
+        assert_eq!(store.events(Some("alpha"), 10).await.expect("events").len(), 2, "no event for the loser");
+    }
+
+    pub async fn a_missing_account_is_not_found(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        let ghost = update(1, credential("sk-ant-oat01-ghost", None, 100), CredentialChange::Imported, at(12));
+        assert!(
+            matches!(store.update_credential("nobody", &ghost).await, Err(StoreError::NotFound(n)) if n == "nobody")
+        );
+        let patch = AccountPatch { state: Some(AccountState::NeedsLogin), ..AccountPatch::default() };
+        assert!(
+            matches!(store.patch_account("nobody", &patch, at(12)).await, Err(StoreError::NotFound(n)) if n == "nobody")
+        );
+        assert!(!store.remove_account("nobody", at(12)).await.expect("remove a missing account"));
+        assert!(store.events(None, 10).await.expect("events").is_empty(), "no event for a missing account");
+    }
+
+    pub async fn a_patch_changes_only_what_it_names(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        let bravo = create(&*store, &bravo(), 1).await;
+        let patch = AccountPatch {
+            state: Some(AccountState::NeedsLogin),
+            last_error: Some(Some("invalid_grant: refresh token revoked".to_owned())),
+            mode: Some(Mode::Own),
+            binding: Some(None),
+        };
+        let bravo2 = store.patch_account("bravo", &patch, at(20)).await.expect("patch bravo");
+        assert_eq!(bravo2.state, AccountState::NeedsLogin);
+        assert_eq!(bravo2.last_error.as_deref(), Some("invalid_grant: refresh token revoked"));
+        assert_eq!(bravo2.mode, Mode::Own);
+        assert_eq!(bravo2.binding, None);
+        assert_eq!(bravo2.updated_at, at(20));
+        assert_eq!(
+            (bravo2.version, &bravo2.credential),
+            (1, &bravo.credential),
+            "a patch never touches the credential"
+        );
+        assert_eq!(get(&*store, "bravo").await, bravo2);
+        let unchanged = store.patch_account("bravo", &AccountPatch::default(), at(21)).await.expect("empty patch");
+        assert_eq!(
+            (unchanged.state, &unchanged.last_error, unchanged.mode, &unchanged.binding),
+            (bravo2.state, &bravo2.last_error, bravo2.mode, &bravo2.binding)
+        );
+        let keychain = Binding { kind: BindingKind::Keychain, path: PathBuf::from("Claude Code-credentials") };
+        let rebound = AccountPatch { binding: Some(Some(keychain.clone())), ..AccountPatch::default() };
+        let bound = store.patch_account("bravo", &rebound, at(22)).await.expect("bind");
+        assert_eq!(bound.binding, Some(keychain));
+        assert_eq!(bound.last_error.as_deref(), Some("invalid_grant: refresh token revoked"), "unmentioned: kept");
+        let cleared = AccountPatch { last_error: Some(None), ..AccountPatch::default() };
+        assert_eq!(store.patch_account("bravo", &cleared, at(23)).await.expect("clear").last_error, None);
+    }
+
+    pub async fn a_credential_update_revives_and_keeps_what_it_does_not_mention(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        let bravo = create(&*store, &bravo(), 1).await;
+        let keychain = Binding { kind: BindingKind::Keychain, path: PathBuf::from("Claude Code-credentials") };
+        let patch = AccountPatch {
+            state: Some(AccountState::NeedsLogin),
+            last_error: Some(Some("invalid_grant".to_owned())),
+            binding: Some(Some(keychain.clone())),
+            ..AccountPatch::default()
+        };
+        store.patch_account("bravo", &patch, at(20)).await.expect("patch");
+        // An import with the same refresh token is neither a refresh nor a new refresh token.
+        let mut reimport = bravo.credential.clone();
+        reimport.access_token = Secret::new("sk-ant-oat01-bravo2");
+        reimport.expires_at = at(700);
+        let bravo3 = store
+            .update_credential("bravo", &update(1, reimport.clone(), CredentialChange::Imported, at(30)))
+            .await
+            .expect("CAS on bravo");
+        assert_eq!(bravo3.version, 2);
+        assert_eq!(bravo3.state, AccountState::Active);
+        assert_eq!(bravo3.last_error, None);
+        assert_eq!(bravo3.last_refreshed_at, None);
+        assert_eq!(bravo3.refresh_token_issued_at, Some(at(-30)));
+        assert_eq!(bravo3.email.as_deref(), Some("bravo@example.com"));
+        assert_eq!(bravo3.organization.as_deref(), Some("Bravo Org"));
+        assert_eq!(bravo3.binding, Some(keychain));
+        assert_eq!(bravo3.credential, reimport);
+        // Adopting someone else's refresh counts as a refresh.
+        let adopted = credential("sk-ant-oat01-bravo3", Some("sk-ant-ort01-bravo3"), 800);
+        let bravo4 = store
+            .update_credential("bravo", &update(2, adopted, CredentialChange::Adopted, at(31)))
+            .await
+            .expect("adopt on bravo");
+        assert_eq!(
+            (bravo4.version, bravo4.last_refreshed_at, bravo4.refresh_token_issued_at),
+            (3, Some(at(31)), Some(at(31)))
+        );
+    }
+
+    pub async fn events_are_newest_first_limited_filtered_and_tokenless(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &bravo(), 1).await;
+        store.create_account(&alpha(), at(2), CredentialChange::LoggedIn).await.expect("create");
+        let refreshed = credential("sk-ant-oat01-alpha2", Some("sk-ant-ort01-alpha2"), 1000);
+        store.update_credential("alpha", &update(1, refreshed, CredentialChange::Refreshed, at(10))).await.unwrap();
+        let failed =
+            NewEvent { account: "alpha".into(), kind: EventKind::RefreshFailed, at: at(50), detail: "HTTP 500".into() };
+        store.record_event(&failed).await.expect("record_event");
+        let repaired = NewEvent {
+            account: "bravo".into(),
+            kind: EventKind::Repaired,
+            at: at(51),
+            detail: "rewrote the file".into(),
+        };
+        store.record_event(&repaired).await.expect("record_event");
+        let all = store.events(None, 100).await.expect("events");
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id), "events must be newest first");
+        assert_eq!(
+            all.iter().map(|e| (e.account.as_str(), e.kind)).collect::<Vec<_>>(),
+            [
+                ("bravo", EventKind::Repaired),
+                ("alpha", EventKind::RefreshFailed),
+                ("alpha", EventKind::Refreshed),
+                ("alpha", EventKind::LoggedIn),
+                ("bravo", EventKind::Imported),
+            ]
+        );
+        assert_eq!((all[0].at, all[0].detail.as_str()), (at(51), "rewrote the file"));
+        assert_eq!(store.events(None, 2).await.expect("events"), all[..2]);
+        assert_eq!(
+            kinds(&*store, Some("alpha")).await,
+            [EventKind::RefreshFailed, EventKind::Refreshed, EventKind::LoggedIn]
+        );
+        assert_eq!(store.events(Some("alpha"), 1).await.expect("events")[0], all[1]);
+        assert!(store.events(Some("nobody"), 10).await.expect("events").is_empty());
+        for event in &all {
+            for token in ["alpha1", "alpha2", "bravo1"] {
+                assert!(!event.detail.contains(token), "a token in an event: {event:?}");
+            }
+        }
+    }
+
+    pub async fn removal_forgets_the_account_and_keeps_its_events(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        create(&*store, &bravo(), 1).await;
+        store.record_usage(&[usage("bravo", 0, 3, 5)]).await.expect("usage");
+        assert!(store.remove_account("bravo", at(60)).await.expect("remove"));
+        assert!(store.get_account("bravo").await.expect("get").is_none());
+        assert_eq!(names(&*store).await, ["alpha"]);
+        let last = &store.events(None, 1).await.expect("events")[0];
+        assert_eq!((last.account.as_str(), last.kind, last.at), ("bravo", EventKind::Removed, at(60)));
+        assert_eq!(kinds(&*store, Some("bravo")).await, [EventKind::Removed, EventKind::Imported], "history stays");
+        assert!(!store.remove_account("bravo", at(61)).await.expect("remove again"));
+        assert_eq!(store.events(None, 1).await.expect("events")[0].id, last.id, "no event for removing nothing");
+        let again = create(&*store, &bravo(), 62).await;
+        assert_eq!((again.version, again.usage.requests, again.usage.last_used_at), (1, 0, None), "a new account");
+    }
+
+    pub async fn api_keys_are_unique_found_by_hash_and_revoked(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        let ci = api_key("key_ci", "ci", "aa11", 70);
+        let laptop = ApiKey {
+            accounts: vec![],
+            scopes: vec!["token:read".into(), "admin".into()],
+            ..api_key("key_laptop", "laptop", "bb22", 71)
+        };
+        store.create_api_key(&ci).await.expect("create key");
+        store.create_api_key(&laptop).await.expect("create key");
+        assert!(store.create_api_key(&api_key("key_other", "ci", "cc33", 72)).await.is_err(), "a live name is unique");
+        assert!(store.create_api_key(&api_key("key_other", "other", "aa11", 72)).await.is_err(), "a hash is unique");
+        assert!(store.create_api_key(&api_key("key_ci", "other", "ee55", 72)).await.is_err(), "an id is unique");
+        assert_eq!(store.list_api_keys().await.expect("list keys"), [ci.clone(), laptop.clone()]);
+        assert_eq!(store.find_api_key("aa11").await.expect("find"), Some(ci.clone()));
+        assert_eq!(store.find_api_key("ffff").await.expect("find"), None);
+        // Another process sees a key at once.
+        assert_eq!(installation.open().await.store.find_api_key("bb22").await.expect("find"), Some(laptop.clone()));
+        assert!(store.revoke_api_key("ci", at(80)).await.expect("revoke by name"));
+        assert_eq!(store.find_api_key("aa11").await.expect("find"), None, "a revoked key is not found");
+        assert!(!store.revoke_api_key("ci", at(81)).await.expect("revoke again"));
+        assert!(store.revoke_api_key("key_laptop", at(82)).await.expect("revoke by id"));
+        assert!(!store.revoke_api_key("nothing", at(83)).await.expect("revoke unknown"));
+        let listed = store.list_api_keys().await.expect("list keys");
+        assert_eq!(
+            listed.iter().map(|k| (k.id.as_str(), k.revoked_at)).collect::<Vec<_>>(),
+            [("key_ci", Some(at(80))), ("key_laptop", Some(at(82)))],
+            "revoked keys are still listed"
+        );
+        let ci2 = api_key("key_ci2", "ci", "dd44", 90);
+        store.create_api_key(&ci2).await.expect("reuse a revoked key's name");
+        assert_eq!(store.find_api_key("dd44").await.expect("find"), Some(ci2));
+    }
+
+    /// Buckets sorted by (hour, account, key, model), after checking they come oldest first.
+    fn sorted(mut buckets: Vec<UsageRecord>) -> Vec<UsageRecord> {
+        assert!(buckets.windows(2).all(|w| w[0].hour <= w[1].hour), "usage must be oldest first: {buckets:?}");
+        buckets
+            .sort_by(|a, b| (a.hour, &a.account, &a.key_id, &a.model).cmp(&(b.hour, &b.account, &b.key_id, &b.model)));
+        buckets
+    }
+
+    pub async fn usage_buckets_add_up_and_the_account_follows(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        create(&*store, &bravo(), 0).await;
+        let proxied = UsageRecord {
+            key_id: Some("key_ci".to_owned()),
+            model: Some("claude-sonnet-4".to_owned()),
+            input_tokens: 10,
+            output_tokens: 20,
+            cache_read_tokens: 3,
+            cache_creation_tokens: 4,
+            errors: 1,
+            ..usage("alpha", 0, 1, 2)
+        };
+        store.record_usage(&[usage("alpha", 0, 2, 1), proxied.clone(), usage("bravo", 1, 5, 61)]).await.unwrap();
+        // The same bucket twice in one batch, and again in a later one.
+        let again = UsageRecord { input_tokens: 1, output_tokens: 2, ..proxied.clone() };
+        store.record_usage(&[usage("alpha", 0, 3, 5), usage("alpha", 0, 1, 4), again]).await.expect("usage");
+        store.record_usage(&[]).await.expect("an empty batch");
+        let expected_proxied = UsageRecord {
+            requests: 2,
+            input_tokens: 11,
+            output_tokens: 22,
+            cache_read_tokens: 6,
+            cache_creation_tokens: 8,
+            errors: 2,
+            ..proxied
+        };
+        assert_eq!(
+            sorted(store.usage(None, hour(0)).await.expect("usage")),
+            [usage("alpha", 0, 6, 5), expected_proxied, usage("bravo", 1, 5, 61)]
+        );
+        let alpha = get(&*store, "alpha").await;
+        assert_eq!((alpha.usage.requests, alpha.usage.last_used_at), (8, Some(at(5))));
+        assert_eq!(alpha.version, 1, "usage is not a credential change");
+        let bravo = get(&*store, "bravo").await;
+        assert_eq!((bravo.usage.requests, bravo.usage.last_used_at), (5, Some(at(61))));
+    }
+
+    pub async fn last_used_at_never_moves_back(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        store.record_usage(&[usage("alpha", 0, 1, 10)]).await.expect("usage");
+        // A late flush (another process, an out-of-order batch) of an older use.
+        store.record_usage(&[usage("alpha", 0, 1, 3)]).await.expect("usage");
+        let alpha = get(&*store, "alpha").await;
+        assert_eq!((alpha.usage.requests, alpha.usage.last_used_at), (2, Some(at(10))));
+        assert_eq!(store.usage(Some("alpha"), hour(0)).await.expect("usage"), [usage("alpha", 0, 2, 10)]);
+    }
+
+    pub async fn usage_of_a_missing_account_is_skipped(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        store.record_usage(&[usage("ghost", 0, 7, 1), usage("alpha", 0, 1, 2)]).await.expect("usage with a ghost");
+        assert_eq!(store.usage(None, hour(0)).await.expect("usage"), [usage("alpha", 0, 1, 2)]);
+        assert_eq!(get(&*store, "alpha").await.usage.requests, 1);
+        assert_eq!(names(&*store).await, ["alpha"], "usage never creates an account");
+    }
+
+    pub async fn usage_is_read_since_an_hour_and_by_account(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        create(&*store, &bravo(), 0).await;
+        let batch =
+            [usage("alpha", 2, 1, 130), usage("bravo", 0, 1, 1), usage("alpha", 0, 1, 2), usage("bravo", 1, 1, 70)];
+        store.record_usage(&batch).await.expect("usage");
+        assert_eq!(
+            sorted(store.usage(None, hour(1)).await.expect("usage")),
+            [usage("bravo", 1, 1, 70), usage("alpha", 2, 1, 130)]
+        );
+        assert_eq!(
+            store.usage(Some("alpha"), hour(0)).await.expect("usage"),
+            [usage("alpha", 0, 1, 2), usage("alpha", 2, 1, 130)]
+        );
+        assert!(store.usage(Some("alpha"), hour(3)).await.expect("usage").is_empty());
+        assert!(store.usage(Some("nobody"), hour(0)).await.expect("usage").is_empty());
+    }
+
+    pub async fn the_attempt_budget_grants_max_per_rolling_hour(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        for minutes in [0, 10, 20] {
+            assert_eq!(store.take_refresh_attempt("alpha", at(minutes), 3).await.unwrap(), Attempt::Granted);
+        }
+        // Spent: the oldest attempt (at 0) leaves the window an hour after it was taken.
+        for minutes in [30, 59] {
+            assert_eq!(
+                store.take_refresh_attempt("alpha", at(minutes), 3).await.unwrap(),
+                Attempt::Exhausted { until: at(60) }
+            );
+        }
+        // At the instant promised, the next attempt is granted; refusals took nothing.
+        assert_eq!(store.take_refresh_attempt("alpha", at(60), 3).await.unwrap(), Attempt::Granted);
+        assert_eq!(store.take_refresh_attempt("alpha", at(61), 3).await.unwrap(), Attempt::Exhausted { until: at(70) });
+        // A larger budget counts the same attempts.
+        assert_eq!(store.take_refresh_attempt("alpha", at(61), 4).await.unwrap(), Attempt::Granted);
+        // Two quiet hours later the whole budget is back.
+        for _ in 0..3 {
+            assert_eq!(store.take_refresh_attempt("alpha", at(200), 3).await.unwrap(), Attempt::Granted);
+        }
+        assert_eq!(
+            store.take_refresh_attempt("alpha", at(200), 3).await.unwrap(),
+            Attempt::Exhausted { until: at(260) }
+        );
+        assert_eq!(get(&*store, "alpha").await.version, 1, "attempts are not credential changes");
+    }
+
+    pub async fn the_attempt_budget_is_per_account(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        create(&*store, &alpha(), 0).await;
+        create(&*store, &bravo(), 0).await;
+        assert_eq!(store.take_refresh_attempt("alpha", at(0), 1).await.unwrap(), Attempt::Granted);
+        assert_eq!(store.take_refresh_attempt("bravo", at(1), 1).await.unwrap(), Attempt::Granted);
+        assert_eq!(store.take_refresh_attempt("alpha", at(2), 1).await.unwrap(), Attempt::Exhausted { until: at(60) });
+        assert_eq!(store.take_refresh_attempt("bravo", at(2), 1).await.unwrap(), Attempt::Exhausted { until: at(61) });
+    }
+
+    pub async fn the_attempt_budget_is_atomic_across_processes(installation: Arc<dyn Installation>) {
+        const TAKERS: usize = 12;
+        const MAX: u32 = 5;
+        let stores = [store(&installation).await, store(&installation).await, store(&installation).await];
+        create(&*stores[0], &alpha(), 0).await;
+        let barrier = Arc::new(Barrier::new(TAKERS));
+        let mut tasks = Vec::new();
+        for taker in 0..TAKERS {
+            let store = Arc::clone(&stores[taker % stores.len()]);
+            let barrier = Arc::clone(&barrier);
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.take_refresh_attempt("alpha", at(5), MAX).await.expect("take")
+            }));
+        }
+        let mut granted = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                Attempt::Granted => granted += 1,
+                Attempt::Exhausted { until } => assert_eq!(until, at(65)),
+            }
+        }
+        assert_eq!(granted, MAX, "exactly the budget is granted, whoever asks");
+    }
+
+    pub async fn state_round_trips_and_is_replaced(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        assert_eq!(store.get_state("alerts/state").await.expect("get"), None);
+        let value = serde_json::json!({
+            "main": {"level": "critical", "since": "2023-11-14T22:13:20Z", "sent": [1, 2, 3]},
+            "count": 18_446_744_073_709_551_615u64,
+            "ratio": 0.25,
+            "note": "ünïcode \"quoted\"",
+            "none": null,
+        });
+        store.put_state("alerts/state", &value, at(1)).await.expect("put");
+        assert_eq!(store.get_state("alerts/state").await.expect("get"), Some(value));
+        // Another process reads it; a second put replaces the whole value.
+        let replaced = serde_json::json!(["just", "a", "list"]);
+        installation.open().await.store.put_state("alerts/state", &replaced, at(2)).await.expect("put again");
+        assert_eq!(store.get_state("alerts/state").await.expect("get"), Some(replaced));
+        store.put_state("plain", &serde_json::json!(42), at(3)).await.expect("put a number");
+        assert_eq!(store.get_state("plain").await.expect("get"), Some(serde_json::json!(42)));
+    }
+
+    pub async fn state_is_listed_by_prefix_in_key_order(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        // `_` and `%` are wildcards of SQL's LIKE: a prefix is literal.
+        for (key, n) in [
+            ("sinks/b", 2),
+            ("alerts/state", 0),
+            ("sinks/a", 1),
+            ("sinksx", 3),
+            ("a_b/x", 4),
+            ("axb/y", 5),
+            ("100%/z", 6),
+            ("100x/z", 7),
+        ] {
+            store.put_state(key, &serde_json::json!(n), at(n)).await.expect("put");
+        }
+        let listed = |pairs: Vec<(String, serde_json::Value)>| -> Vec<(String, i64)> {
+            pairs.into_iter().map(|(k, v)| (k, v.as_i64().expect("a number"))).collect()
+        };
+        assert_eq!(
+            listed(store.list_state("sinks/").await.expect("list")),
+            [("sinks/a".to_owned(), 1), ("sinks/b".to_owned(), 2)]
+        );
+        assert_eq!(listed(store.list_state("a_b/").await.expect("list")), [("a_b/x".to_owned(), 4)]);
+        assert_eq!(listed(store.list_state("100%").await.expect("list")), [("100%/z".to_owned(), 6)]);
+        let all: Vec<String> = store.list_state("").await.expect("list").into_iter().map(|(k, _)| k).collect();
+        assert_eq!(all, ["100%/z", "100x/z", "a_b/x", "alerts/state", "axb/y", "sinks/a", "sinks/b", "sinksx"]);
+        assert!(store.list_state("nothing/").await.expect("list").is_empty());
+    }
+
+    pub async fn state_removal_says_whether_it_existed(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        store.put_state("cooldowns/main", &serde_json::json!({"until": 5}), at(0)).await.expect("put");
+        store.put_state("cooldowns/other", &serde_json::json!({"until": 6}), at(0)).await.expect("put");
+        assert!(store.delete_state("cooldowns/main").await.expect("delete"));
+        assert!(!store.delete_state("cooldowns/main").await.expect("delete again"));
+        assert_eq!(store.get_state("cooldowns/main").await.expect("get"), None);
+        assert_eq!(store.list_state("cooldowns/").await.expect("list").len(), 1, "only that key is gone");
+    }
+
+    pub async fn the_feed_reports_each_kind_of_write(installation: Arc<dyn Installation>) {
+        let backend = installation.open().await;
+        let store = &*backend.store;
+        let mut sub = backend.feed.subscribe().await.expect("subscribe");
+        create(store, &alpha(), 0).await;
+        let refreshed = credential("sk-ant-oat01-alpha2", Some("sk-ant-ort01-alpha2"), 1000);
+        store.update_credential("alpha", &update(1, refreshed, CredentialChange::Refreshed, at(1))).await.unwrap();
+        let patch = AccountPatch { state: Some(AccountState::NeedsLogin), ..AccountPatch::default() };
+        store.patch_account("alpha", &patch, at(2)).await.expect("patch");
+        store.create_api_key(&api_key("key_ci", "ci", "aa11", 3)).await.expect("key");
+        store.revoke_api_key("ci", at(4)).await.expect("revoke");
+        assert!(store.remove_account("alpha", at(5)).await.expect("remove"));
+        let changes = next_changes(&mut *sub, 6).await;
+        assert_eq!(
+            what(&changes),
+            [
+                (Some("alpha"), ChangeKind::Credential, Some(1)),
+                (Some("alpha"), ChangeKind::Credential, Some(2)),
+                (Some("alpha"), ChangeKind::Metadata, None),
+                (None, ChangeKind::Keys, None),
+                (None, ChangeKind::Keys, None),
+                (Some("alpha"), ChangeKind::Removed, None),
+            ]
+        );
+    }
+
+    pub async fn the_feed_is_silent_for_usage_state_and_failed_writes(installation: Arc<dyn Installation>) {
+        let backend = installation.open().await;
+        let store = &*backend.store;
+        create(store, &alpha(), 0).await;
+        let mut sub = backend.feed.subscribe().await.expect("subscribe");
+        store.record_usage(&[usage("alpha", 0, 5, 1)]).await.expect("usage");
+        store.put_state("alerts/state", &serde_json::json!({"a": 1}), at(1)).await.expect("put");
+        store.delete_state("alerts/state").await.expect("delete");
+        store.take_refresh_attempt("alpha", at(1), 5).await.expect("attempt");
+        // Writes that fail or find nothing commit nothing either.
+        let stale = update(7, credential("sk-ant-oat01-stale", None, 9), CredentialChange::Refreshed, at(2));
+        assert!(store.update_credential("alpha", &stale).await.is_err());
+        assert!(store.create_account(&alpha(), at(2), CredentialChange::Imported).await.is_err());
+        assert!(!store.remove_account("ghost", at(2)).await.expect("remove nothing"));
+        assert!(!store.revoke_api_key("ghost", at(2)).await.expect("revoke nothing"));
+        // The next change is the sentinel: nothing came before it.
+        let patch = AccountPatch { last_error: Some(Some("sentinel".to_owned())), ..AccountPatch::default() };
+        store.patch_account("alpha", &patch, at(3)).await.expect("patch");
+        let changes = next_changes(&mut *sub, 1).await;
+        assert_eq!(what(&changes), [(Some("alpha"), ChangeKind::Metadata, None)]);
+    }
+
+    pub async fn the_feed_carries_changes_of_another_process(installation: Arc<dyn Installation>) {
+        let here = installation.open().await;
+        let there = installation.open().await;
+        let mut sub = here.feed.subscribe().await.expect("subscribe");
+        create(&*there.store, &alpha(), 0).await;
+        let fresh = credential("sk-ant-oat01-alpha2", Some("sk-ant-ort01-alpha2"), 1000);
+        there.store.update_credential("alpha", &update(1, fresh, CredentialChange::Adopted, at(1))).await.unwrap();
+        let changes = next_changes(&mut *sub, 2).await;
+        assert_eq!(
+            what(&changes),
+            [(Some("alpha"), ChangeKind::Credential, Some(1)), (Some("alpha"), ChangeKind::Credential, Some(2))]
+        );
+        // What the change names is what this process reads now.
+        assert_eq!(get(&*here.store, "alpha").await.version, 2);
+    }
+
+    pub async fn the_feed_yields_concurrent_changes_once_in_order(installation: Arc<dyn Installation>) {
+        const WRITERS: usize = 4;
+        const EACH: i64 = 10;
+        let here = installation.open().await;
+        let mut sub = here.feed.subscribe().await.expect("subscribe");
+        let mut tasks = Vec::new();
+        for writer in 0..WRITERS {
+            let store = installation.open().await.store;
+            tasks.push(tokio::spawn(async move {
+                let name = format!("writer{writer}");
+                create(&*store, &new_account(&name, credential("sk-ant-oat01-w", None, 1)), 0).await;
+                for version in 1..EACH {
+                    let next = credential(&format!("sk-ant-oat01-w{version}"), None, 1 + version);
+                    store
+                        .update_credential(&name, &update(version, next, CredentialChange::Refreshed, at(version)))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        let changes = next_changes(&mut *sub, WRITERS * EACH as usize).await;
+        let mut seen = BTreeSet::new();
+        for change in &changes {
+            assert_eq!(change.kind, ChangeKind::Credential);
+            let key = (change.account.clone().expect("an account"), change.version.expect("a version"));
+            assert!(seen.insert(key), "a change came twice: {change:?}");
+        }
+        for writer in 0..WRITERS {
+            let versions: Vec<i64> = changes
+                .iter()
+                .filter(|c| c.account.as_deref() == Some(format!("writer{writer}").as_str()))
+                .map(|c| c.version.expect("a version"))
+                .collect();
+            assert_eq!(versions, (1..=EACH).collect::<Vec<_>>(), "writer{writer}'s changes in commit order");
+        }
+    }
+
+    fn access(round: i64, writer: usize) -> String {
+        format!("sk-ant-oat01-round{round}-writer{writer}")
+    }
+
+    /// One round: every writer reads the current version, waits for the others, then tries to
+    /// write its own credential (each newer than anything of earlier rounds). Returns the winner.
+    async fn race(stores: &[Arc<dyn Store>], round: i64, writers: usize) -> usize {
+        let before = get(&*stores[0], "main").await;
+        let barrier = Arc::new(Barrier::new(writers));
+        let mut tasks = Vec::new();
+        for writer in 0..writers {
+            let store = Arc::clone(&stores[writer % stores.len()]);
+            let barrier = Arc::clone(&barrier);
+            tasks.push(tokio::spawn(async move {
+                let read = get(&*store, "main").await;
+                let refresh = format!("sk-ant-ort01-round{round}-writer{writer}");
+                let mine = credential(&access(round, writer), Some(&refresh), 1_000 * (round + 1) + writer as i64);
+                barrier.wait().await;
+                store
+                    .update_credential("main", &update(read.version, mine, CredentialChange::Refreshed, at(round)))
+                    .await
+            }));
+        }
+        let mut winners = Vec::new();
+        for (writer, task) in tasks.into_iter().enumerate() {
+            match task.await.expect("writer task") {
+                Ok(account) => {
+                    assert_eq!(account.version, before.version + 1);
+                    winners.push(writer);
+                }
+                Err(StoreError::VersionConflict { account, expected, found }) => {
+                    assert_eq!((account.as_str(), expected, found), ("main", before.version, before.version + 1));
+                }
+                Err(other) => panic!("writer {writer} failed otherwise: {other}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one writer must win round {round}, got {winners:?}");
+        let winner = winners[0];
+        for store in stores {
+            let after = get(&**store, "main").await;
+            assert_eq!(after.version, before.version + 1);
+            assert_eq!(after.credential.access_token.expose(), access(round, winner));
+            assert!(after.credential.expires_at > before.credential.expires_at, "each round's winner is the newest");
+        }
+        winner
+    }
+
+    /// `count` rounds of `writers` racing writers over `stores`; prints who won (for reports).
+    async fn rounds(stores: &[Arc<dyn Store>], count: i64, writers: usize) {
+        let first = new_account("main", credential("sk-ant-oat01-seed", Some("sk-ant-ort01-seed"), 100));
+        stores[stores.len() - 1].create_account(&first, at(0), CredentialChange::LoggedIn).await.expect("seed");
+        let mut winners = Vec::new();
+        for round in 1..=count {
+            winners.push(race(stores, round, writers).await);
+        }
+        eprintln!("CAS contention: {writers} writers over {} store(s), winner per round: {winners:?}", stores.len());
+        assert_eq!(get(&*stores[0], "main").await.version, 1 + count);
+        let refreshed = stores[0]
+            .events(Some("main"), 1000)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Refreshed)
+            .count();
+        assert_eq!(refreshed as i64, count, "one event per winning write, none for the losers");
+    }
+
+    pub async fn cas_sixteen_tasks_one_process_exactly_one_wins_each_round(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        rounds(&[store], 5, 16).await;
+    }
+
+    pub async fn cas_four_processes_opened_at_once_exactly_one_wins_each_round(installation: Arc<dyn Installation>) {
+        // Opened at once on a fresh installation: setting it up (files, migrations) must not race.
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                let installation = Arc::clone(&installation);
+                tokio::spawn(async move { installation.open().await.store })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for open in opening {
+            stores.push(open.await.expect("open"));
+        }
+        rounds(&stores, 4, 16).await;
+    }
 }

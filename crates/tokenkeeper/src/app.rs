@@ -11,6 +11,11 @@ use tokenkeeper_store::EncryptionKey;
 
 use crate::cli::GlobalArgs;
 
+/// Names a PostgreSQL database shared by replicas (`postgres://…`); unset, the embedded
+/// SQLite store in the data directory is used. An environment variable, not a config key, so
+/// a password in it never lands in a config file.
+pub const STORE_URL_ENV: &str = "TOKENKEEPER_STORE_URL";
+
 /// Everything a command needs.
 pub struct App {
     /// Configuration.
@@ -49,9 +54,20 @@ impl App {
         let config = Arc::new(load_config(global)?);
         let data_dir = data_dir(global)?;
         let key = EncryptionKey::load_or_create(env("TOKENKEEPER_KEY").as_deref(), &data_dir)?;
-        let backend = tokenkeeper_store::open_backend(&data_dir, key)
-            .await
-            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        let backend = match env(STORE_URL_ENV) {
+            // Replicas share PostgreSQL; the URL stays out of every message (it may hold a password).
+            Some(url) if tokenkeeper_store_postgres::is_postgres_url(&url) => {
+                tokenkeeper_store_postgres::open_backend(&url, key).await.with_context(|| {
+                    format!("cannot open the PostgreSQL store named by {STORE_URL_ENV}; check the URL, the role and that the server is reachable")
+                })?
+            }
+            Some(_) => anyhow::bail!(
+                "{STORE_URL_ENV} must be a postgres:// or postgresql:// URL; unset it to use the embedded store in the data directory"
+            ),
+            None => tokenkeeper_store::open_backend(&data_dir, key)
+                .await
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?,
+        };
         let store = backend.store.clone();
         let keeper = Arc::new(Keeper::new(backend, config.clone(), &data_dir, system_clock_handle())?);
         Ok(App { config, data_dir, store, keeper })

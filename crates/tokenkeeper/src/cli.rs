@@ -239,12 +239,15 @@ pub enum KeysAction {
         /// A name to recognise it by (unique among active keys)
         #[arg(long, value_name = "NAME")]
         name: String,
-        /// What it may do (repeatable): token:read, status:read, push, refresh, login, accounts:write, metrics:read, admin
+        /// What it may do (repeatable): token:read, status:read, push, refresh, login, accounts:write, metrics:read, proxy, admin
         #[arg(long = "scope", value_name = "SCOPE", required = true)]
         scopes: Vec<String>,
         /// Limit it to this account (repeatable) [default: every account]
         #[arg(long = "account", short = 'a', value_name = "NAME")]
         accounts: Vec<String>,
+        /// With --scope proxy: the pool ([pools.NAME]) its requests use [default: the default pool]
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
     },
     /// List keys (ids, names, scopes; never the keys)
     List {

@@ -215,3 +215,26 @@ async fn an_alert_command_gets_the_alert_and_no_credentials() {
     assert!(!env.values().any(|v| v == &t.access_token || v == &t.refresh_token));
     assert_eq!(env["TK_TEST_ORDINARY"], "inherited");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_mode_nudge_gets_no_secrets_and_no_token() {
+    let w = World::new().await;
+    let file = w.dir.path().join("nudge.env");
+    w.write_config(&format!(
+        "[accounts.main]\nnudge = [\"sh\", \"-c\", \"{}\"]\n",
+        dump_env(&file).replace('"', "\\\"")
+    ));
+    // A followed login inside the lead time: `token` nudges its owner.
+    w.mock.set_access_lifetime(Duration::from_secs(600));
+    let (json, t) = w.claude_json("nudge@example.com");
+    std::fs::write(w.claude_file(), &json).unwrap();
+    w.ok(&["import", "--mode", "follow", "--account", "main"], "");
+    let _ = parent(&w, &["token"]).stdin(Stdio::null()).output().unwrap();
+    let env = read_env(&file);
+    assert_no_parent_secrets("nudge", &env, &w);
+    assert_eq!(env["TOKENKEEPER_ACCOUNT"], "main");
+    // No token at all: Claude Code must use, and refresh, its own file.
+    assert!(!env.contains_key("CLAUDE_CODE_OAUTH_TOKEN") && !env.contains_key("TOKENKEEPER_ACCESS_TOKEN"));
+    assert!(!env.values().any(|v| v == &t.access_token || v == &t.refresh_token));
+    assert_eq!(env["TK_TEST_ORDINARY"], "inherited");
+}

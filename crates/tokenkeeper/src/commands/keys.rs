@@ -13,7 +13,8 @@ pub async fn run(app: &App, args: KeysArgs) -> Result<i32> {
     let store = app.keeper.store().as_ref();
     let now = app.keeper.clock().now();
     match args.action {
-        KeysAction::Create { name, scopes, accounts } => {
+        KeysAction::Create { name, mut scopes, accounts, pool } => {
+            scopes.extend(pool.map(|p| format!("{}{p}", auth::POOL_PREFIX)));
             let created = auth::create_api_key(store, &name, &scopes, &accounts, now).await?;
             let r = &created.record;
             let limit = if r.accounts.is_empty() {

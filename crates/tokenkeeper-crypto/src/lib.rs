@@ -1,12 +1,15 @@
-//! Encryption at rest of the tokens in the store.
+//! The installation key of tokenkeeper and the encryption at rest of the tokens in the store,
+//! shared by every backend (SQLite in `tokenkeeper-store`, PostgreSQL in
+//! `tokenkeeper-store-postgres`), so a credential sealed by one opens in the other and neither
+//! backend crate links the other's driver.
 //!
 //! The key is 32 random bytes, from `TOKENKEEPER_KEY` (base64) or else the key file
 //! `<data_dir>/key` (base64, one line, mode 0600), created on first use. Tokens are sealed with
 //! XChaCha20-Poly1305 under a fresh random 24-byte nonce, with the account name as associated
 //! data, so a ciphertext copied into another account's row does not decrypt. The stored text is
 //! `v1:<base64(nonce || ciphertext)>`; the plaintext is the JSON
-//! `{"access_token": …, "refresh_token": …}`. This is the only module that calls
-//! [`Secret::expose`].
+//! `{"access_token": …, "refresh_token": …}`. Among the stores, this is the only crate that
+//! calls [`Secret::expose`]: a backend stores and reads back only the sealed text.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, Permissions};
@@ -22,6 +25,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokenkeeper_core::{Secret, StoreError};
 use zeroize::{Zeroize, Zeroizing};
+
+pub mod fs;
 
 use crate::fs::{ensure_private_dir, io_error, sync_dir};
 
@@ -95,8 +100,9 @@ impl EncryptionKey {
         XChaCha20Poly1305::new(Key::from_slice(&self.bytes))
     }
 
-    /// Encrypts an account's tokens for storage in its row.
-    pub(crate) fn seal(&self, account: &str, access: &Secret, refresh: Option<&Secret>) -> Result<String, StoreError> {
+    /// Encrypts an account's tokens for storage in its row: the text to store, which is safe to
+    /// keep in a database (it reveals nothing without the key).
+    pub fn seal(&self, account: &str, access: &Secret, refresh: Option<&Secret>) -> Result<String, StoreError> {
         let payload = TokensRef { access_token: access.expose(), refresh_token: refresh.map(Secret::expose) };
         // Sized up front so serialising never reallocates and leaves unwiped copies behind.
         let capacity = 64 + payload.access_token.len() + payload.refresh_token.map_or(0, str::len);
@@ -117,7 +123,9 @@ impl EncryptionKey {
     }
 
     /// Decrypts what [`EncryptionKey::seal`] stored for `account`: (access, refresh) tokens.
-    pub(crate) fn open(&self, account: &str, stored: &str) -> Result<(Secret, Option<Secret>), StoreError> {
+    /// [`StoreError::Decrypt`] for another key or altered data, [`StoreError::Corrupt`] for text
+    /// that is not a sealed credential at all.
+    pub fn open(&self, account: &str, stored: &str) -> Result<(Secret, Option<Secret>), StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt { account: account.to_owned(), reason: reason.to_owned() };
         let decrypt = |reason: &str| StoreError::Decrypt { account: account.to_owned(), reason: reason.to_owned() };
         let body = stored

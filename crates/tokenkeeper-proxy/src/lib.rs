@@ -1,0 +1,413 @@
+//! tokenkeeper's Anthropic API proxy: one endpoint (`/v1/*`) for every agent. A request comes
+//! in with a proxy key; a pool picks an account; the proxy swaps the credential (and nothing
+//! else), sends the request on, and handles what the account's answer means.
+//!
+//! - [`ProxyState::new`] builds it over the keeper; [`router`] serves it (the binary mounts it
+//!   on the main listener or on `[proxy] listen`).
+//! - The token comes only from [`tokenkeeper_keeper::Keeper::lease`] (memory, the hot path);
+//!   a 401 goes through [`tokenkeeper_keeper::Keeper::lease_after_rejection`] (one coalesced
+//!   refresh) and one retry on the same account.
+//! - [`pool`]: pools, strategies, cooldowns (stored, absolute, self-ending).
+//! - [`classify`]: what an upstream answer means; [`scan`]: usage read as the bytes pass.
+//! - [`forward`]: the request path: rewriting, failover, the streamed body.
+//! - [`ProxyState::pool_snapshot`] and [`ProxyState::metrics`]: what status, the web page and
+//!   `/metrics` show.
+//!
+//! `docs/PROXY.md` states what the proxy changes in a request (only the credential) and the
+//! failure table.
+
+pub mod classify;
+mod forward;
+mod keys;
+pub mod pool;
+pub mod scan;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use chrono::{DateTime, Utc};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+
+use tokenkeeper_core::config::{Config, ProxyConfig, Strategy};
+use tokenkeeper_core::AccountState;
+use tokenkeeper_keeper::Keeper;
+
+use crate::pool::{availability, Accounts, Cooldown, Pools, COOLDOWN_PREFIX};
+
+pub use forward::OAUTH_BETA;
+
+/// Why the proxy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream URL is not an absolute http(s) URL.
+    #[error("proxy upstream `{url}` is not an absolute http(s) URL; set [proxy] upstream or providers.anthropic.api_base_url")]
+    Upstream {
+        /// The URL.
+        url: String,
+    },
+    /// TLS could not be set up for the upstream client.
+    #[error("cannot set up TLS for the proxy's upstream client: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The store failed while reading pool state.
+    #[error("cannot read the pool state from the store: {0}")]
+    Store(#[from] tokenkeeper_core::StoreError),
+    /// The keeper failed while listing accounts.
+    #[error(transparent)]
+    Keeper(#[from] tokenkeeper_keeper::KeeperError),
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, http_body_util::Full<bytes::Bytes>>;
+
+/// The proxy's state: cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct ProxyState {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState").field("upstream", &self.inner.upstream).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub keeper: Arc<Keeper>,
+    pub config: ProxyConfig,
+    /// Scheme and authority of the upstream, and a path prefix (no trailing `/`).
+    pub upstream: Upstream,
+    pub client: HttpsClient,
+    pub pools: Pools,
+    pub accounts: Accounts,
+    pub keys: keys::KeyCache,
+    /// When cooldowns were last read from the store.
+    pub cooldowns_read: tokio::sync::Mutex<Option<std::time::Instant>>,
+    pub failovers: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub scheme: hyper::http::uri::Scheme,
+    pub authority: hyper::http::uri::Authority,
+    pub prefix: String,
+}
+
+/// How often cooldowns are re-read from the store (another replica's cooldowns appear within
+/// this time).
+const COOLDOWN_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl ProxyState {
+    /// The proxy over `keeper`, configured by `config`'s `[proxy]` and `[pools.*]`; requests go
+    /// to `[proxy] upstream`, or `providers.anthropic.api_base_url`.
+    pub fn new(keeper: Arc<Keeper>, config: &Config) -> Result<Self, ProxyError> {
+        let url = config
+            .proxy
+            .upstream
+            .clone()
+            .unwrap_or_else(|| config.provider(tokenkeeper_core::config::ANTHROPIC).api_base_url);
+        let upstream = parse_upstream(&url)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.proxy.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(ProxyError::Tls)?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(https);
+        Ok(ProxyState {
+            inner: Arc::new(Inner {
+                keeper,
+                config: config.proxy.clone(),
+                upstream,
+                client,
+                pools: Pools::new(config),
+                accounts: Accounts::default(),
+                keys: keys::KeyCache::new(tokenkeeper_server::auth::MAX_FAILURES),
+                cooldowns_read: tokio::sync::Mutex::new(None),
+                failovers: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// Re-reads the cooldowns from the store when the last read is older than
+    /// [`COOLDOWN_REFRESH`] (or `force`). One reader at a time; the others go on with what
+    /// they have.
+    pub(crate) async fn refresh_cooldowns(&self, force: bool) {
+        let Ok(mut last) = self.inner.cooldowns_read.try_lock() else { return };
+        if !force && last.is_some_and(|t| t.elapsed() < COOLDOWN_REFRESH) {
+            return;
+        }
+        match self.inner.keeper.store().list_state(COOLDOWN_PREFIX).await {
+            Ok(stored) => {
+                self.inner.accounts.set_cooldowns(stored);
+                *last = Some(std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read cooldowns from the store; using the ones in memory"),
+        }
+    }
+
+    /// Every pool with its accounts' state, for `tokenkeeper pool`, `/oauth/status`, the web
+    /// page and tests. Usage comes from the store (every process's flushed counts, last 24 h)
+    /// plus what this process counted and has not flushed.
+    pub async fn pool_snapshot(&self) -> Result<Vec<PoolSnapshot>, ProxyError> {
+        self.refresh_cooldowns(true).await;
+        let now = self.inner.keeper.clock().now();
+        let mut all = self.inner.keeper.accounts().await?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let since = now - chrono::Duration::hours(24);
+        let mut usage: HashMap<String, UsageTotals> = HashMap::new();
+        for r in self.inner.keeper.store().usage(None, since).await? {
+            usage.entry(r.account.clone()).or_default().add(&r);
+        }
+        let mut out = Vec::new();
+        for pool in self.inner.pools.all() {
+            let members = pool
+                .candidates(&all)
+                .into_iter()
+                .map(|c| {
+                    let a = &c.account;
+                    self.inner.accounts.with(|map| {
+                        let rt = map.get(&a.name);
+                        let cooldowns: Vec<Cooldown> = rt
+                            .map(|r| r.cooldowns.iter().filter(|c| c.until > now).cloned().collect())
+                            .unwrap_or_default();
+                        let state = match availability(a, rt, None, now) {
+                            Ok(()) => MemberState::Active,
+                            Err(None) => MemberState::NeedsLogin,
+                            Err(Some(_)) => MemberState::CoolingDown,
+                        };
+                        let u = usage.get(&a.name).cloned().unwrap_or_default();
+                        MemberSnapshot {
+                            account: a.name.clone(),
+                            provider: a.provider.clone(),
+                            state,
+                            cooldown_until: cooldowns.iter().filter(|c| c.family.is_none()).map(|c| c.until).max(),
+                            cooldowns,
+                            priority: c.priority,
+                            weight: c.weight,
+                            utilization: rt.and_then(|r| r.utilization),
+                            in_flight: rt.map_or(0, |r| r.in_flight),
+                            requests_24h: u.requests,
+                            errors_24h: u.errors,
+                            input_tokens_24h: u.input,
+                            output_tokens_24h: u.output,
+                            cache_read_tokens_24h: u.cache_read,
+                            cache_creation_tokens_24h: u.cache_creation,
+                            usage_count: a.usage.requests,
+                            last_used: a.usage.last_used_at.max(rt.and_then(|r| r.last_used)),
+                        }
+                    })
+                })
+                .collect();
+            out.push(PoolSnapshot { name: pool.name.clone(), strategy: pool.strategy, members });
+        }
+        Ok(out)
+    }
+
+    /// Appends the proxy's Prometheus text (no secrets; account names only) to `out`: requests
+    /// by account and result, tokens by account and kind, in-flight requests, failovers, and
+    /// each account's state and cooldown end as this process last saw them.
+    pub fn metrics(&self, out: &mut String) {
+        let now = self.inner.keeper.clock().now();
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let _ = writeln!(
+            out,
+            "# HELP tokenkeeper_proxy_requests_total Upstream attempts of the proxy, by account and result."
+        );
+        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_requests_total counter");
+        let _ = writeln!(out, "# HELP tokenkeeper_proxy_tokens_total Tokens the provider reported in proxied answers, by account and kind.");
+        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_tokens_total counter");
+        let _ = writeln!(out, "# HELP tokenkeeper_proxy_in_flight Proxied requests in progress, by account.");
+        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_in_flight gauge");
+        let _ = writeln!(out, "# HELP tokenkeeper_proxy_account_state 1 for the state each pooled account is in (active, cooling_down, needs_login).");
+        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_account_state gauge");
+        let _ = writeln!(out, "# HELP tokenkeeper_proxy_cooldown_until_seconds When an account's cooldown ends (unix seconds), by model family (\"\" for all).");
+        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_cooldown_until_seconds gauge");
+        self.inner.accounts.with(|map| {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            for name in names {
+                let rt = &map[name];
+                let a = esc(name);
+                let mut lines = String::new();
+                let _ = writeln!(lines, "tokenkeeper_proxy_requests_total{{account=\"{a}\",result=\"ok\"}} {}", rt.ok);
+                for class in classify::CLASSES {
+                    let n = rt.errors.get(class).copied().unwrap_or(0);
+                    let _ =
+                        writeln!(lines, "tokenkeeper_proxy_requests_total{{account=\"{a}\",result=\"{class}\"}} {n}");
+                }
+                for (kind, n) in [
+                    ("input", rt.tokens.input),
+                    ("output", rt.tokens.output),
+                    ("cache_read", rt.tokens.cache_read),
+                    ("cache_creation", rt.tokens.cache_creation),
+                ] {
+                    let _ = writeln!(lines, "tokenkeeper_proxy_tokens_total{{account=\"{a}\",kind=\"{kind}\"}} {n}");
+                }
+                let _ = writeln!(lines, "tokenkeeper_proxy_in_flight{{account=\"{a}\"}} {}", rt.in_flight);
+                let cooling = rt.cooldowns.iter().any(|c| c.until > now && c.family.is_none());
+                let needs_login = rt.state == Some(AccountState::NeedsLogin);
+                for (state, on) in [
+                    ("active", !cooling && !needs_login),
+                    ("cooling_down", cooling && !needs_login),
+                    ("needs_login", needs_login),
+                ] {
+                    let _ = writeln!(
+                        lines,
+                        "tokenkeeper_proxy_account_state{{account=\"{a}\",state=\"{state}\"}} {}",
+                        u8::from(on)
+                    );
+                }
+                for c in rt.cooldowns.iter().filter(|c| c.until > now) {
+                    let family = esc(c.family.as_deref().unwrap_or(""));
+                    let _ = writeln!(
+                        lines,
+                        "tokenkeeper_proxy_cooldown_until_seconds{{account=\"{a}\",family=\"{family}\"}} {}",
+                        c.until.timestamp()
+                    );
+                }
+                rows.push((name.clone(), lines));
+            }
+        });
+        // Grouped by metric name, as the text format wants.
+        for prefix in [
+            "tokenkeeper_proxy_requests_total",
+            "tokenkeeper_proxy_tokens_total",
+            "tokenkeeper_proxy_in_flight",
+            "tokenkeeper_proxy_account_state",
+            "tokenkeeper_proxy_cooldown_until_seconds",
+        ] {
+            for (_, lines) in &rows {
+                for l in
+                    lines.lines().filter(|l| l.starts_with(prefix) && l.as_bytes().get(prefix.len()) == Some(&b'{'))
+                {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tokenkeeper_proxy_failovers_total Requests the proxy moved to another account after a failure."
+        );
+        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_failovers_total counter");
+        let _ = writeln!(
+            out,
+            "tokenkeeper_proxy_failovers_total {}",
+            self.inner.failovers.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
+
+/// The proxy's router: `/v1/*` (every method). Mount it outside the API's request timeout:
+/// streams last as long as they last.
+pub fn router(state: ProxyState) -> Router {
+    forward::routes(state)
+}
+
+fn parse_upstream(url: &str) -> Result<Upstream, ProxyError> {
+    let bad = || ProxyError::Upstream { url: url.to_owned() };
+    let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
+    let scheme = uri.scheme().cloned().ok_or_else(bad)?;
+    if scheme != hyper::http::uri::Scheme::HTTP && scheme != hyper::http::uri::Scheme::HTTPS {
+        return Err(bad());
+    }
+    let authority = uri.authority().cloned().ok_or_else(bad)?;
+    Ok(Upstream { scheme, authority, prefix: uri.path().trim_end_matches('/').to_owned() })
+}
+
+#[derive(Debug, Clone, Default)]
+struct UsageTotals {
+    requests: u64,
+    errors: u64,
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_creation: u64,
+}
+
+impl UsageTotals {
+    fn add(&mut self, r: &tokenkeeper_core::store::UsageRecord) {
+        self.requests += r.requests;
+        self.errors += r.errors;
+        self.input += r.input_tokens;
+        self.output += r.output_tokens;
+        self.cache_read += r.cache_read_tokens;
+        self.cache_creation += r.cache_creation_tokens;
+    }
+}
+
+/// A pool as [`ProxyState::pool_snapshot`] shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    /// The pool's name (`default` for keys that name none).
+    pub name: String,
+    /// How it picks.
+    pub strategy: Strategy,
+    /// Its accounts, in configuration order (by name for the implicit default pool).
+    pub members: Vec<MemberSnapshot>,
+}
+
+/// Whether an account takes requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Takes requests.
+    Active,
+    /// Rate limited until `cooldown_until` (for every model).
+    CoolingDown,
+    /// The provider rejected its refresh token: log in again.
+    NeedsLogin,
+}
+
+/// One account of a pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberSnapshot {
+    /// Account name.
+    pub account: String,
+    /// Provider (`anthropic`, `anthropic-api-key`).
+    pub provider: String,
+    /// Active, cooling down, or needs login.
+    pub state: MemberState,
+    /// When its account-wide cooldown ends, if it is cooling down.
+    pub cooldown_until: Option<DateTime<Utc>>,
+    /// Every cooldown still running, per model family included.
+    pub cooldowns: Vec<Cooldown>,
+    /// `fill_first` priority (lower first).
+    pub priority: i32,
+    /// Round-robin weight.
+    pub weight: u32,
+    /// Used share of its tightest quota window, from the last answer's headers (0..=1).
+    pub utilization: Option<f64>,
+    /// Requests in progress in this process.
+    pub in_flight: u64,
+    /// Requests (hand-outs and proxied) in the last 24 h, as flushed to the store.
+    pub requests_24h: u64,
+    /// Failed proxied requests in the last 24 h.
+    pub errors_24h: u64,
+    /// Input tokens in the last 24 h.
+    pub input_tokens_24h: u64,
+    /// Output tokens in the last 24 h.
+    pub output_tokens_24h: u64,
+    /// Cache-read input tokens in the last 24 h.
+    pub cache_read_tokens_24h: u64,
+    /// Cache-creation input tokens in the last 24 h.
+    pub cache_creation_tokens_24h: u64,
+    /// All-time requests (seed 003's `usage_count`).
+    pub usage_count: u64,
+    /// When it was last used.
+    pub last_used: Option<DateTime<Utc>>,
+}

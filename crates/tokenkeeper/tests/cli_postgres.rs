@@ -1,0 +1,59 @@
+//! Two hosts (two data directories) on one PostgreSQL database through the real binary: a
+//! login imported on one is listed and handed out on the other, with the installation's key;
+//! without the key nothing is revealed; a URL that is not PostgreSQL is refused with a hint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use common::{stderr, stdout, World};
+use tokenkeeper_store::EncryptionKey;
+use tokenkeeper_store_postgres::testing::Cluster;
+
+fn run(w: &World, url: &str, key: Option<&str>, args: &[&str], stdin: &str) -> Output {
+    let mut cmd = w.cmd(args);
+    cmd.env("TOKENKEEPER_STORE_URL", url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(k) = key {
+        cmd.env("TOKENKEEPER_KEY", k);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_one_postgres_store() {
+    let cluster = Cluster::get();
+    let db = cluster.create_database().await;
+    let url = cluster.url(db.get_database().unwrap());
+    let key = EncryptionKey::generate().to_base64().to_string();
+    let host_a = World::new().await;
+    let host_b = World::new().await;
+
+    let (json, t) = host_a.claude_json("shared@example.com");
+    let out = run(&host_a, &url, Some(&key), &["import", "-", "--account", "main"], &json);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = run(&host_b, &url, Some(&key), &["accounts"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("main"), "{}", stdout(&out));
+    let out = run(&host_b, &url, Some(&key), &["token", "--account", "main"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), t.access_token);
+    assert!(!host_b.data_dir().join("tokenkeeper.db").exists(), "host B used its embedded store");
+
+    // The database alone reveals nothing: another key cannot read the token.
+    let other = EncryptionKey::generate().to_base64().to_string();
+    let out = run(&host_b, &url, Some(&other), &["token", "--account", "main"], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TOKENKEEPER_KEY"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains(&t.access_token) && !stderr(&out).contains(&t.access_token));
+
+    let out = run(&host_b, "mysql://x@localhost/db", Some(&key), &["accounts"], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("postgres://"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("mysql://x@"), "the URL is not echoed: {}", stderr(&out));
+}
