@@ -1,0 +1,106 @@
+//! Token hand-out against `/health`: the real `tokenkeeper serve` (release build) with 100
+//! accounts, `GET /api/token?account=NAME` with a `token:read` key against `GET /health` of
+//! the same server in the same run, alternating phases (health, token, health, token, …) so
+//! neither gets a warmer machine.
+//!
+//! ```text
+//! cargo bench -p tokenkeeper --bench hand_out
+//! ```
+//!
+//! Settings through the environment: `BENCH_CONNECTIONS` (default 16 keep-alive
+//! connections), `BENCH_SECONDS` (per phase, default 5), `BENCH_ROUNDS` (default 3),
+//! `BENCH_ACCOUNTS` (default 100). Figures are in docs/BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::loadgen::{self, Run};
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn line(label: &str, r: &Run) {
+    println!(
+        "{label:<8} {:>9.0} req/s  ok {:>8}  errors {:>3}  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+        r.per_second(),
+        r.ok,
+        r.errors,
+        r.ms(0.50),
+        r.ms(0.99),
+        r.ms(0.999),
+        r.latency.max() as f64 / 1000.0
+    );
+}
+
+fn merge(runs: &[Run]) -> Run {
+    let mut all = Run {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    };
+    for r in runs {
+        all.ok += r.ok;
+        all.errors += r.errors;
+        all.elapsed += r.elapsed;
+        all.latency.add(&r.latency).unwrap();
+    }
+    all
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; this binary has nothing to filter.
+    let connections = setting("BENCH_CONNECTIONS", 16);
+    let seconds = setting("BENCH_SECONDS", 5) as u64;
+    let rounds = setting("BENCH_ROUNDS", 3);
+    let accounts = setting("BENCH_ACCOUNTS", 100);
+
+    let install = support::Install::new().await;
+    let port = support::free_port();
+    install.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let names = install.seed(accounts, |_| None).await;
+    let key = install.ok(&["keys", "create", "--name", "bench", "--scope", "token:read"]).trim().to_owned();
+    let served = support::spawn_serve(&install, Duration::from_secs(60));
+    println!(
+        "tokenkeeper serve ready in {:.0} ms with {accounts} accounts; {connections} connections, {rounds} rounds of {seconds} s per endpoint",
+        served.time_to_ready.as_secs_f64() * 1000.0
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let health = vec!["/health".to_owned()];
+    let tokens: Vec<String> = names.iter().map(|n| format!("/api/token?account={n}")).collect();
+    let auth = vec![("authorization", format!("Bearer {key}"))];
+
+    // Warm-up: connections, the key cache and the lease cache.
+    let _ = loadgen::run(addr, &health, &[], connections, Duration::from_secs(1)).await;
+    let warm = loadgen::run(addr, &tokens, &auth, connections, Duration::from_secs(1)).await;
+    assert!(warm.ok > 0 && warm.errors == 0, "token requests fail; log:\n{}", support::read_log(&install));
+
+    let phase = Duration::from_secs(seconds);
+    let (mut h_runs, mut t_runs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let h = loadgen::run(addr, &health, &[], connections, phase).await;
+        line(&format!("health {round}"), &h);
+        let t = loadgen::run(addr, &tokens, &auth, connections, phase).await;
+        line(&format!("token {round}"), &t);
+        h_runs.push(h);
+        t_runs.push(t);
+    }
+    let (h, t) = (merge(&h_runs), merge(&t_runs));
+    println!("--- all rounds");
+    line("health", &h);
+    line("token", &t);
+    println!(
+        "token/health throughput ratio {:.2} (target >= 0.5); token p99 {:.3} ms (target < 2 ms)",
+        t.per_second() / h.per_second(),
+        t.ms(0.99)
+    );
+    let rss = support::proc_status_kb(served.pid(), "VmRSS");
+    println!("server VmRSS after the run: {:.1} MB", rss as f64 / 1024.0);
+    served.stop();
+}
