@@ -20,7 +20,12 @@ fn free_port() -> u16 {
 
 /// `tokenkeeper serve` on a free loopback port, with the admin token from the environment.
 fn spawn_serve(w: &World, port: u16) -> Child {
-    w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    spawn_serve_with(w, port, "")
+}
+
+/// [`spawn_serve`] with more configuration after `[server]`.
+fn spawn_serve_with(w: &World, port: u16, more_config: &str) -> Child {
+    w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{more_config}"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
     let child = w
         .cmd(&["serve"])
@@ -229,17 +234,7 @@ async fn usage_is_exact_after_sigterm_and_other_processes_changes_are_served() {
     let key = w.ok(&["keys", "create", "--name", "bot", "--scope", "token:read"], "").trim().to_owned();
     // A long flush interval: only the shutdown flush can have written the counts.
     let port = free_port();
-    w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[keeper]\nusage_flush = \"1h\"\n"));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
-    let child = w
-        .cmd(&["serve"])
-        .env("TOKENKEEPER_ADMIN_TOKEN", ADMIN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    common::wait_for(|| serve_log(&w).contains(" ready"), "serve to be ready");
+    let child = spawn_serve_with(&w, port, "[keeper]\nusage_flush = \"1h\"\n");
     let url = format!("http://127.0.0.1:{port}/api/token?account=main");
     let client = reqwest::Client::new();
     let first: serde_json::Value =
