@@ -102,7 +102,7 @@ pub struct Usage {
 }
 
 /// An account as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Account {
     /// Unique name (`main`, or the account's email).
     pub name: String,

@@ -47,7 +47,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The refresh engine.
@@ -89,7 +89,7 @@ impl Default for Config {
 }
 
 /// `[keeper]`: when and how hard to refresh.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeeperConfig {
     /// Refresh this long before expiry.
@@ -130,7 +130,7 @@ impl Default for KeeperConfig {
 }
 
 /// `[server]`: the HTTP API and web page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -214,7 +214,7 @@ impl ServerConfig {
 }
 
 /// `[providers.<id>]`: an OAuth provider's endpoints.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
     /// Token endpoint (refresh and code exchange).
@@ -257,7 +257,7 @@ impl Default for ProviderConfig {
 }
 
 /// `[accounts.<name>]`: per-account settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccountConfig {
     /// For `follow` accounts: a command that makes the real owner refresh (for example
@@ -266,9 +266,10 @@ pub struct AccountConfig {
     pub nudge: Option<Vec<String>>,
 }
 
-/// Kinds of sinks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Kinds of sinks. The config word and the name shown in status are the same snake_case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum SinkKind {
     /// A `.env` file: `KEY=value` set in place.
     EnvFile,
@@ -296,7 +297,7 @@ pub enum WriteMode {
 }
 
 /// `[[sinks]]`: one place a credential is delivered to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// Account whose credential goes here.
@@ -380,7 +381,7 @@ impl SinkConfig {
         if let Some(n) = &self.name {
             return n.clone();
         }
-        let kind = serde_json::to_value(self.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let kind = self.kind.to_string();
         match &self.path {
             Some(p) => format!("{kind}:{}", p.display()),
             None => match &self.secret_name {
@@ -412,7 +413,7 @@ pub enum AlertKind {
 
 /// `[[alerts]]`: one alert channel. Its `Debug` leaves the URL out: webhook URLs such as
 /// Slack's are secrets.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     /// Channel kind.
@@ -452,7 +453,7 @@ impl std::fmt::Debug for AlertConfig {
 }
 
 /// `[alerting]`: repetition of alerts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertingConfig {
     /// Send a reminder this often while a problem lasts.
@@ -668,6 +669,12 @@ impl Config {
 mod tests {
     use super::*;
 
+    // The configuration holds alert URLs with tokens in them (which `Debug` redacts); nothing
+    // serialises it, and keeping it so means no code path can print them by accident.
+    static_assertions::assert_not_impl_any!(Config: serde::Serialize);
+    static_assertions::assert_not_impl_any!(SinkConfig: serde::Serialize);
+    static_assertions::assert_not_impl_any!(AlertConfig: serde::Serialize);
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/etc/tokenkeeper/config.toml"))
     }
@@ -801,7 +808,7 @@ url = "https://hooks.example/tokenkeeper"
 }
 
 /// `[proxy]`: the Anthropic API proxy served at `/v1/*` (see `docs/PROXY.md`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Whether `serve` serves the proxy at all.
@@ -864,7 +871,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[proxy.key_limits.<key name>]`: limits of one proxy key (0: unlimited).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyLimits {
     /// Requests per minute.
@@ -893,7 +900,7 @@ pub enum Strategy {
 }
 
 /// `[pools.<name>]`: a named set of accounts the proxy chooses from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// The accounts: names, or tables `{ account = "a", priority = 1, weight = 2 }`.
@@ -906,7 +913,7 @@ pub struct PoolConfig {
 }
 
 /// An account of a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum PoolMember {
     /// Just the account name (priority 0, weight 1).

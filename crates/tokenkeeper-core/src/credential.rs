@@ -2,7 +2,7 @@
 //! may replace a stored one.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::secret::Secret;
 
@@ -15,8 +15,8 @@ pub const DEFAULT_SCOPES: &[&str] = &["user:inference", "user:profile"];
 /// How long a `claude setup-token` long-lived token lives when nothing says otherwise.
 pub const LONG_LIVED_TOKEN_LIFETIME_DAYS: i64 = 365;
 
-/// One login's tokens. `Debug`/`Serialize` never show the token values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One login's tokens. `Debug` never shows the token values.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Credential {
     /// The bearer token for API calls (`sk-ant-oat01-…`).
     pub access_token: Secret,

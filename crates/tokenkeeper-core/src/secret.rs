@@ -1,17 +1,19 @@
 //! A string that must never be printed: access tokens, refresh tokens, API keys.
 //!
-//! [`Secret`] formats itself (`Debug`, `Display`, `Serialize`) as a short fingerprint such as
+//! [`Secret`] formats itself (`Debug`, `Display`) as a short fingerprint such as
 //! `sk-ant-oat01-…f3a9`: the public prefix that says what kind of token it is, then four hex
 //! digits of its SHA-256. The fingerprint identifies a token in logs without revealing any of
 //! its secret characters. Code that needs the value calls [`Secret::expose`], which is easy to
-//! find in review.
+//! find in review. It deliberately does not implement `Serialize`: a serde round trip would
+//! otherwise read the value back and write the fingerprint, silently replacing a token. Writers of
+//! credential files and the encrypted store build their JSON from [`Secret::expose`].
 //!
 //! [`redact`] is the one function that makes text safe to log or pass on (a child process's
 //! output, an error from a template or a server, an alert's description).
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
@@ -148,14 +150,6 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Serialises as the fingerprint: anything serialised for logs or status output is safe.
-/// Writers of credential files build their JSON from [`Secret::expose`] explicitly.
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.fingerprint())
-    }
-}
-
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
@@ -180,10 +174,22 @@ mod tests {
 
     const TOKEN: &str = "sk-ant-oat01-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 
+    // Serialising would write the fingerprint where a reader expects the value; a type holding a
+    // Secret that could be serialised and read back would lose its token without an error.
+    static_assertions::assert_not_impl_any!(Secret: serde::Serialize);
+    static_assertions::assert_not_impl_any!(crate::Credential: serde::Serialize);
+    static_assertions::assert_not_impl_any!(crate::Account: serde::Serialize);
+
     #[test]
-    fn debug_display_and_serialize_never_show_the_value() {
+    fn deserialize_reads_the_value_itself() {
+        let s: Secret = serde_json::from_str(&format!("\"{TOKEN}\"")).unwrap();
+        assert_eq!(s.expose(), TOKEN);
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
         let s = Secret::new(TOKEN);
-        let outputs = [format!("{s:?}"), format!("{s}"), format!("{s:#?}"), serde_json::to_string(&s).unwrap()];
+        let outputs = [format!("{s:?}"), format!("{s}"), format!("{s:#?}")];
         for out in outputs {
             assert!(!out.contains("AbCdEf"), "leaked in {out}");
             assert!(out.contains("sk-ant-oat01-…"), "no prefix in {out}");

@@ -340,7 +340,7 @@ async fn nothing_printed_ever_contains_a_token() {
                 secrets.push(r.expose().to_owned());
             }
             let cred = grant.clone().into_credential(now(), None);
-            show(format!("{cred:?}"), serde_json::to_string(&cred).unwrap());
+            show(format!("{cred:?}"), format!("{cred:#?}"));
             show(format!("{grant:#?}"), format!("{:?}", grant.access_token));
         }
         show(format!("{outcome:?}"), format!("{outcome}"));
