@@ -208,7 +208,7 @@ impl Channel {
 
     /// Whether this channel takes `message` (its severity is at least the channel's minimum).
     pub fn accepts(&self, message: &AlertMessage) -> bool {
-        message.severity_level() >= self.min_severity
+        message.severity >= self.min_severity
     }
 
     /// One delivery attempt.
@@ -282,7 +282,7 @@ pub fn keep_payload(m: &AlertMessage) -> Value {
 pub fn slack_payload(m: &AlertMessage) -> Value {
     let head = match m.status {
         crate::AlertStatus::Resolved => "RESOLVED".to_owned(),
-        crate::AlertStatus::Firing => m.severity.to_ascii_uppercase(),
+        crate::AlertStatus::Firing => m.severity.as_str().to_ascii_uppercase(),
     };
     let what = match m.kind {
         crate::AlertEvent::New => "",
@@ -341,7 +341,7 @@ async fn run_command(argv: &[String], m: &AlertMessage, timeout: Duration) -> Re
         .map_err(|e| DeliveryError::Spawn { program: program.clone(), source: std::io::Error::other(e.to_string()) })?
         .env("TOKENKEEPER_ALERT_NAME", &m.name)
         .env("TOKENKEEPER_ALERT_STATUS", m.status.as_str())
-        .env("TOKENKEEPER_ALERT_SEVERITY", &m.severity)
+        .env("TOKENKEEPER_ALERT_SEVERITY", m.severity.as_str())
         .env("TOKENKEEPER_ALERT_ACCOUNT", &m.account)
         .env("TOKENKEEPER_ALERT_DESCRIPTION", &m.description)
         .env("TOKENKEEPER_ALERT_SINCE", m.since.to_rfc3339())
@@ -499,7 +499,7 @@ mod tests {
         AlertMessage {
             name: "ClaudeOAuthTokenExpiry".into(),
             status: AlertStatus::Firing,
-            severity: "critical".into(),
+            severity: Severity::Critical,
             account: "main".into(),
             description: "the access token of `main` expired".into(),
             since: t,

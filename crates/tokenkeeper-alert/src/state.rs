@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+pub use tokenkeeper_core::status::Severity;
 use tokenkeeper_core::status::{Assessment, Level};
 
 /// The alert name, the one seed 001's monitor sent to Keep, so Keep rules and workflows written
@@ -16,51 +16,6 @@ pub const ALERT_NAME: &str = "ClaudeOAuthTokenExpiry";
 
 /// The source tokenkeeper names itself as in payloads.
 pub const SOURCE: &str = "tokenkeeper";
-
-/// Alert severity, ordered: `Warning < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Needs attention soon.
-    Warning,
-    /// Needs attention now.
-    Critical,
-}
-
-impl Severity {
-    /// The word used in payloads (`warning`, `critical`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-
-    /// The severity of a level, from [`Level::severity`] (the one place that decides it);
-    /// `None` for levels that never alert.
-    pub fn of_level(level: Level) -> Option<Severity> {
-        // A severity word this crate does not know yet is treated as the worst, so a new level
-        // added in core alerts loudly rather than silently.
-        level.severity().map(|s| s.parse().unwrap_or(Severity::Critical))
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Severity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "warning" => Ok(Severity::Warning),
-            "critical" => Ok(Severity::Critical),
-            other => Err(format!("unknown severity `{other}`: expected `warning` or `critical`")),
-        }
-    }
-}
 
 /// Whether an alert is open or closed, as receivers (Keep, Alertmanager-style webhooks) say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -127,10 +82,9 @@ pub struct AlertMessage {
     pub name: String,
     /// Firing or resolved.
     pub status: AlertStatus,
-    /// `warning` or `critical`; for a resolved message, the highest severity sent during the
-    /// incident (so a channel that only takes critical alerts gets the resolution of the
-    /// critical alert it was sent).
-    pub severity: String,
+    /// For a resolved message, the highest severity sent during the incident (so a channel
+    /// that only takes critical alerts gets the resolution of the critical alert it was sent).
+    pub severity: Severity,
     /// The account's name.
     pub account: String,
     /// What is going on and what to do, from the assessment (never a token).
@@ -141,13 +95,6 @@ pub struct AlertMessage {
     pub kind: AlertEvent,
     /// When the message was made.
     pub at: DateTime<Utc>,
-}
-
-impl AlertMessage {
-    /// The severity as a value; an unknown word counts as critical.
-    pub fn severity_level(&self) -> Severity {
-        self.severity.parse().unwrap_or(Severity::Critical)
-    }
 }
 
 /// One account's open incident.
@@ -192,14 +139,14 @@ impl AlertState {
             let message = |status, severity: Severity, kind, since| AlertMessage {
                 name: ALERT_NAME.to_owned(),
                 status,
-                severity: severity.as_str().to_owned(),
+                severity,
                 account: account.clone(),
                 description: description.clone(),
                 since,
                 kind,
                 at: now,
             };
-            let severity = Severity::of_level(assessment.level);
+            let severity = assessment.level.severity();
             match (self.incidents.get_mut(account), severity) {
                 (None, None) => {}
                 (None, Some(sev)) => {
@@ -240,7 +187,7 @@ impl AlertState {
                 out.push(AlertMessage {
                     name: ALERT_NAME.to_owned(),
                     status: AlertStatus::Resolved,
-                    severity: inc.peak.as_str().to_owned(),
+                    severity: inc.peak,
                     description: format!("`{account}` is no longer watched (account removed)"),
                     account,
                     since: inc.since,
@@ -266,7 +213,7 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
     }
 
-    fn step(s: &mut AlertState, level: Level, at: Duration) -> Vec<(AlertStatus, String, AlertEvent)> {
+    fn step(s: &mut AlertState, level: Level, at: Duration) -> Vec<(AlertStatus, Severity, AlertEvent)> {
         s.step(&[("main".into(), a(level))], t0() + at, Some(Duration::hours(6)))
             .into_iter()
             .map(|m| (m.status, m.severity, m.kind))
@@ -280,24 +227,24 @@ mod tests {
         assert!(step(&mut s, Level::Expiring, Duration::minutes(1)).is_empty());
         assert_eq!(
             step(&mut s, Level::Warning, Duration::minutes(2)),
-            [(AlertStatus::Firing, "warning".into(), AlertEvent::New)]
+            [(AlertStatus::Firing, Severity::Warning, AlertEvent::New)]
         );
         for m in 3..300 {
             assert!(step(&mut s, Level::Warning, Duration::minutes(m)).is_empty(), "repeat at {m}m");
         }
         assert_eq!(
             step(&mut s, Level::Warning, Duration::minutes(2) + Duration::hours(6)),
-            [(AlertStatus::Firing, "warning".into(), AlertEvent::Reminder)]
+            [(AlertStatus::Firing, Severity::Warning, AlertEvent::Reminder)]
         );
         assert_eq!(
             step(&mut s, Level::Critical, Duration::hours(7)),
-            [(AlertStatus::Firing, "critical".into(), AlertEvent::Escalated)]
+            [(AlertStatus::Firing, Severity::Critical, AlertEvent::Escalated)]
         );
         // Another critical level is the same incident at the same severity.
         assert!(step(&mut s, Level::Expired, Duration::hours(8)).is_empty());
         assert_eq!(
             step(&mut s, Level::Healthy, Duration::hours(9)),
-            [(AlertStatus::Resolved, "critical".into(), AlertEvent::Resolved)]
+            [(AlertStatus::Resolved, Severity::Critical, AlertEvent::Resolved)]
         );
         assert!(s.incidents.is_empty());
     }
@@ -363,10 +310,10 @@ mod tests {
 
     #[test]
     fn severities() {
-        assert_eq!(Severity::of_level(Level::Healthy), None);
-        assert_eq!(Severity::of_level(Level::Expiring), None);
-        assert_eq!(Severity::of_level(Level::Warning), Some(Severity::Warning));
-        assert_eq!(Severity::of_level(Level::NeedsLogin), Some(Severity::Critical));
+        assert_eq!(Level::Healthy.severity(), None);
+        assert_eq!(Level::Expiring.severity(), None);
+        assert_eq!(Level::Warning.severity(), Some(Severity::Warning));
+        assert_eq!(Level::NeedsLogin.severity(), Some(Severity::Critical));
         assert!(Severity::Warning < Severity::Critical);
         assert_eq!("CRITICAL".parse::<Severity>(), Ok(Severity::Critical));
         assert!("info".parse::<Severity>().is_err());

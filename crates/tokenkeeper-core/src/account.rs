@@ -1,17 +1,30 @@
 //! Accounts: one login at one provider, with its credential and what we know about it.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::Credential;
 
-/// Who refreshes an account's credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Who refreshes an account's credential. Stored, configured and printed as the lowercase word
+/// (`own`, `follow`); strum and serde derive both directions from the one spelling.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Mode {
     /// tokenkeeper refreshes it and writes the result everywhere (including a bound file).
     #[default]
@@ -20,30 +33,24 @@ pub enum Mode {
     Follow,
 }
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Own => "own",
-            Mode::Follow => "follow",
-        })
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "own" => Ok(Mode::Own),
-            "follow" => Ok(Mode::Follow),
-            other => Err(format!("unknown mode `{other}`: expected `own` or `follow`")),
-        }
-    }
-}
-
 /// The state the keeper keeps for an account (the displayed level is computed from this,
-/// the credential and the clock; see [`crate::status`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// the credential and the clock; see [`crate::status`]). Stored as the kebab-case word.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum AccountState {
     /// Nothing known to be wrong.
     #[default]
@@ -53,23 +60,9 @@ pub enum AccountState {
 }
 
 impl AccountState {
-    /// The string stored in the database.
+    /// The string stored in the database (`active`, `needs-login`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            AccountState::Active => "active",
-            AccountState::NeedsLogin => "needs-login",
-        }
-    }
-}
-
-impl FromStr for AccountState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "active" => Ok(AccountState::Active),
-            "needs-login" => Ok(AccountState::NeedsLogin),
-            other => Err(format!("unknown account state `{other}`")),
-        }
+        self.into()
     }
 }
 
@@ -191,5 +184,18 @@ mod tests {
         assert_eq!("own".parse::<Mode>().unwrap(), Mode::Own);
         assert_eq!(Mode::Follow.to_string(), "follow");
         assert!("both".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn serde_and_strum_spell_every_variant_the_same() {
+        for m in [Mode::Own, Mode::Follow] {
+            assert_eq!(serde_json::to_value(m).unwrap(), serde_json::Value::String(m.to_string()));
+            assert_eq!(m.to_string().parse::<Mode>().unwrap(), m);
+        }
+        for st in [AccountState::Active, AccountState::NeedsLogin] {
+            assert_eq!(serde_json::to_value(st).unwrap(), serde_json::Value::String(st.as_str().into()));
+            assert_eq!(st.as_str().parse::<AccountState>().unwrap(), st);
+        }
+        assert_eq!(AccountState::NeedsLogin.as_str(), "needs-login");
     }
 }

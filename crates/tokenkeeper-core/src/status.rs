@@ -6,9 +6,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::{Account, AccountState, Mode};
 
-/// How an account is doing, from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+/// How an account is doing, from best to worst. Shown (and serialised) as the kebab-case word.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Hash,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Level {
     /// Nothing to do.
     Healthy,
@@ -27,16 +42,9 @@ pub enum Level {
 }
 
 impl Level {
-    /// The word shown to people and machines.
+    /// The word shown to people and machines (`healthy`, `needs-login`, …).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Healthy => "healthy",
-            Level::Expiring => "expiring",
-            Level::Warning => "warning",
-            Level::Critical => "critical",
-            Level::NeedsLogin => "needs-login",
-            Level::Expired => "expired",
-        }
+        self.into()
     }
 
     /// All levels, for metrics.
@@ -52,19 +60,47 @@ impl Level {
         }
     }
 
-    /// Alert severity of this level (`None` when nothing should fire).
-    pub fn severity(self) -> Option<&'static str> {
+    /// Alert severity of this level (`None` when nothing should fire). The one place that
+    /// decides it; the alert engine and `check` use it as is.
+    pub fn severity(self) -> Option<Severity> {
         match self {
             Level::Healthy | Level::Expiring => None,
-            Level::Warning => Some("warning"),
-            Level::Critical | Level::NeedsLogin | Level::Expired => Some("critical"),
+            Level::Warning => Some(Severity::Warning),
+            Level::Critical | Level::NeedsLogin | Level::Expired => Some(Severity::Critical),
         }
     }
 }
 
-impl std::fmt::Display for Level {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// Alert severity, ordered: `Warning < Critical`. Written as the lowercase word in payloads,
+/// stored alert state and `min_severity` in the config.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
+pub enum Severity {
+    /// Needs attention soon.
+    Warning,
+    /// Needs attention now.
+    Critical,
+}
+
+impl Severity {
+    /// The word used in payloads (`warning`, `critical`).
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 

@@ -131,9 +131,22 @@ pub struct AccountPatch {
     pub binding: Option<Option<Binding>>,
 }
 
-/// Kinds of events in an account's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Kinds of events in an account's history, stored and shown as the snake_case word.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum EventKind {
     /// Account created or credential imported.
     Imported,
@@ -156,35 +169,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The string stored in the database.
+    /// The string stored in the database (`refreshed`, `refresh_failed`, …).
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Imported => "imported",
-            EventKind::LoggedIn => "logged_in",
-            EventKind::Refreshed => "refreshed",
-            EventKind::Adopted => "adopted",
-            EventKind::RefreshFailed => "refresh_failed",
-            EventKind::Refused => "refused",
-            EventKind::Repaired => "repaired",
-            EventKind::StateChanged => "state_changed",
-            EventKind::Removed => "removed",
-        }
+        self.into()
     }
 
-    /// Parses the stored string.
+    /// Parses the stored string; `None` for a word this release does not know.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "imported" => EventKind::Imported,
-            "logged_in" => EventKind::LoggedIn,
-            "refreshed" => EventKind::Refreshed,
-            "adopted" => EventKind::Adopted,
-            "refresh_failed" => EventKind::RefreshFailed,
-            "refused" => EventKind::Refused,
-            "repaired" => EventKind::Repaired,
-            "state_changed" => EventKind::StateChanged,
-            "removed" => EventKind::Removed,
-            _ => return None,
-        })
+        s.parse().ok()
     }
 }
 

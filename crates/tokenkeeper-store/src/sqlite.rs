@@ -203,7 +203,7 @@ impl SqliteStore {
         let requests: i64 = column(row, n, "usage_requests")?;
         Ok(Account {
             provider: column(row, n, "provider")?,
-            mode: mode.parse::<Mode>().map_err(|e| corrupt(n, e))?,
+            mode: mode.parse::<Mode>().map_err(|_| corrupt(n, format!("unknown mode `{mode}`")))?,
             credential: Credential {
                 access_token,
                 refresh_token,
@@ -216,7 +216,7 @@ impl SqliteStore {
             email: column(row, n, "email")?,
             organization: column(row, n, "organization")?,
             binding,
-            state: state.parse::<AccountState>().map_err(|e| corrupt(n, e))?,
+            state: state.parse::<AccountState>().map_err(|_| corrupt(n, format!("unknown account state `{state}`")))?,
             created_at: time(n, "created_at", column(row, n, "created_at")?)?,
             updated_at: time(n, "updated_at", column(row, n, "updated_at")?)?,
             last_refreshed_at: opt_time(n, "last_refreshed_at", column(row, n, "last_refreshed_at")?)?,
