@@ -54,12 +54,18 @@ pub const BLOCK_FOR: i64 = 60;
 /// How many addresses the limiter remembers before it forgets the quiet ones.
 const MAX_TRACKED: usize = 10_000;
 
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// What a key may do. Keys store, and `keys create --scope` takes, the word strum derives
+/// (`token:read`, `accounts:write`, …).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, strum::Display, strum::IntoStaticStr, strum::EnumIter,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Scope {
     /// `GET /api/token`: read access tokens.
+    #[strum(serialize = "token:read")]
     TokenRead,
     /// Status endpoints: `/api/status`, `/oauth/status`, `/ready`.
+    #[strum(serialize = "status:read")]
     StatusRead,
     /// `POST /api/push`.
     Push,
@@ -68,8 +74,10 @@ pub enum Scope {
     /// `POST /oauth/start`, `POST /oauth/exchange-code`.
     Login,
     /// `DELETE /oauth/tokens[/{account}]`.
+    #[strum(serialize = "accounts:write")]
     AccountsWrite,
     /// `GET /metrics`.
+    #[strum(serialize = "metrics:read")]
     MetricsRead,
     /// The Anthropic API proxy, `/v1/*` (a key may be tied to one pool).
     Proxy,
@@ -78,51 +86,26 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// Every scope.
-    pub const ALL: [Scope; 9] = [
-        Scope::TokenRead,
-        Scope::StatusRead,
-        Scope::Push,
-        Scope::Refresh,
-        Scope::Login,
-        Scope::AccountsWrite,
-        Scope::MetricsRead,
-        Scope::Proxy,
-        Scope::Admin,
-    ];
+    /// Every scope, in declaration order.
+    pub fn all() -> impl Iterator<Item = Scope> {
+        <Scope as strum::IntoEnumIterator>::iter()
+    }
 
     /// The scope's name, as keys store it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::TokenRead => "token:read",
-            Scope::StatusRead => "status:read",
-            Scope::Push => "push",
-            Scope::Refresh => "refresh",
-            Scope::Login => "login",
-            Scope::AccountsWrite => "accounts:write",
-            Scope::MetricsRead => "metrics:read",
-            Scope::Proxy => "proxy",
-            Scope::Admin => "admin",
-        }
+        self.into()
     }
 
     /// All scope names, comma-separated, for messages.
     pub fn known() -> String {
-        Scope::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        Scope::all().map(Scope::as_str).collect::<Vec<_>>().join(", ")
     }
 }
 
 impl FromStr for Scope {
     type Err = ServerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scope::ALL
-            .into_iter()
+        Scope::all()
             .find(|x| x.as_str() == s.trim())
             .ok_or_else(|| ServerError::UnknownScope { scope: s.to_owned(), known: Scope::known() })
     }
@@ -587,7 +570,7 @@ mod tests {
 
     #[test]
     fn scopes_round_trip_and_unknown_ones_are_refused() {
-        for s in Scope::ALL {
+        for s in Scope::all() {
             assert_eq!(s.as_str().parse::<Scope>().unwrap(), s);
         }
         let e = "tokens:read".parse::<Scope>().unwrap_err().to_string();

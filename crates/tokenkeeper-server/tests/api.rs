@@ -285,7 +285,7 @@ async fn every_scope_opens_its_endpoints_and_only_those() {
         let r = e.call(method.clone(), path, Some(&key), body).await;
         assert_ne!(r.status.as_u16(), 403, "{scope} on {method} {path}: {}", r.text);
         assert_ne!(r.status.as_u16(), 401, "{scope} on {method} {path}: {}", r.text);
-        for other in Scope::ALL.into_iter().filter(|s| *s != scope && *s != Scope::Admin) {
+        for other in Scope::all().filter(|s| *s != scope && *s != Scope::Admin) {
             let k = e.key(&[other], &[]).await;
             let r = e.call(method.clone(), path, Some(&k), body).await;
             assert_eq!(r.status.as_u16(), 403, "{other} must not open {method} {path}: {}", r.text);
