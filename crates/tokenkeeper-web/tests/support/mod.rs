@@ -19,6 +19,7 @@ use tokenkeeper_keeper::testing;
 use tokenkeeper_mock::IssuedTokens;
 use tokenkeeper_web::{router, WebState};
 
+#[allow(unused_imports)]
 pub use tokenkeeper_keeper::testing::{claude_json, start};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
