@@ -39,7 +39,7 @@ pub const ALERT_STATE_KEY: &str = "alerts/state";
 pub const ALERT_CHANNELS_KEY: &str = "alerts/channels";
 
 /// Installation state: the sinks' last known health, shown by `status`, `check` and the API.
-pub const SINK_HEALTH_KEY: &str = "sinks/health";
+pub use tokenkeeper_sync::sink::SINK_HEALTH_KEY;
 
 /// The file the alert state lived in before 0.2; read once if the store has none yet.
 const LEGACY_ALERT_STATE_FILE: &str = "alert-state.json";

@@ -102,3 +102,187 @@ pub fn account_view(config: &Config, account: &Account, now: DateTime<Utc>, fail
         failing_sinks,
     }
 }
+
+/// How far back the history that the web page draws and `GET /api/status?history=true` carries
+/// reaches: one day, the span of a refresh token's three or so rotations and of a usage day.
+pub const HISTORY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+
+/// Events read at most for one history, newest first. A fleet of fifty accounts refreshing every
+/// eight hours writes about 150 a day; the cap only bites when many accounts fail in a loop, and
+/// then the newest failures are the ones worth drawing.
+pub const HISTORY_EVENT_LIMIT: u32 = 5_000;
+
+/// One event of an account's history (no secrets: the event log never holds any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEvent {
+    /// What happened (`refreshed`, `adopted`, `refresh_failed`, `logged_in`, …).
+    pub kind: tokenkeeper_core::store::EventKind,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// In words.
+    pub detail: String,
+}
+
+/// One hour of an account's usage, every API key and model added up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HourUsage {
+    /// The start of the UTC hour.
+    pub hour: DateTime<Utc>,
+    /// Hand-outs and proxied requests.
+    pub requests: u64,
+    /// Requests that ended in an error.
+    pub errors: u64,
+    /// Input tokens (prompt cache reads and writes not included).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_creation_tokens: u64,
+}
+
+impl HourUsage {
+    /// Every token of the hour: input, output and both kinds of cache.
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_creation_tokens
+    }
+}
+
+/// One account's recent history: its events and its hourly usage, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AccountHistory {
+    /// Events since the window's start, oldest first.
+    pub events: Vec<HistoryEvent>,
+    /// Hours with any use since the window's start, oldest first (hours without use are left
+    /// out).
+    pub usage: Vec<HourUsage>,
+}
+
+/// Every account's history over `[since, until]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct History {
+    /// The window's start.
+    pub since: DateTime<Utc>,
+    /// The window's end (now).
+    pub until: DateTime<Utc>,
+    /// By account name; accounts with neither events nor use are absent.
+    pub accounts: std::collections::BTreeMap<String, AccountHistory>,
+}
+
+impl History {
+    /// The history of `account` (empty when it has none).
+    pub fn of(&self, account: &str) -> AccountHistory {
+        self.accounts.get(account).cloned().unwrap_or_default()
+    }
+
+    /// Groups the event log (any order) and usage buckets (per key and model) into each
+    /// account's history over `[since, until]`.
+    pub fn build(
+        events: Vec<tokenkeeper_core::store::Event>,
+        usage: Vec<tokenkeeper_core::store::UsageRecord>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> History {
+        let mut accounts: std::collections::BTreeMap<String, AccountHistory> = Default::default();
+        for e in events.into_iter().filter(|e| e.at >= since && e.at <= until) {
+            accounts.entry(e.account).or_default().events.push(HistoryEvent {
+                kind: e.kind,
+                at: e.at,
+                detail: e.detail,
+            });
+        }
+        // A bucket's hour may start before `since` and still hold uses inside the window.
+        let first_hour = tokenkeeper_core::store::UsageRecord::hour_of(since);
+        for r in usage.into_iter().filter(|r| r.hour >= first_hour && r.hour <= until) {
+            let hours = &mut accounts.entry(r.account.clone()).or_default().usage;
+            let h = match hours.iter_mut().find(|h| h.hour == r.hour) {
+                Some(h) => h,
+                None => {
+                    hours.push(HourUsage { hour: r.hour, ..HourUsage::default() });
+                    let last = hours.len() - 1;
+                    &mut hours[last]
+                }
+            };
+            h.requests += r.requests;
+            h.errors += r.errors;
+            h.input_tokens += r.input_tokens;
+            h.output_tokens += r.output_tokens;
+            h.cache_read_tokens += r.cache_read_tokens;
+            h.cache_creation_tokens += r.cache_creation_tokens;
+        }
+        for a in accounts.values_mut() {
+            a.events.sort_by_key(|e| e.at);
+            a.usage.sort_by_key(|h| h.hour);
+        }
+        History { since, until, accounts }
+    }
+
+    /// Reads the last [`HISTORY_WINDOW`] before `now` from `store`: two queries, whatever the
+    /// number of accounts.
+    pub async fn read(
+        store: &dyn tokenkeeper_core::Store,
+        now: DateTime<Utc>,
+    ) -> Result<History, tokenkeeper_core::StoreError> {
+        let since = now - HISTORY_WINDOW;
+        let events = store.events(None, HISTORY_EVENT_LIMIT).await?;
+        let usage = store.usage(None, since).await?;
+        Ok(History::build(events, usage, since, now))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod history_tests {
+    use super::*;
+    use tokenkeeper_core::store::{Event, EventKind, UsageRecord};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn history_groups_by_account_keeps_the_window_and_adds_up_hours() {
+        let now = at("2026-01-02T12:30:00Z");
+        let since = now - HISTORY_WINDOW;
+        let ev = |id, account: &str, kind, t: &str| Event {
+            id,
+            account: account.into(),
+            kind,
+            at: at(t),
+            detail: format!("#{id}"),
+        };
+        let events = vec![
+            ev(4, "b", EventKind::RefreshFailed, "2026-01-02T10:00:00Z"),
+            ev(3, "a", EventKind::Refreshed, "2026-01-02T04:00:00Z"),
+            ev(2, "a", EventKind::Refreshed, "2026-01-01T20:00:00Z"),
+            ev(1, "a", EventKind::LoggedIn, "2026-01-01T12:00:00Z"), // 30 min before the window
+        ];
+        let use_ = |account: &str, model: Option<&str>, hour: &str, requests, output| UsageRecord {
+            account: account.into(),
+            model: model.map(Into::into),
+            hour: at(hour),
+            requests,
+            output_tokens: output,
+            last_used_at: at(hour),
+            ..UsageRecord::default()
+        };
+        let usage = vec![
+            use_("a", Some("opus"), "2026-01-02T11:00:00Z", 3, 100),
+            use_("a", None, "2026-01-02T11:00:00Z", 2, 0),
+            use_("a", None, "2026-01-01T12:00:00Z", 1, 0), // the hour the window starts in
+            use_("a", None, "2026-01-01T10:00:00Z", 9, 0), // before it
+        ];
+        let h = History::build(events, usage, since, now);
+        let a = h.of("a");
+        let kinds: Vec<_> = a.events.iter().map(|e| (e.kind, e.at)).collect();
+        assert_eq!(
+            kinds,
+            [(EventKind::Refreshed, at("2026-01-01T20:00:00Z")), (EventKind::Refreshed, at("2026-01-02T04:00:00Z"))]
+        );
+        let hours: Vec<_> = a.usage.iter().map(|u| (u.hour, u.requests, u.tokens())).collect();
+        assert_eq!(hours, [(at("2026-01-01T12:00:00Z"), 1, 0), (at("2026-01-02T11:00:00Z"), 5, 100)]);
+        assert_eq!(h.of("b").events.len(), 1);
+        assert!(h.of("c").events.is_empty() && h.of("c").usage.is_empty());
+    }
+}

@@ -16,7 +16,7 @@ use tokenkeeper_core::status::Level;
 use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{Account, Mode};
 use tokenkeeper_keeper::keeper::chrono_duration;
-use tokenkeeper_keeper::view::AccountView;
+use tokenkeeper_keeper::view::{AccountView, History};
 use tokenkeeper_keeper::{Ingest, IngestOutcome, LeaseRequest, RefreshPolicy, RefreshResult};
 
 use crate::auth::{scope, Authed, Caller};
@@ -85,6 +85,15 @@ pub struct StatusResponse {
     pub message: String,
     /// Every account the key may see, with its sinks.
     pub accounts: Vec<AccountWithSinks>,
+    /// With `?history=true`: the last 24 hours of each visible account's events and hourly
+    /// usage (what the web page's strips and sparklines draw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
+}
+
+/// Whether a query flag is set (`true`, `1`, `yes`; anything else is off).
+fn flag(value: Option<String>) -> bool {
+    matches!(value.as_deref().map(str::to_ascii_lowercase).as_deref(), Some("true" | "1" | "yes"))
 }
 
 fn pick_default<'a>(accounts: &'a [Account], requested: Option<&str>) -> Option<&'a Account> {
@@ -94,7 +103,7 @@ fn pick_default<'a>(accounts: &'a [Account], requested: Option<&str>) -> Option<
     accounts.iter().find(|a| a.name == "main").or_else(|| accounts.first())
 }
 
-/// `GET /api/status[?account=NAME]`.
+/// `GET /api/status[?account=NAME][&history=true]`.
 pub async fn status(
     auth: Authed<scope::StatusRead>,
     State(st): State<AppState>,
@@ -136,6 +145,7 @@ pub async fn status(
                 level: view.level.as_str().to_owned(),
                 message: view.message.clone(),
                 accounts: Vec::new(),
+                history: None,
             }
         }
         None => StatusResponse {
@@ -151,9 +161,18 @@ pub async fn status(
             message: "there are no accounts yet: push a credential (POST /api/push) or log in (POST /oauth/start)"
                 .into(),
             accounts: Vec::new(),
+            history: None,
         },
     };
-    Ok(Json(StatusResponse { accounts: views, ..response }))
+    let history = if flag(query_param(q.as_deref(), "history")) {
+        let mut h = History::read(st.keeper.store().as_ref(), now).await?;
+        // Only the accounts this key may see.
+        h.accounts.retain(|name, _| all.iter().any(|a| &a.name == name));
+        Some(h)
+    } else {
+        None
+    };
+    Ok(Json(StatusResponse { accounts: views, history, ..response }))
 }
 
 /// What `/api/push` and the refresh endpoints answer.

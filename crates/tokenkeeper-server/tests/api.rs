@@ -582,3 +582,53 @@ async fn provider_trouble_is_503_with_retry_after_and_a_valid_token_is_still_ser
     assert_eq!(v["access_token"], main.credential.access_token.expose());
     assert!(v["warning"].as_str().is_some_and(|w| w.contains("try again later")), "{v}");
 }
+
+#[tokio::test]
+async fn status_with_history_carries_the_last_days_events_and_hourly_usage_of_visible_accounts() {
+    use tokenkeeper_core::store::{EventKind, NewEvent, UsageRecord};
+    let e = env().await;
+    e.seed("main").await;
+    e.seed("other").await;
+    e.clock.advance(Duration::hours(30));
+    let now = e.clock.now();
+    for (account, kind, hours_ago) in
+        [("main", EventKind::Refreshed, 2), ("main", EventKind::RefreshFailed, 1), ("other", EventKind::Refreshed, 3)]
+    {
+        let at = now - Duration::hours(hours_ago);
+        e.store.record_event(&NewEvent { account: account.into(), kind, at, detail: "d".into() }).await.unwrap();
+    }
+    let hour = UsageRecord::hour_of(now - Duration::hours(1));
+    let use_ = |model: &str, requests| UsageRecord {
+        account: "main".into(),
+        model: Some(model.into()),
+        hour,
+        requests,
+        output_tokens: 10 * requests,
+        last_used_at: hour,
+        ..UsageRecord::default()
+    };
+    e.store.record_usage(&[use_("opus", 3), use_("sonnet", 4)]).await.unwrap();
+
+    assert!(e.get("/api/status", ADMIN).await.json().get("history").is_none(), "only when asked");
+    let v = e.get("/api/status?history=true", ADMIN).await.json();
+    let h = &v["history"];
+    assert_eq!(h["until"], json!(now));
+    assert_eq!(h["since"], json!(now - Duration::hours(24)));
+    let main = &h["accounts"]["main"];
+    // The logins 30 hours ago are outside the day.
+    assert_eq!(
+        main["events"].as_array().unwrap().iter().map(|e| e["kind"].clone()).collect::<Vec<_>>(),
+        [json!("refreshed"), json!("refresh_failed")]
+    );
+    assert_eq!(
+        main["usage"],
+        json!([{"hour": hour, "requests": 7, "errors": 0, "input_tokens": 0, "output_tokens": 70,
+        "cache_read_tokens": 0, "cache_creation_tokens": 0}])
+    );
+    assert_eq!(h["accounts"]["other"]["events"][0]["kind"], "refreshed");
+
+    let key = e.key(&[Scope::StatusRead], &["other"]).await;
+    let v = e.get("/api/status?history=true", &key).await.json();
+    let names: Vec<_> = v["history"]["accounts"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(names, ["other"], "a key limited to one account sees only its history");
+}

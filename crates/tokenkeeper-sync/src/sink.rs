@@ -80,6 +80,10 @@ impl std::fmt::Debug for SinkSetOptions {
     }
 }
 
+/// The store state key the daemon saves every sink's health under ([`SinkStatus`] as JSON), so
+/// `status`, `check` and the web page of any process can show it.
+pub const SINK_HEALTH_KEY: &str = "sinks/health";
+
 /// One sink's health, for `status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SinkStatus {

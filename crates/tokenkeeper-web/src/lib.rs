@@ -1,8 +1,10 @@
 //! The web page of tokenkeeper: sign in with the admin token, see every account's status, refresh
 //! or remove an account, log in a new account with the PKCE wizard, or paste a credential.
 //!
-//! Server-rendered HTML, one small inline style sheet, no JavaScript: every action is a plain
-//! form, so it works on any phone browser and under a strict Content-Security-Policy.
+//! Server-rendered HTML with inline SVG charts and one small inline style sheet; every action is
+//! a plain form, so it works on any phone browser, with JavaScript disabled, and under a strict
+//! Content-Security-Policy. One optional script, served by the page itself
+//! (`/assets/dashboard.js`, no inline code), refreshes the dashboard's numbers in place.
 //!
 //! - [`session`]: in-memory sessions (cookie `tk_session`), their CSRF tokens, flash messages
 //!   and the pending PKCE login;
@@ -10,12 +12,14 @@
 //!   sign-in rate limiter;
 //! - [`templates`]: the embedded minijinja templates;
 //! - [`pages`]: the handlers;
+//! - [`dashboard`]: the dashboard's model (summary, bars, strips, sparklines, pools);
 //! - [`error`]: the page's own failures, [`WebError`].
 //!
 //! The API engineer merges [`router`] into the server's router. Serve it with
 //! `into_make_service_with_connect_info::<SocketAddr>()` so failed sign-ins are rate-limited
 //! per client address; without it all clients share one budget.
 
+pub mod dashboard;
 pub mod error;
 pub mod pages;
 pub mod security;
@@ -31,6 +35,7 @@ use axum::Router;
 
 use tokenkeeper_core::Secret;
 use tokenkeeper_keeper::Keeper;
+use tokenkeeper_proxy::ProxyState;
 use tokenkeeper_sync::sink::SinkSet;
 
 pub use error::WebError;
@@ -43,6 +48,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct WebState {
     inner: Arc<Inner>,
+    /// The proxy whose pools the dashboard shows, when one runs in this process.
+    pool: Option<ProxyState>,
 }
 
 struct Inner {
@@ -61,6 +68,7 @@ impl fmt::Debug for WebState {
             .field("admin_token", &self.inner.admin_token)
             .field("secure_cookies", &self.inner.secure_cookies)
             .field("sinks", &self.inner.sinks.is_some())
+            .field("pool", &self.pool.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -86,7 +94,20 @@ impl WebState {
                 limiter: security::SignInLimiter::new(clock),
                 templates: templates::Templates::new(),
             }),
+            pool: None,
         }
+    }
+
+    /// Shows `proxy`'s pools on the dashboard (each account's state, cooldown, share of requests
+    /// and load), from [`ProxyState::pool_snapshot`]. Without it the page has no pool view.
+    pub fn with_pool(mut self, proxy: ProxyState) -> WebState {
+        self.pool = Some(proxy);
+        self
+    }
+
+    /// The proxy whose pools are shown, if any.
+    pub fn pool(&self) -> Option<&ProxyState> {
+        self.pool.as_ref()
     }
 
     /// The keeper.
@@ -127,11 +148,13 @@ impl WebState {
 }
 
 /// The page's routes: `/`, `/login`, `/logout`, `/accounts/{name}/refresh`,
-/// `/accounts/{name}/remove`, `/wizard`, `/paste`. Every response carries the security headers;
+/// `/accounts/{name}/remove`, `/wizard`, `/paste`, and the optional script
+/// `/assets/dashboard.js`. Every response carries the security headers;
 /// every state-changing request passes the cross-site guard and a CSRF check.
 pub fn router(state: WebState) -> Router {
     Router::new()
         .route("/", get(pages::dashboard))
+        .route("/assets/dashboard.js", get(pages::dashboard_script))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/accounts/{name}/refresh", post(pages::refresh))

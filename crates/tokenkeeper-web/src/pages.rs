@@ -2,22 +2,24 @@
 //! dashboard after a redirect (so a reload never repeats a POST), or a page that says what went
 //! wrong and what to do. No handler ever renders a token: fingerprints at most.
 
-use axum::extract::rejection::FormRejection;
+use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use chrono::{DateTime, Utc};
 use minijinja::{context, Value};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use tokenkeeper_core::formats::parse_credential;
-use tokenkeeper_core::status::{human_duration, Level};
+use tokenkeeper_core::status::human_duration;
 use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{constant_time_eq, Account};
-use tokenkeeper_keeper::view::account_view;
+use tokenkeeper_keeper::schedule::Scheduler;
+use tokenkeeper_keeper::view::{account_view, thresholds as view_thresholds, History};
 use tokenkeeper_keeper::{Ingest, IngestOutcome, KeeperError, RefreshPolicy, RefreshResult};
+use tokenkeeper_sync::sink::SINK_HEALTH_KEY;
 
+use crate::dashboard::{Dashboard, DashboardQuery, Inputs, SinkHealth};
 use crate::error::WebError;
 use crate::security::ClientIp;
 use crate::session::{cookie_value, random_token, set_cookie, Flash, PendingLogin, SignedIn};
@@ -72,15 +74,6 @@ fn base_url(headers: &HeaderMap, secure: bool) -> String {
     format!("{}://{host}", if secure { "https" } else { "http" })
 }
 
-fn when(now: DateTime<Utc>, t: DateTime<Utc>) -> String {
-    let stamp = t.format("%Y-%m-%d %H:%M UTC");
-    if t <= now {
-        format!("{} ago ({stamp})", human_duration(now - t))
-    } else {
-        format!("in {} ({stamp})", human_duration(t - now))
-    }
-}
-
 fn time_left(seconds: i64) -> String {
     let d = chrono::Duration::seconds(seconds);
     if seconds >= 0 {
@@ -92,17 +85,6 @@ fn time_left(seconds: i64) -> String {
 
 fn valid_for(state: &WebState, account: &Account) -> String {
     time_left(account.credential.time_left(state.keeper().clock().now()).num_seconds())
-}
-
-fn badge(level: Level) -> (&'static str, &'static str) {
-    match level {
-        Level::Healthy => ("ok", "Healthy"),
-        Level::Expiring => ("info", "Refreshing soon"),
-        Level::Warning => ("warn", "Warning"),
-        Level::Critical => ("bad", "Critical"),
-        Level::NeedsLogin => ("bad", "Needs login"),
-        Level::Expired => ("bad", "Expired"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,95 +235,106 @@ pub async fn logout(State(state): State<WebState>, f: CsrfForm<NoFields>) -> Res
 // ---------------------------------------------------------------------------------------------
 // Dashboard
 
-#[derive(Debug, Serialize)]
-struct SinkRow {
-    name: String,
-    kind: tokenkeeper_core::config::SinkKind,
-    ok: bool,
-    last_error: Option<String>,
-    last_written: Option<String>,
-    writes: u64,
-    failures: u64,
+/// The header the dashboard's script sends when it re-reads the page to refresh the numbers:
+/// such a read leaves the flash message for the next real page view.
+pub const LIVE_HEADER: &str = "x-tokenkeeper-live";
+
+/// The optional script of the dashboard.
+pub const DASHBOARD_JS: &str = include_str!("../templates/dashboard.js");
+
+/// Every sink's health: from the sinks of this process when they run here, else as the daemon
+/// last saved it in the store (`sinks/health`), so a replica that does not deliver still shows
+/// it.
+async fn sink_health(state: &WebState) -> Vec<SinkHealth> {
+    if let Some(sinks) = state.sinks() {
+        return sinks
+            .statuses()
+            .into_iter()
+            .map(|s| SinkHealth {
+                kind: serde_json::to_value(s.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                name: s.name,
+                account: s.account,
+                ok: s.ok,
+                last_error: s.last_error,
+                last_written_at: s.last_written_at,
+                writes: s.writes,
+                failures: s.failures,
+            })
+            .collect();
+    }
+    match state.keeper().store().get_state(SINK_HEALTH_KEY).await {
+        Ok(Some(v)) => serde_json::from_value(v).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the stored sink health is not readable; showing none");
+            Vec::new()
+        }),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored sink health; showing none");
+            Vec::new()
+        }
+    }
 }
 
-#[derive(Debug, Serialize)]
-struct Card {
-    name: String,
-    email: Option<String>,
-    organization: Option<String>,
-    mode: String,
-    badge_class: &'static str,
-    badge_label: &'static str,
-    message: String,
-    time_left: String,
-    expires_at: String,
-    refreshable: bool,
-    refresh_token_age: Option<String>,
-    last_refresh: Option<String>,
-    last_error: Option<String>,
-    fingerprint: String,
-    usage_count: u64,
-    last_used: Option<String>,
-    bound_file: Option<String>,
-    sinks: Vec<SinkRow>,
-}
-
-fn cards(state: &WebState, accounts: &[Account]) -> Vec<Card> {
-    let now = state.keeper().clock().now();
-    let statuses = state.sinks().map(|s| s.statuses()).unwrap_or_default();
-    accounts
+/// Reads everything the dashboard draws and builds its model.
+pub async fn dashboard_model(state: &WebState, query: &DashboardQuery) -> Result<Dashboard, WebError> {
+    let keeper = state.keeper();
+    let store_err = |source| WebError::Store { action: "the dashboard", source };
+    let accounts = keeper.store().list_accounts().await.map_err(store_err)?;
+    let now = keeper.clock().now();
+    let history = History::read(keeper.store().as_ref(), now).await.map_err(store_err)?;
+    let sinks = sink_health(state).await;
+    let scheduler = Scheduler::new(keeper.clone());
+    let views: Vec<_> = accounts
         .iter()
         .map(|a| {
-            let mine: Vec<_> = statuses.iter().filter(|s| s.account == a.name).collect();
-            let failing = mine.iter().filter(|s| !s.ok).map(|s| s.name.clone()).collect();
-            let v = account_view(state.keeper().config(), a, now, failing);
-            let (badge_class, badge_label) = badge(v.level);
-            Card {
-                badge_class,
-                badge_label,
-                time_left: time_left(v.expires_in_seconds),
-                expires_at: v.expires_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-                refresh_token_age: v.refresh_token_age_seconds.map(|s| human_duration(chrono::Duration::seconds(s))),
-                last_refresh: v.last_refreshed_at.map(|t| when(now, t)),
-                last_used: v.last_used_at.map(|t| when(now, t)),
-                sinks: mine
-                    .iter()
-                    .map(|s| SinkRow {
-                        name: s.name.clone(),
-                        kind: s.kind,
-                        ok: s.ok,
-                        last_error: s.last_error.clone(),
-                        last_written: s.last_written_at.map(|t| when(now, t)),
-                        writes: s.writes,
-                        failures: s.failures,
-                    })
-                    .collect(),
-                name: v.name,
-                email: v.email,
-                organization: v.organization,
-                mode: v.mode,
-                message: v.message,
-                refreshable: v.refreshable,
-                last_error: v.last_error,
-                fingerprint: v.token_fingerprint,
-                usage_count: v.usage_count,
-                bound_file: v.bound_file,
-            }
+            let failing = sinks.iter().filter(|s| s.account == a.name && !s.ok).map(|s| s.name.clone()).collect();
+            account_view(keeper.config(), a, now, failing)
         })
-        .collect()
+        .collect();
+    let thresholds: Vec<_> = accounts.iter().map(|a| view_thresholds(keeper.config(), a)).collect();
+    let due: Vec<_> = accounts.iter().map(|a| scheduler.due_at(a)).collect();
+    let pools = match state.pool() {
+        Some(proxy) => match proxy.pool_snapshot().await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pools for the dashboard; showing none");
+                None
+            }
+        },
+        None => None,
+    };
+    let inputs = Inputs {
+        accounts: &accounts,
+        views: &views,
+        thresholds: &thresholds,
+        due: &due,
+        sinks: &sinks,
+        history: &history,
+        pools: pools.as_deref(),
+        now,
+    };
+    Ok(crate::dashboard::build(&inputs, query))
 }
 
-/// `GET /`: every account with its status and buttons.
-pub async fn dashboard(State(state): State<WebState>, signed: SignedIn) -> Result<Response, WebError> {
-    let accounts = state
-        .keeper()
-        .store()
-        .list_accounts()
-        .await
-        .map_err(|source| WebError::Store { action: "the dashboard", source })?;
-    let flash = state.sessions().take_flash(&signed.id);
-    let ctx = merge(base(Some(&signed), flash, "Accounts"), context! { accounts => cards(&state, &accounts) });
+/// `GET /[?level=&provider=&pool=&q=&sort=]`: the summary, every account's charts, the pools.
+pub async fn dashboard(
+    State(state): State<WebState>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    query: Result<Query<DashboardQuery>, QueryRejection>,
+) -> Result<Response, WebError> {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let model = dashboard_model(&state, &query).await?;
+    let flash = if headers.contains_key(LIVE_HEADER) { None } else { state.sessions().take_flash(&signed.id) };
+    let ctx = merge(base(Some(&signed), flash, "Accounts"), context! { d => model, query => query });
     Ok(state.templates().page(StatusCode::OK, "dashboard.html", ctx))
+}
+
+/// `GET /assets/dashboard.js`: the optional script that refreshes the dashboard's numbers in
+/// place. Served by the page itself (the policy allows scripts from this origin only), with no
+/// secret in it, so it needs no session.
+pub async fn dashboard_script() -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"))], DASHBOARD_JS).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------

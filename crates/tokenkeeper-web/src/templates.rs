@@ -6,8 +6,9 @@
 //! inject markup. The templates are parsed once, when the state is built.
 //!
 //! The style sheet is inlined into every page (one request per page, fast on a phone) and
-//! allowed by its SHA-256 in the Content-Security-Policy, which forbids everything else: no
-//! scripts at all, forms only to this origin, no framing.
+//! allowed by its SHA-256 in the Content-Security-Policy, which forbids everything else: scripts
+//! only from this origin (the dashboard's one optional file; no inline script, no handler
+//! attributes), requests only to this origin, forms only to this origin, no framing.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -34,7 +35,7 @@ const TEMPLATES: &[(&str, &str)] = &[
 
 /// Percent-encodes a value for one URL path segment. Account names are already limited to
 /// path-safe characters; this keeps a link right even if that rule ever loosens.
-fn path_segment(value: String) -> String {
+pub(crate) fn path_segment(value: String) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~@+".contains(&b) {
@@ -74,8 +75,8 @@ impl Templates {
         env.add_global("css", Value::from_safe_string(CSS.to_owned()));
         let hash = STANDARD.encode(Sha256::digest(CSS.as_bytes()));
         let policy = format!(
-            "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self' data:; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'none'; style-src 'sha256-{hash}'; script-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
         );
         let csp = HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
         Templates { env, csp }

@@ -1,13 +1,25 @@
 //! The page in a real browser: headless Chromium driven over WebDriver (fantoccini and Debian's
-//! chromedriver). Signs in, sees the dashboard, logs an account in through the wizard and the
-//! mock provider's authorize page, pastes a credential, refreshes one account and removes
-//! another through the confirm page; saves screenshots at phone and desktop widths to
-//! `target/screenshots/` and checks that no page scrolls sideways at 375 px.
+//! chromedriver).
 //!
-//! Chromium and chromedriver must be installed (`scripts/test-deps` does it); without them the
-//! test fails rather than skipping, so CI cannot pass without having run it.
+//! - A person signs in, sees the dashboard, logs an account in through the wizard and the mock
+//!   provider's authorize page, pastes a credential, refreshes one account and removes another
+//!   through the confirm page.
+//! - The dashboard of a six-account fleet at a fixed instant (`support::fleet`): the bars,
+//!   strips and pool states the browser lays out have the widths and labels the known expiries
+//!   and events give; no sideways scroll at 375 px; axe-core finds no serious or critical
+//!   accessibility problem at 375 and 1280 px; the optional script updates numbers in place;
+//!   and the page works with JavaScript disabled.
+//!
+//! Screenshots (375 and 1280 px) go to a temporary directory, or to `$TOKENKEEPER_SCREENSHOTS`
+//! when set (that is how `docs/img/` was made).
+//!
+//! Chromium, chromedriver and axe-core must be installed (`scripts/test-deps` does it); without
+//! them the tests fail with a message that says so rather than skipping, so CI cannot pass
+//! without having run them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -20,6 +32,7 @@ use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
+use tokenkeeper_core::ManualClock;
 use tokenkeeper_core::Secret;
 use tokenkeeper_keeper::{testing, Keeper};
 use tokenkeeper_mock::MockProvider;
@@ -65,7 +78,13 @@ impl Driver {
             }
         });
         let driver = Driver { child, port };
-        rx.recv_timeout(WAIT).expect("chromedriver did not report that it started");
+        if rx.recv_timeout(WAIT).is_err() {
+            panic!(
+                "chromedriver ({}) did not report that it started within {WAIT:?}; run scripts/test-deps \
+                 (installs Debian's chromium and chromium-driver, whose versions must match)",
+                chromedriver.display()
+            );
+        }
         driver
     }
 }
@@ -116,7 +135,7 @@ async fn serve() -> Site {
 
 impl Site {
     async fn seed(&self, name: &str) {
-        testing::log_in(&self.keeper, &self.mock, name, None, None).await;
+        support::log_in(&self.keeper, &self.mock, name).await;
     }
 
     async fn stop(mut self) {
@@ -128,16 +147,32 @@ impl Site {
     }
 }
 
-fn screenshot_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Where screenshots go: `$TOKENKEEPER_SCREENSHOTS` when set, else a temporary directory that
+/// lives as long as the value.
+struct Shots {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
 }
 
-async fn shoot(c: &Client, name: &str) {
-    let png = c.screenshot().await.unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    std::fs::write(screenshot_dir().join(format!("{name}.png")), png).unwrap();
+impl Shots {
+    fn new() -> Shots {
+        match std::env::var_os("TOKENKEEPER_SCREENSHOTS") {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).unwrap();
+                Shots { dir: dir.into(), _temp: None }
+            }
+            None => {
+                let temp = tempfile::tempdir().unwrap();
+                Shots { dir: temp.path().to_owned(), _temp: Some(temp) }
+            }
+        }
+    }
+
+    async fn shoot(&self, c: &Client, name: &str) {
+        let png = c.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(self.dir.join(format!("{name}.png")), png).unwrap();
+    }
 }
 
 /// Sizes the window so that the page itself (the viewport) is `width` × `height`: the window
@@ -211,24 +246,25 @@ async fn fill(c: &Client, css: &str, value: &str) {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_manages_accounts_from_a_phone_browser() {
-    let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
-        panic!(
-            "the browser test needs `chromium` and `chromedriver` on PATH: run scripts/test-deps \
-             (installs Debian's chromium and chromium-driver)"
-        );
-    };
-    let site = serve().await;
-    site.seed("main").await;
-    site.seed("spare").await;
-    let driver = Driver::start(&chromedriver);
-    let profile = tempfile::tempdir().unwrap();
+/// Headless Chromium under its own chromedriver, with a throwaway profile.
+struct Browser {
+    client: Client,
+    driver: Driver,
+    _profile: tempfile::TempDir,
+}
 
-    let mut caps = Capabilities::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
+impl Browser {
+    /// Starts Chromium (with JavaScript on or off) at a 375 × 800 viewport.
+    async fn start(javascript: bool) -> Browser {
+        let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
+            panic!(
+                "the browser test needs `chromium` and `chromedriver` on PATH: run scripts/test-deps \
+                 (installs Debian's chromium and chromium-driver)"
+            );
+        };
+        let driver = Driver::start(&chromedriver);
+        let profile = tempfile::tempdir().unwrap();
+        let mut options = json!({
             "binary": chromium,
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -236,14 +272,42 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
                 "--no-first-run", "--window-size=375,800",
                 format!("--user-data-dir={}", profile.path().display()),
             ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let c = ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a WebDriver session with headless Chromium");
+        });
+        if !javascript {
+            // The content setting a person uses to turn JavaScript off (2 = block).
+            options["prefs"] = json!({"profile.managed_default_content_settings.javascript": 2});
+        }
+        let mut caps = Capabilities::new();
+        caps.insert("goog:chromeOptions".into(), options);
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .unwrap_or_else(|e| panic!("no WebDriver session with headless Chromium ({e}); run scripts/test-deps"));
+        if javascript {
+            set_viewport(&client, 375, 800).await;
+        } else {
+            // Without JavaScript the viewport cannot be measured; the window is sized as with it.
+            client.set_window_size(375, 800).await.unwrap();
+        }
+        Browser { client, driver, _profile: profile }
+    }
+
+    async fn close(self) {
+        self.client.close().await.unwrap();
+        drop(self.driver);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_manages_accounts_from_a_phone_browser() {
+    let site = serve().await;
+    site.seed("main").await;
+    site.seed("spare").await;
+    let browser = Browser::start(true).await;
+    let c = browser.client.clone();
+    let shots = Shots::new();
     set_viewport(&c, 375, 800).await;
     let base = site.base.clone();
 
@@ -251,7 +315,7 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     c.goto(&format!("{base}/")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/login"), "signed out: sent to the sign-in page");
     assert_no_overflow(&c, "login").await;
-    shoot(&c, "login-375").await;
+    shots.shoot(&c, "login-375").await;
     fill(&c, "#token", "wrong token").await;
     click(&c, "#sign-in").await;
     assert!(text(&c, "#error").await.contains("That is not the admin token"));
@@ -262,13 +326,14 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     assert_eq!(text(&c, "#flash").await, "Signed in.");
     let main = text(&c, "#account-main").await;
     assert!(main.contains("Healthy") && fresh(&main), "{main}");
-    assert!(text(&c, "#account-spare").await.contains("spare@example.com") || main.contains("main"));
+    let spare = text(&c, "#account-spare").await;
+    assert!(spare.contains("spare@example.com"), "the email is shown: {spare}");
     assert_no_overflow(&c, "dashboard").await;
 
     // The login wizard: the authorize link opens the provider in a new tab.
     click(&c, "a[href='/wizard']").await;
     assert_no_overflow(&c, "wizard").await;
-    shoot(&c, "wizard-375").await;
+    shots.shoot(&c, "wizard-375").await;
     let page_tab = c.window().await.unwrap();
     click(&c, "#authorize").await;
     let provider_tab = c.windows().await.unwrap().into_iter().find(|w| *w != page_tab).expect("a new tab");
@@ -294,7 +359,7 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     .to_string();
     c.goto(&format!("{base}/paste")).await.unwrap();
     assert_no_overflow(&c, "paste").await;
-    shoot(&c, "paste-375").await;
+    shots.shoot(&c, "paste-375").await;
     assert!(text(&c, "#curl-command").await.contains(&format!("curl -X POST {base}/api/push")));
     fill(&c, "#credential", &json).await;
     fill(&c, "#account", "pasted").await;
@@ -310,13 +375,13 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     assert!(flash.starts_with("Refreshed main: valid for"), "{flash}");
     assert_eq!(site.mock.counts().refresh_ok, before + 1);
     assert_no_overflow(&c, "dashboard with four accounts").await;
-    shoot(&c, "dashboard-375").await;
+    shots.shoot(&c, "dashboard-375").await;
 
     // Remove another, through the confirm page.
     click(&c, "#remove-spare").await;
     assert!(text(&c, "h1").await.contains("Remove spare?"));
     assert_no_overflow(&c, "confirm").await;
-    shoot(&c, "remove-375").await;
+    shots.shoot(&c, "remove-375").await;
     click(&c, "#confirm-remove").await;
     assert_eq!(text(&c, "#flash").await, "Removed spare. Its sinks keep their last written token.");
     assert!(c.find(Locator::Css("#account-spare")).await.is_err(), "gone from the dashboard");
@@ -326,7 +391,7 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     set_viewport(&c, 1280, 900).await;
     c.goto(&format!("{base}/")).await.unwrap();
     text(&c, "#account-main").await;
-    shoot(&c, "dashboard-1280").await;
+    shots.shoot(&c, "dashboard-1280").await;
 
     // Sign out.
     click(&c, "#logout").await;
@@ -335,7 +400,210 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     c.goto(&format!("{base}/")).await.unwrap();
     find(&c, "#sign-in").await;
 
-    c.close().await.unwrap();
-    drop(driver);
+    browser.close().await;
     site.stop().await;
+}
+
+/// `app` on a free loopback port until the sender is dropped or fired.
+async fn serve_app(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (format!("http://{addr}"), tx, task)
+}
+
+async fn sign_in(c: &Client, base: &str) {
+    c.goto(&format!("{base}/")).await.unwrap();
+    fill(c, "#token", support::ADMIN_TOKEN).await;
+    click(c, "#sign-in").await;
+    find(c, "#summary").await;
+}
+
+/// axe-core's `axe.min.js`, installed by `scripts/test-deps`.
+fn axe_source() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/axe/node_modules/axe-core/axe.min.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("axe-core is missing ({}: {e}): run scripts/test-deps, which installs it from npm", path.display())
+    })
+}
+
+/// Runs axe-core in the page and fails on any serious or critical finding.
+async fn assert_accessible(c: &Client, axe: &str, page: &str) {
+    c.execute(axe, vec![]).await.unwrap();
+    let found = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, {resultTypes: ['violations']})
+               .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                    nodes: v.nodes.slice(0, 5).map(n => n.target.join(' '))}))))
+               .catch(e => done([{id: 'axe-error', impact: 'critical', help: String(e), nodes: []}]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let bad: Vec<_> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .collect();
+    assert!(bad.is_empty(), "{page}: axe-core found serious or critical problems: {bad:#?}");
+}
+
+/// The share of its chart a bar's fill covers, as laid out by the browser.
+async fn laid_out_fraction(c: &Client, svg_id: &str) -> f64 {
+    let v = c
+        .execute(
+            "const s = document.getElementById(arguments[0]);
+             return s.querySelector('rect.fill').getBoundingClientRect().width / s.getBoundingClientRect().width;",
+            vec![json!(svg_id)],
+        )
+        .await
+        .unwrap();
+    v.as_f64().unwrap()
+}
+
+/// Each strip mark's centre as a share of the strip's width, as laid out, with its kind.
+async fn laid_out_marks(c: &Client, svg_id: &str) -> Vec<(f64, String)> {
+    let v = c
+        .execute(
+            "const s = document.getElementById(arguments[0]); const box = s.getBoundingClientRect();
+             return Array.from(s.querySelectorAll('rect.mark')).map(m => {
+               const r = m.getBoundingClientRect();
+               return [(r.left + r.width / 2 - box.left) / box.width, m.dataset.kind];
+             });",
+            vec![json!(svg_id)],
+        )
+        .await
+        .unwrap();
+    v.as_array().unwrap().iter().map(|m| (m[0].as_f64().unwrap(), m[1].as_str().unwrap().to_owned())).collect()
+}
+
+fn close_to(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() < 0.01
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_fleet_at_a_glance_on_a_phone_a_desktop_and_without_javascript() {
+    let axe = axe_source();
+    let e = support::fleet::env().await;
+    let clock: ManualClock = e.clock.clone();
+    let (base, stop, task) = serve_app(e.app.clone()).await;
+    let shots = Shots::new();
+    let browser = Browser::start(true).await;
+    let c = browser.client.clone();
+    sign_in(&c, &base).await;
+
+    // Six accounts in six situations.
+    for name in support::fleet::NAMES {
+        find(&c, &format!("#account-{name}")).await;
+    }
+    assert_eq!(text(&c, "#level-lapsed").await, "Needs login");
+    assert_eq!(text(&c, "#level-expiring").await, "Refreshing soon");
+    assert_eq!(text(&c, "#level-deploy").await, "Warning");
+    assert_eq!(text(&c, "#follows-laptop").await, "Follows Claude Code");
+    assert_eq!(text(&c, "#pool-cooling-default").await, "Cooling down until 13:30 UTC");
+    assert!(text(&c, "#attention-lapsed").await.contains("Log in lapsed again"));
+    assert!(text(&c, "#attention-deploy").await.contains("Fix the sink bot-env"));
+
+    // The bars as laid out: width over the lifetime, and the label that says the same.
+    for (name, fraction, label) in [
+        ("healthy", 0.625, "5h 00m left of 8h 00m"),
+        ("expiring", 0.021, "10m left of 8h 00m"),
+        ("lapsed", 0.25, "2h 00m left of 8h 00m"),
+        ("cooling", 0.875, "7h 00m left of 8h 00m"),
+        ("laptop", 0.75, "6h 00m left of 8h 00m"),
+        ("deploy", 0.5, "4h 00m left of 8h 00m"),
+    ] {
+        let laid = laid_out_fraction(&c, &format!("left-bar-{name}")).await;
+        assert!(close_to(laid, fraction), "{name}: the bar covers {laid}, expected {fraction}");
+        assert_eq!(text(&c, &format!("#left-{name}")).await, label, "{name}");
+    }
+    assert!(close_to(laid_out_fraction(&c, "rt-bar-healthy").await, 0.2), "6 of 30 days");
+    assert!(close_to(laid_out_fraction(&c, "pool-healthy-default-share-bar").await, 0.8), "80 % of the pool");
+    // The strips: each mark where its event falls on the last 24 hours.
+    let marks = laid_out_marks(&c, "strip-lapsed").await;
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    assert!(close_to(marks[0].0, 0.75) && marks[0].1 == "refresh", "{marks:?}");
+    assert!(close_to(marks[1].0, 23.0 / 24.0) && marks[1].1 == "failure", "{marks:?}");
+    let marks = laid_out_marks(&c, "strip-healthy").await;
+    assert!(close_to(marks[0].0, 13.0 / 24.0) && close_to(marks[1].0, 21.0 / 24.0), "{marks:?}");
+    assert_eq!(
+        text(&c, "#strip-text-lapsed").await,
+        "1 refresh, 1 failure in the last 24 hours; last failure 1h 00m ago (11:00 UTC)."
+    );
+
+    assert_no_overflow(&c, "dashboard of six accounts").await;
+    shots.shoot(&c, "dashboard-fleet-375").await;
+    c.execute("document.getElementById('account-lapsed').scrollIntoView();", vec![]).await.unwrap();
+    shots.shoot(&c, "dashboard-fleet-card-375").await;
+    assert_accessible(&c, &axe, "dashboard at 375 px").await;
+
+    // The optional script updates the numbers in place: a minute later, without a reload, and
+    // without replacing what did not change (the card's buttons stay the same elements).
+    let on = c.execute("return document.documentElement.dataset.liveScript || null;", vec![]).await.unwrap();
+    assert_eq!(on, json!("on"), "the script from /assets/dashboard.js ran under the page's policy");
+    c.execute("document.getElementById('refresh-healthy').dataset.marker = 'kept';", vec![]).await.unwrap();
+    clock.advance(chrono::Duration::minutes(1));
+    let changed = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; window.tokenkeeperLive.refresh().then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, json!(6), "each of the six cards changed, nothing else did");
+    assert_eq!(text(&c, "#left-healthy").await, "4h 59m left of 8h 00m");
+    assert_eq!(text(&c, "#left-expiring").await, "9m left of 8h 00m");
+    let marker =
+        c.execute("return document.getElementById('refresh-healthy').dataset.marker || null;", vec![]).await.unwrap();
+    assert_eq!(marker, json!("kept"), "updated in place, not reloaded or rebuilt");
+    clock.set(support::fleet::now());
+
+    // The desktop view.
+    set_viewport(&c, 1280, 900).await;
+    c.goto(&format!("{base}/")).await.unwrap();
+    find(&c, "#account-healthy").await;
+    shots.shoot(&c, "dashboard-fleet-1280").await;
+    c.execute("document.getElementById('accounts').scrollIntoView();", vec![]).await.unwrap();
+    shots.shoot(&c, "dashboard-fleet-cards-1280").await;
+    c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
+    assert_accessible(&c, &axe, "dashboard at 1280 px").await;
+    // Filters live in the query string: a count links to its level.
+    click(&c, "#count-needs-login").await;
+    find(&c, "#shown").await;
+    assert!(c.current_url().await.unwrap().query().unwrap_or_default().contains("level=needs-login"));
+    assert_eq!(text(&c, "#shown").await, "Showing 1 of 6 accounts.");
+    browser.close().await;
+
+    // With JavaScript disabled: the same page, the same numbers, plain links and forms.
+    let browser = Browser::start(false).await;
+    let c = browser.client.clone();
+    sign_in(&c, &base).await;
+    assert_eq!(text(&c, "#left-healthy").await, "5h 00m left of 8h 00m");
+    assert_eq!(text(&c, "#pool-cooling-default").await, "Cooling down until 13:30 UTC");
+    let html = c.find(Locator::Css("html")).await.unwrap();
+    assert_eq!(html.attr("data-live-script").await.unwrap(), None, "the script did not run");
+    let bar = c.find(Locator::Css("#left-bar-healthy rect.fill")).await.unwrap();
+    assert_eq!(bar.attr("width").await.unwrap().as_deref(), Some("625"));
+    // The filter form is a plain GET form.
+    fill(&c, "#f-q", "lap").await;
+    click(&c, "#apply-filters").await;
+    find(&c, "#clear-filters").await;
+    assert!(c.current_url().await.unwrap().query().unwrap_or_default().contains("q=lap"));
+    assert_eq!(text(&c, "#shown").await, "Showing 2 of 6 accounts.");
+    assert!(c.find(Locator::Css("#account-healthy")).await.is_err());
+    browser.close().await;
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    e.base.mock.stop().await;
 }

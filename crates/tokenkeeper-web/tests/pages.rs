@@ -124,10 +124,19 @@ async fn every_page_renders_with_security_headers_and_no_token() {
         assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
         assert!(page.body.starts_with("<!DOCTYPE html>"), "{path}");
         assert!(page.body.contains("name=\"viewport\""), "{path}");
-        assert!(!page.body.contains("<script"), "{path}: no JavaScript");
+        // One optional script on the dashboard, from this origin; no inline code anywhere.
+        let scripts = page.body.matches("<script").count();
+        assert_eq!(scripts, usize::from(path == "/"), "{path}");
+        assert_eq!(
+            page.body.matches("<script src=\"/assets/dashboard.js\" defer></script>").count(),
+            scripts,
+            "{path}"
+        );
+        assert!(!page.body.contains(" onclick=") && !page.body.contains(" onload="), "{path}: no inline handlers");
         assert!(!page.body.contains(&t.access_token) && !page.body.contains(&t.refresh_token), "{path} leaks a token");
         let csp = page.headers.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
         assert!(csp.contains("default-src 'none'") && csp.contains("form-action 'self'"), "{csp}");
+        assert!(csp.contains("script-src 'self';") && !csp.contains("unsafe"), "{csp}");
         assert_eq!(page.headers.get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
         assert_eq!(page.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
     }
@@ -147,10 +156,10 @@ async fn the_dashboard_shows_status_in_words() {
     let dash = c.get("/").await;
     let b = &dash.body;
     assert!(b.contains("<h2 id=\"name-main\">main</h2>"), "{b}");
-    assert!(b.contains("class=\"badge ok\">Healthy"), "{b}");
+    assert!(b.contains("class=\"badge ok\" id=\"level-main\">Healthy"), "{b}");
     assert!(b.contains("valid for 6h 55m"), "{b}");
-    assert!(b.contains("main@example.com") || b.contains("Refresh token age"), "{b}");
-    assert!(b.contains("Refresh token age"));
+    assert!(b.contains("main@example.com"), "the email is shown: {b}");
+    assert!(b.contains("<span id=\"rt-main\">1h 05m old of about 30d 0h; about 29d 22h left</span>"), "{b}");
     assert!(b.contains("Last refresh</dt><dd>never"), "{b}");
     assert!(b.contains("0 times"), "{b}");
     let fp = tokenkeeper_core::Secret::new(t.access_token.clone()).fingerprint();
@@ -160,7 +169,7 @@ async fn the_dashboard_shows_status_in_words() {
 
     e.clock.advance(chrono::Duration::hours(8));
     let dash = c.get("/").await;
-    assert!(dash.body.contains("class=\"badge bad\">Expired"), "{}", dash.body);
+    assert!(dash.body.contains("class=\"badge bad\" id=\"level-main\">Expired"), "{}", dash.body);
     assert!(dash.body.contains("expired 1h 05m ago"), "{}", dash.body);
 }
 
@@ -442,7 +451,7 @@ async fn the_dashboard_shows_each_sinks_state() {
     let b = c.get("/").await.body;
     assert!(b.contains("bot-env (env_file): <span class=\"badge ok\">OK</span>"), "{b}");
     assert!(b.contains("broken-env (env_file): <span class=\"badge bad\">Failing</span>"), "{b}");
-    assert!(b.contains("class=\"badge warn\">Warning"), "a failing sink is a warning: {b}");
+    assert!(b.contains("class=\"badge warn\" id=\"level-main\">Warning"), "a failing sink is a warning: {b}");
 }
 
 #[tokio::test]
@@ -459,4 +468,162 @@ async fn a_rate_limited_refresh_says_when_to_try_again() {
     assert!(dash.body.contains("Could not refresh main right now"), "{}", dash.body);
     assert!(dash.body.contains("Try again in 2m."), "{}", dash.body);
     assert!(dash.body.contains("class=\"flash error\""), "{}", dash.body);
+}
+
+/// The `(data-x, data-kind)` of every mark in a strip's markup, in order.
+fn marks(svg: &str) -> Vec<(u32, String)> {
+    svg.split("data-x=\"")
+        .skip(1)
+        .map(|rest| {
+            let x = rest[..rest.find('"').unwrap()].parse().unwrap();
+            let k = rest.split("data-kind=\"").nth(1).unwrap();
+            (x, k[..k.find('"').unwrap()].to_owned())
+        })
+        .collect()
+}
+
+fn permille_of(body: &str, id: &str) -> u32 {
+    let e = support::element(body, id);
+    let v = e.split("data-permille=\"").nth(1).unwrap_or_else(|| panic!("no bar in {e}"));
+    v[..v.find('"').unwrap()].parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_the_fleet_with_exact_bars_strips_and_pools() {
+    let e = support::fleet::env().await;
+    let mut c = e.client();
+    c.sign_in().await;
+    let page = c.get("/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let b = support::unescape(&page.body);
+    let text = |id: &str| support::inner_text(&b, id);
+
+    // The summary: a count per level, the next refresh, and who needs a person.
+    for (level, n) in
+        [("healthy", 3), ("expiring", 1), ("warning", 1), ("critical", 0), ("needs-login", 1), ("expired", 0)]
+    {
+        let count = support::element(&b, &format!("count-{level}"));
+        assert!(count.contains(&format!("<span class=\"n\">{n}</span>")), "{level}: {count}");
+    }
+    let next = support::element(&b, "next-refresh");
+    assert!(next.contains("Next refresh:</strong> expiring "), "the account inside its lead is next: {next}");
+    let attention = support::element(&b, "attention-lapsed");
+    assert!(
+        attention.contains("Needs login") && attention.contains("The provider rejected its refresh token."),
+        "{attention}"
+    );
+    assert!(attention.contains("href=\"/wizard\">Log in lapsed again</a>"), "{attention}");
+    let sink = support::element(&b, "attention-deploy");
+    assert!(sink.contains("Delivery to bot-env fails: cannot write /srv/bot/.env: permission denied."), "{sink}");
+    assert!(sink.contains("Fix the sink bot-env") && sink.contains("tokenkeeper sync --account deploy"), "{sink}");
+    assert!(b.find("id=\"attention-lapsed\"").unwrap() < b.find("id=\"attention-deploy\"").unwrap(), "worst first");
+    for name in ["healthy", "expiring", "cooling", "laptop"] {
+        assert!(!b.contains(&format!("id=\"attention-{name}\"")), "{name} needs nobody");
+    }
+
+    // Time-left bars: width over the token's lifetime, and the same in words.
+    for (name, permille, label) in [
+        ("healthy", 625, "5h 00m left of 8h 00m"),
+        ("expiring", 21, "10m left of 8h 00m"),
+        ("lapsed", 250, "2h 00m left of 8h 00m"),
+        ("cooling", 875, "7h 00m left of 8h 00m"),
+        ("laptop", 750, "6h 00m left of 8h 00m"),
+        ("deploy", 500, "4h 00m left of 8h 00m"),
+    ] {
+        assert_eq!(permille_of(&b, &format!("left-bar-{name}")), permille, "{name}");
+        assert_eq!(text(&format!("left-{name}")), label, "{name}");
+    }
+    assert!(support::element(&b, "left-bar-lapsed").contains("class=\"fill bad\""), "needs login is drawn red");
+    assert!(support::element(&b, "left-bar-expiring").contains("class=\"fill info\""));
+    assert_eq!(text("level-expiring"), "Refreshing soon");
+    assert_eq!(text("level-lapsed"), "Needs login");
+    assert_eq!(text("level-deploy"), "Warning");
+    assert_eq!(text("follows-laptop"), "Follows Claude Code");
+
+    // Refresh-token age against its 30-day life.
+    assert_eq!(permille_of(&b, "rt-bar-healthy"), 200);
+    assert_eq!(text("rt-healthy"), "6d 0h old of about 30d 0h; about 24d 0h left");
+    assert_eq!(permille_of(&b, "rt-bar-lapsed"), 667);
+    assert!(support::element(&b, "rt-bar-healthy").contains("class=\"fill ok\""));
+
+    // The strips: each event at its place on the day (0 = 24 h ago, 1000 = now).
+    let strip = |name: &str| marks(support::element(&b, &format!("strip-{name}")));
+    assert_eq!(strip("healthy"), [(542, "refresh".to_owned()), (875, "refresh".to_owned())]);
+    assert_eq!(strip("expiring"), [(674, "refresh".to_owned())]);
+    assert_eq!(strip("lapsed"), [(750, "refresh".to_owned()), (958, "failure".to_owned())]);
+    assert_eq!(strip("laptop"), [(917, "refresh".to_owned())]);
+    assert_eq!(
+        text("strip-text-healthy"),
+        "2 refreshes, 0 failures in the last 24 hours; last refresh 3h 00m ago (09:00 UTC)."
+    );
+    assert_eq!(
+        text("strip-text-lapsed"),
+        "1 refresh, 1 failure in the last 24 hours; last failure 1h 00m ago (11:00 UTC)."
+    );
+    assert!(b.contains("refresh failed: invalid_grant: the refresh token was revoked"), "the events in words");
+
+    // Usage and pools.
+    assert_eq!(
+        text("spark-text-healthy"),
+        "40 requests and 8.0k tokens in the last 24 hours; busiest hour 10:00 UTC (30 requests)."
+    );
+    assert_eq!(text("spark-text-lapsed"), "Not used in the last 24 hours.");
+    assert_eq!(text("pool-cooling-default"), "Cooling down until 13:30 UTC");
+    assert!(support::element(&b, "pool-cooling-default").contains("data-state=\"cooling_down\""));
+    assert_eq!(text("pool-healthy-default"), "Active");
+    assert_eq!(text("pool-healthy-default-share"), "80% of the pool's 50 requests in 24 hours");
+    assert_eq!(permille_of(&b, "pool-healthy-default-share-bar"), 800);
+    assert_eq!(permille_of(&b, "pool-cooling-default-share-bar"), 200);
+    assert_eq!(text("pool-default-summary"), "2 of 3 accounts active, 1 cooling down, 50 requests in 24 hours.");
+    assert_eq!(text("member-default-cooling-state"), "Cooling down until 13:30 UTC");
+    assert!(!b.contains("id=\"pool-laptop-default\""), "laptop is in no pool");
+
+    // Most urgent first: needs login, warning, expiring, then by time left.
+    let order: Vec<usize> = ["lapsed", "deploy", "expiring", "healthy", "laptop", "cooling"]
+        .iter()
+        .map(|n| b.find(&format!("id=\"account-{n}\"")).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    for name in support::fleet::NAMES {
+        assert!(
+            !b.contains(&format!("oat01-{name}-")) && !b.contains(&format!("ort01-{name}")),
+            "no token of {name} on the page"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dashboards_filters_and_order_live_in_the_query_string() {
+    let e = support::fleet::env().await;
+    let mut c = e.client();
+    c.sign_in().await;
+    let cards = |body: &str| -> Vec<String> {
+        body.match_indices("<section class=\"card\" id=\"account-")
+            .map(|(i, m)| {
+                let rest = &body[i + m.len()..];
+                rest[..rest.find('"').unwrap()].to_owned()
+            })
+            .collect()
+    };
+    let page = c.get("/?level=needs-login").await.body;
+    assert_eq!(cards(&page), ["lapsed"]);
+    assert_eq!(support::inner_text(&page, "shown"), "Showing 1 of 6 accounts.");
+    assert!(page.contains("<option value=\"needs-login\" selected>"), "the form shows the filter");
+    assert!(
+        support::element(&page, "count-healthy").contains("<span class=\"n\">3</span>"),
+        "counts cover every account"
+    );
+
+    assert_eq!(cards(&c.get("/?level=attention").await.body), ["lapsed", "deploy"]);
+    assert_eq!(cards(&c.get("/?pool=default&sort=name").await.body), ["cooling", "expiring", "healthy"]);
+    assert_eq!(cards(&c.get("/?q=LAP").await.body), ["lapsed", "laptop"], "any case, name or email");
+    assert_eq!(
+        cards(&c.get("/?q=example.com&sort=time-left").await.body),
+        ["expiring", "lapsed", "deploy", "healthy", "laptop", "cooling"]
+    );
+    let none = c.get("/?provider=nobody").await.body;
+    assert!(cards(&none).is_empty());
+    assert!(none.contains("No account matches these filters."), "{none}");
+    // An unknown order falls back to the default rather than failing.
+    assert_eq!(c.get("/?sort=sideways").await.status, StatusCode::OK);
 }

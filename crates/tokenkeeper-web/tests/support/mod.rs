@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fleet;
+
 use std::net::SocketAddr;
 use std::ops::Deref;
 
@@ -17,6 +19,7 @@ use tokenkeeper_keeper::testing;
 use tokenkeeper_mock::IssuedTokens;
 use tokenkeeper_web::{router, WebState};
 
+#[allow(unused_imports)]
 pub use tokenkeeper_keeper::testing::{claude_json, start};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
@@ -50,14 +53,63 @@ pub async fn env() -> Env {
 }
 
 impl Env {
-    /// Logs in at the mock and stores the account (its mode left to the keeper).
+    /// Logs in at the mock as `name@example.com` and stores the account with that email (its
+    /// mode left to the keeper), as the login wizard does.
     pub async fn seed(&self, name: &str) -> IssuedTokens {
-        self.base.seed(name, None, None).await.1
+        log_in(&self.base.keeper, &self.base.mock, name).await
     }
 
     pub fn client(&self) -> Client {
         Client { app: self.app.clone(), cookies: Vec::new(), ip: None }
     }
+}
+
+/// The HTML from the element with `id` to the end of that element's line of markup: the
+/// start tag and what the template writes after it up to the next newline (every chart and
+/// label is written on one line).
+pub fn element<'a>(body: &'a str, id: &str) -> &'a str {
+    let marker = format!("id=\"{id}\"");
+    let at = body.find(&marker).unwrap_or_else(|| panic!("no #{id} in:\n{body}"));
+    let start = body[..at].rfind('<').unwrap();
+    let end = body[at..].find('\n').map_or(body.len(), |e| at + e);
+    &body[start..end]
+}
+
+/// The text inside the element with `id` (up to its first closing tag).
+pub fn inner_text(body: &str, id: &str) -> String {
+    let e = element(body, id);
+    let open_end = e.find('>').unwrap() + 1;
+    let close = e[open_end..].find("</").map_or(e.len(), |c| open_end + c);
+    e[open_end..close].to_owned()
+}
+
+/// Logs in at `mock` as `name@example.com` and has `keeper` store the account `name` with
+/// that email. (`testing::log_in` leaves the email unknown, as an import of a bare token
+/// would; the dashboard shows the email, so its tests need one.)
+pub async fn log_in(
+    keeper: &tokenkeeper_keeper::Keeper,
+    mock: &tokenkeeper_mock::MockProvider,
+    name: &str,
+) -> IssuedTokens {
+    let email = format!("{name}@example.com");
+    let t = mock.issue_login(&email);
+    let parsed = tokenkeeper_core::formats::ParsedCredential {
+        credential: testing::Env::credential(&t),
+        format: tokenkeeper_core::formats::Format::ClaudeJson,
+        email: Some(email),
+    };
+    keeper
+        .ingest(tokenkeeper_keeper::Ingest {
+            account: Some(name.into()),
+            parsed,
+            mode: None,
+            binding: None,
+            change: tokenkeeper_core::store::CredentialChange::LoggedIn,
+            organization: None,
+        })
+        .await
+        .unwrap();
+    t
 }
 
 /// A response, read whole.
