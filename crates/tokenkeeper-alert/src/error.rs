@@ -157,14 +157,7 @@ impl DeliveryError {
 
     /// The error with its chain of causes, on one line, for status output.
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(self);
-        while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            cur = e.source();
-        }
-        out
+        tokenkeeper_core::error_chain(self)
     }
 }
 

@@ -73,3 +73,22 @@ mod tests {
         assert_eq!(c.now(), start + Duration::hours(8));
     }
 }
+
+/// A `std` duration (configuration, timeouts) as a chrono one (arithmetic on timestamps),
+/// saturating at `chrono::Duration::MAX`: only durations of millions of years overflow, and
+/// "forever" is the meaning a configured value that large has. The one conversion every crate
+/// uses, so no caller picks its own fallback.
+pub fn chrono_duration(d: std::time::Duration) -> Duration {
+    Duration::from_std(d).unwrap_or(Duration::MAX)
+}
+
+#[cfg(test)]
+mod conversion_tests {
+    use super::*;
+
+    #[test]
+    fn converts_exactly_and_saturates() {
+        assert_eq!(chrono_duration(std::time::Duration::from_millis(1500)), Duration::milliseconds(1500));
+        assert_eq!(chrono_duration(std::time::Duration::MAX), Duration::MAX);
+    }
+}

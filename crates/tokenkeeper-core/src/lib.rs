@@ -9,6 +9,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod credential;
+pub mod error_text;
 pub mod formats;
 pub mod paths;
 pub mod secret;
@@ -23,5 +24,6 @@ pub use backend::{
 pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;
 pub use credential::{Credential, Freshness};
+pub use error_text::error_chain;
 pub use secret::{constant_time_eq, redact, Secret};
 pub use store::{Store, StoreError};

@@ -903,7 +903,4 @@ fn claude_dirs(binding: Option<&Binding>) -> Option<Vec<ClaudeLockDir>> {
     b.path.parent().map(claude_lock_dirs)
 }
 
-/// std → chrono duration (saturating).
-pub fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
+pub use tokenkeeper_core::clock::chrono_duration;

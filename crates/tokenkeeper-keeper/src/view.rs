@@ -61,9 +61,9 @@ pub struct AccountView {
 pub fn thresholds(config: &Config, account: &Account) -> Thresholds {
     let p = config.provider(&account.provider);
     Thresholds {
-        lead: chrono::Duration::from_std(config.keeper.lead).unwrap_or(chrono::Duration::MAX),
-        refresh_token_warn_age: chrono::Duration::from_std(p.refresh_token_warn_age).unwrap_or(chrono::Duration::MAX),
-        refresh_token_life: chrono::Duration::from_std(p.refresh_token_life).unwrap_or(chrono::Duration::MAX),
+        lead: tokenkeeper_core::clock::chrono_duration(config.keeper.lead),
+        refresh_token_warn_age: tokenkeeper_core::clock::chrono_duration(p.refresh_token_warn_age),
+        refresh_token_life: tokenkeeper_core::clock::chrono_duration(p.refresh_token_life),
     }
 }
 

@@ -232,7 +232,7 @@ impl State {
     fn issue_access(&mut self, email: &str) -> (String, u64, DateTime<Utc>) {
         let token = format!("sk-ant-oat01-{}", random_string(48));
         let expires_in = self.access_lifetime.as_secs();
-        let lifetime = chrono::Duration::from_std(self.access_lifetime).unwrap_or(chrono::Duration::hours(8));
+        let lifetime = tokenkeeper_core::clock::chrono_duration(self.access_lifetime);
         let expires_at = self.now() + lifetime;
         self.access.insert(token.clone(), AccessEntry { email: email.to_owned(), expires_at });
         (token, expires_in, expires_at)

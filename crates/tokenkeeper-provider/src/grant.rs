@@ -71,7 +71,7 @@ impl TokenGrant {
     /// (the provider did not rotate it); missing scopes keep `previous`'s; the subscription type
     /// and rate-limit tier, which the token endpoint does not report, are carried over.
     pub fn into_credential(self, now: DateTime<Utc>, previous: Option<&Credential>) -> Credential {
-        let lifetime = chrono::Duration::from_std(self.expires_in).unwrap_or(chrono::Duration::hours(8));
+        let lifetime = tokenkeeper_core::clock::chrono_duration(self.expires_in);
         let scopes =
             if self.scopes.is_empty() { previous.map(|p| p.scopes.clone()).unwrap_or_default() } else { self.scopes };
         Credential {

@@ -424,7 +424,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             }
         };
         let now = inner.keeper.clock().now();
-        let cap = chrono::Duration::from_std(inner.config.max_cooldown).unwrap_or(chrono::Duration::days(8));
+        let cap = tokenkeeper_core::clock::chrono_duration(inner.config.max_cooldown);
         let verdict = classify(response.status(), response.headers(), now, cap);
         if let Some(u) = utilization(response.headers()) {
             inner.accounts.with(|m| m.entry(name.clone()).or_default().utilization = Some(u));

@@ -161,7 +161,7 @@ impl Pool {
             }
             Strategy::Sticky => {
                 let Some(session) = session else { return Some(self.weighted_turn(available)) };
-                let ttl = chrono::Duration::from_std(self.sticky_ttl).unwrap_or(chrono::Duration::hours(1));
+                let ttl = tokenkeeper_core::clock::chrono_duration(self.sticky_ttl);
                 let mut sessions = lock(&self.sessions);
                 if let Some((bound, seen)) = sessions.get_mut(session) {
                     if now - *seen < ttl && available.iter().any(|c| c.account.name == *bound) {

@@ -184,17 +184,7 @@ fn keeper_hint(e: &KeeperError) -> &'static str {
     }
 }
 
-/// The error and its sources, for the log.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+use tokenkeeper_core::error_chain as chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

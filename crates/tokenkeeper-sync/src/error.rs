@@ -142,14 +142,5 @@ impl SyncError {
     }
 }
 
-/// The full chain of an error in one line (`a: b: c`), for status and logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+/// The full chain of an error in one line (`a: b: c`), for status and logs (core's one).
+pub use tokenkeeper_core::error_chain;

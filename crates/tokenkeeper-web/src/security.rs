@@ -67,7 +67,7 @@ impl SignInLimiter {
     }
 
     fn window() -> chrono::Duration {
-        chrono::Duration::from_std(SIGN_IN_WINDOW).unwrap_or(chrono::Duration::minutes(15))
+        tokenkeeper_core::clock::chrono_duration(SIGN_IN_WINDOW)
     }
 
     /// `Err(wait)` when `ip` has used its failures for this window.

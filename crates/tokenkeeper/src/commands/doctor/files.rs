@@ -336,7 +336,7 @@ pub fn claude_locks(config_dirs: &BTreeSet<PathBuf>) -> Vec<Finding> {
             let Ok(meta) = std::fs::symlink_metadata(&lock.path) else { continue };
             clean = false;
             let age = meta.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok()).unwrap_or_default();
-            let age_text = human_duration(chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX));
+            let age_text = human_duration(tokenkeeper_core::clock::chrono_duration(age));
             if age <= lock.stale {
                 out.push(Finding::ok(format!(
                     "Claude Code's lock {} is held and fresh (touched {age_text} ago): a refresh is under way",
@@ -347,7 +347,7 @@ pub fn claude_locks(config_dirs: &BTreeSet<PathBuf>) -> Vec<Finding> {
             let what = format!(
                 "Claude Code's lock {} is stale: untouched for {age_text} (stale after {})",
                 lock.path.display(),
-                human_duration(chrono::Duration::from_std(lock.stale).unwrap_or(chrono::Duration::MAX))
+                human_duration(tokenkeeper_core::clock::chrono_duration(lock.stale))
             );
             let rmdir = format!("rmdir {}", shell_quote(&lock.path));
             let fix = match processes.get_or_insert_with(claude_processes) {

@@ -20,20 +20,7 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// `anthropic-beta` flag that lets an OAuth subscription token call the API.
 const OAUTH_BETA: &str = "oauth-2025-04-20";
 
-/// The error chain of `e`, one cause after another.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    out
-}
+use tokenkeeper_core::error_chain as chain;
 
 /// Whether the provider's token endpoint answers at all. An empty JSON object matches no
 /// grant, so nothing is spent; any HTTP answer counts.
