@@ -25,5 +25,5 @@ pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedC
 pub use config::Config;
 pub use credential::{Credential, Freshness};
 pub use error_text::error_chain;
-pub use secret::{constant_time_eq, redact, Secret};
+pub use secret::{constant_time_eq, random_bytes, redact, Secret};
 pub use store::{Store, StoreError};

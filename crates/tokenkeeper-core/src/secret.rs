@@ -156,6 +156,15 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// `N` bytes from the operating system's random source: the one generator behind API keys, the
+/// admin token, session ids, CSRF tokens, PKCE verifiers and the installation key.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
 impl From<String> for Secret {
     fn from(value: String) -> Self {
         Self(value)

@@ -80,9 +80,7 @@ impl EncryptionKey {
 
     /// A fresh random key.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; KEY_LEN];
-        OsRng.fill_bytes(&mut bytes);
-        Self { bytes }
+        Self { bytes: tokenkeeper_core::random_bytes::<KEY_LEN>() }
     }
 
     /// The key in base64, as `TOKENKEEPER_KEY` and the key file hold it.

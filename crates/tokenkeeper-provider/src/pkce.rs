@@ -3,7 +3,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 use tokenkeeper_core::Secret;
 
@@ -38,9 +37,7 @@ impl Default for PkceLogin {
 }
 
 fn random_32() -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes
+    tokenkeeper_core::random_bytes::<32>()
 }
 
 /// The S256 code challenge of a verifier.

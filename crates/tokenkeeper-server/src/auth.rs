@@ -25,7 +25,6 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Duration, Utc};
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use tokenkeeper_core::account::validate_account_name;
@@ -404,10 +403,9 @@ pub const KEY_PREFIX: &str = "tk_";
 /// The prefix of a generated admin token.
 pub const ADMIN_PREFIX: &str = "tka_";
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
+/// `N` random bytes (core's one generator), hex.
+fn random_hex<const N: usize>() -> String {
+    hex::encode(tokenkeeper_core::random_bytes::<N>())
 }
 
 /// SHA-256 of a key, hex: what the store keeps.
@@ -462,8 +460,8 @@ pub async fn create_api_key(
     if existing.iter().any(|k| k.revoked_at.is_none() && k.name == name) {
         return Err(ServerError::DuplicateKeyName(name.to_owned()));
     }
-    let id = random_hex(6);
-    let key = Secret::new(format!("{KEY_PREFIX}{id}_{}", random_hex(32)));
+    let id = random_hex::<6>();
+    let key = Secret::new(format!("{KEY_PREFIX}{id}_{}", random_hex::<32>()));
     let mut accounts = accounts.to_vec();
     accounts.sort();
     accounts.dedup();
@@ -518,11 +516,11 @@ pub fn load_or_create_admin_token(data_dir: &Path, env_override: Option<&str>) -
         Err(source) => return Err(ServerError::Io { action: "read the admin token file", path, source }),
     }
     create_dir_private(data_dir)?;
-    let token = Secret::new(format!("{ADMIN_PREFIX}{}", random_hex(32)));
+    let token = Secret::new(format!("{ADMIN_PREFIX}{}", random_hex::<32>()));
     // Written whole to a private temp file, then hard-linked into place: a reader never sees
     // an empty file, a crash never leaves one, and of two processes starting at once exactly
     // one link succeeds (the other uses the winner's token).
-    let tmp = data_dir.join(format!(".admin-token.{}.tmp", random_hex(8)));
+    let tmp = data_dir.join(format!(".admin-token.{}.tmp", random_hex::<8>()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use rand::RngCore as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -41,9 +40,7 @@ const MAX_SESSIONS: usize = 256;
 
 /// 32 random bytes from the OS, base64url: session ids and CSRF tokens.
 pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    URL_SAFE_NO_PAD.encode(tokenkeeper_core::random_bytes::<32>())
 }
 
 fn key_of(id: &str) -> [u8; 32] {
