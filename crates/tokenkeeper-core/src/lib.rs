@@ -11,6 +11,7 @@ pub mod config;
 pub mod credential;
 pub mod formats;
 pub mod paths;
+pub mod pool;
 pub mod secret;
 pub mod status;
 pub mod store;

@@ -165,3 +165,49 @@ async fn the_proxy_on_its_own_listener_stops_with_serve_and_the_usage_of_a_drain
     let input: u64 = usage.iter().map(|u| u.input_tokens).sum();
     assert_eq!((input, output), (8, 4), "the stream's usage (message_start + message_delta) was flushed: {usage:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limited_account_shows_its_cooldown_in_oauth_status_status_and_pool() {
+    let w = World::new().await;
+    let key = two_accounts_and_a_key(&w);
+    let port = free_port();
+    let server = spawn_serve(&w, &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let url = format!("http://127.0.0.1:{port}");
+    let client = anthropic_client();
+    w.mock.set_account_fault("a@example.com", Some(Fault::Messages429 { reset_secs: 600 }));
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..2 {
+        let r = client.post(format!("{url}/v1/messages")).header("x-api-key", &key).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "failed over to b");
+    }
+    let now = chrono::Utc::now().timestamp();
+
+    let status: serde_json::Value =
+        client.get(format!("{url}/oauth/status")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let token = |name: &str| status["tokens"].as_array().unwrap().iter().find(|t| t["account_email"] == name).cloned();
+    let (a, b) = (token("a").unwrap(), token("b").unwrap());
+    assert_eq!(a["pool"], "default");
+    assert_eq!(a["pools"], serde_json::json!(["default"]));
+    assert_eq!(a["pool_state"], "cooling_down");
+    let until = a["cooldown_until"].as_i64().unwrap();
+    assert!((now + 590..=now + 610).contains(&until), "until the reset the headers gave: {until} vs {now}");
+    assert_eq!(b["pool_state"], "active");
+    assert!(b["cooldown_until"].is_null());
+    assert!(b["usage_count"].as_u64().is_some() && b["last_used"].is_string(), "seed 003's fields stay");
+
+    let text = w.ok(&["status"], "");
+    assert!(text.contains("proxy a: cooling down (all models) until"), "{text}");
+    assert!(!text.contains("proxy b:"), "{text}");
+
+    let pools: serde_json::Value = serde_json::from_str(&w.ok(&["pool", "--json"], "")).unwrap();
+    let default = &pools.as_array().unwrap()[0];
+    assert_eq!(default["name"], "default");
+    let member = |n: &str| default["members"].as_array().unwrap().iter().find(|m| m["account"] == n).cloned().unwrap();
+    assert_eq!(member("a")["state"], "cooling_down");
+    assert_eq!(member("b")["state"], "active");
+    let table = w.ok(&["pool"], "");
+    assert!(table.contains("pool default (round_robin)") && table.contains("cooling down"), "{table}");
+    let out = w.run(&["pool", "nothere"], "");
+    assert!(!out.status.success() && stderr(&out).contains("[pools.nothere]"), "{}", stderr(&out));
+    stop(server);
+}
