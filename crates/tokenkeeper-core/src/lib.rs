@@ -12,6 +12,7 @@ pub mod credential;
 pub mod error_text;
 pub mod formats;
 pub mod paths;
+pub mod pool;
 pub mod secret;
 pub mod status;
 pub mod store;

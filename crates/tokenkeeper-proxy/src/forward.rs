@@ -241,6 +241,16 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, inner.config.max_body_bytes).await {
         Ok(b) => b,
+        Err(e) if !is_length_limit(&e) => {
+            // The server's body timeout (`[server] body_read_timeout`) or a client that went
+            // away mid-body.
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                "the request body stopped arriving before its end",
+                None,
+            );
+        }
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -560,6 +570,19 @@ fn exhausted(
         &format!("none of the {members} accounts of pool `{pool}` can take requests (they need a new login: `tokenkeeper status`)"),
         None,
     )
+}
+
+/// Whether reading a body failed on `[proxy] max_body_bytes` (rather than a timeout or a
+/// broken connection).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn error_body(kind: &str, message: &str) -> Bytes {

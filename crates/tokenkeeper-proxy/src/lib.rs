@@ -361,17 +361,8 @@ pub struct PoolSnapshot {
     pub members: Vec<MemberSnapshot>,
 }
 
-/// Whether an account takes requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberState {
-    /// Takes requests.
-    Active,
-    /// Rate limited until `cooldown_until` (for every model).
-    CoolingDown,
-    /// The provider rejected its refresh token: log in again.
-    NeedsLogin,
-}
+/// Whether an account takes requests (active, cooling down, needs login).
+pub use tokenkeeper_core::pool::PoolState as MemberState;
 
 /// One account of a pool.
 #[derive(Debug, Clone, Serialize)]

@@ -12,47 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use tokenkeeper_core::config::{Config, PoolConfig, PoolMember, Strategy};
 use tokenkeeper_core::{Account, AccountState};
 
-/// The prefix of cooldown keys in the store's installation state.
-pub const COOLDOWN_PREFIX: &str = "cooldown/";
-
-/// The name of the pool of keys that name none.
-pub const DEFAULT_POOL: &str = "default";
+pub use tokenkeeper_core::pool::{Cooldown, COOLDOWN_PREFIX, DEFAULT_POOL};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain counters and maps: a panic elsewhere leaves nothing half-done that matters.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A stored cooldown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cooldown {
-    /// When it ends.
-    pub until: DateTime<Utc>,
-    /// The model family it applies to (`None`: every model).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family: Option<String>,
-    /// Why, in words (no secrets).
-    pub reason: String,
-}
-
-impl Cooldown {
-    /// The installation-state key of this cooldown of `account`.
-    pub fn key(account: &str, family: Option<&str>) -> String {
-        match family {
-            Some(f) => format!("{COOLDOWN_PREFIX}{account}/{f}"),
-            None => format!("{COOLDOWN_PREFIX}{account}"),
-        }
-    }
-
-    /// Whether it applies to a request for `family` at `now`.
-    pub fn blocks(&self, family: Option<&str>, now: DateTime<Utc>) -> bool {
-        self.until > now && (self.family.is_none() || self.family.as_deref() == family)
-    }
 }
 
 /// What this process knows about one account.
@@ -248,14 +216,7 @@ impl Accounts {
 
     /// Replaces the cooldowns with the store's (`list_state("cooldown/")`).
     pub fn set_cooldowns(&self, stored: Vec<(String, serde_json::Value)>) {
-        let mut by_account: HashMap<String, Vec<Cooldown>> = HashMap::new();
-        for (key, value) in stored {
-            let Some(rest) = key.strip_prefix(COOLDOWN_PREFIX) else { continue };
-            let account = rest.split('/').next().unwrap_or(rest).to_owned();
-            if let Ok(c) = serde_json::from_value::<Cooldown>(value) {
-                by_account.entry(account).or_default().push(c);
-            }
-        }
+        let mut by_account = tokenkeeper_core::pool::cooldowns_by_account(stored);
         self.with(|map| {
             for (name, rt) in map.iter_mut() {
                 rt.cooldowns = by_account.remove(name).unwrap_or_default();

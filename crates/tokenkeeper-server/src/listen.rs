@@ -66,8 +66,7 @@ pub fn exposes_plaintext(addr: SocketAddr, tls: bool) -> bool {
     !tls && !addr.ip().is_loopback()
 }
 
-fn tls_files(state: &AppState) -> Result<Option<(PathBuf, PathBuf)>, ServerError> {
-    let server = &state.keeper.config().server;
+fn tls_files(server: &ServerConfig) -> Result<Option<(PathBuf, PathBuf)>, ServerError> {
     match (&server.tls_cert, &server.tls_key) {
         (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
         (None, None) => Ok(None),
@@ -84,7 +83,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let addr = listener.local_addr()?;
-    let tls = match tls_files(&state)? {
+    let tls = match tls_files(&state.keeper.config().server)? {
         Some((cert, key)) => Some(tls_config(&cert, &key)?),
         None => None,
     };
@@ -102,26 +101,7 @@ pub async fn serve(
     };
 
     tracing::info!(%addr, tls = secure, max_connections = limits.max_connections, "HTTP API listening");
-    let handle = axum_server::Handle::new();
-    let watcher = tokio::spawn(stop_on(shutdown.clone(), handle.clone(), limits.request_timeout));
-    let limit = ConnectionLimit::new(limits.max_connections);
-    let std_listener = listener.into_std()?;
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let tcp_result = match tls {
-        Some(config) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
-                .handshake_timeout(limits.header_read_timeout)
-                .acceptor(limit);
-            let server = axum_server::from_tcp(std_listener)?.acceptor(acceptor).handle(handle);
-            configure(server, &limits).serve(make_service).await
-        }
-        None => {
-            let server = axum_server::from_tcp(std_listener)?.acceptor(limit).handle(handle);
-            configure(server, &limits).serve(make_service).await
-        }
-    };
-    watcher.abort();
+    let tcp_result = serve_tcp(listener, app, tls, &limits, shutdown.clone()).await;
     if let Some(u) = unix {
         if tcp_result.is_err() {
             // The TCP side failed before shutdown: don't wait for a shutdown that may never
@@ -140,6 +120,62 @@ pub async fn serve(
     }
     tracing::info!("HTTP API stopped");
     tcp_result
+}
+
+/// Serves `app` on a listener of its own (the proxy's `[proxy] listen`) with `[server]`'s TLS
+/// files, connection limit and header timeout, until `shutdown` resolves; then drains like
+/// [`serve`] (requests in flight get up to `[server] request_timeout`). Like
+/// [`AppState::with_streaming_routes`], only `[server] body_read_timeout` is added (the longest
+/// pause while a request body arrives), no whole-request timeout: `app` bounds the rest.
+pub async fn serve_routes(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    let tls = match tls_files(limits)? {
+        Some((cert, key)) => Some(tls_config(&cert, &key)?),
+        None => None,
+    };
+    if exposes_plaintext(addr, tls.is_some()) {
+        tracing::warn!(%addr, "{}", PLAINTEXT_WARNING);
+    }
+    tracing::info!(%addr, tls = tls.is_some(), max_connections = limits.max_connections, "listening");
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_read_timeout));
+    serve_tcp(listener, app, tls, limits, shutdown).await
+}
+
+/// The TCP side of [`serve`] and [`serve_routes`]: `app` on `listener`, TLS when `tls` is
+/// set, under `limits`, until `shutdown`, then drained.
+async fn serve_tcp(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<rustls::ServerConfig>,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let watcher = tokio::spawn(stop_on(shutdown, handle.clone(), limits.request_timeout));
+    let limit = ConnectionLimit::new(limits.max_connections);
+    let std_listener = listener.into_std()?;
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let result = match tls {
+        Some(config) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .handshake_timeout(limits.header_read_timeout)
+                .acceptor(limit);
+            let server = axum_server::from_tcp(std_listener)?.acceptor(acceptor).handle(handle);
+            configure(server, limits).serve(make_service).await
+        }
+        None => {
+            let server = axum_server::from_tcp(std_listener)?.acceptor(limit).handle(handle);
+            configure(server, limits).serve(make_service).await
+        }
+    };
+    watcher.abort();
+    result
 }
 
 /// What `serve` logs, once, when it listens on a non-loopback address without TLS.

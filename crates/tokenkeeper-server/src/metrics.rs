@@ -103,7 +103,7 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
 
     let mut out = String::new();
     encode_registry(&mut out, &registry).map_err(ApiError::Metrics)?;
-    if let Some(hook) = &st.extra_metrics {
+    for hook in &st.extra_metrics {
         hook(&mut out);
         if !out.ends_with('\n') {
             out.push('\n');

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use tokenkeeper_core::pool::{self, PoolState};
 use tokenkeeper_core::status::human_duration;
 use tokenkeeper_core::Account;
 use tokenkeeper_keeper::{IngestOutcome, KeeperError};
@@ -134,6 +135,15 @@ pub struct TokenStatus {
     pub created_at: i64,
     /// OAuth scopes.
     pub scopes: Vec<String>,
+    /// The proxy pool the account serves first: the first `[pools.*]` listing it, else
+    /// `default` (`null` when it is in none).
+    pub pool: Option<String>,
+    /// Every proxy pool the account belongs to.
+    pub pools: Vec<String>,
+    /// `active`, `cooling_down` (rate limited until `cooldown_until`) or `needs_login`.
+    pub pool_state: PoolState,
+    /// When its account-wide rate-limit cooldown ends, unix seconds (`null` when none runs).
+    pub cooldown_until: Option<i64>,
 }
 
 /// `GET /oauth/status`.
@@ -159,9 +169,13 @@ pub async fn status(
     accounts.retain(|a| auth.may_use(&a.name));
     accounts.sort_by(|a, b| a.name.cmp(&b.name));
     let sinks = st.sink_statuses();
+    let cooldowns = pool::cooldowns_by_account(st.keeper.store().list_state(pool::COOLDOWN_PREFIX).await?);
+    let config = st.keeper.config();
     let tokens: Vec<TokenStatus> = accounts
         .iter()
         .map(|a| {
+            let mine = cooldowns.get(&a.name).map_or(&[][..], Vec::as_slice);
+            let pools = pool::pools_of(config, &a.name);
             let level = st.view_with(a, &sinks).view.level;
             let minutes = a.credential.time_left(now).num_seconds() as f64 / 60.0;
             TokenStatus {
@@ -174,6 +188,10 @@ pub async fn status(
                 last_used_timestamp: a.usage.last_used_at.map(|t| t.timestamp()),
                 created_at: a.created_at.timestamp(),
                 scopes: a.credential.scopes.clone(),
+                pool: pools.first().cloned(),
+                pool_state: PoolState::of(a, mine, now),
+                cooldown_until: pool::cooldown_until(mine, now).map(|t| t.timestamp()),
+                pools,
             }
         })
         .collect();

@@ -26,7 +26,8 @@ const MAX_PENDING_LOGINS: usize = 64;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A hook that appends Prometheus text to `/metrics` (for metrics of other components, such as
-/// alert delivery). It must write complete, valid exposition lines and no secrets.
+/// alert delivery or the proxy). It must write complete, valid exposition lines and no secrets.
+/// Several hooks run in the order they were added.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// Routes of other components (the web page, the proxy) served beside the API on the same
@@ -49,9 +50,10 @@ pub struct AppState {
     pub(crate) admin_token: Arc<Secret>,
     logins: Arc<Mutex<HashMap<String, PendingLogin>>>,
     limiter: Arc<Mutex<FailureLimiter>>,
-    pub(crate) extra_metrics: Option<ExtraMetrics>,
+    pub(crate) extra_metrics: Vec<ExtraMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
+    pub(crate) streaming_routes: Option<axum::Router>,
     keys: Arc<Mutex<KeyCache>>,
 }
 
@@ -127,16 +129,30 @@ impl AppState {
             admin_token: Arc::new(admin_token),
             logins: Arc::default(),
             limiter: Arc::default(),
-            extra_metrics: None,
+            extra_metrics: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             keys: Arc::default(),
             extra_routes: None,
+            streaming_routes: None,
         }
     }
 
     /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
     pub fn with_routes(mut self, routes: ExtraRoutes) -> Self {
         self.extra_routes = Some(routes);
+        self
+    }
+
+    /// Also serves `routes` on the same listener, but outside the API's whole-request timeout
+    /// (`[server] request_timeout`): for answers that last as long as they last, such as the
+    /// proxy's streams. Only the request *body* timeout (`[server] body_read_timeout`, the
+    /// longest pause while a body arrives) still applies; the routes must bound everything
+    /// else themselves (body size, upstream timeouts). Several calls merge.
+    pub fn with_streaming_routes(mut self, routes: axum::Router) -> Self {
+        self.streaming_routes = Some(match self.streaming_routes.take() {
+            Some(r) => r.merge(routes),
+            None => routes,
+        });
         self
     }
 
@@ -168,9 +184,9 @@ impl AppState {
         Ok(found)
     }
 
-    /// Adds a hook that appends Prometheus text to `/metrics`.
+    /// Adds a hook that appends Prometheus text to `/metrics`, after the hooks added before.
     pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
-        self.extra_metrics = Some(hook);
+        self.extra_metrics.push(hook);
         self
     }
 

@@ -382,9 +382,18 @@ async fn oauth_login_flow_status_and_deletion_follow_seed_003() {
         "last_used_timestamp",
         "created_at",
         "scopes",
+        // The proxy's pool (issue 14), beside seed 003's fields.
+        "pool",
+        "pools",
+        "pool_state",
+        "cooldown_until",
     ]
     .into();
     assert_eq!(fields, expected);
+    assert_eq!(
+        (&t["pool"], &t["pool_state"], &t["cooldown_until"]),
+        (&"default".into(), &"active".into(), &serde_json::Value::Null)
+    );
     assert_eq!(t["account_email"], "user1@example.com");
     assert_eq!(t["usage_count"], 1);
     assert_eq!(t["last_used"], "5m ago");

@@ -63,6 +63,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Create, list and revoke API keys for the HTTP API
     Keys(KeysArgs),
+    /// The API proxy's pools: accounts, state, cooldown end, usage in the last 24 h
+    Pool(PoolArgs),
     /// The HTTP server's own settings (print the admin token)
     Server(ServerArgs),
     /// Send a local credential (Claude Code's file, the Keychain, stdin) to a remote tokenkeeper server
@@ -149,6 +151,17 @@ pub struct StatusArgs {
     /// Only this account
     #[arg(long, short = 'a', value_name = "NAME")]
     pub account: Option<String>,
+    /// Output JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pool`.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    /// Only this pool
+    #[arg(value_name = "POOL")]
+    pub pool: Option<String>,
     /// Output JSON
     #[arg(long)]
     pub json: bool,

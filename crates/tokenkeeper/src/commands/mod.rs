@@ -7,6 +7,7 @@ mod exec;
 mod import;
 mod keys;
 mod login;
+mod pool;
 mod push;
 mod refresh;
 mod serve;
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Serve(args) => serve::run(App::open(&global).await?, args).await,
         Command::Sync(args) => sync::run(&App::open(&global).await?, args).await,
         Command::Keys(args) => keys::run(&App::open(&global).await?, args).await,
+        Command::Pool(args) => pool::run(&App::open(&global).await?, args).await,
         Command::Server(args) => server::run(&global, args).await,
         Command::Push(args) => push::run(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,

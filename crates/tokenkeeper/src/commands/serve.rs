@@ -1,6 +1,7 @@
-//! `tokenkeeper serve`: the daemon, and beside it the HTTP API and web page (unless
-//! `--no-http` or `[server] enabled = false`). Stops cleanly on SIGTERM/SIGINT; tells systemd
-//! when ready, which is once the listener is bound and the daemon has started.
+//! `tokenkeeper serve`: the daemon, and beside it the HTTP API, the web page and the Anthropic
+//! API proxy (unless `--no-http` or `[server] enabled = false`; the proxy also unless
+//! `[proxy] enabled = false`). Stops cleanly on SIGTERM/SIGINT; tells systemd when ready,
+//! which is once the listeners are bound and the daemon has started.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 
 use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_daemon::Daemon;
+use tokenkeeper_proxy::ProxyState;
 use tokenkeeper_server::{load_or_create_admin_token, AppState, ADMIN_TOKEN_ENV};
 use tokenkeeper_sync::sink::SinkSet;
 
@@ -45,6 +47,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         Some(Arc::new(engine))
     };
     let http = !args.no_http && app.config.server.enabled;
+    let mut proxy_server = None;
     let server = if http {
         let from_env = std::env::var(ADMIN_TOKEN_ENV).ok();
         let admin = load_or_create_admin_token(&app.data_dir, from_env.as_deref())?;
@@ -67,6 +70,11 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         if let Some(alerts) = &alerts {
             let alerts = alerts.clone();
             state = state.with_extra_metrics(Arc::new(move |out: &mut String| alert_metrics(&alerts, out)));
+        }
+        if let Some(proxy) = proxy_state(&app)? {
+            let (mounted, own) = mount_proxy(&app, proxy, state, &stop_tx).await?;
+            state = mounted;
+            proxy_server = own;
         }
         let mut stop = stop_rx.clone();
         let failed = stop_tx.clone();
@@ -114,6 +122,12 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
             Err(_) => tracing::warn!("the HTTP server did not drain in time"),
         }
     }
+    if let Some(handle) = proxy_server {
+        if !drain_proxy(handle).await {
+            code = exit::FAILURE;
+        }
+    }
+    flush_after_drain(&app).await;
     daemon_result?;
     if let Ok(s) = Arc::try_unwrap(sinks) {
         s.shutdown().await;
@@ -122,6 +136,82 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         engine.shutdown().await;
     }
     Ok(code)
+}
+
+/// The proxy over the app's keeper, unless `[proxy] enabled = false`.
+fn proxy_state(app: &App) -> Result<Option<ProxyState>> {
+    if !app.config.proxy.enabled {
+        tracing::info!("the API proxy is disabled ([proxy] enabled = false)");
+        return Ok(None);
+    }
+    let proxy = ProxyState::new(app.keeper.clone(), &app.config).context("cannot set up the API proxy ([proxy])")?;
+    Ok(Some(proxy))
+}
+
+/// Mounts the proxy: its metrics join `/metrics`; its routes (`/v1/*`) join the main listener
+/// outside the API's request timeout (streams last as long as they last), or, with
+/// `[proxy] listen`, get a listener of their own, bound now (so `ready` means it accepts),
+/// stopped by the same stop signal and drained like the API. A proxy server that fails stops
+/// `serve`, like the API's.
+async fn mount_proxy(
+    app: &App,
+    proxy: ProxyState,
+    state: AppState,
+    stop_tx: &watch::Sender<bool>,
+) -> Result<(AppState, Option<tokio::task::JoinHandle<std::io::Result<()>>>)> {
+    let metrics = proxy.clone();
+    let state = state.with_extra_metrics(Arc::new(move |out: &mut String| metrics.metrics(out)));
+    let routes = tokenkeeper_proxy::router(proxy);
+    let Some(listen) = app.config.proxy.listen else {
+        tracing::info!(listen = %app.config.server.listen, "API proxy at /v1/* on the main listener");
+        return Ok((state.with_streaming_routes(routes), None));
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} for the API proxy; change [proxy] listen, or leave it out to serve the proxy on [server] listen")
+    })?;
+    let limits = app.config.server.clone();
+    let mut stop = stop_tx.subscribe();
+    let failed = stop_tx.clone();
+    let handle = tokio::spawn(async move {
+        let result = tokenkeeper_server::serve_routes(listener, routes, &limits, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the API proxy's server failed");
+        }
+        let _ = failed.send(true);
+        result
+    });
+    Ok((state, Some(handle)))
+}
+
+/// Waits for the proxy's own server to drain (at most [`HTTP_DRAIN`]); false if it failed.
+async fn drain_proxy(handle: tokio::task::JoinHandle<std::io::Result<()>>) -> bool {
+    match tokio::time::timeout(HTTP_DRAIN, handle).await {
+        Ok(Ok(Ok(()))) => true,
+        Ok(Ok(Err(e))) => {
+            eprintln!("error: the API proxy's server failed: {e}");
+            false
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: the API proxy's server task failed: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("the API proxy did not drain in time");
+            true
+        }
+    }
+}
+
+/// Flushes the usage counted while the servers drained (the daemon flushed when it stopped,
+/// but proxied streams and hand-outs that ended after that counted more).
+async fn flush_after_drain(app: &App) {
+    match app.keeper.flush_usage().await {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot flush the usage counted during the drain; it is lost"),
+    }
 }
 
 /// `tokenkeeper_alert_deliveries_total{channel, result}` in Prometheus text format. Channel

@@ -21,10 +21,34 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
         println!("No accounts yet: run `tokenkeeper login` or `tokenkeeper import`.");
     } else {
         print!("{}", status_table(&rows, now));
+        print_cooldowns(app, args.account.as_deref(), now).await;
         print_sinks(app, args.account.as_deref()).await;
         print_alert_channels(app).await;
     }
     Ok(exit::OK)
+}
+
+/// The API proxy's cooldowns still running (stored by any replica; each ends by itself at its
+/// time): a rate-limited account gets no proxied requests until then.
+async fn print_cooldowns(app: &App, only: Option<&str>, now: chrono::DateTime<chrono::Utc>) {
+    use tokenkeeper_core::pool::{cooldowns_by_account, COOLDOWN_PREFIX};
+    let Ok(stored) = app.store.list_state(COOLDOWN_PREFIX).await else { return };
+    let mut by_account: Vec<_> = cooldowns_by_account(stored).into_iter().collect();
+    by_account.sort_by(|a, b| a.0.cmp(&b.0));
+    for (account, cooldowns) in by_account {
+        if only.is_some_and(|o| o != account) {
+            continue;
+        }
+        for c in cooldowns.iter().filter(|c| c.until > now) {
+            let models = c.family.as_deref().map_or_else(|| "all models".to_owned(), |f| format!("{f} models"));
+            let left = tokenkeeper_core::status::human_duration(c.until - now);
+            println!(
+                "proxy {account}: cooling down ({models}) until {} (in {left}): {}",
+                c.until.format("%Y-%m-%d %H:%M:%S UTC"),
+                c.reason
+            );
+        }
+    }
 }
 
 /// Each sink's health as the running daemon last recorded it.
