@@ -55,15 +55,16 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen} for the HTTP API; change [server] listen, or run with --no-http")
         })?;
+        let proxy = proxy_state(&app)?;
         let web = {
-            let (keeper, sinks, admin) = (app.keeper.clone(), sinks.clone(), admin.clone());
+            let (keeper, sinks, admin, pool) = (app.keeper.clone(), sinks.clone(), admin.clone(), proxy.clone());
             Arc::new(move |secure: bool| {
-                tokenkeeper_web::router(tokenkeeper_web::WebState::new(
-                    keeper.clone(),
-                    Some(sinks.clone()),
-                    admin.clone(),
-                    secure,
-                ))
+                let web = tokenkeeper_web::WebState::new(keeper.clone(), Some(sinks.clone()), admin.clone(), secure);
+                // The dashboard's pool view reads the same proxy state that serves /v1.
+                tokenkeeper_web::router(match &pool {
+                    Some(p) => web.with_pool(p.clone()),
+                    None => web,
+                })
             })
         };
         let mut state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin).with_routes(web);
@@ -71,7 +72,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
             let alerts = alerts.clone();
             state = state.with_extra_metrics(Arc::new(move |out: &mut String| alert_metrics(&alerts, out)));
         }
-        if let Some(proxy) = proxy_state(&app)? {
+        if let Some(proxy) = proxy {
             let (mounted, own) = mount_proxy(&app, proxy, state, &stop_tx).await?;
             state = mounted;
             proxy_server = own;
