@@ -755,7 +755,11 @@ url = "https://hooks.example/tokenkeeper"
     #[test]
     fn bad_values_are_explained() {
         let e = parse("[keeper]\nlead = \"soon\"\n").unwrap_err().to_string();
-        assert!(e.contains("lead") || e.contains("soon"), "{e}");
+        // What a user reads: the file, the line and column of the value, and what was expected.
+        assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
+        assert!(e.contains("line 2, column 8"), "{e}");
+        assert!(e.contains(r#"lead = "soon""#), "{e}");
+        assert!(e.contains(r#"invalid value: string "soon", expected a duration"#), "{e}");
         let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\n").unwrap_err().to_string();
         assert!(e.contains("sinks[0].key"), "{e}");
         let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\nmode=\"rw\"\n")
