@@ -146,6 +146,10 @@ pub trait ChangeFeed: Send + Sync + fmt::Debug {
     async fn subscribe(&self) -> Result<Box<dyn ChangeSubscription>, SeamError>;
 }
 
+/// Installation state (`Store::put_state`): `{"replica": id, "since": time}` of the replica that
+/// took leadership last, written by it when it takes over. Shown by `status`.
+pub const LEADER_KEY: &str = "replicas/leader";
+
 /// Held leadership of the installation. Dropping the guard gives it up (another process may
 /// take over at once); a process that dies gives it up too.
 #[async_trait]

@@ -17,8 +17,7 @@ use tokio::task::JoinHandle;
 
 use tokenkeeper_core::{Leadership, SharedClock, Store};
 
-/// Installation state: which replica leads and since when, written by each new leader.
-pub const LEADER_KEY: &str = "replicas/leader";
+pub use tokenkeeper_core::backend::LEADER_KEY;
 
 /// How long a replica that lost leadership (its lock connection failed) waits before it
 /// campaigns again, so a flapping database is not hammered.

@@ -85,6 +85,35 @@ pub struct StatusResponse {
     pub message: String,
     /// Every account the key may see, with its sinks.
     pub accounts: Vec<AccountWithSinks>,
+    /// Which replica answered and who leads (only when `serve` runs the daemon beside the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// The replica part of `/api/status`.
+#[derive(Debug, Serialize)]
+pub struct ReplicaStatus {
+    /// This replica's id.
+    pub id: String,
+    /// Whether this replica leads (runs the scheduler, alerts and leader-only sinks).
+    pub leader: bool,
+    /// The replica that took leadership last, as recorded in the store.
+    pub leader_id: Option<String>,
+    /// When it did.
+    pub leader_since: Option<DateTime<Utc>>,
+}
+
+/// This process's [`ReplicaStatus`], when it is told it is a replica.
+pub(crate) async fn replica_status(st: &AppState) -> Option<ReplicaStatus> {
+    let r = st.replica.as_ref()?;
+    let recorded = st.keeper.store().get_state(tokenkeeper_core::backend::LEADER_KEY).await.ok().flatten();
+    let field = |k: &str| recorded.as_ref().and_then(|v| v.get(k)).cloned();
+    Some(ReplicaStatus {
+        id: r.id.clone(),
+        leader: *r.leading.borrow(),
+        leader_id: field("replica").and_then(|v| v.as_str().map(str::to_owned)),
+        leader_since: field("since").and_then(|v| serde_json::from_value(v).ok()),
+    })
 }
 
 fn pick_default<'a>(accounts: &'a [Account], requested: Option<&str>) -> Option<&'a Account> {
@@ -136,6 +165,7 @@ pub async fn status(
                 level: view.level.as_str().to_owned(),
                 message: view.message.clone(),
                 accounts: Vec::new(),
+                replica: None,
             }
         }
         None => StatusResponse {
@@ -151,9 +181,11 @@ pub async fn status(
             message: "there are no accounts yet: push a credential (POST /api/push) or log in (POST /oauth/start)"
                 .into(),
             accounts: Vec::new(),
+            replica: None,
         },
     };
-    Ok(Json(StatusResponse { accounts: views, ..response }))
+    let replica = replica_status(&st).await;
+    Ok(Json(StatusResponse { accounts: views, replica, ..response }))
 }
 
 /// What `/api/push` and the refresh endpoints answer.

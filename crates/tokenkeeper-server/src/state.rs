@@ -53,6 +53,16 @@ pub struct AppState {
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
     keys: Arc<Mutex<KeyCache>>,
+    pub(crate) replica: Option<Replica>,
+}
+
+/// This process as one replica: its id and whether it leads (from the daemon's campaign).
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The replica id (`[replica] id`, default `<hostname>:<pid>`).
+    pub id: String,
+    /// Whether this process leads, as it changes.
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Unrevoked API keys found so far, by hash, valid for one generation of the keeper's change
@@ -131,7 +141,14 @@ impl AppState {
             body_limit: DEFAULT_BODY_LIMIT,
             keys: Arc::default(),
             extra_routes: None,
+            replica: None,
         }
+    }
+
+    /// Says in `/api/status` and `/metrics` which replica this is and whether it leads.
+    pub fn with_replica(mut self, replica: Replica) -> Self {
+        self.replica = Some(replica);
+        self
     }
 
     /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
