@@ -169,6 +169,7 @@ macro_rules! store_conformance {
             cas_sixteen_tasks_one_process_exactly_one_wins_each_round,
             cas_four_processes_opened_at_once_exactly_one_wins_each_round,
             one_process_leads_until_it_lets_go_and_a_waiter_takes_over,
+            sealed_secrets_open_for_their_purpose_only_and_reveal_nothing,
         );
     };
     (@each $fresh:path; $($property:ident),* $(,)?) => {
@@ -801,6 +802,17 @@ pub mod properties {
         store.patch_account("alpha", &patch, at(3)).await.expect("patch");
         let changes = next_changes(&mut *sub, 1).await;
         assert_eq!(what(&changes), [(Some("alpha"), ChangeKind::Metadata, None)]);
+    }
+
+    pub async fn sealed_secrets_open_for_their_purpose_only_and_reveal_nothing(installation: Arc<dyn Installation>) {
+        let here = installation.open().await;
+        let there = installation.open().await;
+        let secret = Secret::new("pkce-verifier-0123456789abcdefghijklmnopqrstuvwxyz");
+        let sealed = here.store.seal_secret("logins/api/st4te", &secret).expect("seal");
+        assert!(!sealed.contains(secret.expose()), "the sealed text shows the secret");
+        // Another process of the installation (same key) opens it; another purpose does not.
+        assert_eq!(there.store.open_secret("logins/api/st4te", &sealed).expect("open").expose(), secret.expose());
+        assert!(there.store.open_secret("logins/api/other", &sealed).is_err(), "opened for another purpose");
     }
 
     pub async fn one_process_leads_until_it_lets_go_and_a_waiter_takes_over(installation: Arc<dyn Installation>) {
