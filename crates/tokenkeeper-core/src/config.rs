@@ -738,6 +738,34 @@ mod tests {
     }
 
     #[test]
+    fn store_urls_keep_passwords_out_of_the_file() {
+        let ok = parse("[store]\nurl = \"postgres://keeper@db.example/tk\"\n").unwrap();
+        assert_eq!(ok.store.url.as_deref(), Some("postgres://keeper@db.example/tk"));
+        let e = parse("[store]\nurl = \"postgres://keeper:hunter2@db.example/tk\"\n").unwrap_err().to_string();
+        assert!(e.contains("password") && e.contains("url_file") && !e.contains("hunter2"), "{e}");
+        let e = parse("[store]\nurl = \"mysql://keeper:hunter2@db/tk\"\n").unwrap_err().to_string();
+        assert!(e.contains("postgres://") && !e.contains("hunter2"), "{e}");
+        let e =
+            parse("[store]\nurl = \"postgres://k@db/tk\"\nurl_file = \"/run/secrets/url\"\n").unwrap_err().to_string();
+        assert!(e.contains("keep one"), "{e}");
+        let e = parse("[replica]\nleader_retry = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("replica.leader_retry"), "{e}");
+    }
+
+    #[test]
+    fn sinks_run_on_every_replica_but_secret_managers_on_the_leader() {
+        let c = parse(
+            "[[sinks]]\naccount = \"main\"\nkind = \"env_file\"\npath = \"/srv/.env\"\nkey = \"K\"\n\
+             [[sinks]]\naccount = \"main\"\nkind = \"infisical\"\nurl = \"https://infisical.example\"\nproject_id = \"p\"\nenvironment = \"prod\"\n\
+             secret_name = \"S\"\ntoken_file = \"/run/t\"\n\
+             [[sinks]]\naccount = \"main\"\nkind = \"env_file\"\npath = \"/srv/b.env\"\nkey = \"K\"\nrun_on = \"leader\"\n",
+        )
+        .unwrap();
+        let on: Vec<RunOn> = c.sinks.iter().map(SinkConfig::runs_on).collect();
+        assert_eq!(on, [RunOn::EveryReplica, RunOn::Leader, RunOn::Leader]);
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.keeper.lead, Duration::from_secs(1800));
