@@ -582,3 +582,26 @@ async fn provider_trouble_is_503_with_retry_after_and_a_valid_token_is_still_ser
     assert_eq!(v["access_token"], main.credential.access_token.expose());
     assert!(v["warning"].as_str().is_some_and(|w| w.contains("try again later")), "{v}");
 }
+
+/// Replicas: `/oauth/start` on one process and `/oauth/exchange-code` on another of the same
+/// installation. The pending login lives in the store with its verifier sealed (the mock
+/// checks the verifier, so the exchange succeeding proves it was opened on the other side).
+#[tokio::test]
+async fn a_login_started_on_one_replica_is_finished_on_another() {
+    use tokenkeeper_core::{Secret, Store};
+    let mut e = env().await;
+    let start = e.post("/oauth/start", ADMIN, "").await.json();
+    let state = start["state"].as_str().unwrap().to_owned();
+    let stored = e.store.get_state(&format!("logins/api/{state}")).await.unwrap().expect("parked in the store");
+    let sealed = stored["verifier"].as_str().unwrap();
+    assert!(sealed.starts_with("v1:"), "the verifier is not sealed: {stored}");
+    let pasted = e.mock.authorize(start["authorize_url"].as_str().unwrap(), "b@example.com").unwrap();
+    // Replica B: another process of the installation, serving its own API.
+    let b = e.other_process().await;
+    e.state = tokenkeeper_server::AppState::new(b, None, Secret::new(ADMIN));
+    let body = json!({"code": pasted, "account_email": "b@example.com"}).to_string();
+    let r = e.post("/oauth/exchange-code", ADMIN, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["result"], "created");
+    assert!(e.store.get_state(&format!("logins/api/{state}")).await.unwrap().is_none(), "a used login stays");
+}
