@@ -4,7 +4,7 @@
 //!
 //! A parked login is the JSON `{state, challenge, verifier, url, started_at, expires_at}` under
 //! a state key the caller chooses (`logins/api/<state>`, `logins/web/<session hash>`); the PKCE
-//! verifier is sealed with the installation key ([`Store::seal_secret`]) bound to that key, so
+//! verifier is sealed with the installation key ([`Store::seal_secret`](tokenkeeper_core::Store::seal_secret)) bound to that key, so
 //! the database alone cannot finish anybody's login. An expired login is deleted when read, and
 //! [`Keeper::sweep_logins`] removes the rest.
 
