@@ -2,14 +2,16 @@
 //!
 //! The keeper and the daemon never name a backend. They are handed a [`Backend`]: a
 //! [`Store`] (durable state), an [`AccountLock`] (one refresh or ingest of an account at a
-//! time across every process of the installation) and a [`ChangeFeed`] (what other processes
-//! committed, as it happens). Each backend crate provides all three:
+//! time across every process of the installation), a [`ChangeFeed`] (what other processes
+//! committed, as it happens) and a [`Leadership`] (which one process runs the installation's
+//! scheduled work). Each backend crate provides all four:
 //!
 //! | seam | embedded (`tokenkeeper-store`) | replicas (PostgreSQL) |
 //! |---|---|---|
 //! | [`Store`] | SQLite in the data directory | tables in the database |
 //! | [`AccountLock`] | `flock` on `<data_dir>/locks/<account>.lock` | session advisory lock |
 //! | [`ChangeFeed`] | `changes` table + change file watched with inotify | `LISTEN`/`NOTIFY` |
+//! | [`Leadership`] | `flock` on `<data_dir>/leader.lock` | session advisory lock `tokenkeeper/leader` |
 //!
 //! Claude Code's own lock directories are not here: they belong to the host whose file is
 //! bound, whatever the backend, and the keeper takes them itself.
@@ -144,6 +146,32 @@ pub trait ChangeFeed: Send + Sync + fmt::Debug {
     async fn subscribe(&self) -> Result<Box<dyn ChangeSubscription>, SeamError>;
 }
 
+/// Installation state (`Store::put_state`): `{"replica": id, "since": time}` of the replica that
+/// took leadership last, written by it when it takes over. Shown by `status`.
+pub const LEADER_KEY: &str = "replicas/leader";
+
+/// Held leadership of the installation. Dropping the guard gives it up (another process may
+/// take over at once); a process that dies gives it up too.
+#[async_trait]
+pub trait LeaderGuard: Send + Sync + fmt::Debug {
+    /// Resolves once this process can no longer vouch that it leads (the connection that holds
+    /// the lock failed or stopped answering); never while leadership is certainly held. The
+    /// caller stops its leader work at once and drops the guard.
+    async fn lost(&mut self) -> SeamError;
+}
+
+/// Which one process of the installation runs the scheduled work: proactive refreshes, alert
+/// evaluation and the sinks marked `run_on = "leader"`. Every process serves hand-outs either
+/// way; correctness of a rotation never depends on leadership (the [`AccountLock`] and the
+/// compare-and-set do that), only "once per installation" of the scheduled work does.
+#[async_trait]
+pub trait Leadership: Send + Sync + fmt::Debug {
+    /// Becomes the leader, waiting up to `wait` for the current one to go; `Ok(None)` when
+    /// another process still leads after that. `replica` names this process where the backend
+    /// can show it (PostgreSQL's `application_name`).
+    async fn acquire(&self, replica: &str, wait: Duration) -> Result<Option<Box<dyn LeaderGuard>>, SeamError>;
+}
+
 /// Everything the keeper and the daemon need from a backend, injected as one value.
 #[derive(Clone, Debug)]
 pub struct Backend {
@@ -153,4 +181,6 @@ pub struct Backend {
     pub lock: Arc<dyn AccountLock>,
     /// Committed changes, as they happen.
     pub feed: Arc<dyn ChangeFeed>,
+    /// Who runs the installation's scheduled work.
+    pub leader: Arc<dyn Leadership>,
 }

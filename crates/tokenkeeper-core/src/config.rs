@@ -68,6 +68,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Account pools of the proxy, by name (`default` is used by keys without a pool).
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Which store: the embedded SQLite (default) or a PostgreSQL database shared by replicas.
+    pub store: StoreConfig,
+    /// This process as one replica of several: its name and how it campaigns for leadership.
+    pub replica: ReplicaConfig,
 }
 
 impl Default for Config {
@@ -84,7 +88,44 @@ impl Default for Config {
             alerting: AlertingConfig::default(),
             proxy: ProxyConfig::default(),
             pools: BTreeMap::new(),
+            store: StoreConfig::default(),
+            replica: ReplicaConfig::default(),
         }
+    }
+}
+
+/// `[store]`: where the installation's state lives. Nothing set: SQLite in the data directory.
+///
+/// The URL may hold a password, so it never belongs in this file: `url` is refused when it
+/// carries one. Give the password through `PGPASSWORD` or `~/.pgpass`, or keep the whole URL
+/// in a 0600 file named by `url_file` (a mounted secret), or in `TOKENKEEPER_STORE_URL`, which
+/// wins over both keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user@host:port/database?sslmode=…`, without a password.
+    pub url: Option<String>,
+    /// A file whose content (trimmed) is the URL, password included; instead of `url`.
+    pub url_file: Option<PathBuf>,
+}
+
+/// `[replica]`: this process among the replicas sharing one PostgreSQL store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaConfig {
+    /// The name shown by `status`, `/api/status` and `/metrics` (default: `<hostname>:<pid>`).
+    pub id: Option<String>,
+    /// How long a follower waits for the leader lock in one go before it checks its own
+    /// connection and waits again. A follower is woken the moment the leader's session ends, so
+    /// this does not bound takeover; it bounds how long a follower's dead connection goes
+    /// unnoticed.
+    #[serde(with = "humantime_serde")]
+    pub leader_retry: Duration,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self { id: None, leader_retry: Duration::from_secs(5) }
     }
 }
 
@@ -285,6 +326,16 @@ pub enum SinkKind {
     Command,
 }
 
+/// Which replicas deliver to a sink (`run_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOn {
+    /// Every replica delivers: a file on each host (the default of file and command sinks).
+    EveryReplica,
+    /// Only the leader delivers: one shared destination (the default of `infisical`).
+    Leader,
+}
+
 /// How a file sink replaces its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -373,6 +424,9 @@ pub struct SinkConfig {
     /// Infisical: file holding an access token (instead of client id/secret).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Which replicas deliver here; see [`SinkConfig::runs_on`] for the default.
+    #[serde(default)]
+    pub run_on: Option<RunOn>,
 }
 
 impl SinkConfig {
@@ -389,6 +443,16 @@ impl SinkConfig {
                 None => kind,
             },
         }
+    }
+
+    /// Which replicas deliver here: `run_on` if set, else every replica for sinks that write a
+    /// file or run a command on the host (each host has its own file and its own containers to
+    /// restart), and the leader only for a secret manager (one shared destination, written once).
+    pub fn runs_on(&self) -> RunOn {
+        self.run_on.unwrap_or(match self.kind {
+            SinkKind::Infisical => RunOn::Leader,
+            _ => RunOn::EveryReplica,
+        })
     }
 
     /// The file mode (default 0600).
@@ -556,6 +620,7 @@ impl Config {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
         self.server.validate(invalid)?;
         validate_proxy(self, &invalid)?;
+        validate_store(self, &invalid)?;
         if self.keeper.lead.is_zero() {
             return Err(invalid("keeper.lead".into(), "must be more than zero, for example \"30m\"".into()));
         }
@@ -677,6 +742,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/etc/tokenkeeper/config.toml"))
+    }
+
+    #[test]
+    fn store_urls_keep_passwords_out_of_the_file() {
+        let ok = parse("[store]\nurl = \"postgres://keeper@db.example/tk\"\n").unwrap();
+        assert_eq!(ok.store.url.as_deref(), Some("postgres://keeper@db.example/tk"));
+        let e = parse("[store]\nurl = \"postgres://keeper:hunter2@db.example/tk\"\n").unwrap_err().to_string();
+        assert!(e.contains("password") && e.contains("url_file") && !e.contains("hunter2"), "{e}");
+        let e = parse("[store]\nurl = \"mysql://keeper:hunter2@db/tk\"\n").unwrap_err().to_string();
+        assert!(e.contains("postgres://") && !e.contains("hunter2"), "{e}");
+        let e =
+            parse("[store]\nurl = \"postgres://k@db/tk\"\nurl_file = \"/run/secrets/url\"\n").unwrap_err().to_string();
+        assert!(e.contains("keep one"), "{e}");
+        let e = parse("[replica]\nleader_retry = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("replica.leader_retry"), "{e}");
+    }
+
+    #[test]
+    fn sinks_run_on_every_replica_but_secret_managers_on_the_leader() {
+        let c = parse(
+            "[[sinks]]\naccount = \"main\"\nkind = \"env_file\"\npath = \"/srv/.env\"\nkey = \"K\"\n\
+             [[sinks]]\naccount = \"main\"\nkind = \"infisical\"\nurl = \"https://infisical.example\"\nproject_id = \"p\"\nenvironment = \"prod\"\n\
+             secret_name = \"S\"\ntoken_file = \"/run/t\"\n\
+             [[sinks]]\naccount = \"main\"\nkind = \"env_file\"\npath = \"/srv/b.env\"\nkey = \"K\"\nrun_on = \"leader\"\n",
+        )
+        .unwrap();
+        let on: Vec<RunOn> = c.sinks.iter().map(SinkConfig::runs_on).collect();
+        assert_eq!(on, [RunOn::EveryReplica, RunOn::Leader, RunOn::Leader]);
     }
 
     #[test]
@@ -966,6 +1059,41 @@ impl PoolMember {
 }
 
 /// Checks `[proxy]` and `[pools.*]`.
+/// `[store]` and `[replica]`: one way to name the URL, no password in the file.
+fn validate_store(config: &Config, invalid: &impl Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
+    let store = &config.store;
+    if store.url.is_some() && store.url_file.is_some() {
+        return Err(invalid("store.url".into(), "and store.url_file are both set; keep one".into()));
+    }
+    if let Some(u) = &store.url {
+        // Never echo the value: it may hold a password.
+        let parsed = url::Url::parse(u).ok().filter(|p| matches!(p.scheme(), "postgres" | "postgresql"));
+        let Some(parsed) = parsed else {
+            return Err(invalid(
+                "store.url".into(),
+                "must be a postgres:// or postgresql:// URL (the value is not shown); remove it to use the embedded \
+                 store"
+                    .into(),
+            ));
+        };
+        if parsed.password().is_some() {
+            return Err(invalid(
+                "store.url".into(),
+                "holds a password, which must not live in the config file: remove it and use PGPASSWORD, \
+                 ~/.pgpass, store.url_file (a 0600 file with the whole URL) or TOKENKEEPER_STORE_URL"
+                    .into(),
+            ));
+        }
+    }
+    if config.replica.leader_retry.is_zero() {
+        return Err(invalid("replica.leader_retry".into(), "must be more than zero, for example \"5s\"".into()));
+    }
+    if config.replica.id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        return Err(invalid("replica.id".into(), "is empty; remove it for <hostname>:<pid>".into()));
+    }
+    Ok(())
+}
+
 fn validate_proxy(config: &Config, invalid: &impl Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
     let p = &config.proxy;
     if let Some(u) = &p.upstream {

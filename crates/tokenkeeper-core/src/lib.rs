@@ -19,8 +19,8 @@ pub mod store;
 
 pub use account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount, Usage};
 pub use backend::{
-    AccountLock, AccountLockGuard, Backend, ChangeFeed, ChangeKind, ChangeSubscription, FeedItem, SeamError,
-    StoreChange,
+    AccountLock, AccountLockGuard, Backend, ChangeFeed, ChangeKind, ChangeSubscription, FeedItem, LeaderGuard,
+    Leadership, SeamError, StoreChange,
 };
 pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;

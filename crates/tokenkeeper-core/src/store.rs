@@ -329,6 +329,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every value whose key starts with `prefix`, by key.
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
 
+    /// Seals a secret that is not a credential (a pending login's PKCE verifier) with the
+    /// installation key, bound to `purpose` (the state key it is kept under), so it can live
+    /// in [`Store::put_state`] and the database alone reveals nothing.
+    fn seal_secret(&self, purpose: &str, secret: &crate::Secret) -> Result<String, StoreError>;
+
+    /// Opens what [`Store::seal_secret`] sealed for the same `purpose`.
+    fn open_secret(&self, purpose: &str, sealed: &str) -> Result<crate::Secret, StoreError>;
+
     /// Removes an account (and records a `removed` event). Returns whether it existed.
     async fn remove_account(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
 

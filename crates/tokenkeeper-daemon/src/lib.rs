@@ -1,6 +1,16 @@
 //! The long-running keeper: sleeps until the next deadline, refreshes, and reacts to changes
 //! (a credential changed in this process, another process wrote the store, a bound file was
 //! rewritten by Claude Code), delivering every change to the sinks.
+//!
+//! With replicas, only the leader ([`leader::Campaign`], handed in with
+//! [`Daemon::with_leadership`]) runs the scheduler's proactive refreshes, the alert passes and
+//! the sinks marked `run_on = "leader"`; every replica follows the change feed, delivers its
+//! host's sinks and watches its bound files. A daemon given no leadership leads alone.
+//! Losing leadership stops leader work at once: no new scheduled refresh or alert pass starts
+//! (one in flight finishes: it holds the account's lock, and cutting it short between the
+//! provider's answer and the commit would lose the rotation).
+
+pub mod leader;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_core::{BindingKind, ChangeKind};
@@ -44,6 +55,20 @@ pub use tokenkeeper_sync::sink::SINK_HEALTH_KEY;
 /// The file the alert state lived in before 0.2; read once if the store has none yet.
 const LEGACY_ALERT_STATE_FILE: &str = "alert-state.json";
 
+/// Resolves when `leading` changes; never without a campaign (or once it ended).
+async fn leader_changed(leading: &mut Option<watch::Receiver<bool>>) {
+    match leading {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The campaign stopped: whatever it last said stands.
+                *leading = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// What the daemon needs.
 pub struct Daemon {
     keeper: Arc<Keeper>,
@@ -52,6 +77,8 @@ pub struct Daemon {
     alerts: Option<Arc<AlertEngine>>,
     /// What was last saved under each state key, so an unchanged value is not written again.
     saved: std::sync::Mutex<HashMap<&'static str, serde_json::Value>>,
+    /// Whether this process leads; `None`: it leads alone.
+    leading: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -64,7 +91,39 @@ impl Daemon {
     /// A daemon over `keeper`, delivering to `sinks`. Writes by other processes reach it
     /// through the keeper's change feed ([`Keeper::follow_changes`], started by [`Daemon::run`]).
     pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>) -> Self {
-        Self { keeper, sinks, watch_fallback: DEFAULT_FALLBACK, alerts: None, saved: Default::default() }
+        Self { keeper, sinks, watch_fallback: DEFAULT_FALLBACK, alerts: None, saved: Default::default(), leading: None }
+    }
+
+    /// Runs leader work only while `leading` says this process leads (see
+    /// [`leader::Campaign::watch`]).
+    pub fn with_leadership(mut self, leading: watch::Receiver<bool>) -> Self {
+        self.leading = Some(leading);
+        self
+    }
+
+    /// Whether this process leads now.
+    fn leads(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    /// Leader work starts: the alert state is re-read (the previous leader may have sent alerts
+    /// since this process last led), cached saves are forgotten, leader-only sinks catch up.
+    async fn take_over(&self) {
+        tracing::info!("leading: running the scheduler, alerts and leader-only sinks");
+        self.saved.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if let Some(sinks) = &self.sinks {
+            sinks.set_leading(true);
+        }
+        self.restore_alert_state().await;
+        self.deliver_all().await;
+    }
+
+    /// Leader work stops at once: no scheduled refresh, alert pass or leader-only delivery starts.
+    fn step_down(&self) {
+        tracing::info!("following: the scheduler, alerts and leader-only sinks run on the leader");
+        if let Some(sinks) = &self.sinks {
+            sinks.set_leading(false);
+        }
     }
 
     /// Also feeds every account's level to `alerts` after each change and every minute; the
@@ -239,20 +298,32 @@ impl Daemon {
                 }
             }
         }
+        let mut leading = self.leading.clone();
+        let mut was_leading = self.leads();
+        if let Some(sinks) = &self.sinks {
+            sinks.set_leading(was_leading);
+        }
         self.deliver_all().await;
-        self.restore_alert_state().await;
+        if was_leading {
+            self.restore_alert_state().await;
+        }
         // Deliveries run in the background; for a while after alerts are queued, health is
         // re-saved every second so `status` shows their outcome promptly.
         let mut health_until = None;
-        if self.observe_alerts().await > 0 {
+        if was_leading && self.observe_alerts().await > 0 {
             health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);
         }
-        self.publish_sink_health().await;
+        if was_leading {
+            self.publish_sink_health().await;
+        }
         ready();
         tracing::info!("keeper running");
         loop {
             let clock = self.keeper.clock().clone();
+            let leads = self.leads();
             let sleep = match scheduler.next_deadline().await {
+                // A follower has no deadline of its own: it wakes for events and a takeover.
+                _ if !leads => MAX_SLEEP,
                 Ok(Some(t)) => (t - clock.now()).to_std().unwrap_or(Duration::ZERO).min(MAX_SLEEP),
                 Ok(None) => MAX_SLEEP,
                 Err(e) => {
@@ -260,14 +331,15 @@ impl Daemon {
                     Duration::from_secs(5)
                 }
             };
-            let sleep = if self.alerts.is_some() { sleep.min(ALERT_EVERY) } else { sleep };
+            let sleep = if self.alerts.is_some() && leads { sleep.min(ALERT_EVERY) } else { sleep };
             let sleep = match health_until {
                 Some(until) if tokio::time::Instant::now() < until => sleep.min(Duration::from_secs(1)),
                 _ => sleep,
             };
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep(sleep) => {
+                _ = leader_changed(&mut leading) => {}
+                _ = tokio::time::sleep(sleep), if self.leads() => {
                     match scheduler.tick().await {
                         Ok(results) => for (name, r) in results {
                             if let Err(e) = r {
@@ -277,6 +349,7 @@ impl Daemon {
                         Err(e) => tracing::warn!(error = %e, "scheduler tick failed"),
                     }
                 }
+                _ = tokio::time::sleep(sleep), if !self.leads() => {}
                 ev = events.recv() => {
                     let (deliver, rewatch) = match ev {
                         Ok(KeeperEvent::Changed { account, .. }) => (Some(Some(account)), false),
@@ -315,6 +388,15 @@ impl Daemon {
                         }
                     }
                 }
+            }
+            match (was_leading, self.leads()) {
+                (false, true) => self.take_over().await,
+                (true, false) => self.step_down(),
+                _ => {}
+            }
+            was_leading = self.leads();
+            if !was_leading {
+                continue;
             }
             if self.observe_alerts().await > 0 {
                 health_until = Some(tokio::time::Instant::now() + HEALTH_FOLLOW_UP);

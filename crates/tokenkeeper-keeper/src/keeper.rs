@@ -17,7 +17,7 @@ use tokenkeeper_core::status::human_duration;
 use tokenkeeper_core::store::{AccountPatch, Attempt, CredentialChange, CredentialUpdate, EventKind, NewEvent};
 use tokenkeeper_core::{
     Account, AccountLock, AccountState, Backend, Binding, BindingKind, ChangeFeed, ChangeKind, Config, Credential,
-    Freshness, Mode, NewAccount, SharedClock, Store, StoreError,
+    Freshness, Leadership, Mode, NewAccount, SharedClock, Store, StoreError,
 };
 use tokenkeeper_process::{ChildCommand, Purpose};
 use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, TokenGrant, TokenOutcome};
@@ -152,6 +152,7 @@ pub struct Keeper {
     store: Arc<dyn Store>,
     lock: Arc<dyn AccountLock>,
     feed: Arc<dyn ChangeFeed>,
+    leader: Arc<dyn Leadership>,
     client: OAuthClient,
     clock: SharedClock,
     config: Arc<Config>,
@@ -182,6 +183,7 @@ impl Keeper {
             store: backend.store,
             lock: backend.lock,
             feed: backend.feed,
+            leader: backend.leader,
             client,
             clock,
             config,
@@ -198,6 +200,12 @@ impl Keeper {
     /// The change feed the keeper follows (see [`Keeper::follow_changes`]).
     pub fn feed(&self) -> &Arc<dyn ChangeFeed> {
         &self.feed
+    }
+
+    /// Leadership of the installation. The keeper itself never campaigns (every process hands
+    /// out and refreshes inside the lead); the daemon does, to decide who runs the scheduler.
+    pub fn leadership(&self) -> &Arc<dyn Leadership> {
+        &self.leader
     }
 
     /// The locks of `name` across processes, then Claude Code's when `binding` is its file.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keeper;
 pub mod lease;
 pub mod locks;
+pub mod logins;
 pub mod schedule;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -17,7 +17,7 @@ use tokenkeeper_core::formats::{Format, ParsedCredential};
 use tokenkeeper_core::store::CredentialChange;
 use tokenkeeper_core::{Account, Backend, Binding, Clock, Config, Credential, ManualClock, Mode, Secret, Store};
 use tokenkeeper_mock::{IssuedTokens, MockProvider};
-use tokenkeeper_store::{EncryptionKey, FlockAccountLock, SqliteStore};
+use tokenkeeper_store::{EncryptionKey, FlockAccountLock, FlockLeadership, SqliteStore};
 
 use crate::{Ingest, Keeper};
 
@@ -68,6 +68,7 @@ pub fn backend_of(store: &Arc<SqliteStore>, data: &Path) -> Backend {
         store: store.clone(),
         lock: Arc::new(FlockAccountLock::new(data.join("locks"))),
         feed: Arc::new(store.change_feed()),
+        leader: Arc::new(FlockLeadership::new(data.to_owned())),
     }
 }
 

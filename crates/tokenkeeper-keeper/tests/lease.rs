@@ -75,7 +75,8 @@ struct Doubles {
 
 /// A keeper like `env.keeper`, but over the doubles.
 fn keeper_over(env: &support::Env, d: &Doubles) -> Arc<Keeper> {
-    let backend = Backend { store: env.store.clone(), lock: d.lock.clone(), feed: d.feed.clone() };
+    let leader = Arc::new(tokenkeeper_store::FlockLeadership::new(env.dir.path().join("data")));
+    let backend = Backend { store: env.store.clone(), lock: d.lock.clone(), feed: d.feed.clone(), leader };
     Arc::new(
         Keeper::new(backend, env.config.clone(), &env.dir.path().join("data"), Arc::new(env.clock.clone())).unwrap(),
     )

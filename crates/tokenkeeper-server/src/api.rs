@@ -89,6 +89,35 @@ pub struct StatusResponse {
     /// usage (what the web page's strips and sparklines draw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// Which replica answered and who leads (only when `serve` runs the daemon beside the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// The replica part of `/api/status`.
+#[derive(Debug, Serialize)]
+pub struct ReplicaStatus {
+    /// This replica's id.
+    pub id: String,
+    /// Whether this replica leads (runs the scheduler, alerts and leader-only sinks).
+    pub leader: bool,
+    /// The replica that took leadership last, as recorded in the store.
+    pub leader_id: Option<String>,
+    /// When it did.
+    pub leader_since: Option<DateTime<Utc>>,
+}
+
+/// This process's [`ReplicaStatus`], when it is told it is a replica.
+pub(crate) async fn replica_status(st: &AppState) -> Option<ReplicaStatus> {
+    let r = st.replica.as_ref()?;
+    let recorded = st.keeper.store().get_state(tokenkeeper_core::backend::LEADER_KEY).await.ok().flatten();
+    let field = |k: &str| recorded.as_ref().and_then(|v| v.get(k)).cloned();
+    Some(ReplicaStatus {
+        id: r.id.clone(),
+        leader: *r.leading.borrow(),
+        leader_id: field("replica").and_then(|v| v.as_str().map(str::to_owned)),
+        leader_since: field("since").and_then(|v| serde_json::from_value(v).ok()),
+    })
 }
 
 /// Whether a query flag is set (`true`, `1`, `yes`; anything else is off).
@@ -146,6 +175,7 @@ pub async fn status(
                 message: view.message.clone(),
                 accounts: Vec::new(),
                 history: None,
+                replica: None,
             }
         }
         None => StatusResponse {
@@ -162,6 +192,7 @@ pub async fn status(
                 .into(),
             accounts: Vec::new(),
             history: None,
+            replica: None,
         },
     };
     let history = if flag(query_param(q.as_deref(), "history")) {
@@ -172,7 +203,8 @@ pub async fn status(
     } else {
         None
     };
-    Ok(Json(StatusResponse { accounts: views, history, ..response }))
+    let replica = replica_status(&st).await;
+    Ok(Json(StatusResponse { accounts: views, history, replica, ..response }))
 }
 
 /// What `/api/push` and the refresh endpoints answer.

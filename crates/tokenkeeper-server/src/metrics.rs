@@ -40,6 +40,11 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     account: String,
     sink: String,
@@ -100,6 +105,16 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
     );
     registry.register("tokenkeeper_sink_writes", "Successful sink writes since start", sink_writes);
     registry.register("tokenkeeper_sink_failures", "Failed sink deliveries since start", sink_failures);
+
+    if let Some(r) = &st.replica {
+        let leader = Family::<ReplicaLabels, Gauge>::default();
+        leader.get_or_create(&ReplicaLabels { replica: r.id.clone() }).set(i64::from(*r.leading.borrow()));
+        registry.register(
+            "tokenkeeper_leader",
+            "1 while this replica leads the installation (scheduler, alerts, leader-only sinks), else 0",
+            leader,
+        );
+    }
 
     let mut out = String::new();
     encode_registry(&mut out, &registry).map_err(ApiError::Metrics)?;

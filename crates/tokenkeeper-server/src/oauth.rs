@@ -26,9 +26,9 @@ use crate::state::{AccountWithSinks, AppState, LOGIN_TTL_SECS};
 
 /// `POST /oauth/start`: a new PKCE login; open `authorize_url`, then send the code it shows
 /// to `/oauth/exchange-code` within 10 minutes.
-pub async fn start(_auth: Authed<scope::Login>, State(st): State<AppState>) -> Json<Value> {
-    let (url, state) = st.start_login();
-    Json(json!({"authorize_url": url, "state": state, "expires_in_seconds": LOGIN_TTL_SECS}))
+pub async fn start(_auth: Authed<scope::Login>, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (url, state) = st.start_login().await?;
+    Ok(Json(json!({"authorize_url": url, "state": state, "expires_in_seconds": LOGIN_TTL_SECS})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +81,7 @@ pub async fn exchange_code(
     let requested = req.account_email.as_deref().or(req.account.as_deref()).map(str::trim).filter(|s| !s.is_empty());
     let target = auth.target(requested)?;
     let state = pasted_state(&req.code);
-    let pending = st.pending_login(state.as_deref()).ok_or(ApiError::UnknownLogin)?;
+    let pending = st.pending_login(state.as_deref()).await?.ok_or(ApiError::UnknownLogin)?;
     let pasted = match state {
         Some(_) => req.code.clone(),
         None => format!("{}#{}", req.code.trim(), pending.login.state),
@@ -89,7 +89,9 @@ pub async fn exchange_code(
     let result = st.keeper.finish_login(target.as_deref(), &pasted, &pending.login).await;
     // A code is single-use: forget the login unless waiting may help.
     if !matches!(&result, Err(e) if e.is_temporary()) {
-        st.forget_login(&pending.login.state);
+        if let Err(e) = st.forget_login(&pending.login.state).await {
+            tracing::warn!(error = %e, "cannot forget a used login; it expires on its own");
+        }
     }
     let outcome = result?;
     let account = outcome.account();

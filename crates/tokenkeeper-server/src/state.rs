@@ -35,11 +35,18 @@ pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 /// can be `Secure`).
 pub type ExtraRoutes = Arc<dyn Fn(bool) -> axum::Router + Send + Sync>;
 
+/// Where `POST /oauth/start` parks its logins in the store's installation state.
+pub const LOGIN_PREFIX: &str = "logins/api/";
+
+/// The state key of the login whose OAuth `state` is `state` (base64url, so it is one word).
+fn login_key(state: &str) -> String {
+    format!("{LOGIN_PREFIX}{state}")
+}
+
 /// A login waiting for its code.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingLogin {
     pub(crate) login: PkceLogin,
-    pub(crate) started_at: DateTime<Utc>,
 }
 
 /// The server's shared state. Cheap to clone.
@@ -48,13 +55,22 @@ pub struct AppState {
     pub(crate) keeper: Arc<Keeper>,
     pub(crate) sinks: Option<Arc<SinkSet>>,
     pub(crate) admin_token: Arc<Secret>,
-    logins: Arc<Mutex<HashMap<String, PendingLogin>>>,
     limiter: Arc<Mutex<FailureLimiter>>,
     pub(crate) extra_metrics: Vec<ExtraMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
     pub(crate) streaming_routes: Option<axum::Router>,
     keys: Arc<Mutex<KeyCache>>,
+    pub(crate) replica: Option<Replica>,
+}
+
+/// This process as one replica: its id and whether it leads (from the daemon's campaign).
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The replica id (`[replica] id`, default `<hostname>:<pid>`).
+    pub id: String,
+    /// Whether this process leads, as it changes.
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Unrevoked API keys found so far, by hash, valid for one generation of the keeper's change
@@ -127,14 +143,20 @@ impl AppState {
             keeper,
             sinks,
             admin_token: Arc::new(admin_token),
-            logins: Arc::default(),
             limiter: Arc::default(),
             extra_metrics: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             keys: Arc::default(),
             extra_routes: None,
             streaming_routes: None,
+            replica: None,
         }
+    }
+
+    /// Says in `/api/status` and `/metrics` which replica this is and whether it leads.
+    pub fn with_replica(mut self, replica: Replica) -> Self {
+        self.replica = Some(replica);
+        self
     }
 
     /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
@@ -223,40 +245,41 @@ impl AppState {
         self.limiter.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn logins(&self) -> MutexGuard<'_, HashMap<String, PendingLogin>> {
-        self.logins.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Starts a login and keeps it until its code comes back (or it expires).
-    pub(crate) fn start_login(&self) -> (String, String) {
-        let now = self.keeper.clock().now();
+    /// Starts a login and parks it in the store (so any replica can finish it) until its code
+    /// comes back or it expires.
+    pub(crate) async fn start_login(&self) -> Result<(String, String), tokenkeeper_keeper::KeeperError> {
         let (login, url) = self.keeper.start_login();
         let state = login.state.clone();
-        let mut logins = self.logins();
-        logins.retain(|_, p| now - p.started_at < Duration::seconds(LOGIN_TTL_SECS));
-        while logins.len() >= MAX_PENDING_LOGINS {
-            let Some(oldest) = logins.iter().min_by_key(|(_, p)| p.started_at).map(|(k, _)| k.clone()) else { break };
-            logins.remove(&oldest);
+        let live = self.keeper.sweep_logins(LOGIN_PREFIX).await?;
+        // Oldest first: drop the oldest past the bound, so a flood of starts cannot grow the store.
+        for old in live.iter().take((live.len() + 1).saturating_sub(MAX_PENDING_LOGINS)) {
+            self.keeper.unpark_login(old).await?;
         }
-        logins.insert(state.clone(), PendingLogin { login, started_at: now });
-        (url, state)
+        self.keeper.park_login(&login_key(&state), &login, &url, Duration::seconds(LOGIN_TTL_SECS)).await?;
+        Ok((url, state))
     }
 
     /// The pending login for `state` (`None` picks the only pending login), if not expired.
-    pub(crate) fn pending_login(&self, state: Option<&str>) -> Option<PendingLogin> {
-        let now = self.keeper.clock().now();
-        let mut logins = self.logins();
-        logins.retain(|_, p| now - p.started_at < Duration::seconds(LOGIN_TTL_SECS));
-        match state {
-            Some(s) => logins.get(s).cloned(),
-            None if logins.len() == 1 => logins.values().next().cloned(),
-            None => None,
-        }
+    pub(crate) async fn pending_login(
+        &self,
+        state: Option<&str>,
+    ) -> Result<Option<PendingLogin>, tokenkeeper_keeper::KeeperError> {
+        let key = match state {
+            Some(s) => login_key(s),
+            None => {
+                let mut live = self.keeper.sweep_logins(LOGIN_PREFIX).await?;
+                if live.len() != 1 {
+                    return Ok(None);
+                }
+                live.remove(0)
+            }
+        };
+        Ok(self.keeper.parked_login(&key).await?.map(|p| PendingLogin { login: p.login }))
     }
 
-    /// Forgets a pending login (its code was used).
-    pub(crate) fn forget_login(&self, state: &str) {
-        self.logins().remove(state);
+    /// Forgets a pending login (its code was used); whether it was still there.
+    pub(crate) async fn forget_login(&self, state: &str) -> Result<bool, tokenkeeper_keeper::KeeperError> {
+        self.keeper.unpark_login(&login_key(state)).await
     }
 
     /// Every sink's status (empty without sinks).

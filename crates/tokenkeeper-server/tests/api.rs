@@ -641,3 +641,26 @@ async fn status_with_history_carries_the_last_days_events_and_hourly_usage_of_vi
     let names: Vec<_> = v["history"]["accounts"].as_object().unwrap().keys().cloned().collect();
     assert_eq!(names, ["other"], "a key limited to one account sees only its history");
 }
+
+/// Replicas: `/oauth/start` on one process and `/oauth/exchange-code` on another of the same
+/// installation. The pending login lives in the store with its verifier sealed (the mock
+/// checks the verifier, so the exchange succeeding proves it was opened on the other side).
+#[tokio::test]
+async fn a_login_started_on_one_replica_is_finished_on_another() {
+    use tokenkeeper_core::{Secret, Store};
+    let mut e = env().await;
+    let start = e.post("/oauth/start", ADMIN, "").await.json();
+    let state = start["state"].as_str().unwrap().to_owned();
+    let stored = e.store.get_state(&format!("logins/api/{state}")).await.unwrap().expect("parked in the store");
+    let sealed = stored["verifier"].as_str().unwrap();
+    assert!(sealed.starts_with("v1:"), "the verifier is not sealed: {stored}");
+    let pasted = e.mock.authorize(start["authorize_url"].as_str().unwrap(), "b@example.com").unwrap();
+    // Replica B: another process of the installation, serving its own API.
+    let b = e.other_process().await;
+    e.state = tokenkeeper_server::AppState::new(b, None, Secret::new(ADMIN));
+    let body = json!({"code": pasted, "account_email": "b@example.com"}).to_string();
+    let r = e.post("/oauth/exchange-code", ADMIN, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["result"], "created");
+    assert!(e.store.get_state(&format!("logins/api/{state}")).await.unwrap().is_none(), "a used login stays");
+}

@@ -9,6 +9,7 @@
 //! | [`Store`](tokenkeeper_core::Store) | [`PgStore`] | tables of one database; every credential update a compare-and-set under a row lock |
 //! | [`AccountLock`](tokenkeeper_core::AccountLock) | [`PgAccountLock`] | a session advisory lock per account, on a dedicated connection |
 //! | [`ChangeFeed`](tokenkeeper_core::ChangeFeed) | [`PgChangeFeed`] | `changes` rows + `NOTIFY` in the writing transaction, `LISTEN` on every replica |
+//! | [`Leadership`](tokenkeeper_core::Leadership) | [`PgLeadership`] | the session advisory lock `tokenkeeper/leader`, on a dedicated connection, pinged every second |
 //!
 //! ```no_run
 //! # async fn demo(key: tokenkeeper_crypto::EncryptionKey) -> Result<(), tokenkeeper_core::StoreError> {
@@ -27,8 +28,8 @@
 //! tokenkeeper derives its keys from names: [`advisory_key`]`(name)` is the first 8 bytes of
 //! SHA-256 of the name, read as a big-endian `i64`. The names are `tokenkeeper/account/<name>`
 //! (the lock of one account, [`account_lock_key`]), `tokenkeeper/changes` (held for the commit
-//! of each change, which puts `changes.seq` in commit order) and `tokenkeeper/migrate` (held
-//! while migrating).
+//! of each change, which puts `changes.seq` in commit order), `tokenkeeper/migrate` (held
+//! while migrating) and `tokenkeeper/leader` (held by the leading replica, [`LEADER_LOCK`]).
 //!
 //! Advisory locks and `LISTEN` live in a database session: connect tokenkeeper to PostgreSQL
 //! directly or through a pooler in *session* mode, never a transaction-mode pooler.
@@ -40,6 +41,7 @@
 //! (installation-wide JSON values) and `changes` (the feed; a day of it).
 
 mod feed;
+mod leader;
 mod lock;
 mod migrate;
 mod store;
@@ -55,6 +57,7 @@ use tokenkeeper_core::{Backend, StoreError};
 use tokenkeeper_crypto::EncryptionKey;
 
 pub use feed::{PgChangeFeed, PgSubscription, CHANNEL};
+pub use leader::{PgLeaderGuard, PgLeadership, LEADER_LOCK, PING_EVERY, PING_TIMEOUT};
 pub use lock::{PgAccountGuard, PgAccountLock};
 pub use sqlx::postgres::PgConnectOptions as ConnectOptions;
 pub use store::PgStore;
@@ -75,6 +78,7 @@ pub async fn backend_with(options: PgConnectOptions, key: EncryptionKey) -> Resu
     Ok(Backend {
         store: Arc::new(store),
         lock: Arc::new(PgAccountLock::new(options.clone())),
+        leader: Arc::new(PgLeadership::new(options.clone())),
         feed: Arc::new(PgChangeFeed::new(options)),
     })
 }
@@ -142,6 +146,7 @@ mod tests {
         assert_eq!(main, i64::from_be_bytes(Sha256::digest(b"tokenkeeper/account/main")[..8].try_into().unwrap()));
         assert_ne!(main, account_lock_key("main2"));
         assert_ne!(advisory_key(FEED_LOCK), advisory_key(migrate::MIGRATE_LOCK));
+        assert_ne!(advisory_key(LEADER_LOCK), advisory_key(FEED_LOCK));
     }
 
     #[test]

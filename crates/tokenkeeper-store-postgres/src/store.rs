@@ -88,14 +88,14 @@ impl PgStore {
         Ok(PgStore { pool, key, target })
     }
 
-    /// Applies pending migrations to the database at `url` and returns, for the `tokenkeeper
-    /// migrate` command. [`PgStore::open`] does the same on every start; calling this first
+    /// Applies pending migrations to the database at `url` and returns the schema version now
+    /// in force, for the `tokenkeeper migrate` command. [`PgStore::open`] does the same on every start; calling this first
     /// only makes the upgrade a separate step.
     ///
     /// Replicas starting at once migrate one at a time: the migrations run in one transaction
     /// that first takes a transaction-level advisory lock, so a second replica waits for the
     /// first to commit and then finds nothing left to do.
-    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    pub async fn migrate(url: &str) -> Result<i64, StoreError> {
         let options = parse_url(url)?;
         let target = describe(&options);
         let pool = PgPoolOptions::new()
@@ -105,8 +105,16 @@ impl PgStore {
             .await
             .map_err(db(format!("connect to {target} to migrate it")))?;
         let migrated = run_migrations(&pool, &target).await;
+        let version = match migrated {
+            Ok(()) => sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations")
+                .fetch_one(&pool)
+                .await
+                .map(|v| v.unwrap_or(0))
+                .map_err(db(format!("read the schema version of {target}"))),
+            Err(e) => Err(e),
+        };
         pool.close().await;
-        migrated
+        version
     }
 
     /// Where the database is, in words, without credentials (for messages).
@@ -548,6 +556,14 @@ impl Store for PgStore {
         .await
         .map_err(db(format!("write state `{key}`")))?;
         Ok(())
+    }
+
+    fn seal_secret(&self, purpose: &str, secret: &tokenkeeper_core::Secret) -> Result<String, StoreError> {
+        self.key.seal(purpose, secret, None)
+    }
+
+    fn open_secret(&self, purpose: &str, sealed: &str) -> Result<tokenkeeper_core::Secret, StoreError> {
+        self.key.open(purpose, sealed).map(|(secret, _)| secret)
     }
 
     async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {

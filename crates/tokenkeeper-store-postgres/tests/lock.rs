@@ -141,3 +141,31 @@ async fn a_killed_holder_process_frees_the_lock() {
     eprintln!("lock takeover after SIGKILL of the holder process: {:?}", taken - killed);
     assert!(taken - killed < Duration::from_secs(2), "takeover took {:?}", taken - killed);
 }
+
+/// The leader's lock session is killed under it (an operator's `pg_terminate_backend`, a
+/// failover): `lost` says so within a ping, and a waiting replica leads at once.
+#[tokio::test]
+async fn a_leader_whose_session_dies_learns_it_and_a_waiter_takes_over() {
+    use tokenkeeper_core::backend::Leadership;
+    use tokenkeeper_store_postgres::{PgLeadership, PING_EVERY, PING_TIMEOUT};
+    let options = database().await;
+    let a = PgLeadership::new(options.clone());
+    let b = PgLeadership::new(options.clone());
+    let mut held = a.acquire("replica-a", Duration::ZERO).await.unwrap().expect("nobody leads yet");
+    let waiter = tokio::spawn(async move { b.acquire("replica-b", Duration::from_secs(20)).await.unwrap() });
+    let mut admin = PgConnection::connect_with(&options).await.unwrap();
+    let pid: i32 =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = 'tokenkeeper leader: replica-a'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    let killed = Instant::now();
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&mut admin).await.unwrap();
+    let why = tokio::time::timeout(PING_EVERY + PING_TIMEOUT + Duration::from_secs(2), held.lost())
+        .await
+        .expect("the leader did not notice its lost session");
+    assert!(why.to_string().contains("leader lock"), "{why}");
+    let next = waiter.await.unwrap();
+    assert!(next.is_some(), "the waiting replica did not take over");
+    assert!(killed.elapsed() < Duration::from_secs(10), "takeover took {:?}", killed.elapsed());
+}

@@ -70,7 +70,7 @@ pub mod testing;
 
 pub use crypto::EncryptionKey;
 pub use feed::SqliteChangeFeed;
-pub use lock::FlockAccountLock;
+pub use lock::{FlockAccountLock, FlockLeadership};
 pub use sqlite::SqliteStore;
 
 use std::path::Path;
@@ -79,7 +79,8 @@ use std::sync::Arc;
 use tokenkeeper_core::{Backend, StoreError};
 
 /// Opens the embedded backend of `data_dir`: the SQLite store, `flock`s in
-/// `<data_dir>/locks`, and the change feed of the store's `changes` table.
+/// `<data_dir>/locks`, the change feed of the store's `changes` table, and leadership as a
+/// `flock` on `<data_dir>/leader.lock`.
 pub async fn open_backend(data_dir: &Path, key: EncryptionKey) -> Result<Backend, StoreError> {
     let store = SqliteStore::open(data_dir, key).await?;
     let feed = store.change_feed();
@@ -87,5 +88,6 @@ pub async fn open_backend(data_dir: &Path, key: EncryptionKey) -> Result<Backend
         store: Arc::new(store),
         lock: Arc::new(FlockAccountLock::new(data_dir.join("locks"))),
         feed: Arc::new(feed),
+        leader: Arc::new(FlockLeadership::new(data_dir.to_owned())),
     })
 }

@@ -561,6 +561,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn seal_secret(&self, purpose: &str, secret: &tokenkeeper_core::Secret) -> Result<String, StoreError> {
+        self.key.seal(purpose, secret, None)
+    }
+
+    fn open_secret(&self, purpose: &str, sealed: &str) -> Result<tokenkeeper_core::Secret, StoreError> {
+        self.key.open(purpose, sealed).map(|(secret, _)| secret)
+    }
+
     async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
         let deleted = sqlx::query("DELETE FROM state WHERE key = ?")
             .bind(key)

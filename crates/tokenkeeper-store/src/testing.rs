@@ -168,6 +168,8 @@ macro_rules! store_conformance {
             the_feed_yields_concurrent_changes_once_in_order,
             cas_sixteen_tasks_one_process_exactly_one_wins_each_round,
             cas_four_processes_opened_at_once_exactly_one_wins_each_round,
+            one_process_leads_until_it_lets_go_and_a_waiter_takes_over,
+            sealed_secrets_open_for_their_purpose_only_and_reveal_nothing,
         );
     };
     (@each $fresh:path; $($property:ident),* $(,)?) => {
@@ -800,6 +802,39 @@ pub mod properties {
         store.patch_account("alpha", &patch, at(3)).await.expect("patch");
         let changes = next_changes(&mut *sub, 1).await;
         assert_eq!(what(&changes), [(Some("alpha"), ChangeKind::Metadata, None)]);
+    }
+
+    pub async fn sealed_secrets_open_for_their_purpose_only_and_reveal_nothing(installation: Arc<dyn Installation>) {
+        let here = installation.open().await;
+        let there = installation.open().await;
+        let secret = Secret::new("pkce-verifier-0123456789abcdefghijklmnopqrstuvwxyz");
+        let sealed = here.store.seal_secret("logins/api/st4te", &secret).expect("seal");
+        assert!(!sealed.contains(secret.expose()), "the sealed text shows the secret");
+        // Another process of the installation (same key) opens it; another purpose does not.
+        assert_eq!(there.store.open_secret("logins/api/st4te", &sealed).expect("open").expose(), secret.expose());
+        assert!(there.store.open_secret("logins/api/other", &sealed).is_err(), "opened for another purpose");
+    }
+
+    pub async fn one_process_leads_until_it_lets_go_and_a_waiter_takes_over(installation: Arc<dyn Installation>) {
+        use std::time::{Duration, Instant};
+        let a = installation.open().await;
+        let b = installation.open().await;
+        let c = installation.open().await;
+        let held = a.leader.acquire("a", Duration::ZERO).await.expect("campaign").expect("nobody leads yet");
+        assert!(b.leader.acquire("b", Duration::ZERO).await.expect("try").is_none(), "two leaders at once");
+        assert!(c.leader.acquire("c", Duration::from_millis(100)).await.expect("wait").is_none(), "two leaders");
+        // A waiter blocked for leadership gets it once the leader lets go, without a retry delay.
+        let waiter = tokio::spawn(async move {
+            let got = b.leader.acquire("b", Duration::from_secs(10)).await.expect("wait");
+            (got, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let released = Instant::now();
+        drop(held);
+        let (guard, at) = waiter.await.expect("waiter");
+        assert!(guard.is_some(), "the waiter did not take over");
+        assert!(at.duration_since(released) < Duration::from_secs(1), "takeover took {:?}", at - released);
+        assert!(c.leader.acquire("c", Duration::ZERO).await.expect("try").is_none(), "the new leader is not exclusive");
     }
 
     pub async fn the_feed_carries_changes_of_another_process(installation: Arc<dyn Installation>) {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tokenkeeper_core::Backend;
-use tokenkeeper_store::lock::FlockAccountLock;
+use tokenkeeper_store::lock::{FlockAccountLock, FlockLeadership};
 use tokenkeeper_store::testing::Installation;
 use tokenkeeper_store::{EncryptionKey, SqliteStore};
 
@@ -24,6 +24,7 @@ impl Installation for Sqlite {
         Backend {
             feed: Arc::new(store.change_feed()),
             lock: Arc::new(FlockAccountLock::new(data.join("locks"))),
+            leader: Arc::new(FlockLeadership::new(data.clone())),
             store,
         }
     }

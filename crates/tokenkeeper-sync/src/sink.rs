@@ -12,17 +12,22 @@
 //! - [`SinkSet::deliver_once`] is the one-shot form for `tokenkeeper sync`: no background
 //!   work, `on_change` and commands run directly.
 //!
+//! - With replicas, [`SinkSet::set_leading`] says whether this process leads: sinks whose
+//!   [`SinkConfig::runs_on`] is [`RunOn::Leader`] are delivered only while it does (the first
+//!   delivery after taking over catches them up); every other sink is delivered on every
+//!   replica.
+//!
 //! Background tasks are started lazily on first need and all joined by
 //! [`SinkSet::shutdown`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::config::{RunOn, SinkConfig, SinkKind};
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::{Account, Secret, SharedClock, SystemClock};
 use tokio::sync::watch;
@@ -157,6 +162,8 @@ struct Shared {
 pub struct SinkSet {
     sinks: Vec<Arc<Sink>>,
     shared: Arc<Shared>,
+    /// Whether this process leads (true until told otherwise: one process alone always leads).
+    leading: AtomicBool,
 }
 
 impl std::fmt::Debug for SinkSet {
@@ -188,14 +195,29 @@ impl SinkSet {
                 })
             })
             .collect();
-        Self { sinks, shared: Arc::new(Shared { opts, infisical: InfisicalClient::new() }) }
+        Self {
+            sinks,
+            shared: Arc::new(Shared { opts, infisical: InfisicalClient::new() }),
+            leading: AtomicBool::new(true),
+        }
+    }
+
+    /// Tells the set whether this process leads the installation: leader-only sinks
+    /// (`run_on = "leader"`) are skipped by [`SinkSet::deliver`] while it does not.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::SeqCst);
+    }
+
+    /// Whether `s` is delivered to by this process now.
+    fn runs_here(&self, s: &Sink) -> bool {
+        s.cfg.runs_on() == RunOn::EveryReplica || self.leading.load(Ordering::SeqCst)
     }
 
     /// Delivers `account`'s credential to each of its sinks, concurrently; failures are
     /// recorded in status and retried in the background.
     pub async fn deliver(&self, account: &Account) {
         let account = Arc::new(account.clone());
-        let jobs = self.sinks.iter().filter(|s| s.cfg.account == account.name).map(|s| {
+        let jobs = self.sinks.iter().filter(|s| s.cfg.account == account.name && self.runs_here(s)).map(|s| {
             let account = account.clone();
             async move {
                 let generation = s.generation.fetch_add(1, Ordering::SeqCst) + 1;

@@ -11,10 +11,25 @@ use tokenkeeper_store::EncryptionKey;
 
 use crate::cli::GlobalArgs;
 
-/// Names a PostgreSQL database shared by replicas (`postgres://…`); unset, the embedded
-/// SQLite store in the data directory is used. An environment variable, not a config key, so
-/// a password in it never lands in a config file.
+/// Names a PostgreSQL database shared by replicas (`postgres://…`); wins over `[store] url` and
+/// `[store] url_file`. With none of them, the embedded SQLite store in the data directory is used.
 pub const STORE_URL_ENV: &str = "TOKENKEEPER_STORE_URL";
+
+/// The store URL in force and where it came from (for messages: the URL itself is never shown,
+/// it may hold a password): the environment, then `[store] url_file`, then `[store] url`.
+pub fn store_url(config: &Config) -> Result<Option<(String, String)>> {
+    if let Some(url) = env(STORE_URL_ENV) {
+        return Ok(Some((url, STORE_URL_ENV.to_owned())));
+    }
+    if let Some(file) = &config.store.url_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read [store] url_file {}", file.display()))?;
+        let url = text.trim().to_owned();
+        anyhow::ensure!(!url.is_empty(), "[store] url_file {} is empty", file.display());
+        return Ok(Some((url, format!("[store] url_file {}", file.display()))));
+    }
+    Ok(config.store.url.clone().map(|u| (u, "[store] url".to_owned())))
+}
 
 /// Everything a command needs.
 pub struct App {
@@ -54,15 +69,15 @@ impl App {
         let config = Arc::new(load_config(global)?);
         let data_dir = data_dir(global)?;
         let key = EncryptionKey::load_or_create(env("TOKENKEEPER_KEY").as_deref(), &data_dir)?;
-        let backend = match env(STORE_URL_ENV) {
+        let backend = match store_url(&config)? {
             // Replicas share PostgreSQL; the URL stays out of every message (it may hold a password).
-            Some(url) if tokenkeeper_store_postgres::is_postgres_url(&url) => {
+            Some((url, origin)) if tokenkeeper_store_postgres::is_postgres_url(&url) => {
                 tokenkeeper_store_postgres::open_backend(&url, key).await.with_context(|| {
-                    format!("cannot open the PostgreSQL store named by {STORE_URL_ENV}; check the URL, the role and that the server is reachable")
+                    format!("cannot open the PostgreSQL store named by {origin}; check the URL, the role and that the server is reachable")
                 })?
             }
-            Some(_) => anyhow::bail!(
-                "{STORE_URL_ENV} must be a postgres:// or postgresql:// URL; unset it to use the embedded store in the data directory"
+            Some((_, origin)) => anyhow::bail!(
+                "{origin} must be a postgres:// or postgresql:// URL; remove it to use the embedded store in the data directory"
             ),
             None => tokenkeeper_store::open_backend(&data_dir, key)
                 .await

@@ -69,6 +69,11 @@ pub enum Command {
     Server(ServerArgs),
     /// Send a local credential (Claude Code's file, the Keychain, stdin) to a remote tokenkeeper server
     Push(PushArgs),
+    /// Apply the store's pending schema migrations and print the schema version
+    #[command(
+        after_help = "Exit status: 0 the schema is current (printed), 1 it could not be migrated (unreachable database, missing privilege, a schema newer than this binary)."
+    )]
+    Migrate,
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }

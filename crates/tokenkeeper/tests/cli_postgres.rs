@@ -52,6 +52,27 @@ async fn two_hosts_share_one_postgres_store() {
     assert!(stderr(&out).contains("TOKENKEEPER_KEY"), "{}", stderr(&out));
     assert!(!stdout(&out).contains(&t.access_token) && !stderr(&out).contains(&t.access_token));
 
+    // `migrate` as a step of its own: idempotent, says the version.
+    for _ in 0..2 {
+        let out = run(&host_b, &url, Some(&key), &["migrate"], "");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("schema version 1, up to date"), "{}", stdout(&out));
+    }
+
+    // [store] url_file names the database as well as the variable does (the variable wins).
+    let url_file = host_b.dir.path().join("store-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    host_b.write_config(&format!("[store]\nurl_file = \"{}\"\n", url_file.display()));
+    let out = host_b.cmd(&["accounts"]).env("TOKENKEEPER_KEY", &key).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("main"), "{}", stdout(&out));
+    // A password in the config file itself is refused, without echoing it.
+    host_b.write_config("[store]\nurl = \"postgres://keeper:hunter2@db.example/tk\"\n");
+    let out = host_b.cmd(&["accounts"]).env("TOKENKEEPER_KEY", &key).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("password") && !stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    host_b.write_config("");
+
     let out = run(&host_b, "mysql://x@localhost/db", Some(&key), &["accounts"], "");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("postgres://"), "{}", stderr(&out));

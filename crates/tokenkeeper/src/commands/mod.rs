@@ -8,6 +8,7 @@ mod import;
 mod keys;
 mod login;
 mod pool;
+mod migrate;
 mod push;
 mod refresh;
 mod serve;
@@ -48,5 +49,6 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Push(args) => push::run(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
         Command::Doctor(args) => doctor::run(&global, args).await,
+        Command::Migrate => migrate::run(&global).await,
     }
 }

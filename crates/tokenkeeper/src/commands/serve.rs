@@ -11,9 +11,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tokenkeeper_alert::AlertEngine;
+use tokenkeeper_daemon::leader::{default_replica_id, Campaign};
 use tokenkeeper_daemon::Daemon;
 use tokenkeeper_proxy::ProxyState;
-use tokenkeeper_server::{load_or_create_admin_token, AppState, ADMIN_TOKEN_ENV};
+use tokenkeeper_server::{load_or_create_admin_token, AppState, Replica, ADMIN_TOKEN_ENV};
 use tokenkeeper_sync::sink::SinkSet;
 
 use crate::app::App;
@@ -46,6 +47,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
                 .context("cannot set up [[alerts]]")?;
         Some(Arc::new(engine))
     };
+    let campaign = start_campaign(&app);
     let http = !args.no_http && app.config.server.enabled;
     let mut proxy_server = None;
     let server = if http {
@@ -67,7 +69,9 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
                 })
             })
         };
-        let mut state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin).with_routes(web);
+        let mut state = AppState::new(app.keeper.clone(), Some(sinks.clone()), admin)
+            .with_routes(web)
+            .with_replica(Replica { id: campaign.replica().to_owned(), leading: campaign.watch() });
         if let Some(alerts) = &alerts {
             let alerts = alerts.clone();
             state = state.with_extra_metrics(Arc::new(move |out: &mut String| alert_metrics(&alerts, out)));
@@ -94,7 +98,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         tracing::info!("HTTP server disabled (--no-http or [server] enabled = false)");
         None
     };
-    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone()));
+    let mut daemon = Daemon::new(app.keeper.clone(), Some(sinks.clone())).with_leadership(campaign.watch());
     if let Some(alerts) = &alerts {
         daemon = daemon.with_alerts(alerts.clone());
     }
@@ -107,6 +111,8 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
         })
         .await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // Leadership is handed over as soon as the daemon stopped, not after the HTTP drain.
+    campaign.stop().await;
     let _ = stop_tx.send(true);
     let mut code = exit::OK;
     if let Some(handle) = server {
@@ -213,6 +219,20 @@ async fn flush_after_drain(app: &App) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot flush the usage counted during the drain; it is lost"),
     }
+}
+
+/// Campaigns for leadership of the installation as `[replica] id` (default `<hostname>:<pid>`):
+/// with one `serve` per data directory it leads at once; among replicas on PostgreSQL one leads.
+fn start_campaign(app: &App) -> Campaign {
+    let replica = app.config.replica.id.clone().unwrap_or_else(default_replica_id);
+    tracing::info!(replica = %replica, "campaigning for leadership");
+    Campaign::start(
+        app.keeper.leadership().clone(),
+        app.store.clone(),
+        app.keeper.clock().clone(),
+        replica,
+        app.config.replica.leader_retry,
+    )
 }
 
 /// `tokenkeeper_alert_deliveries_total{channel, result}` in Prometheus text format. Channel

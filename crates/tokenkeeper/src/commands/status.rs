@@ -24,6 +24,7 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
         print_cooldowns(app, args.account.as_deref(), now).await;
         print_sinks(app, args.account.as_deref()).await;
         print_alert_channels(app).await;
+        print_leader(app).await;
     }
     Ok(exit::OK)
 }
@@ -78,4 +79,13 @@ async fn print_alert_channels(app: &App) {
             _ => println!("alert channel {name}: ok; {sent} sent, {failed} failed"),
         }
     }
+}
+
+/// Which `serve` leads the installation (runs the scheduler, alerts, leader-only sinks), as the
+/// last one to take over recorded it; nothing before any `serve` has run.
+async fn print_leader(app: &App) {
+    let Ok(Some(value)) = app.store.get_state(tokenkeeper_core::backend::LEADER_KEY).await else { return };
+    let Ok(record) = serde_json::from_value::<tokenkeeper_daemon::leader::LeaderRecord>(value) else { return };
+    let since = record.since.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S");
+    println!("leader: {} (since {since})", record.replica);
 }
