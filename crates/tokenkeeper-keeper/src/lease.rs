@@ -34,6 +34,7 @@ use tokenkeeper_core::{Account, ChangeKind, FeedItem, Secret};
 
 use crate::error::KeeperError;
 use crate::keeper::{chrono_duration, Keeper, KeeperEvent, RefreshPolicy};
+use crate::schedule::effective_lead;
 
 /// What a caller asks for; every field is optional.
 #[derive(Debug, Clone, Copy, Default)]
@@ -308,7 +309,9 @@ impl Keeper {
         if c.is_blank() || c.is_expired(now) || self.cache.is_rejected(account) {
             return None;
         }
-        if !c.needs_refresh(now, chrono_duration(self.lead())) {
+        // The effective lead: with a lead not shorter than the token's lifetime, the configured
+        // one would send every lease through a refresh (a storm of them).
+        if !c.needs_refresh(now, chrono_duration(effective_lead(self.lead(), account))) {
             return Some(None);
         }
         self.cache.gate(&account.name, now).map(Some)
