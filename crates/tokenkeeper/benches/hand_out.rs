@@ -18,37 +18,40 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::loadgen::{self, Run};
+use tokenkeeper_bench::{run, run_rotating, LoadConfig, Report, Target};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn line(label: &str, r: &Run) {
+fn ms(r: &Report, q: f64) -> f64 {
+    r.latency.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn line(label: &str, r: &Report) {
     println!(
         "{label:<8} {:>9.0} req/s  ok {:>8}  errors {:>3}  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
-        r.per_second(),
+        r.throughput(),
         r.ok,
-        r.errors,
-        r.ms(0.50),
-        r.ms(0.99),
-        r.ms(0.999),
+        r.errors + r.non_2xx,
+        ms(r, 0.50),
+        ms(r, 0.99),
+        ms(r, 0.999),
         r.latency.max() as f64 / 1000.0
     );
 }
 
-fn merge(runs: &[Run]) -> Run {
-    let mut all = Run {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
-    };
-    for r in runs {
+/// The phases of one endpoint as one run: counts and histograms added, wall times summed.
+fn merge(runs: &[Report]) -> Report {
+    let mut all = runs[0].clone();
+    for r in &runs[1..] {
         all.ok += r.ok;
+        all.non_2xx += r.non_2xx;
         all.errors += r.errors;
+        all.bytes += r.bytes;
         all.elapsed += r.elapsed;
         all.latency.add(&r.latency).unwrap();
+        all.ttfb.add(&r.ttfb).unwrap();
     }
     all
 }
@@ -72,21 +75,28 @@ async fn main() {
         served.time_to_ready.as_secs_f64() * 1000.0
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let health = vec!["/health".to_owned()];
     let tokens: Vec<String> = names.iter().map(|n| format!("/api/token?account={n}")).collect();
-    let auth = vec![("authorization", format!("Bearer {key}"))];
+    let health = |d: Duration| LoadConfig::closed(Target::get(addr, "/health"), connections, d);
+    let token = |d: Duration| {
+        let target = Target::get(addr, &tokens[0]).header("authorization", &format!("Bearer {key}"));
+        LoadConfig::closed(target, connections, d)
+    };
 
     // Warm-up: connections, the key cache and the lease cache.
-    let _ = loadgen::run(addr, &health, &[], connections, Duration::from_secs(1)).await;
-    let warm = loadgen::run(addr, &tokens, &auth, connections, Duration::from_secs(1)).await;
-    assert!(warm.ok > 0 && warm.errors == 0, "token requests fail; log:\n{}", support::read_log(&install));
+    let _ = run(&health(Duration::from_secs(1))).await.unwrap();
+    let warm = run_rotating(&token(Duration::from_secs(1)), &tokens).await.unwrap();
+    assert!(
+        warm.ok > 0 && warm.errors + warm.non_2xx == 0,
+        "token requests fail; log:\n{}",
+        support::read_log(&install)
+    );
 
     let phase = Duration::from_secs(seconds);
     let (mut h_runs, mut t_runs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let h = loadgen::run(addr, &health, &[], connections, phase).await;
+        let h = run(&health(phase)).await.unwrap();
         line(&format!("health {round}"), &h);
-        let t = loadgen::run(addr, &tokens, &auth, connections, phase).await;
+        let t = run_rotating(&token(phase), &tokens).await.unwrap();
         line(&format!("token {round}"), &t);
         h_runs.push(h);
         t_runs.push(t);
@@ -97,8 +107,8 @@ async fn main() {
     line("token", &t);
     println!(
         "token/health throughput ratio {:.2} (target >= 0.5); token p99 {:.3} ms (target < 2 ms)",
-        t.per_second() / h.per_second(),
-        t.ms(0.99)
+        t.throughput() / h.throughput(),
+        ms(&t, 0.99)
     );
     let rss = support::proc_status_kb(served.pid(), "VmRSS");
     println!("server VmRSS after the run: {:.1} MB", rss as f64 / 1024.0);

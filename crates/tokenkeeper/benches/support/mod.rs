@@ -1,13 +1,11 @@
 //! Shared by the benches of the real binary: an installation in a temporary directory (the
 //! mock provider on loopback, a data directory seeded straight through the store), `tokenkeeper
-//! serve` spawned with `READY=1` awaited on a `NOTIFY_SOCKET` of our own, and a keep-alive
-//! HTTP/1.1 load generator.
+//! serve` spawned with `READY=1` awaited on a `NOTIFY_SOCKET` of our own. The load generator
+//! is the workspace's one, `tokenkeeper-bench`.
 //!
 //! Benches are not tests: they panic with a message when something is wrong.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
-
-pub mod loadgen;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
