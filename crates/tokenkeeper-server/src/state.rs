@@ -61,7 +61,8 @@ pub struct AppState {
 #[derive(Debug, Default)]
 struct KeyCache {
     generation: u64,
-    by_hash: HashMap<String, tokenkeeper_core::store::ApiKey>,
+    /// Shared, so a hit is a reference count, not a copy of the key's strings.
+    by_hash: HashMap<String, Arc<tokenkeeper_core::store::ApiKey>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -145,7 +146,7 @@ impl AppState {
     pub(crate) async fn find_api_key(
         &self,
         hash: &str,
-    ) -> Result<Option<tokenkeeper_core::store::ApiKey>, tokenkeeper_core::StoreError> {
+    ) -> Result<Option<Arc<tokenkeeper_core::store::ApiKey>>, tokenkeeper_core::StoreError> {
         let generation = self.keeper.keys_generation();
         if let Some(g) = generation {
             let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,7 +158,7 @@ impl AppState {
                 return Ok(Some(k.clone()));
             }
         }
-        let found = self.keeper.store().find_api_key(hash).await?;
+        let found = self.keeper.store().find_api_key(hash).await?.map(Arc::new);
         if let (Some(g), Some(k)) = (generation, &found) {
             let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             // A change that arrived during the read starts a newer generation: keep nothing.
