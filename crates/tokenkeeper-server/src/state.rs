@@ -41,9 +41,25 @@ pub(crate) struct PendingLogin {
     pub(crate) started_at: DateTime<Utc>,
 }
 
-/// The server's shared state. Cheap to clone.
+/// The server's shared state. Cheap to clone: one reference count (axum clones the state for
+/// every request that extracts it, so one `Arc` instead of one per field keeps the hot path
+/// to a single atomic increment and decrement).
 #[derive(Clone)]
 pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// What [`AppState`] shares. The builder methods (`with_…`) run before the server starts;
+/// they copy it only if it is already shared.
+#[derive(Clone)]
+pub struct Shared {
     pub(crate) keeper: Arc<Keeper>,
     pub(crate) sinks: Option<Arc<SinkSet>>,
     pub(crate) admin_token: Arc<Secret>,
@@ -123,21 +139,23 @@ impl AppState {
     /// status and metrics; `admin_token` is the token that may do everything.
     pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, admin_token: Secret) -> Self {
         AppState {
-            keeper,
-            sinks,
-            admin_token: Arc::new(admin_token),
-            logins: Arc::default(),
-            limiter: Arc::default(),
-            extra_metrics: None,
-            body_limit: DEFAULT_BODY_LIMIT,
-            keys: Arc::default(),
-            extra_routes: None,
+            shared: Arc::new(Shared {
+                keeper,
+                sinks,
+                admin_token: Arc::new(admin_token),
+                logins: Arc::default(),
+                limiter: Arc::default(),
+                extra_metrics: None,
+                body_limit: DEFAULT_BODY_LIMIT,
+                keys: Arc::default(),
+                extra_routes: None,
+            }),
         }
     }
 
     /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
     pub fn with_routes(mut self, routes: ExtraRoutes) -> Self {
-        self.extra_routes = Some(routes);
+        Arc::make_mut(&mut self.shared).extra_routes = Some(routes);
         self
     }
 
@@ -171,7 +189,7 @@ impl AppState {
 
     /// Adds a hook that appends Prometheus text to `/metrics`.
     pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
-        self.extra_metrics = Some(hook);
+        Arc::make_mut(&mut self.shared).extra_metrics = Some(hook);
         self
     }
 
@@ -179,13 +197,13 @@ impl AppState {
     /// refused for a while (default [`crate::auth::MAX_FAILURES`]). For API testers such as
     /// schemathesis, which present wrong keys on purpose.
     pub fn with_failure_limit(mut self, max_failures: usize) -> Self {
-        self.limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
+        Arc::make_mut(&mut self.shared).limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
         self
     }
 
     /// Sets the request body limit (default 64 KiB).
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
+        Arc::make_mut(&mut self.shared).body_limit = bytes;
         self
     }
 

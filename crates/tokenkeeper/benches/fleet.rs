@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Accounts are written straight into the store (`SqliteStore`), not imported one CLI process
-//! at a time. `BENCH_FLEET` (default 10000) sets the large fleet. Figures are in
-//! docs/BENCHMARKS.md.
+//! at a time. `BENCH_FLEET` (default 10000) sets the large fleet; `BENCH_IDLE_ONLY=1` stops
+//! after the idle figures; `BENCH_BINARY` and `BENCH_SERVE_ENV` (see `support`) run another
+//! binary or add variables. Figures are in docs/BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -150,5 +151,8 @@ async fn main() {
     let spread = Duration::from_secs(setting("BENCH_SPREAD", 60) as u64);
     idle(100).await;
     let seeded = idle(fleet).await;
+    if setting("BENCH_IDLE_ONLY", 0) == 1 {
+        return;
+    }
     expiring(fleet, spread, seeded + seeded / 2).await;
 }

@@ -71,7 +71,8 @@ async fn main() {
     let key = install.ok(&["keys", "create", "--name", "bench", "--scope", "token:read"]).trim().to_owned();
     let served = support::spawn_serve(&install, Duration::from_secs(60));
     println!(
-        "tokenkeeper serve ready in {:.0} ms with {accounts} accounts; {connections} connections, {rounds} rounds of {seconds} s per endpoint",
+        "tokenkeeper serve (pid {}) ready in {:.0} ms with {accounts} accounts; {connections} connections, {rounds} rounds of {seconds} s per endpoint",
+        served.pid(),
         served.time_to_ready.as_secs_f64() * 1000.0
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
