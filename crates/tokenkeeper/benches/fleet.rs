@@ -48,6 +48,15 @@ async fn idle(n: usize) -> Duration {
     std::thread::sleep(Duration::from_secs(10));
     let cpu = support::cpu_ticks(pid) - before;
     let rss_after = support::proc_status_kb(pid, "VmRSS");
+    // VmRSS counts the executable's pages mapped from the page cache (shared, clean, dropped
+    // first under memory pressure) as well as the heap: show both parts.
+    let (anon, file) = (support::proc_status_kb(pid, "RssAnon"), support::proc_status_kb(pid, "RssFile"));
+    println!(
+        "{n:>6} accounts: VmRSS after 10 s idle {:.1} MB = RssAnon {:.1} MB (heap, stacks) + RssFile {:.1} MB (mapped executable and libraries)",
+        rss_after as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
     println!(
         "{n:>6} accounts: seeded in {:.1} s; ready in {:.0} ms; VmRSS at ready {:.1} MB, idle {:.1} MB, after 10 s idle {:.1} MB, peak (VmHWM) {:.1} MB; idle CPU over 10 s {} ms",
         seeded.as_secs_f64(),
