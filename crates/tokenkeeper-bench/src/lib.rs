@@ -6,8 +6,9 @@
 //! p50/p99/p999 of both.
 //!
 //! It is a library so that every benchmark in the workspace measures the same way:
-//! the proxy benchmark (`src/bin/proxy_bench.rs`) and the hand-out benchmark
-//! (`/api/token` against `/health`).
+//! the proxy benchmark (`src/bin/proxy_bench.rs`), `tk-load`, and the benches of the real
+//! binary in `crates/tokenkeeper/benches` (the hand-out benchmark, `/api/token` against
+//! `/health`). [`run_rotating`] spreads a run over several paths (one account after another).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,14 +92,19 @@ impl Target {
     }
 
     fn request(&self) -> Result<Request<Full<Bytes>>, LoadError> {
+        self.request_to(&self.path)
+    }
+
+    /// The request of this target with `path` (and query) instead of its own.
+    fn request_to(&self, path: &str) -> Result<Request<Full<Bytes>>, LoadError> {
         let mut builder =
-            Request::builder().method(self.method.clone()).uri(&self.path).header(hyper::header::HOST, &self.host);
+            Request::builder().method(self.method.clone()).uri(path).header(hyper::header::HOST, &self.host);
         for (name, value) in &self.headers {
             builder = builder.header(name, value);
         }
         builder
             .body(Full::new(self.body.clone()))
-            .map_err(|source| LoadError::Request { path: self.path.clone(), source })
+            .map_err(|source| LoadError::Request { path: path.to_owned(), source })
     }
 }
 
@@ -219,6 +225,19 @@ pub fn ms(d: Duration) -> f64 {
 
 /// Runs `config` and reports what it measured.
 pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
+    run_paths(config, Vec::new()).await
+}
+
+/// Runs `config` over several paths instead of the target's one: connection `c` sends
+/// `paths[(c + k × connections) % paths.len()]` as its `k`-th request, so every path is asked
+/// for equally often and neighbouring connections ask for different ones (the hand-out
+/// benchmark's accounts). Method, headers and body are the target's. An empty `paths` is
+/// [`run`].
+pub async fn run_rotating(config: &LoadConfig, paths: &[String]) -> Result<Report, LoadError> {
+    run_paths(config, paths.to_vec()).await
+}
+
+async fn run_paths(config: &LoadConfig, paths: Vec<String>) -> Result<Report, LoadError> {
     // Fail early, with a clear message, when nothing listens.
     drop(
         TcpStream::connect(config.target.addr)
@@ -226,10 +245,14 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
             .map_err(|source| LoadError::Connect { addr: config.target.addr, source })?,
     );
     config.target.request()?;
+    for path in &paths {
+        config.target.request_to(path)?;
+    }
 
     let connections = config.connections.max(1);
     let shared = Arc::new(Shared {
         target: config.target.clone(),
+        paths,
         remaining: std::sync::atomic::AtomicI64::new(match config.stop {
             Stop::Count(n) => i64::try_from(n).unwrap_or(i64::MAX),
             Stop::Duration(_) => i64::MAX,
@@ -240,10 +263,12 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         config.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(connections as f64 / r));
 
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    for index in 0..connections {
         let shared = Arc::clone(&shared);
         let warmup = config.warmup_requests;
-        tasks.push(tokio::spawn(async move { connection_loop(&shared, warmup, per_connection_interval).await }));
+        tasks.push(tokio::spawn(async move {
+            connection_loop(&shared, Rotation { index, connections }, warmup, per_connection_interval).await
+        }));
     }
     // Every connection has warmed up: measuring starts now.
     shared.barrier.wait().await;
@@ -264,8 +289,27 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
 
 struct Shared {
     target: Target,
+    /// Paths to rotate through; empty: the target's own.
+    paths: Vec<String>,
     remaining: std::sync::atomic::AtomicI64,
     barrier: tokio::sync::Barrier,
+}
+
+/// Which paths a connection sends: its index among `connections`.
+#[derive(Clone, Copy)]
+struct Rotation {
+    index: usize,
+    connections: usize,
+}
+
+impl Shared {
+    /// The path of request number `k` of the connection at `rotation`.
+    fn path(&self, rotation: Rotation, k: usize) -> &str {
+        if self.paths.is_empty() {
+            return &self.target.path;
+        }
+        &self.paths[(rotation.index + k.wrapping_mul(rotation.connections)) % self.paths.len()]
+    }
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -287,8 +331,8 @@ enum Outcome {
     Broken,
 }
 
-async fn one(sender: &mut Sender, target: &Target, sent: Instant) -> Outcome {
-    let Ok(request) = target.request() else {
+async fn one(sender: &mut Sender, target: &Target, path: &str, sent: Instant) -> Outcome {
+    let Ok(request) = target.request_to(path) else {
         return Outcome::Broken;
     };
     if sender.ready().await.is_err() {
@@ -320,13 +364,21 @@ async fn one(sender: &mut Sender, target: &Target, sent: Instant) -> Outcome {
     }
 }
 
-async fn connection_loop(shared: &Shared, warmup: u64, interval: Option<Duration>) -> Result<Report, LoadError> {
+async fn connection_loop(
+    shared: &Shared,
+    rotation: Rotation,
+    warmup: u64,
+    interval: Option<Duration>,
+) -> Result<Report, LoadError> {
     use std::sync::atomic::Ordering;
     let mut report = Report::empty()?;
     let mut sender = connect(shared.target.addr).await;
+    let mut k = 0usize;
     for _ in 0..warmup {
         if let Some(s) = sender.as_mut() {
-            if let Outcome::Broken = one(s, &shared.target, Instant::now()).await {
+            let path = shared.path(rotation, k);
+            k = k.wrapping_add(1);
+            if let Outcome::Broken = one(s, &shared.target, path, Instant::now()).await {
                 sender = connect(shared.target.addr).await;
             }
         }
@@ -349,7 +401,9 @@ async fn connection_loop(shared: &Shared, warmup: u64, interval: Option<Duration
             sender = connect(shared.target.addr).await;
             continue;
         };
-        match one(s, &shared.target, sent).await {
+        let path = shared.path(rotation, k);
+        k = k.wrapping_add(1);
+        match one(s, &shared.target, path, sent).await {
             Outcome::Ok { ttfb, bytes } => {
                 report.ok += 1;
                 report.bytes += bytes;
@@ -426,6 +480,64 @@ mod tests {
         assert_eq!(report.latency.len(), 1000);
         assert!(report.throughput() > 0.0);
         assert!(report.latency_at(0.5) >= report.ttfb_at(0.0));
+    }
+
+    /// Like [`fixed_server`], and records the path of every request line it answers.
+    async fn recording_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen_paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let paths = Arc::clone(&seen_paths);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let paths = Arc::clone(&paths);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let n = match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                            seen.drain(..end + 4);
+                            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                            paths.lock().unwrap().push(path);
+                            if socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen_paths)
+    }
+
+    #[tokio::test]
+    async fn rotating_asks_for_every_path_equally_often() {
+        let (addr, seen) = recording_server().await;
+        let paths: Vec<String> = (0..5).map(|i| format!("/api/token?account=a{i}")).collect();
+        let config = LoadConfig {
+            target: Target::get(addr, "/unused"),
+            connections: 3,
+            stop: Stop::Count(300),
+            rate: None,
+            warmup_requests: 0,
+        };
+        let report = run_rotating(&config, &paths).await.unwrap();
+        assert_eq!((report.ok, report.errors), (300, 0));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 300);
+        for p in &paths {
+            let n = seen.iter().filter(|s| *s == p).count();
+            // Three connections stop at slightly different points of their rotation.
+            assert!((57..=63).contains(&n), "{p} asked for {n} times of 300: {seen:?}");
+        }
+        assert!(!seen.iter().any(|s| s == "/unused"), "the target's own path was sent");
     }
 
     #[tokio::test]

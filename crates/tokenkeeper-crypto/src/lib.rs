@@ -8,8 +8,10 @@
 //! XChaCha20-Poly1305 under a fresh random 24-byte nonce, with the account name as associated
 //! data, so a ciphertext copied into another account's row does not decrypt. The stored text is
 //! `v1:<base64(nonce || ciphertext)>`; the plaintext is the JSON
-//! `{"access_token": …, "refresh_token": …}`. Among the stores, this is the only crate that
-//! calls [`Secret::expose`]: a backend stores and reads back only the sealed text.
+//! `{"access_token": …, "refresh_token": …}`. The backends' production code never calls
+//! [`Secret::expose`] (only their test support does): they store and read back only the
+//! sealed text this crate makes. Elsewhere `expose` is called wherever a token must leave as
+//! itself (a sink's file, an HTTP answer, a child's environment); grep for it in review.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, Permissions};

@@ -26,6 +26,7 @@ use crate::bound::{read_bound, write_bound, BoundContent};
 use crate::error::KeeperError;
 use crate::lease::{LeaseCache, UsageMeter};
 use crate::locks::{claude_lock_dirs, ClaudeLockDir, HeldLocks, SingleFlight};
+use crate::schedule::effective_lead;
 
 /// The name of Claude Code's credentials file in its config directory.
 const CLAUDE_CREDENTIALS_FILE: &str = ".credentials.json";
@@ -39,7 +40,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(90);
 /// When to refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshPolicy {
-    /// Only if the access token expires within this long (the lead time).
+    /// Only if the access token expires within this long (the lead time), capped at half the
+    /// token's lifetime when it is not shorter than that ([`crate::schedule::effective_lead`]).
     IfWithin(Duration),
     /// Now: rotates, unless another refresh committed between the call's start and the moment
     /// it holds the locks (it was in flight, so this call coalesces into it).
@@ -315,6 +317,7 @@ impl Keeper {
         let file_newer = self.bound_newer(&seen);
         if file_newer.is_none() {
             if let RefreshPolicy::IfWithin(lead) = policy {
+                let lead = effective_lead(lead, &seen);
                 if !seen.credential.needs_refresh(self.now(), chrono_duration(lead)) {
                     return Ok(RefreshResult::NotNeeded(Box::new(seen)));
                 }
@@ -331,7 +334,9 @@ impl Keeper {
         let changed_meanwhile = latest.version != started.unwrap_or(seen.version);
         match policy {
             RefreshPolicy::IfWithin(lead) => {
-                if !latest.credential.needs_refresh(now, chrono_duration(lead)) {
+                // Judged on what is stored now: a token another process just refreshed has a
+                // new lifetime, and a lead that covers all of it must not refresh it again.
+                if !latest.credential.needs_refresh(now, chrono_duration(effective_lead(lead, &latest))) {
                     return Ok(if changed_meanwhile {
                         RefreshResult::Adopted(Box::new(latest))
                     } else {
@@ -660,7 +665,7 @@ impl Keeper {
             RefreshPolicy::Force | RefreshPolicy::Rejected { .. } => self.lead(),
         };
         let now = self.now();
-        if !account.credential.needs_refresh(now, chrono_duration(lead)) {
+        if !account.credential.needs_refresh(now, chrono_duration(effective_lead(lead, &account))) {
             return Ok(if account.version != before {
                 RefreshResult::Adopted(Box::new(account))
             } else {

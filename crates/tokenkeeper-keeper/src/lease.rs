@@ -34,6 +34,7 @@ use tokenkeeper_core::{Account, ChangeKind, FeedItem, Secret};
 
 use crate::error::KeeperError;
 use crate::keeper::{chrono_duration, Keeper, KeeperEvent, RefreshPolicy};
+use crate::schedule::effective_lead;
 
 /// What a caller asks for; every field is optional.
 #[derive(Debug, Clone, Copy, Default)]
@@ -211,22 +212,27 @@ impl LeaseCache {
     }
 }
 
-/// A usage bucket: account, API key id, model, hour (seconds since the epoch).
-type BucketKey = (String, Option<String>, Option<String>, i64);
-
-/// Usage counted since the last flush, by (account, key, model, hour).
+/// Usage counted since the last flush: per account, one record per (API key, model, hour).
+/// Keyed by account first so that counting a lease (the hot path) looks the account up by
+/// `&str` and finds its bucket among a handful without allocating; a new bucket allocates.
 #[derive(Debug, Default)]
 pub struct UsageMeter {
-    buckets: Mutex<HashMap<BucketKey, UsageRecord>>,
+    buckets: Mutex<HashMap<String, Vec<UsageRecord>>>,
 }
 
 impl UsageMeter {
     /// Adds a record (requests, tokens, errors) to its bucket.
     pub fn add(&self, record: UsageRecord) {
         let hour = UsageRecord::hour_of(record.hour);
-        let key = (record.account.clone(), record.key_id.clone(), record.model.clone(), hour.timestamp());
         let mut buckets = lock(&self.buckets);
-        match buckets.get_mut(&key) {
+        let of_account = match buckets.get_mut(&record.account) {
+            Some(v) => v,
+            None => buckets.entry(record.account.clone()).or_default(),
+        };
+        let same = |b: &&mut UsageRecord| {
+            b.hour == hour && b.key_id.as_deref() == record.key_id.as_deref() && b.model == record.model
+        };
+        match of_account.iter_mut().find(same) {
             Some(b) => {
                 b.requests += record.requests;
                 b.input_tokens += record.input_tokens;
@@ -236,13 +242,24 @@ impl UsageMeter {
                 b.errors += record.errors;
                 b.last_used_at = b.last_used_at.max(record.last_used_at);
             }
-            None => {
-                buckets.insert(key, UsageRecord { hour, ..record });
-            }
+            None => of_account.push(UsageRecord { hour, ..record }),
         }
     }
 
+    /// Counts one request of `req` for `account` at `now`.
     fn count(&self, req: &LeaseRequest<'_>, account: &str, now: DateTime<Utc>) {
+        let hour = UsageRecord::hour_of(now);
+        {
+            let mut buckets = lock(&self.buckets);
+            if let Some(b) = buckets.get_mut(account).and_then(|v| {
+                v.iter_mut()
+                    .find(|b| b.hour == hour && b.key_id.as_deref() == req.key_id && b.model.as_deref() == req.model)
+            }) {
+                b.requests += 1;
+                b.last_used_at = b.last_used_at.max(now);
+                return;
+            }
+        }
         self.add(UsageRecord {
             account: account.to_owned(),
             key_id: req.key_id.map(str::to_owned),
@@ -256,12 +273,12 @@ impl UsageMeter {
 
     /// Everything counted so far, emptying the meter.
     pub fn take(&self) -> Vec<UsageRecord> {
-        lock(&self.buckets).drain().map(|(_, r)| r).collect()
+        lock(&self.buckets).drain().flat_map(|(_, v)| v).collect()
     }
 
     /// Requests counted and not yet flushed, over every bucket.
     pub fn pending_requests(&self) -> u64 {
-        lock(&self.buckets).values().map(|r| r.requests).sum()
+        lock(&self.buckets).values().flatten().map(|r| r.requests).sum()
     }
 }
 
@@ -308,7 +325,9 @@ impl Keeper {
         if c.is_blank() || c.is_expired(now) || self.cache.is_rejected(account) {
             return None;
         }
-        if !c.needs_refresh(now, chrono_duration(self.lead())) {
+        // The effective lead: with a lead not shorter than the token's lifetime, the configured
+        // one would send every lease through a refresh (a storm of them).
+        if !c.needs_refresh(now, chrono_duration(effective_lead(self.lead(), account))) {
             return Some(None);
         }
         self.cache.gate(&account.name, now).map(Some)

@@ -37,6 +37,32 @@ struct Backoff {
     not_before: DateTime<Utc>,
 }
 
+/// The lifetime of the account's current token, when it can be told: its expiry minus its last
+/// refresh (ours or one we adopted). An imported or pasted token's issue time is unknown (it
+/// may be an 8-hour token with 10 minutes left), so `None`: its lead applies as configured.
+pub fn token_lifetime(account: &Account) -> Option<Duration> {
+    let issued = account.last_refreshed_at?;
+    (account.credential.expires_at - issued).to_std().ok().filter(|d| !d.is_zero())
+}
+
+/// The lead `account` is refreshed at, before jitter: `lead`, or half the token's lifetime when
+/// `lead` is not shorter than it. Every "is it due?" decision uses this (the scheduler, leases,
+/// [`Keeper::refresh`] with [`RefreshPolicy::IfWithin`]), so no caller can refresh a token
+/// that was just refreshed because the lead covers its whole lifetime.
+pub fn effective_lead(lead: Duration, account: &Account) -> Duration {
+    match lead_not_shorter_than_lifetime(lead, account) {
+        Some(life) => life / 2,
+        None => lead,
+    }
+}
+
+/// `Some(lifetime)` when `lead` is not shorter than the lifetime of `account`'s token: the
+/// configuration that the keeper works around (at half the lifetime, logged once) and that
+/// `doctor` and `check` flag.
+pub fn lead_not_shorter_than_lifetime(lead: Duration, account: &Account) -> Option<Duration> {
+    token_lifetime(account).filter(|life| lead >= *life)
+}
+
 /// Schedules refreshes of every `own` account.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -54,29 +80,17 @@ impl Scheduler {
         Self { keeper, backoff: HashMap::new(), warned_short_life: HashSet::new() }
     }
 
-    /// The token's lifetime, when it can be told: expiry minus its last refresh (ours or one
-    /// we adopted). An imported or pasted token's issue time is unknown (it may be an 8-hour
-    /// token with 10 minutes left), so its lead applies as configured.
-    fn lifetime(account: &Account) -> Option<Duration> {
-        let issued = account.last_refreshed_at?;
-        (account.credential.expires_at - issued).to_std().ok().filter(|d| !d.is_zero())
-    }
-
     /// The lead this account is refreshed at, before jitter: the configured lead, or half the
     /// token's lifetime when the lead is not shorter than it (see the module docs).
     pub fn effective_lead(&self, account: &Account) -> Duration {
-        let lead = self.keeper.lead();
-        match Self::lifetime(account) {
-            Some(life) if lead >= life => life / 2,
-            _ => lead,
-        }
+        effective_lead(self.keeper.lead(), account)
     }
 
     /// This account's jitter: a stable fraction of its jitter bound (see the module docs).
     pub fn jitter_for(&self, account: &Account) -> Duration {
         let lead = self.effective_lead(account);
         let mut max = self.keeper.config().keeper.jitter.min(lead / 2);
-        if let Some(life) = Self::lifetime(account) {
+        if let Some(life) = token_lifetime(account) {
             max = max.min(life.saturating_sub(lead) / 2);
         }
         if max.is_zero() {
@@ -99,8 +113,8 @@ impl Scheduler {
 
     fn warn_short_life(&mut self, account: &Account) {
         let lead = self.keeper.lead();
-        if let Some(life) = Self::lifetime(account) {
-            if lead >= life && self.warned_short_life.insert(account.name.clone()) {
+        if let Some(life) = lead_not_shorter_than_lifetime(lead, account) {
+            if self.warned_short_life.insert(account.name.clone()) {
                 tracing::warn!(account = %account.name, lead = %humantime::format_duration(lead),
                     lifetime = %humantime::format_duration(Duration::from_secs(life.as_secs())),
                     "[keeper] lead is not shorter than this token's lifetime; refreshing at half its lifetime instead");

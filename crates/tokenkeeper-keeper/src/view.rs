@@ -7,6 +7,8 @@ use serde::Serialize;
 use tokenkeeper_core::status::{assess, human_duration, Assessment, Facts, Level, Thresholds};
 use tokenkeeper_core::{Account, Config};
 
+use crate::schedule::{effective_lead, lead_not_shorter_than_lifetime};
+
 /// One account's status, as `status --json` prints it.
 #[derive(Debug, Serialize)]
 pub struct AccountView {
@@ -57,11 +59,13 @@ pub struct AccountView {
     pub failing_sinks: Vec<String>,
 }
 
-/// Thresholds for an account's provider.
+/// Thresholds for an account's provider. The lead is the effective one
+/// ([`effective_lead`]): `expiring` means the keeper is about to refresh it.
 pub fn thresholds(config: &Config, account: &Account) -> Thresholds {
     let p = config.provider(&account.provider);
+    let lead = effective_lead(config.keeper.lead, account);
     Thresholds {
-        lead: tokenkeeper_core::clock::chrono_duration(config.keeper.lead),
+        lead: tokenkeeper_core::clock::chrono_duration(lead),
         refresh_token_warn_age: tokenkeeper_core::clock::chrono_duration(p.refresh_token_warn_age),
         refresh_token_life: tokenkeeper_core::clock::chrono_duration(p.refresh_token_life),
     }
@@ -101,6 +105,63 @@ pub fn account_view(config: &Config, account: &Account, now: DateTime<Utc>, fail
         refresh_token_issued_at: account.refresh_token_issued_at,
         failing_sinks,
     }
+}
+
+/// A configured `[keeper] lead` that is not shorter than an account's token lifetime. The
+/// keeper refreshes such an account at half its lifetime instead (and logs it once); `doctor`
+/// and `check` show this, so the configuration gets fixed rather than worked around.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeadTooLong {
+    /// The account.
+    pub account: String,
+    /// The configured lead, in words (`10m`).
+    pub lead: String,
+    /// The token's lifetime (expiry minus its last refresh), in words.
+    pub lifetime: String,
+    /// The lead the keeper uses instead (half the lifetime), in words.
+    pub effective_lead: String,
+    /// A lead to set instead, as it would be written in the config (`"2m 30s"`).
+    pub suggested_lead: String,
+}
+
+impl LeadTooLong {
+    /// What is wrong, in one sentence naming `[keeper] lead` and the account.
+    pub fn problem(&self) -> String {
+        format!(
+            "`[keeper] lead` ({}) is not shorter than the lifetime of account `{}`'s token ({}): \
+             it is refreshed at half its lifetime ({} before expiry) instead",
+            self.lead, self.account, self.lifetime, self.effective_lead
+        )
+    }
+
+    /// The fix, in one sentence.
+    pub fn fix(&self) -> String {
+        format!(
+            "set `lead` under `[keeper]` in the config (or TOKENKEEPER_LEAD) shorter than {}, \
+             for example `lead = \"{}\"`",
+            self.lifetime, self.suggested_lead
+        )
+    }
+}
+
+/// `Some` when `config`'s lead is not shorter than `account`'s token lifetime (known once the
+/// token has been refreshed or adopted here; see [`crate::schedule::token_lifetime`]).
+pub fn lead_too_long(config: &Config, account: &Account) -> Option<LeadTooLong> {
+    let lead = config.keeper.lead;
+    let life = lead_not_shorter_than_lifetime(lead, account)?;
+    // Whole seconds, rounded: the lifetime is measured between two clock readings and may be a
+    // few milliseconds short of what the provider issued.
+    let secs = |d: std::time::Duration| (d + std::time::Duration::from_millis(500)).as_secs();
+    let words =
+        |d: std::time::Duration| humantime::format_duration(std::time::Duration::from_secs(secs(d))).to_string();
+    let half = std::time::Duration::from_secs((secs(life) / 2).max(1));
+    Some(LeadTooLong {
+        account: account.name.clone(),
+        lead: words(lead),
+        lifetime: words(life),
+        effective_lead: words(effective_lead(lead, account)),
+        suggested_lead: words(half),
+    })
 }
 
 /// How far back the history that the web page draws and `GET /api/status?history=true` carries

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokenkeeper_core::Mode;
 use tokenkeeper_keeper::schedule::Scheduler;
-use tokenkeeper_keeper::RefreshResult;
+use tokenkeeper_keeper::{LeaseRequest, RefreshPolicy, RefreshResult};
 
 #[tokio::test]
 async fn five_accounts_ten_lifetimes_fifty_refreshes() {
@@ -136,4 +136,31 @@ async fn a_lead_close_to_short_lifetimes_refreshes_once_per_lifetime() {
         assert_eq!(env.mock.counts().refresh_ok, 40, "exactly one refresh per lifetime");
         assert_eq!(env.mock.counts().refresh_invalid_grant, 0);
     }
+}
+
+/// The same storm through the hand-out path: with a lead not shorter than the lifetime, every
+/// lease (and every `IfWithin` refresh: `refresh`, the API's auto-refresh-if-needed) used to
+/// find a just-refreshed token inside the lead and refresh it again. They judge by the same
+/// effective lead as the scheduler: one refresh per half lifetime, however many leases.
+#[tokio::test]
+async fn leases_with_a_lead_longer_than_the_lifetime_refresh_once_per_half_lifetime() {
+    let env = support::env(|c| {
+        c.keeper.lead = Duration::from_secs(60);
+        c.keeper.max_attempts_per_hour = 1000;
+    })
+    .await;
+    env.mock.set_access_lifetime(Duration::from_secs(20));
+    env.seed("short", None, Mode::Own).await;
+    for round in 1..=5u64 {
+        for _ in 0..100 {
+            let lease = env.keeper.lease(LeaseRequest::account(Some("short"))).await.unwrap();
+            assert!(lease.warning().is_none(), "{:?}", lease.warning());
+        }
+        let r = env.keeper.refresh("short", RefreshPolicy::IfWithin(Duration::from_secs(60))).await.unwrap();
+        assert!(matches!(r, RefreshResult::NotNeeded(_)), "refreshed a fresh token: {r:?}");
+        assert_eq!(env.mock.counts().refresh_ok, round, "one refresh per half lifetime, round {round}");
+        // Past half the 20 s lifetime: due again.
+        env.clock.advance(chrono::Duration::seconds(11));
+    }
+    assert_eq!(env.mock.counts().refresh_invalid_grant, 0);
 }

@@ -314,15 +314,16 @@ pub async fn auto_refresh_if_needed(
     refresh_with(&auth, &st, q.as_deref(), RefreshPolicy::IfWithin(lead)).await
 }
 
-/// What `GET /api/token` answers: the only answer that holds a token.
-#[derive(Debug, Serialize)]
-struct TokenResponse {
-    access_token: String,
+/// What `GET /api/token` answers: the only answer that holds a token. It borrows from the
+/// lease (nothing copied on the hot path) and has no `Debug`, so it cannot be logged.
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
     expires_at: DateTime<Utc>,
     expires_in_seconds: i64,
-    account: String,
+    account: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    warning: Option<String>,
+    warning: Option<&'a str>,
 }
 
 /// `GET /api/token[?account=NAME]`: a fresh access token (refreshed first inside the lead
@@ -345,11 +346,11 @@ pub async fn token(
     }
     tracing::debug!(account = %lease.account().name, token = %lease.token().fingerprint(), caller = ?auth.caller, "access token handed out");
     let body = TokenResponse {
-        access_token: lease.token().expose().to_owned(),
+        access_token: lease.token().expose(),
         expires_at: lease.expires_at(),
         expires_in_seconds: lease.account().credential.time_left(now).num_seconds(),
-        account: lease.account().name.clone(),
-        warning: lease.warning().map(str::to_owned),
+        account: &lease.account().name,
+        warning: lease.warning(),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

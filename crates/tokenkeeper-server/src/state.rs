@@ -49,9 +49,25 @@ pub(crate) struct PendingLogin {
     pub(crate) login: PkceLogin,
 }
 
-/// The server's shared state. Cheap to clone.
+/// The server's shared state. Cheap to clone: one reference count (axum clones the state for
+/// every request that extracts it, so one `Arc` instead of one per field keeps the hot path
+/// to a single atomic increment and decrement).
 #[derive(Clone)]
 pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// What [`AppState`] shares. The builder methods (`with_…`) run before the server starts;
+/// they copy it only if it is already shared.
+#[derive(Clone)]
+pub struct Shared {
     pub(crate) keeper: Arc<Keeper>,
     pub(crate) sinks: Option<Arc<SinkSet>>,
     pub(crate) admin_token: Arc<Secret>,
@@ -79,7 +95,8 @@ pub struct Replica {
 #[derive(Debug, Default)]
 struct KeyCache {
     generation: u64,
-    by_hash: HashMap<String, tokenkeeper_core::store::ApiKey>,
+    /// Shared, so a hit is a reference count, not a copy of the key's strings.
+    by_hash: HashMap<String, Arc<tokenkeeper_core::store::ApiKey>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -140,28 +157,30 @@ impl AppState {
     /// status and metrics; `admin_token` is the token that may do everything.
     pub fn new(keeper: Arc<Keeper>, sinks: Option<Arc<SinkSet>>, admin_token: Secret) -> Self {
         AppState {
-            keeper,
-            sinks,
-            admin_token: Arc::new(admin_token),
-            limiter: Arc::default(),
-            extra_metrics: Vec::new(),
-            body_limit: DEFAULT_BODY_LIMIT,
-            keys: Arc::default(),
-            extra_routes: None,
-            streaming_routes: None,
-            replica: None,
+            shared: Arc::new(Shared {
+                keeper,
+                sinks,
+                admin_token: Arc::new(admin_token),
+                limiter: Arc::default(),
+                extra_metrics: Vec::new(),
+                body_limit: DEFAULT_BODY_LIMIT,
+                keys: Arc::default(),
+                extra_routes: None,
+                streaming_routes: None,
+                replica: None,
+            }),
         }
     }
 
     /// Says in `/api/status` and `/metrics` which replica this is and whether it leads.
     pub fn with_replica(mut self, replica: Replica) -> Self {
-        self.replica = Some(replica);
+        Arc::make_mut(&mut self.shared).replica = Some(replica);
         self
     }
 
     /// Also serves the routes `routes` builds (see [`ExtraRoutes`]).
     pub fn with_routes(mut self, routes: ExtraRoutes) -> Self {
-        self.extra_routes = Some(routes);
+        Arc::make_mut(&mut self.shared).extra_routes = Some(routes);
         self
     }
 
@@ -171,7 +190,8 @@ impl AppState {
     /// longest pause while a body arrives) still applies; the routes must bound everything
     /// else themselves (body size, upstream timeouts). Several calls merge.
     pub fn with_streaming_routes(mut self, routes: axum::Router) -> Self {
-        self.streaming_routes = Some(match self.streaming_routes.take() {
+        let shared = Arc::make_mut(&mut self.shared);
+        shared.streaming_routes = Some(match shared.streaming_routes.take() {
             Some(r) => r.merge(routes),
             None => routes,
         });
@@ -183,7 +203,7 @@ impl AppState {
     pub(crate) async fn find_api_key(
         &self,
         hash: &str,
-    ) -> Result<Option<tokenkeeper_core::store::ApiKey>, tokenkeeper_core::StoreError> {
+    ) -> Result<Option<Arc<tokenkeeper_core::store::ApiKey>>, tokenkeeper_core::StoreError> {
         let generation = self.keeper.keys_generation();
         if let Some(g) = generation {
             let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,7 +215,7 @@ impl AppState {
                 return Ok(Some(k.clone()));
             }
         }
-        let found = self.keeper.store().find_api_key(hash).await?;
+        let found = self.keeper.store().find_api_key(hash).await?.map(Arc::new);
         if let (Some(g), Some(k)) = (generation, &found) {
             let mut cache = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             // A change that arrived during the read starts a newer generation: keep nothing.
@@ -208,7 +228,7 @@ impl AppState {
 
     /// Adds a hook that appends Prometheus text to `/metrics`, after the hooks added before.
     pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
-        self.extra_metrics.push(hook);
+        Arc::make_mut(&mut self.shared).extra_metrics.push(hook);
         self
     }
 
@@ -216,13 +236,13 @@ impl AppState {
     /// refused for a while (default [`crate::auth::MAX_FAILURES`]). For API testers such as
     /// schemathesis, which present wrong keys on purpose.
     pub fn with_failure_limit(mut self, max_failures: usize) -> Self {
-        self.limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
+        Arc::make_mut(&mut self.shared).limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
         self
     }
 
     /// Sets the request body limit (default 64 KiB).
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
+        Arc::make_mut(&mut self.shared).body_limit = bytes;
         self
     }
 

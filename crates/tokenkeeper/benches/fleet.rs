@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Accounts are written straight into the store (`SqliteStore`), not imported one CLI process
-//! at a time. `BENCH_FLEET` (default 10000) sets the large fleet. Figures are in
-//! docs/BENCHMARKS.md.
+//! at a time. `BENCH_FLEET` (default 10000) sets the large fleet; `BENCH_IDLE_ONLY=1` stops
+//! after the idle figures; `BENCH_BINARY` and `BENCH_SERVE_ENV` (see `support`) run another
+//! binary or add variables. Figures are in docs/BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -47,6 +48,15 @@ async fn idle(n: usize) -> Duration {
     std::thread::sleep(Duration::from_secs(10));
     let cpu = support::cpu_ticks(pid) - before;
     let rss_after = support::proc_status_kb(pid, "VmRSS");
+    // VmRSS counts the executable's pages mapped from the page cache (shared, clean, dropped
+    // first under memory pressure) as well as the heap: show both parts.
+    let (anon, file) = (support::proc_status_kb(pid, "RssAnon"), support::proc_status_kb(pid, "RssFile"));
+    println!(
+        "{n:>6} accounts: VmRSS after 10 s idle {:.1} MB = RssAnon {:.1} MB (heap, stacks) + RssFile {:.1} MB (mapped executable and libraries)",
+        rss_after as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
     println!(
         "{n:>6} accounts: seeded in {:.1} s; ready in {:.0} ms; VmRSS at ready {:.1} MB, idle {:.1} MB, after 10 s idle {:.1} MB, peak (VmHWM) {:.1} MB; idle CPU over 10 s {} ms",
         seeded.as_secs_f64(),
@@ -150,5 +160,8 @@ async fn main() {
     let spread = Duration::from_secs(setting("BENCH_SPREAD", 60) as u64);
     idle(100).await;
     let seeded = idle(fleet).await;
+    if setting("BENCH_IDLE_ONLY", 0) == 1 {
+        return;
+    }
     expiring(fleet, spread, seeded + seeded / 2).await;
 }

@@ -246,3 +246,39 @@ async fn a_failing_sink_recorded_by_the_daemon_is_a_warning_in_check_and_status(
     );
     assert!(status.contains("warning"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lead_not_shorter_than_the_token_lifetime_is_a_warning_naming_it() {
+    let w = World::new().await;
+    w.write_config("[keeper]\nlead = \"10m\"\n");
+    w.mock.set_access_lifetime(std::time::Duration::from_secs(300));
+    import(&w, "main", "a@example.com");
+    // Imported: the token's issue time, so its lifetime, is unknown; nothing to flag yet.
+    let out = w.run(&["check"], "");
+    assert!(!stdout(&out).contains("[keeper] lead"), "{}", stdout(&out));
+    w.ok(&["refresh", "--force", "--account", "main"], "");
+
+    let out = w.run(&["check"], "");
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("OK main: valid for"), "{text}");
+    assert!(
+        lines[1].starts_with(
+            "WARNING main: `[keeper] lead` (10m) is not shorter than the lifetime of account `main`'s token (5m)"
+        ),
+        "{text}"
+    );
+    assert!(lines[1].contains("fix: set `lead` under `[keeper]`") && lines[1].contains("lead = \"2m 30s\""), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&stdout(&w.run(&["check", "--json"], ""))).unwrap();
+    assert_eq!(json["status"], "warning");
+    assert_eq!(json["lead_too_long"][0]["account"], "main");
+    assert_eq!(json["lead_too_long"][0]["lifetime"], "5m");
+
+    w.write_config("[keeper]\nlead = \"2m\"\n");
+    let out = w.run(&["check"], "");
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+}

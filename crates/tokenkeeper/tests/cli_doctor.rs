@@ -321,3 +321,34 @@ async fn a_fresh_machine_is_told_how_to_start_and_nothing_is_created() {
     assert!(line_with(&out, "token endpoint").starts_with("ok    "));
     assert!(!w.data_dir().exists(), "doctor must not create the data directory");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lead_not_shorter_than_the_token_lifetime_names_the_setting_and_the_account() {
+    let w = World::new().await;
+    w.write_config("[keeper]\nlead = \"10m\"\n");
+    // 5-minute tokens; the lifetime is known once the keeper has refreshed one.
+    w.mock.set_access_lifetime(Duration::from_secs(300));
+    let (json, _) = w.claude_json("a@example.com");
+    w.ok(&["import", "-", "--account", "main"], &json);
+    let before = doctor(&w, &[]);
+    assert!(!stdout(&before).contains("[keeper] lead"), "flagged before the lifetime is known:\n{}", stdout(&before));
+    w.ok(&["refresh", "--force", "--account", "main"], "");
+
+    let out = doctor(&w, &[]);
+    let line = line_with(&out, "[keeper] lead");
+    assert!(line.starts_with("warn  "), "{line}");
+    assert!(
+        line.contains("`[keeper] lead` (10m) is not shorter than the lifetime of account `main`'s token (5m)"),
+        "{line}"
+    );
+    assert!(line.contains("refreshed at half its lifetime (2m 30s before expiry)"), "{line}");
+    assert!(line.contains("fix: set `lead` under `[keeper]`") && line.contains("lead = \"2m 30s\""), "{line}");
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    // Inside its effective lead only at half the lifetime: a fresh token is not "expiring".
+    assert!(stdout(&out).contains("account `main` (own, healthy)"), "{}", stdout(&out));
+
+    // Following the fix clears it.
+    w.write_config("[keeper]\nlead = \"2m 30s\"\n");
+    let fixed = doctor(&w, &[]);
+    assert!(!stdout(&fixed).contains("[keeper] lead"), "{}", stdout(&fixed));
+}

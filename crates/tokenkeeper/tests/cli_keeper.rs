@@ -1,6 +1,7 @@
 //! Issue 3 through real processes: 8 processes (the daemon, `exec`, `refresh --force`,
 //! `refresh --if-needed`) racing on one account for 200 rounds, and SIGKILL of the daemon at
-//! random moments during 200 refresh cycles.
+//! random moments during 200 refresh cycles. Issue 10's storm in real time: `serve` against
+//! the mock issuing 6-second tokens refreshes exactly once per lifetime, inside its lead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -237,4 +238,90 @@ async fn serve_tells_systemd_when_it_is_ready_and_stopping() {
     let n = socket.recv(&mut buf).expect("no STOPPING=1 from serve");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(daemon.wait().unwrap().success());
+}
+
+/// How long the mock's tokens live in the storm tests: short enough for several lifetimes in
+/// seconds of wall time, long enough that the daemon's wake-up latency on a busy machine
+/// (tens of milliseconds) is small against the lead.
+const STORM_LIFETIME: Duration = Duration::from_secs(6);
+
+/// Runs `serve` with `[keeper] lead = lead` (default jitter: the 2 minutes that once caused the
+/// storm) over one account whose tokens live [`STORM_LIFETIME`], until `refreshes` refreshes
+/// have been committed; returns the times of the import and of every refresh, oldest first,
+/// and the daemon's log. Panics if that takes over 45 s.
+async fn storm_run(lead: &str, refreshes: usize) -> (Vec<chrono::DateTime<chrono::Utc>>, String, World) {
+    let w = World::new().await;
+    // 1000 attempts an hour: the budget must not be what keeps the count right.
+    w.write_config(&format!("[keeper]\nlead = \"{lead}\"\nmax_attempts_per_hour = 1000\n"));
+    w.mock.set_access_lifetime(STORM_LIFETIME);
+    let (json, _) = w.claude_json("storm@example.com");
+    w.ok(&["import", "-", "--account", "main"], &json);
+    let mut daemon = spawn_daemon(&w);
+    wait_ready(&w, 1);
+    let store = w.store().await;
+    let kinds = [EventKind::Imported, EventKind::Refreshed];
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let times = loop {
+        // Observing, not synchronising: the daemon runs on its own clock, the test only reads.
+        let mut events = store.events(Some("main"), 1000).await.unwrap();
+        events.sort_by_key(|e| e.id);
+        let times: Vec<_> = events.iter().filter(|e| kinds.contains(&e.kind)).map(|e| e.at).collect();
+        if times.len() > refreshes {
+            break times;
+        }
+        assert!(Instant::now() < deadline, "only {} refreshes in 45 s:\n{}", times.len() - 1, daemon_log(&w));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    std::process::Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    assert!(daemon.wait().unwrap().success());
+    let counts = w.mock.counts();
+    // Every refresh that reached the provider is one of those committed (none in between, none
+    // refused), and the SIGTERM came before the next one was due.
+    assert_eq!(counts.refresh_ok as usize, times.len() - 1, "refreshes at {times:?}");
+    assert_eq!(counts.refresh_invalid_grant, 0);
+    (times, daemon_log(&w), w)
+}
+
+/// `times` are the import and the refreshes. Each refreshed token `i − 1` was refreshed again
+/// inside the window `[expiry − window, expiry)`, its expiry one lifetime after its refresh: so
+/// there is exactly one refresh per lifetime, each inside its lead, and two are never closer
+/// than `lifetime − window`. The imported token (issued by the mock a moment before the import,
+/// its lifetime unknown to the keeper) only had to be refreshed before it expired.
+fn assert_one_per_lifetime(times: &[chrono::DateTime<chrono::Utc>], window: Duration) {
+    let life = chrono::Duration::from_std(STORM_LIFETIME).unwrap();
+    let window = chrono::Duration::from_std(window).unwrap();
+    assert!(times[1] < times[0] + life, "the imported token expired first: {times:?}");
+    // The stored expiry is computed a few milliseconds before the commit the event is from.
+    let slack = chrono::Duration::milliseconds(250);
+    for pair in times[1..].windows(2) {
+        let (issued, refreshed) = (pair[0], pair[1]);
+        let expiry = issued + life;
+        assert!(refreshed >= expiry - window - slack, "refreshed before its window: {times:?}");
+        assert!(refreshed < expiry, "refreshed after expiry: {times:?}");
+    }
+}
+
+/// Issue 10's storm, for real: `lead = "2s"` with 6-second tokens and the default 2-minute
+/// jitter (which the keeper bounds to half the lead). Five lifetimes, five refreshes, each in
+/// the 3 s before expiry (lead plus at most its jitter), none closer together than 3 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn storm_short_lifetimes_refresh_once_per_lifetime_in_real_time() {
+    let (times, log, _w) = storm_run("2s", 5).await;
+    assert_one_per_lifetime(&times, Duration::from_secs(3));
+    assert!(!log.contains("not shorter than this token's lifetime"), "{log}");
+}
+
+/// The same with a lead longer than the lifetime (`10s` for 6-second tokens): the imported
+/// token (lifetime unknown) is refreshed at once, every refreshed one at half its lifetime
+/// (3 s before expiry, earlier by at most 1.5 s of jitter), said once in the log however many
+/// times it happens.
+#[tokio::test(flavor = "multi_thread")]
+async fn storm_lead_longer_than_the_lifetime_refreshes_at_half_of_it_in_real_time() {
+    let (times, log, _w) = storm_run("10s", 6).await;
+    assert_one_per_lifetime(&times, Duration::from_millis(4500));
+    for pair in times[1..].windows(2) {
+        // Refreshed tokens have a known lifetime: at least half of it passes between refreshes.
+        assert!(pair[1] - pair[0] >= chrono::Duration::milliseconds(1500 - 250), "{times:?}");
+    }
+    assert_eq!(log.matches("not shorter than this token's lifetime").count(), 1, "{log}");
 }

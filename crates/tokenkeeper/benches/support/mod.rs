@@ -1,13 +1,11 @@
 //! Shared by the benches of the real binary: an installation in a temporary directory (the
 //! mock provider on loopback, a data directory seeded straight through the store), `tokenkeeper
-//! serve` spawned with `READY=1` awaited on a `NOTIFY_SOCKET` of our own, and a keep-alive
-//! HTTP/1.1 load generator.
+//! serve` spawned with `READY=1` awaited on a `NOTIFY_SOCKET` of our own. The load generator
+//! is the workspace's one, `tokenkeeper-bench`.
 //!
 //! Benches are not tests: they panic with a message when something is wrong.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
-
-pub mod loadgen;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -51,10 +49,12 @@ impl Install {
         std::fs::write(self.dir.path().join("config.toml"), text).unwrap();
     }
 
-    /// The release binary (cargo builds it for `cargo bench -p tokenkeeper`), with the
-    /// environment pointing at this installation and the mock.
+    /// The release binary (cargo builds it for `cargo bench -p tokenkeeper`; `BENCH_BINARY`
+    /// names another, such as a copy built from the baseline commit, for a before/after run
+    /// side by side), with the environment pointing at this installation and the mock.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tokenkeeper"));
+        let binary = std::env::var_os("BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_tokenkeeper").into());
+        let mut c = Command::new(binary);
         c.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -67,6 +67,13 @@ impl Install {
             .env("TOKENKEEPER_ANTHROPIC_REDIRECT_URI", self.mock.redirect_uri())
             .env("TOKENKEEPER_ANTHROPIC_API_BASE_URL", self.mock.api_base_url())
             .env("RUST_LOG", "info");
+        // `BENCH_SERVE_ENV="MALLOC_ARENA_MAX=2 TOKIO_WORKER_THREADS=1"`: extra variables for
+        // the binary, to try a setting without rebuilding it.
+        if let Ok(extra) = std::env::var("BENCH_SERVE_ENV") {
+            for (k, v) in extra.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+                c.env(k, v);
+            }
+        }
         c
     }
 

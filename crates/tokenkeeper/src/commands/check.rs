@@ -5,11 +5,15 @@
 //! (critical, needs-login, expired), 3 UNKNOWN (no store, no accounts, no such account, a
 //! store that cannot be read). Levels come only from `tokenkeeper_keeper::view`, so `check`
 //! never disagrees with `status`, the API or the alerts. `check` reads and never refreshes.
+//!
+//! A configuration the keeper has to work around is a WARNING too: a `[keeper] lead` not
+//! shorter than an account's token lifetime (the keeper then refreshes at half the lifetime),
+//! one line per account after the account lines.
 
 use anyhow::Result;
 use serde::Serialize;
 
-use tokenkeeper_keeper::view::AccountView;
+use tokenkeeper_keeper::view::{lead_too_long, AccountView, LeadTooLong};
 use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
 
 use crate::app::{self, App};
@@ -45,20 +49,33 @@ struct Report {
     error: Option<String>,
     /// Each account's view, worst first.
     accounts: Vec<AccountView>,
+    /// Configuration the keeper works around (each a WARNING): a lead not shorter than an
+    /// account's token lifetime.
+    lead_too_long: Vec<LeadTooLong>,
 }
 
+/// What `gather` found: each account's view, and the accounts whose lead is too long.
+type Gathered = (Vec<AccountView>, Vec<LeadTooLong>);
+
 impl Report {
-    fn new(result: Result<Vec<AccountView>, String>) -> Report {
+    fn new(result: Result<Gathered, String>) -> Report {
         match result {
-            Ok(mut accounts) => {
+            Ok((mut accounts, lead_too_long)) => {
                 // Worst first: Nagios shows the first line as the service's summary.
                 accounts.sort_by(|a, b| b.level.exit_code().cmp(&a.level.exit_code()).then(a.name.cmp(&b.name)));
-                let exit_code = accounts.iter().map(|v| v.level.exit_code()).max().unwrap_or(UNKNOWN);
-                Report { status: word(exit_code), exit_code, error: None, accounts }
+                let mut exit_code = accounts.iter().map(|v| v.level.exit_code()).max().unwrap_or(UNKNOWN);
+                if !lead_too_long.is_empty() {
+                    exit_code = exit_code.max(WARNING);
+                }
+                Report { status: word(exit_code), exit_code, error: None, accounts, lead_too_long }
             }
-            Err(error) => {
-                Report { status: word(UNKNOWN), exit_code: UNKNOWN, error: Some(error), accounts: Vec::new() }
-            }
+            Err(error) => Report {
+                status: word(UNKNOWN),
+                exit_code: UNKNOWN,
+                error: Some(error),
+                accounts: Vec::new(),
+                lead_too_long: Vec::new(),
+            },
         }
     }
 
@@ -66,7 +83,13 @@ impl Report {
         if let Some(e) = &self.error {
             return format!("UNKNOWN: {}\n", super::doctor::one_line(e));
         }
-        self.accounts.iter().map(|v| format!("{} {}: {}\n", label(v.level.exit_code()), v.name, v.message)).collect()
+        let accounts =
+            self.accounts.iter().map(|v| format!("{} {}: {}\n", label(v.level.exit_code()), v.name, v.message));
+        let leads = self
+            .lead_too_long
+            .iter()
+            .map(|l| format!("{} {}: {}; fix: {}\n", label(WARNING), l.account, l.problem(), l.fix()));
+        accounts.chain(leads).collect()
     }
 }
 
@@ -79,8 +102,8 @@ fn word(code: i32) -> &'static str {
     }
 }
 
-/// The views to judge, or why there are none.
-async fn gather(global: &GlobalArgs, account: Option<&str>) -> Result<Vec<AccountView>, String> {
+/// The views to judge and the accounts whose lead is too long, or why there are none.
+async fn gather(global: &GlobalArgs, account: Option<&str>) -> Result<Gathered, String> {
     let data_dir = app::data_dir(global).map_err(|e| format!("{e:#}"))?;
     // Opening the store would create an empty one; a check must not set anything up.
     if !data_dir.join(DATABASE_FILE_NAME).exists() {
@@ -105,7 +128,9 @@ async fn gather(global: &GlobalArgs, account: Option<&str>) -> Result<Vec<Accoun
     // A one-shot process runs no sinks; it sees the failing ones the running daemon recorded,
     // so `check`, `status` and the alerts agree.
     let recorded = crate::output::recorded_sinks(app.store.as_ref()).await;
-    Ok(accounts.iter().map(|a| crate::output::account_status(&app.config, &recorded, a, now)).collect())
+    let views = accounts.iter().map(|a| crate::output::account_status(&app.config, &recorded, a, now)).collect();
+    let leads = accounts.iter().filter_map(|a| lead_too_long(&app.config, a)).collect();
+    Ok((views, leads))
 }
 
 /// Runs `check`; returns the monitoring exit status.

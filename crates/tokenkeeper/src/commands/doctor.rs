@@ -2,7 +2,8 @@
 //! each finding with the exact command or action that fixes it.
 //!
 //! Checks, in order: the config loads; the data directory and its secret files have private
-//! modes; each account's token, time left, refresh-token age and state; the provider's token
+//! modes; each account's token, time left, refresh-token age and state, and whether
+//! `[keeper] lead` is shorter than its token's lifetime; the provider's token
 //! endpoint answers (a harmless request that spends nothing); with `--probe`, a real one-token
 //! API call with each account's token; bound Claude Code files and file sinks are writable and
 //! in step with the store; Claude Code's lock directories are not stale.
@@ -21,7 +22,7 @@ use chrono::{DateTime, Utc};
 
 use tokenkeeper_core::status::{human_duration, Level};
 use tokenkeeper_core::{paths, Account, Config, Mode};
-use tokenkeeper_keeper::view::account_view;
+use tokenkeeper_keeper::view::{account_view, lead_too_long};
 use tokenkeeper_store::sqlite::DATABASE_FILE_NAME;
 
 use crate::app::{self, App};
@@ -227,6 +228,9 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Vec<Finding> {
     }
     for a in &accounts {
         findings.push(check_account(&config, a, now));
+        if let Some(l) = lead_too_long(&config, a) {
+            findings.push(Finding::warn(l.problem(), l.fix()));
+        }
     }
 
     // Each provider the accounts use, or the default one when there are none yet.
