@@ -150,17 +150,37 @@ pub struct NewAccount {
     pub refresh_token_issued_at: Option<DateTime<Utc>>,
 }
 
+/// Why an account name is refused by [`validate_account_name`]. The message names the rule, so
+/// it can be shown as is after the place the name came from (`--account`, a config key, a form).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountNameError {
+    /// Empty, or longer than 128 bytes.
+    #[error("an account name must be 1 to 128 characters long")]
+    Length,
+    /// A character outside the allowed set.
+    #[error("account name `{name}` contains `{bad}`: use letters, digits, `.`, `_`, `-`, `@` or `+`")]
+    Character {
+        /// The name given.
+        name: String,
+        /// The first character not allowed.
+        bad: char,
+    },
+    /// Starts with `.`, which would make a hidden lock file.
+    #[error("account name `{0}` must not start with `.`")]
+    LeadingDot(String),
+}
+
 /// Checks an account name: letters, digits, `.`, `_`, `-`, `@`, `+`; 1 to 128 characters.
 /// Names appear in file names (locks) and URLs, so nothing else is allowed.
-pub fn validate_account_name(name: &str) -> Result<(), String> {
+pub fn validate_account_name(name: &str) -> Result<(), AccountNameError> {
     if name.is_empty() || name.len() > 128 {
-        return Err("an account name must be 1 to 128 characters long".into());
+        return Err(AccountNameError::Length);
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+'))) {
-        return Err(format!("account name `{name}` contains `{bad}`: use letters, digits, `.`, `_`, `-`, `@` or `+`"));
+        return Err(AccountNameError::Character { name: name.to_owned(), bad });
     }
     if name.starts_with('.') {
-        return Err(format!("account name `{name}` must not start with `.`"));
+        return Err(AccountNameError::LeadingDot(name.to_owned()));
     }
     Ok(())
 }
@@ -173,10 +193,18 @@ mod tests {
     fn names() {
         assert!(validate_account_name("main").is_ok());
         assert!(validate_account_name("user+1@example.com").is_ok());
-        assert!(validate_account_name("").is_err());
-        assert!(validate_account_name("../etc").is_err());
-        assert!(validate_account_name("a b").is_err());
-        assert!(validate_account_name(".hidden").is_err());
+        assert_eq!(validate_account_name(""), Err(AccountNameError::Length));
+        assert_eq!(validate_account_name(&"a".repeat(129)), Err(AccountNameError::Length));
+        assert_eq!(
+            validate_account_name("../etc"),
+            Err(AccountNameError::Character { name: "../etc".into(), bad: '/' })
+        );
+        assert_eq!(validate_account_name("a b"), Err(AccountNameError::Character { name: "a b".into(), bad: ' ' }));
+        assert_eq!(validate_account_name(".hidden"), Err(AccountNameError::LeadingDot(".hidden".into())));
+        assert_eq!(
+            validate_account_name("a b").unwrap_err().to_string(),
+            "account name `a b` contains ` `: use letters, digits, `.`, `_`, `-`, `@` or `+`"
+        );
     }
 
     #[test]

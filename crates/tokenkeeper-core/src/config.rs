@@ -531,13 +531,23 @@ impl Default for AlertingConfig {
     }
 }
 
+/// Why [`parse_mode`] refused a file mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    /// Not octal digits.
+    #[error("`{0}` is not an octal mode: write it as a string such as \"0600\"")]
+    NotOctal(String),
+    /// More than the permission, setuid, setgid and sticky bits.
+    #[error("`{0}` is larger than 07777")]
+    TooLarge(String),
+}
+
 /// Parses an octal file mode written as a string (`"0600"`, `"600"`, `"0o640"`).
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
     let digits = s.trim().trim_start_matches("0o");
-    let mode = u32::from_str_radix(digits, 8)
-        .map_err(|_| format!("`{s}` is not an octal mode: write it as a string such as \"0600\""))?;
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| ModeError::NotOctal(s.to_owned()))?;
     if mode > 0o7777 {
-        return Err(format!("`{s}` is larger than 07777"));
+        return Err(ModeError::TooLarge(s.to_owned()));
     }
     Ok(mode)
 }
@@ -651,7 +661,7 @@ impl Config {
         for (i, s) in self.sinks.iter().enumerate() {
             let key = |k: &str| format!("sinks[{i}].{k}");
             if let Some(m) = &s.mode {
-                parse_mode(m).map_err(|e| invalid(key("mode"), e))?;
+                parse_mode(m).map_err(|e| invalid(key("mode"), e.to_string()))?;
             }
             let needs_path = !matches!(s.kind, SinkKind::Infisical | SinkKind::Command);
             if needs_path && s.path.is_none() {
@@ -900,7 +910,9 @@ url = "https://hooks.example/tokenkeeper"
     fn modes() {
         assert_eq!(parse_mode("0600").unwrap(), 0o600);
         assert_eq!(parse_mode("640").unwrap(), 0o640);
-        assert!(parse_mode("0900").is_err());
+        assert_eq!(parse_mode("0o750").unwrap(), 0o750);
+        assert_eq!(parse_mode("0900"), Err(ModeError::NotOctal("0900".into())));
+        assert_eq!(parse_mode("17777"), Err(ModeError::TooLarge("17777".into())));
     }
 }
 
@@ -1130,7 +1142,7 @@ fn validate_proxy(config: &Config, invalid: &impl Fn(String, String) -> ConfigEr
         let mut seen = std::collections::BTreeSet::new();
         for (i, m) in pool.accounts.iter().enumerate() {
             crate::account::validate_account_name(m.account())
-                .map_err(|e| invalid(format!("pools.{name}.accounts[{i}]"), e))?;
+                .map_err(|e| invalid(format!("pools.{name}.accounts[{i}]"), e.to_string()))?;
             if !seen.insert(m.account()) {
                 return Err(invalid(format!("pools.{name}.accounts[{i}]"), format!("names `{}` twice", m.account())));
             }

@@ -711,7 +711,7 @@ impl Keeper {
     /// Ingests a credential under the never-regress rule.
     pub async fn ingest(&self, req: Ingest) -> Result<IngestOutcome, KeeperError> {
         let name = self.ingest_target(req.account.as_deref(), req.parsed.email.as_deref()).await?;
-        tokenkeeper_core::account::validate_account_name(&name).map_err(KeeperError::Invalid)?;
+        tokenkeeper_core::account::validate_account_name(&name).map_err(|e| KeeperError::Invalid(e.to_string()))?;
         if req.parsed.credential.is_blank() {
             return Err(KeeperError::Refused { account: name, reason: "it is a blank stub".into() });
         }

@@ -253,8 +253,8 @@ pub enum ServerError {
     BadAccount {
         /// The name given.
         account: String,
-        /// Why.
-        reason: String,
+        /// Which rule it breaks.
+        reason: tokenkeeper_core::account::AccountNameError,
     },
     /// Another active key has that name.
     #[error("an active key named `{0}` exists already; revoke it first or pick another name")]
