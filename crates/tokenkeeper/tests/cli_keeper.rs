@@ -32,14 +32,17 @@ async fn make_due(store: &tokenkeeper_store::SqliteStore) {
     let a = store.get_account("main").await.unwrap().unwrap();
     let mut c = a.credential.clone();
     c.expires_at = chrono::Utc::now() + chrono::Duration::minutes(10);
+    // As if the token had been refreshed elsewhere 7 h 50 min ago: an 8-hour lifetime with 10
+    // minutes left. (A token that lived only 10 minutes would, rightly, be refreshed at half its
+    // lifetime rather than inside the 30-minute lead.)
     store
         .update_credential(
             "main",
             &CredentialUpdate {
                 expected_version: a.version,
                 credential: c,
-                change: CredentialChange::Imported,
-                at: chrono::Utc::now(),
+                change: CredentialChange::Adopted,
+                at: chrono::Utc::now() - chrono::Duration::minutes(470),
                 detail: "test: time passes".into(),
                 email: None,
                 organization: None,
@@ -188,8 +191,6 @@ async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // Try later: 5.
     w.mock.push_fault(tokenkeeper_mock::Fault::ServerError);
-    let a = w.store().await.get_account("main").await.unwrap().unwrap();
-    let _ = a;
     make_due(&w.store().await).await;
     let out = w.run(&["refresh"], "");
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
