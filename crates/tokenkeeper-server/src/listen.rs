@@ -272,11 +272,21 @@ async fn serve_unix(
             ));
         }
     }
-    let listener = std::os::unix::net::UnixListener::bind(&path)
+    // Only the owner may connect (requests still need a key). The socket is bound under a
+    // temporary name, restricted, and only then renamed into place, so it never appears at
+    // `path` with the umask's wider mode, not even for a moment. (Setting the umask instead
+    // would change it for every thread of the process.)
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = path.with_file_name(format!(".{name}.{}.tmp", hex::encode(tokenkeeper_core::random_bytes::<6>())));
+    let listener = std::os::unix::net::UnixListener::bind(&staging)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on the Unix socket {}: {e}", path.display())))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, &path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(io::Error::new(e.kind(), format!("cannot set up the Unix socket {}: {e}", path.display())));
+    }
     listener.set_nonblocking(true)?;
-    // Only the owner may connect; requests still need a key.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %path.display(), "HTTP API listening on a Unix socket");
     let handle = axum_server::Handle::new();
     let server =
