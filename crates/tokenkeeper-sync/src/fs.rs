@@ -44,7 +44,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokenkeeper_core::config::{SinkConfig, WriteMode};
+use tokenkeeper_core::config::{FileTarget, WriteMode};
 
 use crate::error::SyncError;
 
@@ -74,9 +74,9 @@ impl Default for WriteOptions {
 }
 
 impl WriteOptions {
-    /// The options a sink's config asks for.
-    pub fn from_sink(cfg: &SinkConfig) -> Self {
-        Self { mode: cfg.file_mode(), owner: cfg.owner.clone(), group: cfg.group.clone(), write: cfg.write }
+    /// The options a file sink's config asks for.
+    pub fn from_sink(file: &FileTarget) -> Self {
+        Self { mode: file.mode, owner: file.owner.clone(), group: file.group.clone(), write: file.write }
     }
 }
 

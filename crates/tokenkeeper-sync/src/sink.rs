@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::config::{SinkConfig, SinkKind, SinkTarget};
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::{Account, Secret, SharedClock, SystemClock};
 use tokio::sync::watch;
@@ -140,11 +140,12 @@ impl Sink {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn argv(&self) -> Option<&Vec<String>> {
-        match self.cfg.kind {
-            SinkKind::Command => self.cfg.command.as_ref(),
-            _ => self.cfg.on_change.as_ref(),
-        }
+    fn argv(&self) -> Option<&[String]> {
+        self.cfg.command()
+    }
+
+    fn is_command(&self) -> bool {
+        matches!(self.cfg.target, SinkTarget::Command { .. })
     }
 }
 
@@ -230,7 +231,7 @@ impl SinkSet {
                 let mut st = SinkStatus {
                     name: s.name.clone(),
                     account: s.cfg.account.clone(),
-                    kind: s.cfg.kind,
+                    kind: s.cfg.kind(),
                     ok: c.last_error.is_none(),
                     last_error: c.last_error.clone(),
                     last_written_at: c.last_written_at,
@@ -239,15 +240,14 @@ impl SinkSet {
                 };
                 if let Some(cmd) = cmd {
                     st.failures += cmd.failures;
-                    if s.cfg.kind == SinkKind::Command {
+                    if s.is_command() {
                         st.writes = cmd.runs - cmd.failures;
                         st.last_written_at = cmd.last_ok_at;
                     }
                     if st.last_error.is_none() {
                         if let Some(e) = cmd.last_error {
                             st.ok = false;
-                            st.last_error =
-                                Some(if s.cfg.kind == SinkKind::Command { e } else { format!("on_change: {e}") });
+                            st.last_error = Some(if s.is_command() { e } else { format!("on_change: {e}") });
                         }
                     }
                 }
@@ -364,8 +364,8 @@ async fn write_sink(
     account: &Account,
     background: bool,
 ) -> Result<WriteOutcome, SyncError> {
-    let outcome = match s.cfg.kind {
-        SinkKind::Command => {
+    let outcome = match &s.cfg.target {
+        SinkTarget::Command { .. } => {
             if unchanged_since_last(s, account) {
                 return Ok(WriteOutcome::Unchanged);
             }
@@ -377,7 +377,7 @@ async fn write_sink(
             remember(s, account);
             return Ok(WriteOutcome::Written);
         }
-        SinkKind::Infisical => {
+        SinkTarget::Infisical(_) => {
             if unchanged_since_last(s, account) {
                 return Ok(WriteOutcome::Unchanged);
             }
@@ -391,7 +391,10 @@ async fn write_sink(
             remember(s, account);
             WriteOutcome::Written
         }
-        _ => {
+        SinkTarget::EnvFile { .. }
+        | SinkTarget::ClaudeCredentials { .. }
+        | SinkTarget::Openclaw { .. }
+        | SinkTarget::Template { .. } => {
             let cfg = s.cfg.clone();
             let account = account.clone();
             let name = s.name.clone();
@@ -412,15 +415,16 @@ async fn write_sink(
 
 /// Renders and writes a file sink (blocking I/O).
 pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutcome, SyncError> {
-    let path = cfg.path.as_deref().map(expand_tilde).ok_or_else(|| SyncError::Missing {
+    let file = cfg.file().ok_or_else(|| SyncError::Invalid {
         action: "write the sink",
         path: PathBuf::from(cfg.display_name()),
-        field: "path",
+        message: "this sink kind writes no file".into(),
     })?;
+    let path = expand_tilde(&file.path);
     let existing = read_optional(&path)?;
     // Files that carry a whole credential (refresh token included) can be refreshed from by
     // whoever reads them; never replace a newer credential found there with an older one.
-    if matches!(cfg.kind, SinkKind::ClaudeCredentials | SinkKind::Openclaw) {
+    if matches!(cfg.target, SinkTarget::ClaudeCredentials { .. } | SinkTarget::Openclaw { .. }) {
         if let Some(text) = &existing {
             if let Ok(on_disk) = tokenkeeper_core::formats::parse_credential(text, account.credential.expires_at) {
                 if on_disk.credential.compare_to(&account.credential) == tokenkeeper_core::Freshness::Newer {
@@ -430,7 +434,7 @@ pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutco
         }
     }
     let rendered = render_sink(cfg, account, existing.as_deref())?;
-    write_file(&path, rendered.contents.as_bytes(), &WriteOptions::from_sink(cfg))
+    write_file(&path, rendered.contents.as_bytes(), &WriteOptions::from_sink(file))
 }
 
 fn unchanged_since_last(s: &Sink, account: &Account) -> bool {
@@ -458,7 +462,7 @@ fn trigger_command(shared: &Shared, s: &Sink, account: &Account) {
     let cmd = slot.get_or_insert_with(|| {
         DebouncedCommand::spawn(
             s.name.clone(),
-            argv.clone(),
+            argv.to_vec(),
             runner_options(shared, &s.cfg),
             shared.opts.executor.clone(),
         )
