@@ -223,8 +223,7 @@ impl Daemon {
         let follower = self.keeper.follow_changes().await?;
         let flusher = self.keeper.spawn_usage_flusher(self.keeper.config().keeper.usage_flush);
         let mut scheduler = Scheduler::new(self.keeper.clone());
-        let (mut watcher, mut changes) = FileWatcher::new(self.watch_fallback)
-            .map_err(|e| KeeperError::Invalid(format!("cannot start the file watcher: {e}")))?;
+        let (mut watcher, mut changes) = FileWatcher::new(self.watch_fallback).map_err(KeeperError::Watcher)?;
         let mut bound = self.bound_files().await;
         for p in bound.keys() {
             if let Err(e) = watcher.watch(p) {

@@ -698,7 +698,7 @@ impl Keeper {
     /// Ingests a credential under the never-regress rule.
     pub async fn ingest(&self, req: Ingest) -> Result<IngestOutcome, KeeperError> {
         let name = self.ingest_target(req.account.as_deref(), req.parsed.email.as_deref()).await?;
-        tokenkeeper_core::account::validate_account_name(&name).map_err(|e| KeeperError::Invalid(e.to_string()))?;
+        tokenkeeper_core::account::validate_account_name(&name)?;
         if req.parsed.credential.is_blank() {
             return Err(KeeperError::Refused { account: name, reason: "it is a blank stub".into() });
         }
@@ -837,17 +837,14 @@ impl Keeper {
         pasted: &str,
         login: &PkceLogin,
     ) -> Result<IngestOutcome, KeeperError> {
-        let code = parse_pasted_code(pasted, &login.state).map_err(|e| KeeperError::Invalid(e.to_string()))?;
+        let code = parse_pasted_code(pasted, &login.state)?;
         match self.client.exchange_code(&code, login).await {
             TokenOutcome::Success(grant) => {
                 let organization = grant.organization.clone();
                 let email = grant.email.clone();
                 let credential = grant.into_credential(self.now(), None);
-                let parsed = ParsedCredential {
-                    credential,
-                    format: tokenkeeper_core::formats::Format::ClaudeJson,
-                    email,
-                };
+                let parsed =
+                    ParsedCredential { credential, format: tokenkeeper_core::formats::Format::ClaudeJson, email };
                 self.ingest(Ingest {
                     account: account.map(str::to_owned),
                     parsed,
@@ -858,9 +855,7 @@ impl Keeper {
                 })
                 .await
             }
-            TokenOutcome::Rejected { reason } => Err(KeeperError::Invalid(format!(
-                "the provider refused the code ({reason}). Codes are single-use and expire after about 10 minutes: run `tokenkeeper login` again and paste the new code promptly"
-            ))),
+            TokenOutcome::Rejected { reason } => Err(KeeperError::LoginCodeRefused { reason }),
             TokenOutcome::RateLimited { reason, retry_after } => {
                 Err(KeeperError::TryLater { account: account.unwrap_or("new").to_owned(), reason, retry_after })
             }
