@@ -1,9 +1,9 @@
 //! Time, injected. All expiry arithmetic goes through a [`Clock`] so tests of an 8-hour token
 //! lifetime run in milliseconds.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -21,33 +21,46 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to. Cloning shares the same time.
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    now: Arc<Mutex<DateTime<Utc>>>,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use manual::ManualClock;
 
-impl ManualClock {
-    /// A clock standing at `start`.
-    pub fn new(start: DateTime<Utc>) -> Self {
-        Self { now: Arc::new(Mutex::new(start)) }
+/// Test-only: not in production builds (the `testing` feature, which tests turn on).
+#[cfg(any(test, feature = "testing"))]
+mod manual {
+    use std::sync::{Arc, Mutex};
+
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::Clock;
+
+    /// A clock that only moves when told to. Cloning shares the same time.
+    #[derive(Debug, Clone)]
+    pub struct ManualClock {
+        now: Arc<Mutex<DateTime<Utc>>>,
     }
 
-    /// Moves the clock forward (or back, with a negative duration).
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
-        *now += by;
+    impl ManualClock {
+        /// A clock standing at `start`.
+        pub fn new(start: DateTime<Utc>) -> Self {
+            Self { now: Arc::new(Mutex::new(start)) }
+        }
+
+        /// Moves the clock forward (or back, with a negative duration).
+        pub fn advance(&self, by: Duration) {
+            let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+            *now += by;
+        }
+
+        /// Sets the clock to `to`.
+        pub fn set(&self, to: DateTime<Utc>) {
+            *self.now.lock().unwrap_or_else(|p| p.into_inner()) = to;
+        }
     }
 
-    /// Sets the clock to `to`.
-    pub fn set(&self, to: DateTime<Utc>) {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = to;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    impl Clock for ManualClock {
+        fn now(&self) -> DateTime<Utc> {
+            *self.now.lock().unwrap_or_else(|p| p.into_inner())
+        }
     }
 }
 
@@ -61,6 +74,8 @@ pub fn system_clock() -> SharedClock {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Duration;
+
     use super::*;
 
     #[test]
