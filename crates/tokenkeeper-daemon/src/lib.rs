@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_core::{BindingKind, ChangeKind};
-use tokenkeeper_sync::fs::read_optional;
+use tokenkeeper_sync::fs::{read_optional, unblock};
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::{FileWatcher, DEFAULT_FALLBACK};
 
@@ -106,7 +106,8 @@ impl Daemon {
             Some(v) => v,
             None => {
                 let legacy = self.keeper.data_dir().join(LEGACY_ALERT_STATE_FILE);
-                match read_optional(&legacy) {
+                let read = unblock("read", &legacy.clone(), move || read_optional(&legacy)).await;
+                match read {
                     Ok(Some(text)) => match serde_json::from_str(&text) {
                         Ok(v) => v,
                         Err(e) => {

@@ -304,7 +304,7 @@ impl Keeper {
         // Before the locks nothing is written: every credential write happens under the
         // data-dir lock, so a rejection recorded under it cannot mark a fresher credential dead.
         // A newer credential in the bound file is adopted below, under the locks.
-        let file_newer = self.bound_newer(&seen);
+        let file_newer = self.bound_newer(&seen).await;
         if file_newer.is_none() {
             if let RefreshPolicy::IfWithin(lead) = policy {
                 if !seen.credential.needs_refresh(self.now(), chrono_duration(lead)) {
@@ -351,9 +351,9 @@ impl Keeper {
     }
 
     /// A credential in the bound file newer than the stored one, if there is one (read only).
-    fn bound_newer(&self, account: &Account) -> Option<Credential> {
+    async fn bound_newer(&self, account: &Account) -> Option<Credential> {
         let binding = account.binding.as_ref()?;
-        match read_bound(binding, self.now()) {
+        match read_bound(binding, self.now()).await {
             BoundContent::Credential(p) if bound_freshness(&p.credential, &account.credential) == Freshness::Newer => {
                 Some(p.credential)
             }
@@ -544,7 +544,7 @@ impl Keeper {
             return;
         }
         if let Some(b) = &account.binding {
-            if let Err(e) = write_bound(b, &account.credential) {
+            if let Err(e) = write_bound(b, &account.credential).await {
                 tracing::warn!(account = %account.name, file = %b.path.display(), error = %e,
                     "could not write the credential back to the bound file");
             }
@@ -557,7 +557,7 @@ impl Keeper {
     async fn reconcile_bound(&self, account: Account, repair: bool) -> Result<Account, KeeperError> {
         let Some(binding) = account.binding.clone() else { return Ok(account) };
         let now = self.now();
-        match read_bound(&binding, now) {
+        match read_bound(&binding, now).await {
             BoundContent::Missing => Ok(account),
             BoundContent::Credential(parsed) => match bound_freshness(&parsed.credential, &account.credential) {
                 Freshness::Newer => {
@@ -604,7 +604,7 @@ impl Keeper {
                     // A writer that takes no lock (`claude login`) may be between truncate and
                     // write; repairing now would send the rest of its write to a dead inode.
                     tokio::time::sleep(UNUSABLE_RECHECK).await;
-                    if let BoundContent::Unusable(_) = read_bound(&binding, self.now()) {
+                    if let BoundContent::Unusable(_) = read_bound(&binding, self.now()).await {
                         self.repair(&account, &binding, &reason).await;
                     } else {
                         return Box::pin(self.reconcile_bound(account, true)).await;
@@ -621,7 +621,7 @@ impl Keeper {
                 "bound file holds a credential older than ours; follow mode, leaving it alone");
             return;
         }
-        match write_bound(binding, &account.credential) {
+        match write_bound(binding, &account.credential).await {
             Ok(_) => {
                 tracing::warn!(account = %account.name, file = %binding.path.display(), found = %what,
                     "repaired bound file: it held a stale or blank credential");

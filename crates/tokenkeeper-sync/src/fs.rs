@@ -89,6 +89,19 @@ pub enum WriteOutcome {
     Unchanged,
 }
 
+/// Runs blocking file work `f` on tokio's blocking pool, so a slow disk (or a network file
+/// system) never stalls the async workers; every file access made from async code goes through
+/// here. A task that panicked or was cancelled at shutdown is an I/O error of `action` on `path`.
+pub async fn unblock<T: Send + 'static>(
+    action: &'static str,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::io(action, path, std::io::Error::other(e.to_string())))?
+}
+
 /// Reads a file as UTF-8, or `None` when it does not exist.
 pub fn read_optional(path: &Path) -> Result<Option<String>, SyncError> {
     match fs::read_to_string(path) {
@@ -317,6 +330,16 @@ mod tests {
 
     fn inode(p: &Path) -> u64 {
         fs::metadata(p).unwrap().ino()
+    }
+
+    #[tokio::test]
+    async fn unblock_runs_the_work_off_the_runtime_and_reports_a_panic_as_io() {
+        let runtime_thread = std::thread::current().id();
+        let ran_on = unblock("read", Path::new("/x"), || Ok(std::thread::current().id())).await.unwrap();
+        assert_ne!(ran_on, runtime_thread);
+        let e = unblock::<()>("read", Path::new("/srv/bot/.env"), || panic!("disk on fire")).await.unwrap_err();
+        assert_eq!(e.to_string(), "cannot read /srv/bot/.env");
+        assert!(matches!(e, SyncError::Io { .. }), "{e:?}");
     }
 
     #[test]

@@ -81,10 +81,10 @@ impl InfisicalClient {
         secrets.extend(c.refresh_token.clone());
 
         let token = match &target.auth {
-            InfisicalAuth::Token(f) => Secret::new(read_secret_file(f)?),
+            InfisicalAuth::Token(f) => Secret::new(read_secret_file(f).await?),
             InfisicalAuth::Universal { client_id_file, client_secret_file } => {
-                let id = read_secret_file(client_id_file)?;
-                let secret = Secret::new(read_secret_file(client_secret_file)?);
+                let id = read_secret_file(client_id_file).await?;
+                let secret = Secret::new(read_secret_file(client_secret_file).await?);
                 self.login(base, &id, &secret).await?
             }
         };
@@ -139,11 +139,13 @@ impl InfisicalClient {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<String, SyncError> {
+async fn read_secret_file(path: &Path) -> Result<String, SyncError> {
     let path = expand_tilde(path);
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| SyncError::io("read the Infisical credential file", &path, e))
+    let action = "read the Infisical credential file";
+    crate::fs::unblock(action, &path.clone(), move || {
+        std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| SyncError::io(action, &path, e))
+    })
+    .await
 }
 
 fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, SyncError> {

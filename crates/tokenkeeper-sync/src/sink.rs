@@ -15,7 +15,7 @@
 //! Background tasks are started lazily on first need and all joined by
 //! [`SinkSet::shutdown`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use crate::error::{error_chain, SyncError};
-use crate::fs::{read_optional, write_file, WriteOptions, WriteOutcome};
+use crate::fs::{read_optional, unblock, write_file, WriteOptions, WriteOutcome};
 use crate::infisical::{InfisicalClient, REQUEST_TIMEOUT};
 use crate::render::render_sink;
 use crate::runner::{CommandEnv, DebouncedCommand, Executor, ProcessExecutor, RunnerOptions};
@@ -397,10 +397,7 @@ async fn write_sink(
         | SinkTarget::Template { .. } => {
             let cfg = s.cfg.clone();
             let account = account.clone();
-            let name = s.name.clone();
-            tokio::task::spawn_blocking(move || write_file_sink(&cfg, &account))
-                .await
-                .map_err(|e| SyncError::io("finish writing", name, std::io::Error::other(e.to_string())))??
+            unblock("finish writing", Path::new(&s.name), move || write_file_sink(&cfg, &account)).await?
         }
     };
     if outcome == WriteOutcome::Written && s.cfg.on_change.is_some() {
