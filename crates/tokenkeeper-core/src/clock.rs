@@ -1,9 +1,9 @@
 //! Time, injected. All expiry arithmetic goes through a [`Clock`] so tests of an 8-hour token
 //! lifetime run in milliseconds.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -21,33 +21,46 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to. Cloning shares the same time.
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    now: Arc<Mutex<DateTime<Utc>>>,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use manual::ManualClock;
 
-impl ManualClock {
-    /// A clock standing at `start`.
-    pub fn new(start: DateTime<Utc>) -> Self {
-        Self { now: Arc::new(Mutex::new(start)) }
+/// Test-only: not in production builds (the `testing` feature, which tests turn on).
+#[cfg(any(test, feature = "testing"))]
+mod manual {
+    use std::sync::{Arc, Mutex};
+
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::Clock;
+
+    /// A clock that only moves when told to. Cloning shares the same time.
+    #[derive(Debug, Clone)]
+    pub struct ManualClock {
+        now: Arc<Mutex<DateTime<Utc>>>,
     }
 
-    /// Moves the clock forward (or back, with a negative duration).
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
-        *now += by;
+    impl ManualClock {
+        /// A clock standing at `start`.
+        pub fn new(start: DateTime<Utc>) -> Self {
+            Self { now: Arc::new(Mutex::new(start)) }
+        }
+
+        /// Moves the clock forward (or back, with a negative duration).
+        pub fn advance(&self, by: Duration) {
+            let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+            *now += by;
+        }
+
+        /// Sets the clock to `to`.
+        pub fn set(&self, to: DateTime<Utc>) {
+            *self.now.lock().unwrap_or_else(|p| p.into_inner()) = to;
+        }
     }
 
-    /// Sets the clock to `to`.
-    pub fn set(&self, to: DateTime<Utc>) {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = to;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    impl Clock for ManualClock {
+        fn now(&self) -> DateTime<Utc> {
+            *self.now.lock().unwrap_or_else(|p| p.into_inner())
+        }
     }
 }
 
@@ -61,6 +74,8 @@ pub fn system_clock() -> SharedClock {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Duration;
+
     use super::*;
 
     #[test]
@@ -78,8 +93,8 @@ mod tests {
 /// saturating at `chrono::Duration::MAX`: only durations of millions of years overflow, and
 /// "forever" is the meaning a configured value that large has. The one conversion every crate
 /// uses, so no caller picks its own fallback.
-pub fn chrono_duration(d: std::time::Duration) -> Duration {
-    Duration::from_std(d).unwrap_or(Duration::MAX)
+pub fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]
@@ -88,7 +103,7 @@ mod conversion_tests {
 
     #[test]
     fn converts_exactly_and_saturates() {
-        assert_eq!(chrono_duration(std::time::Duration::from_millis(1500)), Duration::milliseconds(1500));
-        assert_eq!(chrono_duration(std::time::Duration::MAX), Duration::MAX);
+        assert_eq!(chrono_duration(std::time::Duration::from_millis(1500)), chrono::Duration::milliseconds(1500));
+        assert_eq!(chrono_duration(std::time::Duration::MAX), chrono::Duration::MAX);
     }
 }

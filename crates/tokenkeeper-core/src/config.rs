@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod sink;
+
+pub use sink::{
+    FileTarget, InfisicalAuth, InfisicalFormat, InfisicalTarget, SinkConfig, SinkConfigError, SinkProblem, SinkTarget,
+    TemplateSource, DEFAULT_FILE_MODE,
+};
+
 /// The default provider id.
 pub const ANTHROPIC: &str = "anthropic";
 
@@ -58,7 +65,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Per-account settings by account name.
     pub accounts: BTreeMap<String, AccountConfig>,
-    /// Where credentials are delivered.
+    /// Where credentials are delivered; each entry is checked as it is read.
+    #[serde(deserialize_with = "sink::deserialize_sinks")]
     pub sinks: Vec<SinkConfig>,
     /// Where alerts go.
     pub alerts: Vec<AlertConfig>,
@@ -347,120 +355,6 @@ pub enum WriteMode {
     InPlace,
 }
 
-/// `[[sinks]]`: one place a credential is delivered to.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Account whose credential goes here.
-    pub account: String,
-    /// What kind of sink.
-    pub kind: SinkKind,
-    /// Optional name (defaults to kind and path), shown in status.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Target file (file sinks). `~` expands to the home directory.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// Variable to set (`env_file`).
-    #[serde(default)]
-    pub key: Option<String>,
-    /// File mode, octal as a string (default `"0600"`).
-    #[serde(default)]
-    pub mode: Option<String>,
-    /// Owner user (name or uid).
-    #[serde(default)]
-    pub owner: Option<String>,
-    /// Owner group (name or gid).
-    #[serde(default)]
-    pub group: Option<String>,
-    /// How the file is replaced.
-    #[serde(default)]
-    pub write: WriteMode,
-    /// Template text (`template`).
-    #[serde(default)]
-    pub template: Option<String>,
-    /// Template file (`template`), instead of `template`.
-    #[serde(default)]
-    pub template_file: Option<PathBuf>,
-    /// OpenClaw layout: `oauth` (default) or `auth_profiles`.
-    #[serde(default)]
-    pub layout: Option<String>,
-    /// Command run after each change (argv, no shell).
-    #[serde(default)]
-    pub on_change: Option<Vec<String>>,
-    /// The command of a `command` sink.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    /// Timeout of `on_change`/`command`.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Debounce of `on_change`/`command`.
-    #[serde(default, with = "humantime_serde")]
-    pub debounce: Option<Duration>,
-    /// Infisical: base URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Infisical: project (workspace) id.
-    #[serde(default)]
-    pub project_id: Option<String>,
-    /// Infisical: environment slug.
-    #[serde(default)]
-    pub environment: Option<String>,
-    /// Infisical: secret path (folder).
-    #[serde(default)]
-    pub secret_path: Option<String>,
-    /// Infisical: secret name.
-    #[serde(default)]
-    pub secret_name: Option<String>,
-    /// Infisical: value format, `base64_json` (default), `json` or `access_token`.
-    #[serde(default)]
-    pub format: Option<String>,
-    /// Infisical: file holding the machine identity's client id.
-    #[serde(default)]
-    pub client_id_file: Option<PathBuf>,
-    /// Infisical: file holding the machine identity's client secret.
-    #[serde(default)]
-    pub client_secret_file: Option<PathBuf>,
-    /// Infisical: file holding an access token (instead of client id/secret).
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// Which replicas deliver here; see [`SinkConfig::runs_on`] for the default.
-    #[serde(default)]
-    pub run_on: Option<RunOn>,
-}
-
-impl SinkConfig {
-    /// The name shown in status and logs.
-    pub fn display_name(&self) -> String {
-        if let Some(n) = &self.name {
-            return n.clone();
-        }
-        let kind = self.kind.to_string();
-        match &self.path {
-            Some(p) => format!("{kind}:{}", p.display()),
-            None => match &self.secret_name {
-                Some(s) => format!("{kind}:{s}"),
-                None => kind,
-            },
-        }
-    }
-
-    /// Which replicas deliver here: `run_on` if set, else every replica for sinks that write a
-    /// file or run a command on the host (each host has its own file and its own containers to
-    /// restart), and the leader only for a secret manager (one shared destination, written once).
-    pub fn runs_on(&self) -> RunOn {
-        self.run_on.unwrap_or(match self.kind {
-            SinkKind::Infisical => RunOn::Leader,
-            _ => RunOn::EveryReplica,
-        })
-    }
-
-    /// The file mode (default 0600).
-    pub fn file_mode(&self) -> u32 {
-        self.mode.as_deref().and_then(|m| parse_mode(m).ok()).unwrap_or(0o600)
-    }
-}
-
 /// Kinds of alert channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -625,7 +519,8 @@ impl Config {
         self.validate("environment")
     }
 
-    /// Checks values serde cannot: URLs, modes, required keys per sink kind.
+    /// Checks values serde cannot: URLs, limits, alert targets. (Sinks are checked as they are
+    /// read: a [`SinkConfig`] is valid by construction.)
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid { origin: origin.to_owned(), key, message };
         self.server.validate(invalid)?;
@@ -655,69 +550,6 @@ impl Config {
                             format!("is `{value}`; expected an http(s) URL"),
                         ))
                     }
-                }
-            }
-        }
-        for (i, s) in self.sinks.iter().enumerate() {
-            let key = |k: &str| format!("sinks[{i}].{k}");
-            if let Some(m) = &s.mode {
-                parse_mode(m).map_err(|e| invalid(key("mode"), e.to_string()))?;
-            }
-            let needs_path = !matches!(s.kind, SinkKind::Infisical | SinkKind::Command);
-            if needs_path && s.path.is_none() {
-                return Err(invalid(key("path"), "is required for this sink kind".into()));
-            }
-            match s.kind {
-                SinkKind::EnvFile => {
-                    let k = s.key.as_deref().unwrap_or("");
-                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(invalid(
-                            key("key"),
-                            "is required for env_file: the variable name, such as \"CLAUDE_CODE_OAUTH_TOKEN\"".into(),
-                        ));
-                    }
-                }
-                SinkKind::Template => {
-                    if s.template.is_none() == s.template_file.is_none() {
-                        return Err(invalid(
-                            key("template"),
-                            "set exactly one of `template` and `template_file`".into(),
-                        ));
-                    }
-                }
-                SinkKind::Command => {
-                    if s.command.as_ref().is_none_or(|c| c.is_empty()) {
-                        return Err(invalid(key("command"), "is required for a command sink: an argv list".into()));
-                    }
-                }
-                SinkKind::Infisical => {
-                    for (k, v) in [("url", &s.url), ("project_id", &s.project_id), ("secret_name", &s.secret_name)] {
-                        if v.is_none() {
-                            return Err(invalid(key(k), "is required for an infisical sink".into()));
-                        }
-                    }
-                    if s.token_file.is_none() && (s.client_id_file.is_none() || s.client_secret_file.is_none()) {
-                        return Err(invalid(
-                            key("token_file"),
-                            "an infisical sink needs `token_file`, or `client_id_file` and `client_secret_file`".into(),
-                        ));
-                    }
-                }
-                SinkKind::Openclaw => {
-                    if let Some(l) = &s.layout {
-                        if l != "oauth" && l != "auth_profiles" {
-                            return Err(invalid(
-                                key("layout"),
-                                format!("is `{l}`; expected `oauth` or `auth_profiles`"),
-                            ));
-                        }
-                    }
-                }
-                SinkKind::ClaudeCredentials => {}
-            }
-            if let Some(cmd) = &s.on_change {
-                if cmd.is_empty() {
-                    return Err(invalid(key("on_change"), "must not be an empty list".into()));
                 }
             }
         }
@@ -817,7 +649,7 @@ url = "https://hooks.example/tokenkeeper"
         assert_eq!(c.provider(ANTHROPIC).token_url, "http://127.0.0.1:1/v1/oauth/token");
         // Keys not named keep their defaults.
         assert_eq!(c.provider(ANTHROPIC).authorize_url, "https://claude.ai/oauth/authorize");
-        assert_eq!(c.sinks[0].file_mode(), 0o640);
+        assert_eq!(c.sinks[0].file().map(|f| f.mode), Some(0o640));
     }
 
     #[test]
@@ -1203,5 +1035,162 @@ mod proxy_tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+    use crate::formats::OpenclawLayout;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/tokenkeeper/config.toml"))
+    }
+
+    /// The error of a config with one sink: `account = "a"`, then `body`.
+    fn refused(body: &str) -> String {
+        parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\n")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_kind_reads_into_its_own_variant_with_defaults() {
+        let c = parse(
+            r#"
+[[sinks]]
+account = "a"
+kind = "openclaw"
+path = "/o.json"
+[[sinks]]
+account = "a"
+kind = "infisical"
+url = "https://i.example"
+project_id = "p"
+secret_name = "S"
+client_id_file = "/id"
+client_secret_file = "/secret"
+[[sinks]]
+account = "a"
+kind = "command"
+command = ["/bin/hook"]
+"#,
+        )
+        .unwrap();
+        let file =
+            FileTarget { path: "/o.json".into(), mode: 0o600, owner: None, group: None, write: WriteMode::Atomic };
+        assert_eq!(c.sinks[0].target, SinkTarget::Openclaw { file, layout: OpenclawLayout::Oauth });
+        assert_eq!(
+            c.sinks[1].target,
+            SinkTarget::Infisical(InfisicalTarget {
+                url: "https://i.example".into(),
+                project_id: "p".into(),
+                environment: "prod".into(),
+                secret_path: "/".into(),
+                secret_name: "S".into(),
+                format: InfisicalFormat::Base64Json,
+                auth: InfisicalAuth::Universal { client_id_file: "/id".into(), client_secret_file: "/secret".into() },
+            })
+        );
+        assert_eq!(c.sinks[2].command(), Some(&["/bin/hook".to_owned()][..]));
+        let names: Vec<String> = c.sinks.iter().map(SinkConfig::display_name).collect();
+        assert_eq!(names, ["openclaw:/o.json", "infisical:S", "command"]);
+    }
+
+    #[test]
+    fn a_typo_in_a_sink_is_refused_with_the_keys_there_are() {
+        let e = refused("kind = \"env_file\"\npath = \"/x\"\nkey = \"K\"\npth = \"/y\"");
+        assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("unknown field `pth`, expected one of `account`, `kind`, `name`, `path`"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_refused_not_ignored() {
+        for (body, message) in [
+            (
+                "kind = \"template\"\npath = \"/x\"\ntemplate = \"t\"\nkey = \"K\"",
+                "`sinks[0].key` does not apply to `kind = \"template\"`; remove it (it belongs to env_file)",
+            ),
+            (
+                "kind = \"command\"\ncommand = [\"/bin/x\"]\npath = \"/x\"",
+                "`sinks[0].path` does not apply to `kind = \"command\"`; remove it (it belongs to env_file, \
+                 claude_credentials, openclaw and template)",
+            ),
+            (
+                "kind = \"command\"\ncommand = [\"/bin/x\"]\non_change = [\"/bin/y\"]",
+                "`sinks[0].on_change` does not apply to `kind = \"command\"`; remove it (it belongs to every kind but \
+                 command)",
+            ),
+            (
+                "kind = \"env_file\"\npath = \"/x\"\nkey = \"K\"\nsecret_name = \"S\"",
+                "`sinks[0].secret_name` does not apply to `kind = \"env_file\"`; remove it (it belongs to infisical)",
+            ),
+            (
+                "kind = \"claude_credentials\"\npath = \"/x\"\nlayout = \"oauth\"",
+                "`sinks[0].layout` does not apply to `kind = \"claude_credentials\"`; remove it (it belongs to openclaw)",
+            ),
+        ] {
+            let e = refused(body);
+            assert!(e.contains(message), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_and_bad_values_name_the_key_and_what_is_allowed() {
+        for (body, message) in [
+            ("kind = \"claude_credentials\"", "`sinks[0].path` is required for this sink kind"),
+            ("kind = \"env_file\"\npath = \"/x\"\nkey = \"A B\"", "`sinks[0].key` is required for env_file"),
+            (
+                "kind = \"template\"\npath = \"/x\"",
+                "`sinks[0].template` set exactly one of `template` and `template_file`",
+            ),
+            (
+                "kind = \"template\"\npath = \"/x\"\ntemplate = \"t\"\ntemplate_file = \"/t\"",
+                "`sinks[0].template` set exactly one of `template` and `template_file`",
+            ),
+            ("kind = \"command\"\ncommand = []", "`sinks[0].command` is required for a command sink: an argv list"),
+            ("kind = \"infisical\"\nurl = \"https://i\"\nsecret_name = \"S\"\ntoken_file = \"/t\"", "`sinks[0].project_id` is required for an infisical sink"),
+            (
+                "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\nsecret_name = \"S\"\nclient_id_file = \"/i\"",
+                "`sinks[0].token_file` an infisical sink needs `token_file`, or `client_id_file` and `client_secret_file`",
+            ),
+            (
+                "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\nsecret_name = \"S\"\ntoken_file = \"/t\"\nformat = \"yaml\"",
+                "`sinks[0].format` is `yaml`; expected `base64_json`, `json` or `access_token`",
+            ),
+            (
+                "kind = \"openclaw\"\npath = \"/x\"\nlayout = \"profiles\"",
+                "`sinks[0].layout` is `profiles`; expected `oauth` or `auth_profiles`",
+            ),
+            (
+                "kind = \"openclaw\"\npath = \"/x\"\nmode = \"99999\"",
+                "`sinks[0].mode` `99999` is not an octal mode",
+            ),
+            ("kind = \"openclaw\"\npath = \"/x\"\non_change = []", "`sinks[0].on_change` must not be an empty list"),
+        ] {
+            let e = refused(body);
+            assert!(e.contains(message), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_index_names_the_entry_that_is_wrong() {
+        let e = parse(
+            "[[sinks]]\naccount = \"a\"\nkind = \"claude_credentials\"\npath = \"/x\"\n\
+             [[sinks]]\naccount = \"a\"\nkind = \"env_file\"\npath = \"/y\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`sinks[1].key` is required for env_file"), "{e}");
+    }
+
+    #[test]
+    fn a_token_file_wins_over_client_files_as_before() {
+        let c = parse(
+            "[[sinks]]\naccount = \"a\"\nkind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\n\
+             secret_name = \"S\"\ntoken_file = \"/t\"\nclient_id_file = \"/i\"\nclient_secret_file = \"/s\"\n",
+        )
+        .unwrap();
+        let SinkTarget::Infisical(i) = &c.sinks[0].target else { panic!("{:?}", c.sinks[0]) };
+        assert_eq!(i.auth, InfisicalAuth::Token("/t".into()));
     }
 }

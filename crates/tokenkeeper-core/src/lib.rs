@@ -22,7 +22,9 @@ pub use backend::{
     AccountLock, AccountLockGuard, Backend, ChangeFeed, ChangeKind, ChangeSubscription, FeedItem, LeaderGuard,
     Leadership, SeamError, StoreChange,
 };
-pub use clock::{system_clock as system_clock_handle, Clock, ManualClock, SharedClock, SystemClock};
+#[cfg(any(test, feature = "testing"))]
+pub use clock::ManualClock;
+pub use clock::{system_clock as system_clock_handle, Clock, SharedClock, SystemClock};
 pub use config::Config;
 pub use credential::{Credential, Freshness};
 pub use error_text::error_chain;

@@ -12,53 +12,74 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::config::{InfisicalAuth, InfisicalFormat, SinkConfig, SinkTarget, TemplateSource};
+use tokenkeeper_core::formats::OpenclawLayout;
 use tokenkeeper_core::Config;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Every effective setting of a sink, one `key = value` per line.
+/// Every effective setting of a sink, one `key = value` per line (the spelling of the
+/// release before sink kinds became typed, so its `.sinks` files stay the contract).
 fn describe(s: &SinkConfig) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| writeln!(out, "{k} = {v}").unwrap();
     line("name", s.display_name());
     line("account", s.account.clone());
-    line("kind", s.kind.to_string());
+    line("kind", s.kind().to_string());
     line("on_change", format!("{:?}", s.on_change));
     line("timeout", format!("{:?}", s.timeout));
     line("debounce", format!("{:?}", s.debounce));
-    match s.kind {
-        SinkKind::EnvFile | SinkKind::ClaudeCredentials | SinkKind::Openclaw | SinkKind::Template => {
-            line("path", format!("{:?}", s.path.as_ref().unwrap()));
-            line("mode", format!("{:o}", s.file_mode()));
-            line("owner", format!("{:?}", s.owner));
-            line("group", format!("{:?}", s.group));
-            line("write", format!("{:?}", s.write));
-        }
-        SinkKind::Infisical | SinkKind::Command => {}
+    if let Some(f) = s.file() {
+        line("path", format!("{:?}", f.path));
+        line("mode", format!("{:o}", f.mode));
+        line("owner", format!("{:?}", f.owner));
+        line("group", format!("{:?}", f.group));
+        line("write", format!("{:?}", f.write));
     }
-    match s.kind {
-        SinkKind::EnvFile => line("key", s.key.clone().unwrap()),
-        SinkKind::ClaudeCredentials => {}
-        SinkKind::Openclaw => line("layout", s.layout.clone().unwrap_or_else(|| "oauth".into())),
-        SinkKind::Template => {
-            line("template", format!("{:?}", s.template));
-            line("template_file", format!("{:?}", s.template_file));
+    match &s.target {
+        SinkTarget::EnvFile { key, .. } => line("key", key.clone()),
+        SinkTarget::ClaudeCredentials { .. } => {}
+        SinkTarget::Openclaw { layout, .. } => line(
+            "layout",
+            match layout {
+                OpenclawLayout::Oauth => "oauth",
+                OpenclawLayout::AuthProfiles => "auth_profiles",
+            }
+            .into(),
+        ),
+        SinkTarget::Template { source, .. } => {
+            let (text, file) = match source {
+                TemplateSource::Text(t) => (Some(t), None),
+                TemplateSource::File(f) => (None, Some(f)),
+            };
+            line("template", format!("{text:?}"));
+            line("template_file", format!("{file:?}"));
         }
-        SinkKind::Infisical => {
-            line("url", s.url.clone().unwrap());
-            line("project_id", s.project_id.clone().unwrap());
-            line("environment", s.environment.clone().unwrap_or_else(|| "prod".into()));
-            line("secret_path", s.secret_path.clone().unwrap_or_else(|| "/".into()));
-            line("secret_name", s.secret_name.clone().unwrap());
-            line("format", s.format.clone().unwrap_or_else(|| "base64_json".into()));
-            line("token_file", format!("{:?}", s.token_file));
-            line("client_id_file", format!("{:?}", s.client_id_file));
-            line("client_secret_file", format!("{:?}", s.client_secret_file));
+        SinkTarget::Infisical(i) => {
+            line("url", i.url.clone());
+            line("project_id", i.project_id.clone());
+            line("environment", i.environment.clone());
+            line("secret_path", i.secret_path.clone());
+            line("secret_name", i.secret_name.clone());
+            let format = match i.format {
+                InfisicalFormat::Base64Json => "base64_json",
+                InfisicalFormat::Json => "json",
+                InfisicalFormat::AccessToken => "access_token",
+            };
+            line("format", format.into());
+            let (token, id, secret) = match &i.auth {
+                InfisicalAuth::Token(t) => (Some(t), None, None),
+                InfisicalAuth::Universal { client_id_file, client_secret_file } => {
+                    (None, Some(client_id_file), Some(client_secret_file))
+                }
+            };
+            line("token_file", format!("{token:?}"));
+            line("client_id_file", format!("{id:?}"));
+            line("client_secret_file", format!("{secret:?}"));
         }
-        SinkKind::Command => line("command", format!("{:?}", s.command.as_ref().unwrap())),
+        SinkTarget::Command { argv } => line("command", format!("{argv:?}")),
     }
     out
 }

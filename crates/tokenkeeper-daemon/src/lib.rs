@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_core::{BindingKind, ChangeKind};
-use tokenkeeper_sync::fs::read_optional;
+use tokenkeeper_sync::fs::{read_optional, unblock};
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::{FileWatcher, DEFAULT_FALLBACK};
 
@@ -165,7 +165,8 @@ impl Daemon {
             Some(v) => v,
             None => {
                 let legacy = self.keeper.data_dir().join(LEGACY_ALERT_STATE_FILE);
-                match read_optional(&legacy) {
+                let read = unblock("read", &legacy.clone(), move || read_optional(&legacy)).await;
+                match read {
                     Ok(Some(text)) => match serde_json::from_str(&text) {
                         Ok(v) => v,
                         Err(e) => {
@@ -282,8 +283,7 @@ impl Daemon {
         let follower = self.keeper.follow_changes().await?;
         let flusher = self.keeper.spawn_usage_flusher(self.keeper.config().keeper.usage_flush);
         let mut scheduler = Scheduler::new(self.keeper.clone());
-        let (mut watcher, mut changes) = FileWatcher::new(self.watch_fallback)
-            .map_err(|e| KeeperError::Invalid(format!("cannot start the file watcher: {e}")))?;
+        let (mut watcher, mut changes) = FileWatcher::new(self.watch_fallback).map_err(KeeperError::Watcher)?;
         let mut bound = self.bound_files().await;
         for p in bound.keys() {
             if let Err(e) = watcher.watch(p) {

@@ -16,18 +16,15 @@ use tokenkeeper_core::{Binding, BindingKind, Mode};
 use tokenkeeper_daemon::Daemon;
 use tokenkeeper_sync::sink::SinkSet;
 
-fn sink(kind: SinkKind, path: &Path) -> SinkConfig {
-    let kind_name = serde_json::to_value(kind).unwrap().as_str().unwrap().to_owned();
-    let mut s: SinkConfig =
-        toml::from_str(&format!("account = \"main\"\nkind = \"{kind_name}\"\npath = \"{}\"\n", path.display()))
-            .unwrap();
-    if kind == SinkKind::EnvFile {
-        s.key = Some("CLAUDE_CODE_OAUTH_TOKEN".into());
-    }
-    if kind == SinkKind::Template {
-        s.template = Some("token: {{ access_token }}\n".into());
-    }
-    s
+/// A file sink of `kind` writing `path`, with the keys its kind requires and `extra`.
+fn sink(kind: SinkKind, path: &Path, extra: &str) -> SinkConfig {
+    let required = match kind {
+        SinkKind::EnvFile => "key = \"CLAUDE_CODE_OAUTH_TOKEN\"\n",
+        SinkKind::Template => "template = \"token: {{ access_token }}\\n\"\n",
+        _ => "",
+    };
+    toml::from_str(&format!("account = \"main\"\nkind = \"{kind}\"\npath = \"{}\"\n{required}{extra}", path.display()))
+        .unwrap()
 }
 
 fn write_by_rename(path: &Path, text: &str) {
@@ -62,13 +59,13 @@ async fn claude_code_writes_reach_every_sink_by_rename_and_in_place() {
     let out = env.dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("bot.env"), "# bot\nOTHER=1\nCLAUDE_CODE_OAUTH_TOKEN=old\n").unwrap();
-    let mut mounted = sink(SinkKind::ClaudeCredentials, &out.join("mounted.json"));
-    mounted.write = WriteMode::InPlace;
+    let mounted = sink(SinkKind::ClaudeCredentials, &out.join("mounted.json"), "write = \"in_place\"\n");
+    assert_eq!(mounted.file().map(|f| f.write), Some(WriteMode::InPlace));
     let configs = vec![
-        sink(SinkKind::EnvFile, &out.join("bot.env")),
+        sink(SinkKind::EnvFile, &out.join("bot.env"), ""),
         mounted,
-        sink(SinkKind::Openclaw, &out.join("oauth.json")),
-        sink(SinkKind::Template, &out.join("token.yaml")),
+        sink(SinkKind::Openclaw, &out.join("oauth.json"), ""),
+        sink(SinkKind::Template, &out.join("token.yaml"), ""),
     ];
     let targets: Vec<PathBuf> =
         ["bot.env", "mounted.json", "oauth.json", "token.yaml"].iter().map(|n| out.join(n)).collect();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tokenkeeper_core::formats::{parse_credential, render_claude_credentials, ParsedCredential, RenderError};
 use tokenkeeper_core::{Binding, BindingKind, Credential};
-use tokenkeeper_sync::fs::{read_optional, write_file, WriteOptions, WriteOutcome};
+use tokenkeeper_sync::fs::{read_optional, unblock, write_file, WriteOptions, WriteOutcome};
 use tokenkeeper_sync::SyncError;
 
 /// Why a bound file could not be written.
@@ -36,8 +36,21 @@ pub enum BoundContent {
     Unusable(String),
 }
 
-/// Reads a bound file.
-pub fn read_bound(binding: &Binding, now: chrono::DateTime<chrono::Utc>) -> BoundContent {
+/// Reads a bound file, on the blocking pool. A read that could not finish (a panic, the
+/// runtime shutting down) counts as no file, so nothing is adopted or repaired on its account.
+pub async fn read_bound(binding: &Binding, now: chrono::DateTime<chrono::Utc>) -> BoundContent {
+    let owned = binding.clone();
+    match unblock("read", &binding.path, move || Ok(read_bound_blocking(&owned, now))).await {
+        Ok(content) => content,
+        Err(e) => {
+            tracing::warn!(file = %binding.path.display(), error = %e, "could not finish reading the bound file");
+            BoundContent::Missing
+        }
+    }
+}
+
+/// Reads a bound file (blocking I/O).
+fn read_bound_blocking(binding: &Binding, now: chrono::DateTime<chrono::Utc>) -> BoundContent {
     match binding.kind {
         BindingKind::ClaudeCredentials => match read_optional(&binding.path) {
             Ok(None) => BoundContent::Missing,
@@ -53,12 +66,14 @@ pub fn read_bound(binding: &Binding, now: chrono::DateTime<chrono::Utc>) -> Boun
 }
 
 /// Writes `credential` into the bound Claude Code file, keeping every key we do not know,
-/// atomically, mode 0600. Returns whether the file changed.
-pub fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOutcome, BoundError> {
+/// atomically, mode 0600, on the blocking pool. Returns whether the file changed.
+pub async fn write_bound(binding: &Binding, credential: &Credential) -> Result<WriteOutcome, BoundError> {
     if binding.kind != BindingKind::ClaudeCredentials {
         return Ok(WriteOutcome::Unchanged);
     }
-    write_claude_file(&binding.path, credential)
+    let (path, credential) = (binding.path.clone(), credential.clone());
+    // The outer result is the task's (a panic); the inner one the write's.
+    unblock("finish writing", &binding.path, move || Ok(write_claude_file(&path, &credential))).await?
 }
 
 /// Writes a Claude Code credentials file (merge, atomic, 0600).

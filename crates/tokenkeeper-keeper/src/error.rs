@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use tokenkeeper_core::account::AccountNameError;
 use tokenkeeper_core::StoreError;
+use tokenkeeper_provider::LoginError;
+use tokenkeeper_sync::SyncError;
 
 use tokenkeeper_core::backend::SeamError;
 
@@ -67,9 +70,25 @@ pub enum KeeperError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Invalid input from the caller.
-    #[error("{0}")]
-    Invalid(String),
+    /// An account name given (or taken from a credential's email) that cannot be used; its
+    /// message names the rule. The caller's input: pick another name.
+    #[error(transparent)]
+    BadAccountName(#[from] AccountNameError),
+    /// A pasted login code that cannot be read (empty, no `#STATE`, another attempt's); its
+    /// message says what to paste. The caller's input.
+    #[error(transparent)]
+    BadLoginCode(#[from] LoginError),
+    /// The provider refused a well-formed login code (used, expired, or from another client):
+    /// only a new login attempt helps.
+    #[error("the provider refused the code ({reason}). Codes are single-use and expire after about 10 minutes: run `tokenkeeper login` again and paste the new code promptly")]
+    LoginCodeRefused {
+        /// The provider's reason.
+        reason: String,
+    },
+    /// The file watcher that follows bound files could not be started: not the caller's
+    /// fault; usually the inotify limits of the machine.
+    #[error("cannot start the file watcher of bound files; raise the inotify limits (sysctl fs.inotify.max_user_instances and fs.inotify.max_user_watches) or free some watches, then start again")]
+    Watcher(#[source] SyncError),
     /// The provider client could not be built.
     #[error(transparent)]
     Provider(#[from] tokenkeeper_provider::ProviderError),

@@ -314,7 +314,7 @@ impl Keeper {
         // Before the locks nothing is written: every credential write happens under the
         // data-dir lock, so a rejection recorded under it cannot mark a fresher credential dead.
         // A newer credential in the bound file is adopted below, under the locks.
-        let file_newer = self.bound_newer(&seen);
+        let file_newer = self.bound_newer(&seen).await;
         if file_newer.is_none() {
             if let RefreshPolicy::IfWithin(lead) = policy {
                 let lead = effective_lead(lead, &seen);
@@ -364,9 +364,9 @@ impl Keeper {
     }
 
     /// A credential in the bound file newer than the stored one, if there is one (read only).
-    fn bound_newer(&self, account: &Account) -> Option<Credential> {
+    async fn bound_newer(&self, account: &Account) -> Option<Credential> {
         let binding = account.binding.as_ref()?;
-        match read_bound(binding, self.now()) {
+        match read_bound(binding, self.now()).await {
             BoundContent::Credential(p) if bound_freshness(&p.credential, &account.credential) == Freshness::Newer => {
                 Some(p.credential)
             }
@@ -557,7 +557,7 @@ impl Keeper {
             return;
         }
         if let Some(b) = &account.binding {
-            if let Err(e) = write_bound(b, &account.credential) {
+            if let Err(e) = write_bound(b, &account.credential).await {
                 tracing::warn!(account = %account.name, file = %b.path.display(), error = %e,
                     "could not write the credential back to the bound file");
             }
@@ -570,7 +570,7 @@ impl Keeper {
     async fn reconcile_bound(&self, account: Account, repair: bool) -> Result<Account, KeeperError> {
         let Some(binding) = account.binding.clone() else { return Ok(account) };
         let now = self.now();
-        match read_bound(&binding, now) {
+        match read_bound(&binding, now).await {
             BoundContent::Missing => Ok(account),
             BoundContent::Credential(parsed) => match bound_freshness(&parsed.credential, &account.credential) {
                 Freshness::Newer => {
@@ -617,7 +617,7 @@ impl Keeper {
                     // A writer that takes no lock (`claude login`) may be between truncate and
                     // write; repairing now would send the rest of its write to a dead inode.
                     tokio::time::sleep(UNUSABLE_RECHECK).await;
-                    if let BoundContent::Unusable(_) = read_bound(&binding, self.now()) {
+                    if let BoundContent::Unusable(_) = read_bound(&binding, self.now()).await {
                         self.repair(&account, &binding, &reason).await;
                     } else {
                         return Box::pin(self.reconcile_bound(account, true)).await;
@@ -634,7 +634,7 @@ impl Keeper {
                 "bound file holds a credential older than ours; follow mode, leaving it alone");
             return;
         }
-        match write_bound(binding, &account.credential) {
+        match write_bound(binding, &account.credential).await {
             Ok(_) => {
                 tracing::warn!(account = %account.name, file = %binding.path.display(), found = %what,
                     "repaired bound file: it held a stale or blank credential");
@@ -711,7 +711,7 @@ impl Keeper {
     /// Ingests a credential under the never-regress rule.
     pub async fn ingest(&self, req: Ingest) -> Result<IngestOutcome, KeeperError> {
         let name = self.ingest_target(req.account.as_deref(), req.parsed.email.as_deref()).await?;
-        tokenkeeper_core::account::validate_account_name(&name).map_err(|e| KeeperError::Invalid(e.to_string()))?;
+        tokenkeeper_core::account::validate_account_name(&name)?;
         if req.parsed.credential.is_blank() {
             return Err(KeeperError::Refused { account: name, reason: "it is a blank stub".into() });
         }
@@ -850,17 +850,14 @@ impl Keeper {
         pasted: &str,
         login: &PkceLogin,
     ) -> Result<IngestOutcome, KeeperError> {
-        let code = parse_pasted_code(pasted, &login.state).map_err(|e| KeeperError::Invalid(e.to_string()))?;
+        let code = parse_pasted_code(pasted, &login.state)?;
         match self.client.exchange_code(&code, login).await {
             TokenOutcome::Success(grant) => {
                 let organization = grant.organization.clone();
                 let email = grant.email.clone();
                 let credential = grant.into_credential(self.now(), None);
-                let parsed = ParsedCredential {
-                    credential,
-                    format: tokenkeeper_core::formats::Format::ClaudeJson,
-                    email,
-                };
+                let parsed =
+                    ParsedCredential { credential, format: tokenkeeper_core::formats::Format::ClaudeJson, email };
                 self.ingest(Ingest {
                     account: account.map(str::to_owned),
                     parsed,
@@ -871,9 +868,7 @@ impl Keeper {
                 })
                 .await
             }
-            TokenOutcome::Rejected { reason } => Err(KeeperError::Invalid(format!(
-                "the provider refused the code ({reason}). Codes are single-use and expire after about 10 minutes: run `tokenkeeper login` again and paste the new code promptly"
-            ))),
+            TokenOutcome::Rejected { reason } => Err(KeeperError::LoginCodeRefused { reason }),
             TokenOutcome::RateLimited { reason, retry_after } => {
                 Err(KeeperError::TryLater { account: account.unwrap_or("new").to_owned(), reason, retry_after })
             }

@@ -111,6 +111,50 @@ fn touch(path: &Path) -> std::io::Result<()> {
     File::open(path)?.set_modified(SystemTime::now())
 }
 
+/// What one try at a Claude Code lock directory found.
+enum Attempt {
+    /// We created it: it is ours.
+    Taken,
+    /// Someone holds it (and it is not stale).
+    Busy,
+    /// Its parent, the config directory, does not exist.
+    NoConfigDir,
+}
+
+/// One try at `dir` on the blocking pool (mkdir, and the mtime of a held one): takes it, or
+/// takes over a stale one as `proper-lockfile` does.
+async fn try_take(dir: &ClaudeLockDir) -> Result<Attempt, SeamError> {
+    let owned = dir.clone();
+    tokio::task::spawn_blocking(move || try_take_blocking(&owned)).await.map_err(|e| SeamError::Io {
+        action: "create lock directory",
+        path: dir.path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+fn try_take_blocking(dir: &ClaudeLockDir) -> Result<Attempt, SeamError> {
+    if dir.path.parent().is_some_and(|parent| !parent.exists()) {
+        return Ok(Attempt::NoConfigDir);
+    }
+    loop {
+        match std::fs::create_dir(&dir.path) {
+            Ok(()) => return Ok(Attempt::Taken),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if mtime_age(&dir.path).is_some_and(|age| age > dir.stale) {
+                    tracing::warn!(lock = %dir.path.display(), "taking over a stale Claude Code lock");
+                    // Another waiter may remove it first; either way we retry mkdir.
+                    let _ = std::fs::remove_dir(&dir.path);
+                    continue;
+                }
+                return Ok(Attempt::Busy);
+            }
+            Err(source) => {
+                return Err(SeamError::Io { action: "create lock directory", path: dir.path.clone(), source })
+            }
+        }
+    }
+}
+
 impl ClaudeLock {
     /// Takes every lock directory of `dirs` (in order), waiting up to `wait` in all.
     /// A directory whose mtime is older than its stale threshold is taken over, as
@@ -119,29 +163,15 @@ impl ClaudeLock {
         let started = tokio::time::Instant::now();
         let mut lock = ClaudeLock { held: Vec::new(), keeper: None };
         for dir in dirs {
-            if let Some(parent) = dir.path.parent() {
-                if !parent.exists() {
-                    // No config directory means no Claude Code to coordinate with.
-                    continue;
-                }
-            }
             loop {
-                match std::fs::create_dir(&dir.path) {
-                    Ok(()) => {
+                match try_take(dir).await? {
+                    Attempt::Taken => {
                         lock.held.push(dir.path.clone());
                         break;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        if mtime_age(&dir.path).is_some_and(|age| age > dir.stale) {
-                            tracing::warn!(lock = %dir.path.display(), "taking over a stale Claude Code lock");
-                            // Another waiter may remove it first; either way we retry mkdir.
-                            let _ = std::fs::remove_dir(&dir.path);
-                            continue;
-                        }
-                    }
-                    Err(source) => {
-                        return Err(SeamError::Io { action: "create lock directory", path: dir.path.clone(), source })
-                    }
+                    // No config directory means no Claude Code to coordinate with.
+                    Attempt::NoConfigDir => break,
+                    Attempt::Busy => {}
                 }
                 if started.elapsed() >= wait {
                     return Err(SeamError::Timeout {
@@ -159,9 +189,10 @@ impl ClaudeLock {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    for p in &held {
-                        let _ = touch(p);
-                    }
+                    let held = held.clone();
+                    // Best effort: a missed touch is retried at the next tick, well inside
+                    // the stale threshold.
+                    let _ = tokio::task::spawn_blocking(move || held.iter().for_each(|p| drop(touch(p)))).await;
                 }
             }));
         }

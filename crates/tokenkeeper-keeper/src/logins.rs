@@ -9,7 +9,7 @@
 //! [`Keeper::sweep_logins`] removes the rest.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokenkeeper_provider::PkceLogin;
 
 use crate::{Keeper, KeeperError};
@@ -27,7 +27,7 @@ pub struct ParkedLogin {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Stored {
     state: String,
     challenge: String,
@@ -42,16 +42,15 @@ impl Keeper {
     /// Keeps `login` under the state key `key` until `ttl` from now.
     pub async fn park_login(&self, key: &str, login: &PkceLogin, url: &str, ttl: Duration) -> Result<(), KeeperError> {
         let now = self.clock().now();
-        let stored = Stored {
-            state: login.state.clone(),
-            challenge: login.challenge.clone(),
-            verifier: self.store().seal_secret(key, &login.verifier)?,
-            url: url.to_owned(),
-            started_at: now,
-            expires_at: now + ttl,
-        };
-        let value = serde_json::to_value(&stored)
-            .map_err(|e| KeeperError::Invalid(format!("cannot serialise a pending login: {e}")))?;
+        // Built with `json!` (which cannot fail) in `Stored`'s field names, which reads it back.
+        let value = serde_json::json!({
+            "state": login.state,
+            "challenge": login.challenge,
+            "verifier": self.store().seal_secret(key, &login.verifier)?,
+            "url": url,
+            "started_at": now,
+            "expires_at": now + ttl,
+        });
         self.store().put_state(key, &value, now).await?;
         Ok(())
     }

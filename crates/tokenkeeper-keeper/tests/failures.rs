@@ -206,3 +206,31 @@ async fn the_attempt_budget_is_shared_by_every_process() {
     let e = env.keeper.refresh("main", RefreshPolicy::Force).await.unwrap_err();
     assert!(e.to_string().contains("attempts in the last hour"), "{e}");
 }
+
+#[tokio::test]
+async fn login_code_and_name_errors_are_the_callers_each_with_its_own_class() {
+    let env = support::env(|_| {}).await;
+    let (login, url) = env.keeper.start_login();
+    let pasted = env.mock.authorize(&url, "new@example.com").unwrap();
+
+    // Mangled: nothing reaches the provider.
+    let requests = env.mock.counts().token_requests;
+    let err = env.keeper.finish_login(None, "", &login).await.unwrap_err();
+    assert!(matches!(err, KeeperError::BadLoginCode(tokenkeeper_provider::LoginError::Empty)), "{err:?}");
+    let code_only = pasted.split('#').next().unwrap();
+    let err = env.keeper.finish_login(None, &format!("{code_only}#other-state"), &login).await.unwrap_err();
+    assert!(matches!(err, KeeperError::BadLoginCode(tokenkeeper_provider::LoginError::StateMismatch)), "{err:?}");
+    assert_eq!(env.mock.counts().token_requests, requests);
+
+    // A name that cannot be one: refused after the exchange, before anything is stored.
+    let err = env.keeper.finish_login(Some("../etc"), &pasted, &login).await.unwrap_err();
+    assert!(matches!(err, KeeperError::BadAccountName(_)), "{err:?}");
+    assert!(err.to_string().contains("account name `../etc` contains `/`"), "{err}");
+    assert!(env.keeper.store().list_accounts().await.unwrap().is_empty());
+
+    // The same code again: well-formed, but the provider refuses it (codes work once).
+    let err = env.keeper.finish_login(None, &pasted, &login).await.unwrap_err();
+    assert!(matches!(err, KeeperError::LoginCodeRefused { .. }), "{err:?}");
+    assert!(err.to_string().contains("run `tokenkeeper login` again"), "{err}");
+    assert!(!err.is_temporary());
+}

@@ -148,7 +148,10 @@ impl ApiError {
 fn keeper_status(e: &KeeperError) -> (StatusCode, Option<Duration>) {
     match e {
         KeeperError::NoSuchAccount(_) | KeeperError::NoAccounts => (StatusCode::NOT_FOUND, None),
-        KeeperError::Ambiguous(_) | KeeperError::Invalid(_) => (StatusCode::BAD_REQUEST, None),
+        KeeperError::Ambiguous(_)
+        | KeeperError::BadAccountName(_)
+        | KeeperError::BadLoginCode(_)
+        | KeeperError::LoginCodeRefused { .. } => (StatusCode::BAD_REQUEST, None),
         KeeperError::NeedsLogin { .. }
         | KeeperError::Refused { .. }
         | KeeperError::NotRefreshable { .. }
@@ -157,7 +160,7 @@ fn keeper_status(e: &KeeperError) -> (StatusCode, Option<Duration>) {
             (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after.unwrap_or(Duration::from_secs(30))))
         }
         e if e.is_temporary() => (StatusCode::SERVICE_UNAVAILABLE, Some(Duration::from_secs(5))),
-        KeeperError::Lock(_) | KeeperError::Store(_) | KeeperError::Provider(_) => {
+        KeeperError::Lock(_) | KeeperError::Store(_) | KeeperError::Provider(_) | KeeperError::Watcher(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, None)
         }
     }
@@ -179,8 +182,14 @@ fn keeper_hint(e: &KeeperError) -> &'static str {
         }
         KeeperError::FollowMode { .. } => "Claude Code refreshes this account; run `claude` where it lives",
         KeeperError::TryLater { .. } => "try again after the time in Retry-After",
-        KeeperError::Invalid(_) => "check the request",
-        KeeperError::Lock(_) | KeeperError::Store(_) | KeeperError::Provider(_) => "see the server's log for the cause",
+        KeeperError::BadAccountName(_) => "name the account with letters, digits, `.`, `_`, `-`, `@` or `+`",
+        KeeperError::BadLoginCode(_) => "send the whole string the authorize page shows after login (CODE#STATE)",
+        KeeperError::LoginCodeRefused { .. } => {
+            "codes work once, for about ten minutes: start a new login with `POST /oauth/start` and send its code promptly"
+        }
+        KeeperError::Lock(_) | KeeperError::Store(_) | KeeperError::Provider(_) | KeeperError::Watcher(_) => {
+            "see the server's log for the cause"
+        }
     }
 }
 
@@ -289,5 +298,30 @@ impl From<ServerError> for std::io::Error {
             }
             other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeper_errors_map_the_callers_input_to_400_and_internal_failures_to_500() {
+        let bad_name = tokenkeeper_core::account::validate_account_name("../x").unwrap_err();
+        for e in [
+            KeeperError::BadAccountName(bad_name),
+            KeeperError::BadLoginCode(tokenkeeper_provider::LoginError::MissingState),
+            KeeperError::LoginCodeRefused { reason: "invalid_grant".into() },
+        ] {
+            assert_eq!(keeper_status(&e), (StatusCode::BAD_REQUEST, None), "{e}");
+            assert_ne!(keeper_hint(&e), "see the server's log for the cause", "{e}");
+        }
+        let watcher = KeeperError::Watcher(tokenkeeper_sync::SyncError::Io {
+            action: "watch",
+            path: "/data".into(),
+            source: std::io::Error::other("too many open files"),
+        });
+        assert_eq!(keeper_status(&watcher), (StatusCode::INTERNAL_SERVER_ERROR, None));
+        assert_eq!(keeper_hint(&watcher), "see the server's log for the cause");
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunConfig, TestRunner};
 
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::config::{SinkConfig, SinkKind, SinkTarget, TemplateSource};
 use tokenkeeper_core::formats::{parse_credential, render_claude_credentials, render_openclaw, OpenclawLayout};
 use tokenkeeper_core::Config;
 use tokenkeeper_server::api::credential_text;
@@ -367,9 +367,11 @@ fn fuzz_templates() {
     .unwrap()
     .sinks
     .remove(0);
-    assert_eq!(base.kind, SinkKind::Template);
+    assert_eq!(base.kind(), SinkKind::Template);
+    let file = base.file().unwrap().clone();
     fuzz("templates", input(seeds), |template| {
-        let cfg = SinkConfig { template: Some(template), ..base.clone() };
+        let target = SinkTarget::Template { file: file.clone(), source: TemplateSource::Text(template) };
+        let cfg = SinkConfig { target, ..base.clone() };
         match render_sink(&cfg, &account, None) {
             Ok(_) => Ok(true),
             Err(e) => {

@@ -162,7 +162,9 @@ impl SqliteStore {
         crate::feed::SqliteChangeFeed::new(self.pool.clone(), self.changes_path.clone())
     }
 
-    /// Closes every connection, waiting for those in use to be returned.
+    /// Closes every connection, waiting for those in use to be returned. Test-only (the
+    /// `testing` feature): a process closes its pool by dropping the store.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -44,7 +44,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokenkeeper_core::config::{SinkConfig, WriteMode};
+use tokenkeeper_core::config::{FileTarget, WriteMode};
 
 use crate::error::SyncError;
 
@@ -74,9 +74,9 @@ impl Default for WriteOptions {
 }
 
 impl WriteOptions {
-    /// The options a sink's config asks for.
-    pub fn from_sink(cfg: &SinkConfig) -> Self {
-        Self { mode: cfg.file_mode(), owner: cfg.owner.clone(), group: cfg.group.clone(), write: cfg.write }
+    /// The options a file sink's config asks for.
+    pub fn from_sink(file: &FileTarget) -> Self {
+        Self { mode: file.mode, owner: file.owner.clone(), group: file.group.clone(), write: file.write }
     }
 }
 
@@ -87,6 +87,19 @@ pub enum WriteOutcome {
     Written,
     /// The file already held exactly this content; nothing was written.
     Unchanged,
+}
+
+/// Runs blocking file work `f` on tokio's blocking pool, so a slow disk (or a network file
+/// system) never stalls the async workers; every file access made from async code goes through
+/// here. A task that panicked or was cancelled at shutdown is an I/O error of `action` on `path`.
+pub async fn unblock<T: Send + 'static>(
+    action: &'static str,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::io(action, path, std::io::Error::other(e.to_string())))?
 }
 
 /// Reads a file as UTF-8, or `None` when it does not exist.
@@ -317,6 +330,16 @@ mod tests {
 
     fn inode(p: &Path) -> u64 {
         fs::metadata(p).unwrap().ino()
+    }
+
+    #[tokio::test]
+    async fn unblock_runs_the_work_off_the_runtime_and_reports_a_panic_as_io() {
+        let runtime_thread = std::thread::current().id();
+        let ran_on = unblock("read", Path::new("/x"), || Ok(std::thread::current().id())).await.unwrap();
+        assert_ne!(ran_on, runtime_thread);
+        let e = unblock::<()>("read", Path::new("/srv/bot/.env"), || panic!("disk on fire")).await.unwrap_err();
+        assert_eq!(e.to_string(), "cannot read /srv/bot/.env");
+        assert!(matches!(e, SyncError::Io { .. }), "{e:?}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokenkeeper_core::config::SinkConfig;
+use tokenkeeper_core::config::{InfisicalAuth, InfisicalFormat, SinkConfig, SinkTarget};
 use tokenkeeper_core::formats::{claude_json_base64, render_claude_credentials};
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::{Account, Secret};
@@ -33,29 +33,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most characters of a server message kept in an error.
 const MESSAGE_CHARS: usize = 300;
-
-/// What goes into the secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueFormat {
-    /// Claude Code's credentials JSON, base64-encoded (default).
-    Base64Json,
-    /// Claude Code's credentials JSON.
-    Json,
-    /// The access token alone.
-    AccessToken,
-}
-
-impl ValueFormat {
-    /// Parses `format`; `None` is the default.
-    pub fn parse(s: Option<&str>) -> Option<Self> {
-        match s {
-            None | Some("base64_json") => Some(Self::Base64Json),
-            Some("json") => Some(Self::Json),
-            Some("access_token") => Some(Self::AccessToken),
-            Some(_) => None,
-        }
-    }
-}
 
 /// A client that pushes to Infisical.
 #[derive(Debug, Clone)]
@@ -82,50 +59,42 @@ impl InfisicalClient {
     /// Pushes `account`'s credential as the sink `cfg` says.
     pub async fn push(&self, cfg: &SinkConfig, account: &Account) -> Result<(), SyncError> {
         let name = PathBuf::from(cfg.display_name());
-        let need = |v: &Option<String>, field: &'static str| {
-            v.clone().ok_or_else(|| SyncError::Missing { action: "push to Infisical", path: name.clone(), field })
+        let SinkTarget::Infisical(target) = &cfg.target else {
+            return Err(SyncError::Invalid {
+                action: "push to Infisical",
+                path: name,
+                message: "this is not an infisical sink".into(),
+            });
         };
-        let base = need(&cfg.url, "url")?;
-        let project = need(&cfg.project_id, "project_id")?;
-        let secret_name = need(&cfg.secret_name, "secret_name")?;
-        let environment = cfg.environment.clone().unwrap_or_else(|| "prod".to_owned());
-        let secret_path = cfg.secret_path.clone().unwrap_or_else(|| "/".to_owned());
-        let format = ValueFormat::parse(cfg.format.as_deref()).ok_or_else(|| SyncError::Invalid {
-            action: "push to Infisical",
-            path: name.clone(),
-            message: "format must be `base64_json`, `json` or `access_token`".into(),
-        })?;
+        let base = &target.url;
         let c = &account.credential;
-        let value = Secret::new(match format {
-            ValueFormat::Base64Json => claude_json_base64(c),
-            ValueFormat::Json => render_claude_credentials(None, c).map_err(|source| SyncError::Document {
+        let value = Secret::new(match target.format {
+            InfisicalFormat::Base64Json => claude_json_base64(c),
+            InfisicalFormat::Json => render_claude_credentials(None, c).map_err(|source| SyncError::Document {
                 action: "render the JSON for",
                 path: name.clone(),
                 source,
             })?,
-            ValueFormat::AccessToken => c.access_token.expose().to_owned(),
+            InfisicalFormat::AccessToken => c.access_token.expose().to_owned(),
         });
         let mut secrets = vec![c.access_token.clone(), value.clone()];
         secrets.extend(c.refresh_token.clone());
 
-        let token = match (&cfg.token_file, &cfg.client_id_file, &cfg.client_secret_file) {
-            (Some(f), _, _) => Secret::new(read_secret_file(f)?),
-            (None, Some(id), Some(secret)) => {
-                let id = read_secret_file(id)?;
-                let secret = Secret::new(read_secret_file(secret)?);
-                self.login(&base, &id, &secret).await?
-            }
-            _ => {
-                return Err(SyncError::Missing { action: "authenticate to Infisical", path: name, field: "token_file" })
+        let token = match &target.auth {
+            InfisicalAuth::Token(f) => Secret::new(read_secret_file(f).await?),
+            InfisicalAuth::Universal { client_id_file, client_secret_file } => {
+                let id = read_secret_file(client_id_file).await?;
+                let secret = Secret::new(read_secret_file(client_secret_file).await?);
+                self.login(base, &id, &secret).await?
             }
         };
         secrets.push(token.clone());
 
-        let url = endpoint(&base, &["api", "v3", "secrets", "raw", &secret_name])?;
+        let url = endpoint(base, &["api", "v3", "secrets", "raw", &target.secret_name])?;
         let body = json!({
-            "workspaceId": project,
-            "environment": environment,
-            "secretPath": secret_path,
+            "workspaceId": target.project_id,
+            "environment": target.environment,
+            "secretPath": target.secret_path,
             "secretValue": value.expose(),
             "type": "shared",
         });
@@ -170,11 +139,13 @@ impl InfisicalClient {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<String, SyncError> {
+async fn read_secret_file(path: &Path) -> Result<String, SyncError> {
     let path = expand_tilde(path);
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| SyncError::io("read the Infisical credential file", &path, e))
+    let action = "read the Infisical credential file";
+    crate::fs::unblock(action, &path.clone(), move || {
+        std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| SyncError::io(action, &path, e))
+    })
+    .await
 }
 
 fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, SyncError> {

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
-use tokenkeeper_core::formats::{render_claude_credentials, render_openclaw, OpenclawLayout};
+use tokenkeeper_core::config::{SinkConfig, SinkTarget, TemplateSource};
+use tokenkeeper_core::formats::{render_claude_credentials, render_openclaw};
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::Account;
 
@@ -43,43 +43,20 @@ impl std::fmt::Debug for Rendered {
 /// Renders the content of a file sink from the account's credential and the file's current
 /// content (`None` when it does not exist yet).
 pub fn render_sink(cfg: &SinkConfig, account: &Account, existing: Option<&str>) -> Result<Rendered, SyncError> {
-    let name = || PathBuf::from(cfg.display_name());
-    let file = || cfg.path.clone().unwrap_or_else(name);
     let c = &account.credential;
-    let contents = match cfg.kind {
-        SinkKind::EnvFile => {
-            let key = cfg.key.as_deref().ok_or_else(|| SyncError::Missing {
-                action: "set the variable",
-                path: name(),
-                field: "key",
-            })?;
-            dotenv::set_var(existing.unwrap_or(""), key, c.access_token.expose())
-        }
-        SinkKind::ClaudeCredentials => render_claude_credentials(existing, c)
-            .map_err(|source| SyncError::Document { action: "merge the credential into", path: file(), source })?,
-        SinkKind::Openclaw => {
-            let layout = match cfg.layout.as_deref() {
-                None | Some("oauth") => OpenclawLayout::Oauth,
-                Some("auth_profiles") => OpenclawLayout::AuthProfiles,
-                Some(other) => {
-                    return Err(SyncError::Invalid {
-                        action: "choose the OpenClaw layout",
-                        path: name(),
-                        message: format!("layout `{other}` is neither `oauth` nor `auth_profiles`"),
-                    })
-                }
-            };
-            render_openclaw(existing, c, layout).map_err(|source| SyncError::Document {
-                action: "merge the credential into",
-                path: file(),
-                source,
-            })?
-        }
-        SinkKind::Template => render_template(cfg, account)?,
-        SinkKind::Infisical | SinkKind::Command => {
+    let contents = match &cfg.target {
+        SinkTarget::EnvFile { key, .. } => dotenv::set_var(existing.unwrap_or(""), key, c.access_token.expose()),
+        SinkTarget::ClaudeCredentials { file } => render_claude_credentials(existing, c).map_err(|source| {
+            SyncError::Document { action: "merge the credential into", path: file.path.clone(), source }
+        })?,
+        SinkTarget::Openclaw { file, layout } => render_openclaw(existing, c, *layout).map_err(|source| {
+            SyncError::Document { action: "merge the credential into", path: file.path.clone(), source }
+        })?,
+        SinkTarget::Template { source, .. } => render_template(cfg, source, account)?,
+        SinkTarget::Infisical(_) | SinkTarget::Command { .. } => {
             return Err(SyncError::Invalid {
                 action: "render a file",
-                path: name(),
+                path: PathBuf::from(cfg.display_name()),
                 message: "this sink kind writes no file".into(),
             })
         }
@@ -87,20 +64,13 @@ pub fn render_sink(cfg: &SinkConfig, account: &Account, existing: Option<&str>) 
     Ok(Rendered { contents })
 }
 
-fn render_template(cfg: &SinkConfig, account: &Account) -> Result<String, SyncError> {
-    let (source, origin) = match (&cfg.template, &cfg.template_file) {
-        (Some(t), _) => (t.clone(), PathBuf::from(cfg.display_name())),
-        (None, Some(f)) => {
+fn render_template(cfg: &SinkConfig, source: &TemplateSource, account: &Account) -> Result<String, SyncError> {
+    let (source, origin) = match source {
+        TemplateSource::Text(t) => (t.clone(), PathBuf::from(cfg.display_name())),
+        TemplateSource::File(f) => {
             let f = expand_tilde(f);
             let text = std::fs::read_to_string(&f).map_err(|e| SyncError::io("read the template", &f, e))?;
             (text, f)
-        }
-        (None, None) => {
-            return Err(SyncError::Missing {
-                action: "render the template",
-                path: PathBuf::from(cfg.display_name()),
-                field: "template",
-            })
         }
     };
     let c = &account.credential;

@@ -20,14 +20,14 @@
 //! Background tasks are started lazily on first need and all joined by
 //! [`SinkSet::shutdown`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokenkeeper_core::config::{RunOn, SinkConfig, SinkKind};
+use tokenkeeper_core::config::{RunOn, SinkConfig, SinkKind, SinkTarget};
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::{Account, Secret, SharedClock, SystemClock};
 use tokio::sync::watch;
@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use crate::error::{error_chain, SyncError};
-use crate::fs::{read_optional, write_file, WriteOptions, WriteOutcome};
+use crate::fs::{read_optional, unblock, write_file, WriteOptions, WriteOutcome};
 use crate::infisical::{InfisicalClient, REQUEST_TIMEOUT};
 use crate::render::render_sink;
 use crate::runner::{CommandEnv, DebouncedCommand, Executor, ProcessExecutor, RunnerOptions};
@@ -145,11 +145,12 @@ impl Sink {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn argv(&self) -> Option<&Vec<String>> {
-        match self.cfg.kind {
-            SinkKind::Command => self.cfg.command.as_ref(),
-            _ => self.cfg.on_change.as_ref(),
-        }
+    fn argv(&self) -> Option<&[String]> {
+        self.cfg.command()
+    }
+
+    fn is_command(&self) -> bool {
+        matches!(self.cfg.target, SinkTarget::Command { .. })
     }
 }
 
@@ -252,7 +253,7 @@ impl SinkSet {
                 let mut st = SinkStatus {
                     name: s.name.clone(),
                     account: s.cfg.account.clone(),
-                    kind: s.cfg.kind,
+                    kind: s.cfg.kind(),
                     ok: c.last_error.is_none(),
                     last_error: c.last_error.clone(),
                     last_written_at: c.last_written_at,
@@ -261,15 +262,14 @@ impl SinkSet {
                 };
                 if let Some(cmd) = cmd {
                     st.failures += cmd.failures;
-                    if s.cfg.kind == SinkKind::Command {
+                    if s.is_command() {
                         st.writes = cmd.runs - cmd.failures;
                         st.last_written_at = cmd.last_ok_at;
                     }
                     if st.last_error.is_none() {
                         if let Some(e) = cmd.last_error {
                             st.ok = false;
-                            st.last_error =
-                                Some(if s.cfg.kind == SinkKind::Command { e } else { format!("on_change: {e}") });
+                            st.last_error = Some(if s.is_command() { e } else { format!("on_change: {e}") });
                         }
                     }
                 }
@@ -386,8 +386,8 @@ async fn write_sink(
     account: &Account,
     background: bool,
 ) -> Result<WriteOutcome, SyncError> {
-    let outcome = match s.cfg.kind {
-        SinkKind::Command => {
+    let outcome = match &s.cfg.target {
+        SinkTarget::Command { .. } => {
             if unchanged_since_last(s, account) {
                 return Ok(WriteOutcome::Unchanged);
             }
@@ -399,7 +399,7 @@ async fn write_sink(
             remember(s, account);
             return Ok(WriteOutcome::Written);
         }
-        SinkKind::Infisical => {
+        SinkTarget::Infisical(_) => {
             if unchanged_since_last(s, account) {
                 return Ok(WriteOutcome::Unchanged);
             }
@@ -413,13 +413,13 @@ async fn write_sink(
             remember(s, account);
             WriteOutcome::Written
         }
-        _ => {
+        SinkTarget::EnvFile { .. }
+        | SinkTarget::ClaudeCredentials { .. }
+        | SinkTarget::Openclaw { .. }
+        | SinkTarget::Template { .. } => {
             let cfg = s.cfg.clone();
             let account = account.clone();
-            let name = s.name.clone();
-            tokio::task::spawn_blocking(move || write_file_sink(&cfg, &account))
-                .await
-                .map_err(|e| SyncError::io("finish writing", name, std::io::Error::other(e.to_string())))??
+            unblock("finish writing", Path::new(&s.name), move || write_file_sink(&cfg, &account)).await?
         }
     };
     if outcome == WriteOutcome::Written && s.cfg.on_change.is_some() {
@@ -434,15 +434,16 @@ async fn write_sink(
 
 /// Renders and writes a file sink (blocking I/O).
 pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutcome, SyncError> {
-    let path = cfg.path.as_deref().map(expand_tilde).ok_or_else(|| SyncError::Missing {
+    let file = cfg.file().ok_or_else(|| SyncError::Invalid {
         action: "write the sink",
         path: PathBuf::from(cfg.display_name()),
-        field: "path",
+        message: "this sink kind writes no file".into(),
     })?;
+    let path = expand_tilde(&file.path);
     let existing = read_optional(&path)?;
     // Files that carry a whole credential (refresh token included) can be refreshed from by
     // whoever reads them; never replace a newer credential found there with an older one.
-    if matches!(cfg.kind, SinkKind::ClaudeCredentials | SinkKind::Openclaw) {
+    if matches!(cfg.target, SinkTarget::ClaudeCredentials { .. } | SinkTarget::Openclaw { .. }) {
         if let Some(text) = &existing {
             if let Ok(on_disk) = tokenkeeper_core::formats::parse_credential(text, account.credential.expires_at) {
                 if on_disk.credential.compare_to(&account.credential) == tokenkeeper_core::Freshness::Newer {
@@ -452,7 +453,7 @@ pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutco
         }
     }
     let rendered = render_sink(cfg, account, existing.as_deref())?;
-    write_file(&path, rendered.contents.as_bytes(), &WriteOptions::from_sink(cfg))
+    write_file(&path, rendered.contents.as_bytes(), &WriteOptions::from_sink(file))
 }
 
 fn unchanged_since_last(s: &Sink, account: &Account) -> bool {
@@ -480,7 +481,7 @@ fn trigger_command(shared: &Shared, s: &Sink, account: &Account) {
     let cmd = slot.get_or_insert_with(|| {
         DebouncedCommand::spawn(
             s.name.clone(),
-            argv.clone(),
+            argv.to_vec(),
             runner_options(shared, &s.cfg),
             shared.opts.executor.clone(),
         )

@@ -528,7 +528,7 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
             );
             state.templates().page(StatusCode::OK, "wizard_done.html", ctx)
         }
-        Err(KeeperError::Invalid(why)) => {
+        Err(why @ (KeeperError::BadLoginCode(_) | KeeperError::LoginCodeRefused { .. })) => {
             // A code from another attempt, mistyped, used or expired: only a new attempt helps.
             tracing::info!(reason = %why, "login code refused");
             let fresh = start_login(&state, signed);
@@ -572,6 +572,17 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
             account,
             Some(&format!(
                 "There are several accounts ({names}); type the account name, then start again with the new link below."
+            )),
+        ),
+        // The name came from the login's email (the form's own name was checked above).
+        Err(KeeperError::BadAccountName(why)) => wizard_page(
+            &state,
+            signed,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &start_login(&state, signed),
+            account,
+            Some(&format!(
+                "The account name is not usable: {why}. Type another name, then start again with the new link below."
             )),
         ),
         Err(e) => {
@@ -666,7 +677,7 @@ pub async fn paste(State(state): State<WebState>, headers: HeaderMap, f: CsrfFor
                 &format!("There are several accounts ({names}); type which one this credential belongs to."),
             );
         }
-        Err(KeeperError::Invalid(why)) => {
+        Err(KeeperError::BadAccountName(why)) => {
             return fail(StatusCode::UNPROCESSABLE_ENTITY, &format!("Nothing was stored: {why}."));
         }
         Err(e) => {

@@ -27,3 +27,24 @@ pub fn for_keeper_error(e: &KeeperError) -> i32 {
 pub fn for_error(e: &anyhow::Error) -> i32 {
     e.chain().find_map(|c| c.downcast_ref::<KeeperError>()).map_or(FAILURE, for_keeper_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_and_internal_failures_are_plain_failures_not_try_later() {
+        let bad_name = tokenkeeper_core::account::validate_account_name("").unwrap_err();
+        for e in [
+            KeeperError::BadAccountName(bad_name),
+            KeeperError::BadLoginCode(tokenkeeper_provider::LoginError::Empty),
+            KeeperError::LoginCodeRefused { reason: "invalid_grant".into() },
+        ] {
+            assert_eq!(for_keeper_error(&e), FAILURE, "{e}");
+        }
+        let e = anyhow::Error::new(KeeperError::LoginCodeRefused { reason: "used".into() }).context("logging in");
+        assert_eq!(for_error(&e), FAILURE);
+        let e = anyhow::Error::new(KeeperError::NeedsLogin { account: "a".into(), reason: "revoked".into() });
+        assert_eq!(for_error(&e), NEEDS_LOGIN);
+    }
+}

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use nix::unistd::{access, AccessFlags};
 
-use tokenkeeper_core::config::{SinkConfig, SinkKind};
+use tokenkeeper_core::config::{FileTarget, SinkConfig};
 use tokenkeeper_core::formats::parse_credential;
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::status::human_duration;
@@ -244,16 +244,16 @@ pub fn bound_file(account: &Account, now: DateTime<Utc>) -> Vec<Finding> {
 pub fn sinks(config: &Config, accounts: &[Account]) -> Vec<Finding> {
     let mut out = Vec::new();
     for cfg in &config.sinks {
-        if matches!(cfg.kind, SinkKind::Infisical | SinkKind::Command) {
-            // Nothing on disk to compare; `tokenkeeper sync` reports their errors.
-            continue;
+        // Infisical and command sinks have nothing on disk to compare; `tokenkeeper sync`
+        // reports their errors.
+        if let Some(file) = cfg.file() {
+            out.push(file_sink(cfg, file, accounts));
         }
-        out.push(file_sink(cfg, accounts));
     }
     out
 }
 
-fn file_sink(cfg: &SinkConfig, accounts: &[Account]) -> Finding {
+fn file_sink(cfg: &SinkConfig, file: &FileTarget, accounts: &[Account]) -> Finding {
     let name = cfg.display_name();
     let Some(account) = accounts.iter().find(|a| a.name == cfg.account) else {
         return Finding::fail(
@@ -264,9 +264,7 @@ fn file_sink(cfg: &SinkConfig, accounts: &[Account]) -> Finding {
             ),
         );
     };
-    let Some(path) = cfg.path.as_deref().map(expand_tilde) else {
-        return Finding::fail(format!("sink {name} has no path"), "set `path` of this [[sinks]] entry");
-    };
+    let path = expand_tilde(&file.path);
     let sync = format!("tokenkeeper sync --account {}", account.name);
     if let Some(why) = not_writable(&path) {
         return Finding::fail(
