@@ -22,9 +22,12 @@ async fn database() -> PgConnectOptions {
 async fn lock_sessions(admin: &mut PgConnection, account: &str, granted: bool) -> Vec<i32> {
     let key = account_lock_key(account);
     // A bigint advisory key shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
+    // pg_locks is cluster-wide and every test has its own database (run in parallel, with the
+    // same account names), so only this database's locks count.
     sqlx::query_scalar(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted = $3 \
-         AND classid::bigint = $1 AND objid::bigint = $2",
+         AND classid::bigint = $1 AND objid::bigint = $2 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .bind((key >> 32) & 0xffff_ffff)
     .bind(key & 0xffff_ffff)
