@@ -66,9 +66,12 @@ impl AccountState {
     }
 }
 
-/// The kind of file an account is bound to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The kind of file an account is bound to, stored as the snake_case word.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display, strum::EnumString, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum BindingKind {
     /// Claude Code's `.credentials.json`.
     ClaudeCredentials,
@@ -225,5 +228,13 @@ mod tests {
             assert_eq!(st.as_str().parse::<AccountState>().unwrap(), st);
         }
         assert_eq!(AccountState::NeedsLogin.as_str(), "needs-login");
+        // The words existing databases hold.
+        for (kind, word) in
+            [(BindingKind::ClaudeCredentials, "claude_credentials"), (BindingKind::Keychain, "keychain")]
+        {
+            assert_eq!(<&str>::from(kind), word);
+            assert_eq!(word.parse::<BindingKind>().unwrap(), kind);
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::Value::String(word.into()));
+        }
     }
 }

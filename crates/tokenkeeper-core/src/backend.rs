@@ -73,8 +73,21 @@ pub trait AccountLock: Send + Sync + fmt::Debug {
 }
 
 /// What a committed write changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ChangeKind {
     /// A new account, or a new credential of an account (its version grew). Sinks must be
     /// re-delivered and caches of the token dropped.
@@ -91,19 +104,12 @@ pub enum ChangeKind {
 impl ChangeKind {
     /// The word stored in a backend's change table (`credential`, `metadata`, `removed`, `keys`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Credential => "credential",
-            ChangeKind::Metadata => "metadata",
-            ChangeKind::Removed => "removed",
-            ChangeKind::Keys => "keys",
-        }
+        self.into()
     }
 
-    /// Parses [`ChangeKind::as_str`]'s word.
+    /// Parses [`ChangeKind::as_str`]'s word; `None` for a word this release does not know.
     pub fn parse(word: &str) -> Option<Self> {
-        [ChangeKind::Credential, ChangeKind::Metadata, ChangeKind::Removed, ChangeKind::Keys]
-            .into_iter()
-            .find(|k| k.as_str() == word)
+        word.parse().ok()
     }
 }
 
@@ -183,4 +189,24 @@ pub struct Backend {
     pub feed: Arc<dyn ChangeFeed>,
     /// Who runs the installation's scheduled work.
     pub leader: Arc<dyn Leadership>,
+}
+
+#[cfg(test)]
+mod change_kind_tests {
+    use super::ChangeKind;
+
+    #[test]
+    fn change_kinds_keep_the_words_existing_change_tables_hold() {
+        let words = [
+            (ChangeKind::Credential, "credential"),
+            (ChangeKind::Metadata, "metadata"),
+            (ChangeKind::Removed, "removed"),
+            (ChangeKind::Keys, "keys"),
+        ];
+        for (kind, word) in words {
+            assert_eq!(kind.as_str(), word);
+            assert_eq!(ChangeKind::parse(word), Some(kind));
+        }
+        assert_eq!(ChangeKind::parse("usage"), None);
+    }
 }

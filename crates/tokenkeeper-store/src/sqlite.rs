@@ -898,18 +898,11 @@ fn to_json(owner: &str, list: &[String]) -> Result<String, StoreError> {
 }
 
 fn binding_kind_str(kind: BindingKind) -> &'static str {
-    match kind {
-        BindingKind::ClaudeCredentials => "claude_credentials",
-        BindingKind::Keychain => "keychain",
-    }
+    kind.into()
 }
 
 fn parse_binding_kind(owner: &str, text: &str) -> Result<BindingKind, StoreError> {
-    match text {
-        "claude_credentials" => Ok(BindingKind::ClaudeCredentials),
-        "keychain" => Ok(BindingKind::Keychain),
-        other => Err(corrupt(owner, format!("unknown binding kind `{other}`"))),
-    }
+    text.parse().map_err(|_| corrupt(owner, format!("unknown binding kind `{text}`")))
 }
 
 /// The `(binding_kind, binding_path)` columns for a binding.
