@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 use tokenkeeper_core::backend::{LeaderGuard, Leadership, SeamError};
 
 use crate::{advisory_key, describe};
@@ -31,11 +31,7 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// How long a ping may take before the leader gives up its leadership.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The SQLSTATE of `lock_timeout` expiring (`lock_not_available`).
-const LOCK_NOT_AVAILABLE: &str = "55P03";
-
-/// The SQLSTATE of a statement cancelled by `statement_timeout` (`query_canceled`).
-const QUERY_CANCELED: &str = "57014";
+use crate::lock::{lock_session_options, LOCK_NOT_AVAILABLE, QUERY_CANCELED};
 
 /// Leadership of the installation in one database.
 #[derive(Clone)]
@@ -46,10 +42,7 @@ pub struct PgLeadership {
 impl PgLeadership {
     /// Leadership in the database `options` point to; connects only when campaigning.
     pub fn new(options: PgConnectOptions) -> PgLeadership {
-        let options = options
-            .options([("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3")])
-            .disable_statement_logging();
-        PgLeadership { options }
+        PgLeadership { options: lock_session_options(options) }
     }
 }
 

@@ -18,10 +18,19 @@ use tokenkeeper_core::backend::{AccountLock, AccountLockGuard, SeamError};
 use crate::{account_lock_key, describe};
 
 /// The SQLSTATE of `lock_timeout` expiring (`lock_not_available`).
-const LOCK_NOT_AVAILABLE: &str = "55P03";
+pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The SQLSTATE of a statement cancelled by `statement_timeout` (`query_canceled`).
-const QUERY_CANCELED: &str = "57014";
+pub(crate) const QUERY_CANCELED: &str = "57014";
+
+/// Options for a connection that holds a session advisory lock (account locks, leadership):
+/// server-side keepalives, so a holder whose host disappears is dropped within ~25 s, and no
+/// statement logging.
+pub(crate) fn lock_session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options
+        .options([("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3")])
+        .disable_statement_logging()
+}
 
 /// Takes accounts' advisory locks, each on a connection of its own.
 #[derive(Clone)]
@@ -32,11 +41,7 @@ pub struct PgAccountLock {
 impl PgAccountLock {
     /// A lock on the database `options` point to; connects only when a lock is taken.
     pub fn new(options: PgConnectOptions) -> PgAccountLock {
-        // Server-side keepalives, so a holder whose host disappears is dropped within ~25 s.
-        let options = options
-            .options([("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3")])
-            .disable_statement_logging();
-        PgAccountLock { options }
+        PgAccountLock { options: lock_session_options(options) }
     }
 
     async fn connect(&self, account: &str) -> Result<PgConnection, SeamError> {
