@@ -263,6 +263,23 @@ impl UsageRecord {
     }
 }
 
+/// A signed-in browser of the web page, as stored. Only the SHA-256 of the session cookie is
+/// kept, never the cookie itself, so reading the database does not sign anybody in; the CSRF
+/// token is worthless without the cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// SHA-256 of the cookie value, hex (the key of the row).
+    pub hash: String,
+    /// The CSRF token the session's forms carry.
+    pub csrf: String,
+    /// When it was signed in.
+    pub created_at: DateTime<Utc>,
+    /// When it ends; from then on [`Store::session`] no longer finds it.
+    pub expires_at: DateTime<Utc>,
+    /// The one-shot message for the next page, as the web page encoded it (opaque to the store).
+    pub flash: Option<String>,
+}
+
 /// The answer of [`Store::take_refresh_attempt`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -357,4 +374,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Revokes a key by id or name. Returns whether one was revoked.
     async fn revoke_api_key(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Stores a new web session (replacing one with the same hash, which only a repeated random
+    /// value could produce). Writes no change to the feed: every replica reads sessions from
+    /// the store on each request.
+    async fn create_session(&self, session: &WebSession) -> Result<(), StoreError>;
+
+    /// The session with this hash, unless it has ended by `now` (the caller's clock).
+    async fn session(&self, hash: &str, now: DateTime<Utc>) -> Result<Option<WebSession>, StoreError>;
+
+    /// Sets (`None`: clears) the session's message for the next page. Returns whether the
+    /// session exists.
+    async fn set_session_flash(&self, hash: &str, flash: Option<&str>) -> Result<bool, StoreError>;
+
+    /// Takes the session's message, atomically: of two pages reading it at once, one gets it.
+    async fn take_session_flash(&self, hash: &str) -> Result<Option<String>, StoreError>;
+
+    /// Ends a session (sign-out). Returns whether it existed.
+    async fn delete_session(&self, hash: &str) -> Result<bool, StoreError>;
+
+    /// Deletes the sessions that ended by `now`, then the oldest beyond the newest `keep`.
+    /// Returns how many were deleted.
+    async fn prune_sessions(&self, now: DateTime<Utc>, keep: u32) -> Result<u64, StoreError>;
 }

@@ -19,8 +19,10 @@ use crate::store::db;
 /// (and its compile-time cost); the checksums are the same, so either can apply them later.
 /// Every migration must be able to run inside a transaction (no `CREATE INDEX CONCURRENTLY`):
 /// all pending ones run in one, under the migration lock.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, "web_sessions", include_str!("../migrations/postgres/0002_web_sessions.sql")),
+];
 
 /// The name of the advisory lock held (for one transaction) while migrating.
 pub(crate) const MIGRATE_LOCK: &str = "tokenkeeper/migrate";

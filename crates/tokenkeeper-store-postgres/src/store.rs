@@ -21,7 +21,7 @@ use tokenkeeper_core::backend::ChangeKind;
 use tokenkeeper_core::credential::Credential;
 use tokenkeeper_core::store::{
     AccountPatch, ApiKey, Attempt, CredentialChange, CredentialUpdate, Event, EventKind, NewEvent, Store, StoreError,
-    UsageRecord,
+    UsageRecord, WebSession,
 };
 use tokenkeeper_crypto::EncryptionKey;
 
@@ -720,6 +720,99 @@ impl Store for PgStore {
         insert_change(&mut tx, None, ChangeKind::Keys, None).await?;
         tx.commit().await.map_err(db(format!("commit {action}")))?;
         Ok(true)
+    }
+
+    async fn create_session(&self, session: &WebSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO web_sessions (hash, csrf, created_at, expires_at, flash) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (hash) DO UPDATE SET csrf = EXCLUDED.csrf, created_at = EXCLUDED.created_at, \
+             expires_at = EXCLUDED.expires_at, flash = EXCLUDED.flash",
+        )
+        .bind(&session.hash)
+        .bind(&session.csrf)
+        .bind(ts(session.created_at))
+        .bind(ts(session.expires_at))
+        .bind(session.flash.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(db("store a web session"))?;
+        Ok(())
+    }
+
+    async fn session(&self, hash: &str, now: DateTime<Utc>) -> Result<Option<WebSession>, StoreError> {
+        let row = sqlx::query(
+            "SELECT hash, csrf, created_at, expires_at, flash FROM web_sessions WHERE hash = $1 AND expires_at > $2",
+        )
+        .bind(hash)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("look up a web session"))?;
+        row.map(|row| {
+            Ok(WebSession {
+                hash: column(&row, "web_sessions", "hash")?,
+                csrf: column(&row, "web_sessions", "csrf")?,
+                created_at: column(&row, "web_sessions", "created_at")?,
+                expires_at: column(&row, "web_sessions", "expires_at")?,
+                flash: column(&row, "web_sessions", "flash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_session_flash(&self, hash: &str, flash: Option<&str>) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE web_sessions SET flash = $1 WHERE hash = $2")
+            .bind(flash)
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db("set a web session's message"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn take_session_flash(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        // The row lock of the sub-select makes a second reader wait, then see the message gone.
+        let flash: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE web_sessions s SET flash = NULL \
+             FROM (SELECT hash, flash FROM web_sessions WHERE hash = $1 FOR UPDATE) old \
+             WHERE s.hash = old.hash RETURNING old.flash",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("take a web session's message"))?;
+        Ok(flash.flatten())
+    }
+
+    async fn delete_session(&self, hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db("end a web session"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn prune_sessions(&self, now: DateTime<Utc>, keep: u32) -> Result<u64, StoreError> {
+        let action = "prune web sessions";
+        let mut tx = self.pool.begin().await.map_err(db(action))?;
+        let expired = sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1")
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action))?
+            .rows_affected();
+        let surplus = sqlx::query(
+            "DELETE FROM web_sessions WHERE hash NOT IN \
+             (SELECT hash FROM web_sessions ORDER BY created_at DESC, hash DESC LIMIT $1)",
+        )
+        .bind(i64::from(keep))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(action))?
+        .rows_affected();
+        tx.commit().await.map_err(db(action))?;
+        Ok(expired + surplus)
     }
 }
 

@@ -64,7 +64,7 @@ async fn migrate_applies_the_schema_once_and_open_finds_it_current() {
         .fetch_all(&mut admin)
         .await
         .unwrap();
-    assert_eq!(applied, [1]);
+    assert_eq!(applied, [1, 2]);
     // A newer tokenkeeper migrated this database: this one says so instead of guessing.
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
@@ -85,4 +85,33 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     let shown = format!("{err} / {err:?}");
     assert!(shown.contains("TOKENKEEPER_STORE_URL"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_is_migrated_and_keeps_its_accounts() {
+    let options = Cluster::get().create_database().await;
+    let key = EncryptionKey::generate();
+    let copy = key.to_base64();
+    let store = PgStore::connect(options.clone(), key).await.unwrap();
+    store
+        .create_account(&new_account("main", credential(ACCESS, Some(REFRESH), 100)), at(0), CredentialChange::Imported)
+        .await
+        .unwrap();
+    // Back to the schema the previous release left (migration 1 only, same checksums).
+    let mut admin = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("DROP TABLE web_sessions").execute(&mut admin).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version >= 2").execute(&mut admin).await.unwrap();
+    let upgraded = PgStore::connect(options, EncryptionKey::from_base64(&copy).unwrap()).await.unwrap();
+    let main = upgraded.get_account("main").await.unwrap().unwrap();
+    assert_eq!(main.credential.access_token.expose(), ACCESS);
+    assert_eq!(main.version, 1);
+    let session = tokenkeeper_core::store::WebSession {
+        hash: "ab".into(),
+        csrf: "c".into(),
+        created_at: at(0),
+        expires_at: at(60),
+        flash: None,
+    };
+    upgraded.create_session(&session).await.unwrap();
+    assert_eq!(upgraded.session("ab", at(1)).await.unwrap(), Some(session));
 }

@@ -37,7 +37,7 @@ use tokenkeeper_core::backend::ChangeKind;
 use tokenkeeper_core::credential::Credential;
 use tokenkeeper_core::store::{
     AccountPatch, ApiKey, Attempt, CredentialChange, CredentialUpdate, Event, EventKind, NewEvent, Store, StoreError,
-    UsageRecord,
+    UsageRecord, WebSession,
 };
 
 use crate::crypto::EncryptionKey;
@@ -70,6 +70,7 @@ const MAX_CONNECTIONS: u32 = 4;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "seams", include_str!("../migrations/sqlite/0002_seams.sql")),
+    (3, "web_sessions", include_str!("../migrations/sqlite/0003_web_sessions.sql")),
 ];
 
 /// Hourly usage buckets older than this are pruned at each flush.
@@ -745,6 +746,102 @@ impl Store for SqliteStore {
         self.notify_changed().await;
         Ok(true)
     }
+
+    async fn create_session(&self, session: &WebSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO web_sessions (hash, csrf, created_at, expires_at, flash) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&session.hash)
+        .bind(&session.csrf)
+        .bind(ms(session.created_at))
+        .bind(ms(session.expires_at))
+        .bind(session.flash.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(db("store a web session"))?;
+        Ok(())
+    }
+
+    async fn session(&self, hash: &str, now: DateTime<Utc>) -> Result<Option<WebSession>, StoreError> {
+        let row = sqlx::query(
+            "SELECT hash, csrf, created_at, expires_at, flash FROM web_sessions WHERE hash = ? AND expires_at > ?",
+        )
+        .bind(hash)
+        .bind(ms(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("look up a web session"))?;
+        row.map(|row| {
+            Ok(WebSession {
+                hash: column(&row, "web_sessions", "hash")?,
+                csrf: column(&row, "web_sessions", "csrf")?,
+                created_at: time("web_sessions", "created_at", column(&row, "web_sessions", "created_at")?)?,
+                expires_at: time("web_sessions", "expires_at", column(&row, "web_sessions", "expires_at")?)?,
+                flash: column(&row, "web_sessions", "flash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_session_flash(&self, hash: &str, flash: Option<&str>) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE web_sessions SET flash = ? WHERE hash = ?")
+            .bind(flash)
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db("set a web session's message"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn take_session_flash(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let action = "take a web session's message";
+        // One write transaction: a second reader waits for it and then finds the message gone.
+        let mut tx = self.begin(action).await?;
+        let flash: Option<Option<String>> = sqlx::query_scalar("SELECT flash FROM web_sessions WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db(action))?;
+        let Some(Some(flash)) = flash else { return Ok(None) };
+        sqlx::query("UPDATE web_sessions SET flash = NULL WHERE hash = ?")
+            .bind(hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action))?;
+        tx.commit().await.map_err(db(action))?;
+        Ok(Some(flash))
+    }
+
+    async fn delete_session(&self, hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE hash = ?")
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db("end a web session"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn prune_sessions(&self, now: DateTime<Utc>, keep: u32) -> Result<u64, StoreError> {
+        let action = "prune web sessions";
+        let mut tx = self.begin(action).await?;
+        let expired = sqlx::query("DELETE FROM web_sessions WHERE expires_at <= ?")
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db(action))?
+            .rows_affected();
+        let surplus = sqlx::query(
+            "DELETE FROM web_sessions WHERE hash NOT IN \
+             (SELECT hash FROM web_sessions ORDER BY created_at DESC, hash DESC LIMIT ?)",
+        )
+        .bind(i64::from(keep))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(action))?
+        .rows_affected();
+        tx.commit().await.map_err(db(action))?;
+        Ok(expired + surplus)
+    }
 }
 
 /// The migrations of [`MIGRATIONS`] as sqlx wants them.
@@ -985,6 +1082,50 @@ mod tests {
         store.close().await;
         let again = SqliteStore::open(tmp.path(), EncryptionKey::from_base64(&b64).unwrap()).await.unwrap();
         assert_eq!(again.events(None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_of_the_previous_release_is_migrated_and_keeps_its_accounts() {
+        use tokenkeeper_core::store::CredentialChange;
+        let tmp = tempfile::tempdir().unwrap();
+        let key = EncryptionKey::generate();
+        let b64 = key.to_base64();
+        let store = SqliteStore::open(tmp.path(), key).await.unwrap();
+        let when = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        let new = tokenkeeper_core::NewAccount {
+            name: "main".into(),
+            provider: "anthropic".into(),
+            mode: tokenkeeper_core::Mode::Own,
+            credential: Credential {
+                access_token: tokenkeeper_core::Secret::new("sk-ant-oat01-old"),
+                refresh_token: Some(tokenkeeper_core::Secret::new("sk-ant-ort01-old")),
+                expires_at: when,
+                scopes: vec![],
+                subscription_type: None,
+                rate_limit_tier: None,
+            },
+            email: None,
+            organization: None,
+            binding: None,
+            refresh_token_issued_at: None,
+        };
+        store.create_account(&new, when, CredentialChange::Imported).await.unwrap();
+        // Back to the schema the previous release (0.2, migrations 1 and 2) left, same checksums.
+        sqlx::query("DROP TABLE web_sessions").execute(&store.pool).await.unwrap();
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version >= 3").execute(&store.pool).await.unwrap();
+        store.close().await;
+        let again = SqliteStore::open(tmp.path(), EncryptionKey::from_base64(&b64).unwrap()).await.unwrap();
+        let main = again.get_account("main").await.unwrap().unwrap();
+        assert_eq!(main.credential.access_token.expose(), "sk-ant-oat01-old");
+        let session = WebSession {
+            hash: "ab".into(),
+            csrf: "c".into(),
+            created_at: when,
+            expires_at: when + chrono::TimeDelta::hours(1),
+            flash: None,
+        };
+        again.create_session(&session).await.unwrap();
+        assert_eq!(again.session("ab", when).await.unwrap(), Some(session));
     }
 
     #[tokio::test]

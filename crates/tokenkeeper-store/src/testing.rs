@@ -27,7 +27,7 @@ use tokenkeeper_core::account::{Account, Mode, NewAccount};
 use tokenkeeper_core::backend::Backend;
 use tokenkeeper_core::credential::Credential;
 use tokenkeeper_core::secret::Secret;
-use tokenkeeper_core::store::{ApiKey, CredentialChange, CredentialUpdate, EventKind, Store, UsageRecord};
+use tokenkeeper_core::store::{ApiKey, CredentialChange, CredentialUpdate, EventKind, Store, UsageRecord, WebSession};
 
 /// The instant `minutes` minutes after a fixed base time (whole milliseconds, as stored).
 pub fn at(minutes: i64) -> DateTime<Utc> {
@@ -170,6 +170,10 @@ macro_rules! store_conformance {
             cas_four_processes_opened_at_once_exactly_one_wins_each_round,
             one_process_leads_until_it_lets_go_and_a_waiter_takes_over,
             sealed_secrets_open_for_their_purpose_only_and_reveal_nothing,
+            a_web_session_is_found_by_hash_in_every_process_until_it_ends,
+            signing_out_in_one_process_ends_the_session_in_every_process,
+            a_session_message_is_taken_once,
+            pruning_drops_ended_sessions_then_the_oldest_beyond_the_bound,
         );
     };
     (@each $fresh:path; $($property:ident),* $(,)?) => {
@@ -813,6 +817,85 @@ pub mod properties {
         // Another process of the installation (same key) opens it; another purpose does not.
         assert_eq!(there.store.open_secret("logins/api/st4te", &sealed).expect("open").expose(), secret.expose());
         assert!(there.store.open_secret("logins/api/other", &sealed).is_err(), "opened for another purpose");
+    }
+
+    fn web_session(hash: &str, created_minutes: i64, lifetime_minutes: i64) -> WebSession {
+        WebSession {
+            hash: hash.to_owned(),
+            csrf: format!("csrf-of-{hash}"),
+            created_at: at(created_minutes),
+            expires_at: at(created_minutes + lifetime_minutes),
+            flash: Some(r#"{"kind":"ok","text":"Signed in."}"#.to_owned()),
+        }
+    }
+
+    pub async fn a_web_session_is_found_by_hash_in_every_process_until_it_ends(installation: Arc<dyn Installation>) {
+        let here = store(&installation).await;
+        let there = store(&installation).await;
+        let session = web_session("5e55", 0, 60);
+        here.create_session(&session).await.expect("create");
+        assert_eq!(there.session("5e55", at(1)).await.expect("read"), Some(session.clone()), "another process");
+        assert_eq!(there.session("5e56", at(1)).await.expect("read"), None, "another hash");
+        // Expiry follows the caller's clock: the last instant before the end, then the end.
+        let last = session.expires_at - TimeDelta::milliseconds(1);
+        assert!(there.session("5e55", last).await.expect("read").is_some());
+        assert_eq!(there.session("5e55", session.expires_at).await.expect("read"), None, "ended");
+        assert_eq!(here.session("5e55", at(0)).await.expect("read"), Some(session), "an earlier clock still sees it");
+    }
+
+    pub async fn signing_out_in_one_process_ends_the_session_in_every_process(installation: Arc<dyn Installation>) {
+        let here = store(&installation).await;
+        let there = store(&installation).await;
+        here.create_session(&web_session("a1", 0, 60)).await.expect("create");
+        here.create_session(&web_session("b2", 0, 60)).await.expect("create");
+        assert!(there.session("a1", at(1)).await.expect("read").is_some());
+        assert!(there.delete_session("a1").await.expect("delete"));
+        assert!(!there.delete_session("a1").await.expect("delete again"), "gone already");
+        assert_eq!(here.session("a1", at(1)).await.expect("read"), None, "signed out everywhere");
+        assert!(here.session("b2", at(1)).await.expect("read").is_some(), "only that session ended");
+    }
+
+    pub async fn a_session_message_is_taken_once(installation: Arc<dyn Installation>) {
+        let here = store(&installation).await;
+        let there = store(&installation).await;
+        let mut session = web_session("f1a5", 0, 60);
+        session.flash = None;
+        here.create_session(&session).await.expect("create");
+        assert_eq!(here.take_session_flash("f1a5").await.expect("take"), None, "no message yet");
+        assert!(here.set_session_flash("f1a5", Some("Refreshed main.")).await.expect("set"));
+        assert_eq!(there.take_session_flash("f1a5").await.expect("take"), Some("Refreshed main.".to_owned()));
+        assert_eq!(here.take_session_flash("f1a5").await.expect("take"), None, "taken once");
+        assert!(!here.set_session_flash("ghost", Some("x")).await.expect("set"), "no such session");
+        assert_eq!(here.take_session_flash("ghost").await.expect("take"), None);
+        // Two pages at once: exactly one shows the message.
+        assert!(here.set_session_flash("f1a5", Some("once")).await.expect("set"));
+        let (a, b) = tokio::join!(here.take_session_flash("f1a5"), there.take_session_flash("f1a5"));
+        let got: Vec<String> = [a.expect("take"), b.expect("take")].into_iter().flatten().collect();
+        assert_eq!(got, ["once"]);
+        // Clearing works too, and the session itself is untouched by all of it.
+        assert!(here.set_session_flash("f1a5", Some("again")).await.expect("set"));
+        assert!(here.set_session_flash("f1a5", None).await.expect("clear"));
+        assert_eq!(here.take_session_flash("f1a5").await.expect("take"), None);
+        assert_eq!(here.session("f1a5", at(1)).await.expect("read"), Some(session));
+    }
+
+    pub async fn pruning_drops_ended_sessions_then_the_oldest_beyond_the_bound(installation: Arc<dyn Installation>) {
+        let store = store(&installation).await;
+        // Two ended by minute 100; five live, created at minutes 1..=5.
+        store.create_session(&web_session("ended1", 0, 10)).await.expect("create");
+        store.create_session(&web_session("ended2", 50, 50)).await.expect("create");
+        for n in 1..=5 {
+            store.create_session(&web_session(&format!("live{n}"), n, 1000)).await.expect("create");
+        }
+        assert_eq!(store.prune_sessions(at(100), 3).await.expect("prune"), 4, "two ended, two beyond the bound");
+        let mut left = Vec::new();
+        for hash in ["ended1", "ended2", "live1", "live2", "live3", "live4", "live5"] {
+            if store.session(hash, at(0)).await.expect("read").is_some() {
+                left.push(hash);
+            }
+        }
+        assert_eq!(left, ["live3", "live4", "live5"], "the newest three are kept");
+        assert_eq!(store.prune_sessions(at(100), 3).await.expect("prune again"), 0);
     }
 
     pub async fn one_process_leads_until_it_lets_go_and_a_waiter_takes_over(installation: Arc<dyn Installation>) {
