@@ -25,6 +25,13 @@ pub enum WebError {
         #[source]
         source: tokenkeeper_core::StoreError,
     },
+    /// The store failed while reading the browser's session.
+    #[error("reading the web session from the store failed")]
+    Sessions {
+        /// Why.
+        #[source]
+        source: tokenkeeper_core::StoreError,
+    },
 }
 
 impl IntoResponse for WebError {
@@ -35,6 +42,14 @@ impl IntoResponse for WebError {
                 "The page could not be shown because of an internal error; the server log has the details."
             }
             WebError::Store { .. } => "The accounts could not be read from the store; the server log has the details.",
+            WebError::Sessions { .. } => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Your session could not be checked because the store is unreachable; try again in a moment. \
+                     The server log has the details.",
+                )
+                    .into_response()
+            }
         };
         (StatusCode::INTERNAL_SERVER_ERROR, text).into_response()
     }

@@ -6,8 +6,8 @@
 //! Content-Security-Policy. One optional script, served by the page itself
 //! (`/assets/dashboard.js`, no inline code), refreshes the dashboard's numbers in place.
 //!
-//! - [`session`]: in-memory sessions (cookie `tk_session`), their CSRF tokens, flash messages
-//!   and the pending PKCE login;
+//! - [`session`]: sessions in the store (cookie `tk_session`, shared by every replica), their
+//!   CSRF tokens, flash messages and the pending PKCE login;
 //! - [`security`]: the cross-site guard, security headers, constant-time comparison and the
 //!   sign-in rate limiter;
 //! - [`templates`]: the embedded minijinja templates;
@@ -84,13 +84,14 @@ impl WebState {
         secure_cookies: bool,
     ) -> WebState {
         let clock = keeper.clock().clone();
+        let sessions = session::Sessions::new(keeper.clone());
         WebState {
             inner: Arc::new(Inner {
                 keeper,
                 sinks,
                 admin_token,
                 secure_cookies,
-                sessions: session::Sessions::new(clock.clone()),
+                sessions,
                 limiter: security::SignInLimiter::new(clock),
                 templates: templates::Templates::new(),
             }),
@@ -123,11 +124,6 @@ impl WebState {
     /// Whether cookies are marked `Secure`.
     pub fn secure_cookies(&self) -> bool {
         self.inner.secure_cookies
-    }
-
-    /// Live sessions (signed-in browsers).
-    pub fn session_count(&self) -> usize {
-        self.inner.sessions.len()
     }
 
     pub(crate) fn admin_token(&self) -> &Secret {

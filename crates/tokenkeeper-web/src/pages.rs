@@ -58,8 +58,8 @@ fn message(state: &WebState, status: StatusCode, signed: Option<&SignedIn>, titl
 
 /// Sets the flash message and sends the browser to `to` with 303 (so reloading does not
 /// repeat the POST).
-fn redirect_with(state: &WebState, signed: &SignedIn, flash: Flash, to: &str) -> Response {
-    state.sessions().set_flash(&signed.id, flash);
+async fn redirect_with(state: &WebState, signed: &SignedIn, flash: Flash, to: &str) -> Response {
+    state.sessions().set_flash(&signed.id, flash).await;
     Redirect::to(to).into_response()
 }
 
@@ -160,8 +160,11 @@ fn login_page(state: &WebState, status: StatusCode, error: Option<&str>) -> Resp
 
 /// `GET /login`: the sign-in form (or the dashboard, when already signed in).
 pub async fn login_form(State(state): State<WebState>, headers: HeaderMap) -> Response {
-    if cookie_value(&headers, SESSION_COOKIE).and_then(|id| state.sessions().csrf(&id)).is_some() {
-        return Redirect::to("/").into_response();
+    if let Some(id) = cookie_value(&headers, SESSION_COOKIE) {
+        // A store failure shows the form: signing in again then reports it.
+        if let Ok(Some(_)) = state.sessions().csrf(&id).await {
+            return Redirect::to("/").into_response();
+        }
     }
     login_page(&state, StatusCode::OK, None)
 }
@@ -207,7 +210,20 @@ pub async fn login(
         );
     }
     state.limiter().succeed(ip);
-    let id = state.sessions().create(Some(Flash::ok("Signed in.")));
+    let id = match state.sessions().create(Some(Flash::ok("Signed in."))).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %tokenkeeper_core::error_chain(&e), "a web session could not be stored");
+            return message(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "Not signed in",
+                "The admin token is right, but the session could not be stored: the store is unreachable. \
+                 Try again in a moment; the server log has the details.",
+            );
+        }
+    };
     let mut response = Redirect::to("/").into_response();
     let secure = state.secure_cookies();
     for cookie in [
@@ -223,7 +239,16 @@ pub async fn login(
 
 /// `POST /logout`: ends the session.
 pub async fn logout(State(state): State<WebState>, f: CsrfForm<NoFields>) -> Response {
-    state.sessions().remove(&f.session.id);
+    if let Err(e) = state.sessions().remove(&f.session.id).await {
+        tracing::error!(error = %tokenkeeper_core::error_chain(&e), "a web session could not be ended");
+        return message(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&f.session),
+            "Not signed out",
+            "The session could not be ended because the store is unreachable. Try again in a moment.",
+        );
+    }
     let mut response = Redirect::to("/login").into_response();
     let cookie = set_cookie(SESSION_COOKIE, "", "/", std::time::Duration::ZERO, state.secure_cookies());
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -325,7 +350,7 @@ pub async fn dashboard(
 ) -> Result<Response, WebError> {
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let model = dashboard_model(&state, &query).await?;
-    let flash = if headers.contains_key(LIVE_HEADER) { None } else { state.sessions().take_flash(&signed.id) };
+    let flash = if headers.contains_key(LIVE_HEADER) { None } else { state.sessions().take_flash(&signed.id).await };
     let ctx = merge(base(Some(&signed), flash, "Accounts"), context! { d => model, query => query });
     Ok(state.templates().page(StatusCode::OK, "dashboard.html", ctx))
 }
@@ -379,7 +404,7 @@ fn refresh_flash(state: &WebState, name: &str, result: Result<RefreshResult, Kee
 pub async fn refresh(State(state): State<WebState>, Path(name): Path<String>, f: CsrfForm<NoFields>) -> Response {
     let result = state.keeper().refresh(&name, RefreshPolicy::Force).await;
     let flash = refresh_flash(&state, &name, result);
-    redirect_with(&state, &f.session, flash, "/")
+    redirect_with(&state, &f.session, flash, "/").await
 }
 
 /// `GET /accounts/{name}/remove`: asks to confirm.
@@ -420,7 +445,7 @@ pub async fn remove(State(state): State<WebState>, Path(name): Path<String>, f: 
             ))
         }
     };
-    redirect_with(&state, &f.session, flash, "/")
+    redirect_with(&state, &f.session, flash, "/").await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,11 +469,32 @@ pub struct WizardForm {
     pub account: String,
 }
 
-fn start_login(state: &WebState, signed: &SignedIn) -> PendingLogin {
-    let (login, url) = state.keeper().start_login();
-    let pending = PendingLogin { login, url, started_at: state.keeper().clock().now() };
-    state.sessions().set_pending_login(&signed.id, Some(pending.clone()));
-    pending
+/// The page for a login that cannot go on: the wizard with a freshly started login and `error`
+/// (or, when no login can be started, a page that says so).
+async fn restart_wizard(
+    state: &WebState,
+    signed: &SignedIn,
+    status: StatusCode,
+    account: &str,
+    error: &str,
+) -> Response {
+    match state.sessions().start_login(&signed.id).await {
+        Ok(fresh) => wizard_page(state, signed, status, &fresh, account, Some(error)),
+        Err(e) => login_unavailable(state, signed, &e),
+    }
+}
+
+/// The page shown when the wizard's login cannot be kept or read (the store failed).
+fn login_unavailable(state: &WebState, signed: &SignedIn, e: &KeeperError) -> Response {
+    tracing::error!(error = %tokenkeeper_core::error_chain(e), "the web wizard's login could not be kept");
+    message(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(signed),
+        "Login unavailable",
+        "The login could not be started or read because the store is unreachable. Try again in a moment; \
+         the server log has the details.",
+    )
 }
 
 fn wizard_page(
@@ -468,9 +514,19 @@ fn wizard_page(
 
 /// `GET /wizard`: starts a login (or shows the one already started) with its authorize link.
 pub async fn wizard(State(state): State<WebState>, signed: SignedIn, Query(q): Query<WizardQuery>) -> Response {
-    let pending = match (q.new, state.sessions().pending_login(&signed.id)) {
-        (None, Some(p)) => p,
-        _ => start_login(&state, &signed),
+    let started = match q.new {
+        Some(_) => None,
+        None => match state.sessions().pending_login(&signed.id).await {
+            Ok(p) => p,
+            Err(e) => return login_unavailable(&state, &signed, &e),
+        },
+    };
+    let pending = match started {
+        Some(p) => p,
+        None => match state.sessions().start_login(&signed.id).await {
+            Ok(p) => p,
+            Err(e) => return login_unavailable(&state, &signed, &e),
+        },
     };
     wizard_page(&state, &signed, StatusCode::OK, &pending, "", None)
 }
@@ -480,16 +536,19 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
     let signed = &f.session;
     let account = f.form.account.trim();
     let code = f.form.code.trim();
-    let Some(pending) = state.sessions().pending_login(&signed.id) else {
-        let fresh = start_login(&state, signed);
-        return wizard_page(
-            &state,
-            signed,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &fresh,
-            account,
-            Some("This login attempt has expired or was already used. Start again: open the new link below."),
-        );
+    let pending = match state.sessions().pending_login(&signed.id).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return restart_wizard(
+                &state,
+                signed,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                account,
+                "This login attempt has expired or was already used. Start again: open the new link below.",
+            )
+            .await
+        }
+        Err(e) => return login_unavailable(&state, signed, &e),
     };
     if !account.is_empty() {
         if let Err(why) = tokenkeeper_core::account::validate_account_name(account) {
@@ -516,7 +575,10 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
     let name = (!account.is_empty()).then_some(account);
     match state.keeper().finish_login(name, code, &pending.login).await {
         Ok(outcome) => {
-            state.sessions().set_pending_login(&signed.id, None);
+            // The account is stored; a login left parked only expires later.
+            if let Err(e) = state.sessions().forget_login(&signed.id).await {
+                tracing::warn!(error = %tokenkeeper_core::error_chain(&e), "a used login could not be forgotten");
+            }
             let (verb, a) = match &outcome {
                 IngestOutcome::Created(a) => ("Added", a),
                 IngestOutcome::Updated(a) => ("Updated", a),
@@ -531,18 +593,15 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
         Err(why @ (KeeperError::BadLoginCode(_) | KeeperError::LoginCodeRefused { .. })) => {
             // A code from another attempt, mistyped, used or expired: only a new attempt helps.
             tracing::info!(reason = %why, "login code refused");
-            let fresh = start_login(&state, signed);
-            wizard_page(
+            restart_wizard(
                 &state,
                 signed,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &fresh,
                 account,
-                Some(
-                    "The code was not accepted: it was mistyped, belongs to an earlier attempt, or has expired \
-                     (codes work once, for about ten minutes). Start again: open the new link below and paste the new code.",
-                ),
+                "The code was not accepted: it was mistyped, belongs to an earlier attempt, or has expired \
+                 (codes work once, for about ten minutes). Start again: open the new link below and paste the new code.",
             )
+            .await
         }
         Err(KeeperError::TryLater { reason, .. }) => wizard_page(
             &state,
@@ -555,7 +614,9 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
             )),
         ),
         Err(KeeperError::Refused { account, reason }) => {
-            state.sessions().set_pending_login(&signed.id, None);
+            if let Err(e) = state.sessions().forget_login(&signed.id).await {
+                tracing::warn!(error = %tokenkeeper_core::error_chain(&e), "a used login could not be forgotten");
+            }
             message(
                 &state,
                 StatusCode::CONFLICT,
@@ -564,27 +625,31 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
                 &format!("The login worked, but {account} was not changed: {reason}."),
             )
         }
-        Err(KeeperError::Ambiguous(names)) => wizard_page(
-            &state,
-            signed,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &start_login(&state, signed),
-            account,
-            Some(&format!(
-                "There are several accounts ({names}); type the account name, then start again with the new link below."
-            )),
-        ),
+        Err(KeeperError::Ambiguous(names)) => {
+            restart_wizard(
+                &state,
+                signed,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                account,
+                &format!(
+                    "There are several accounts ({names}); type the account name, then start again with the new link below."
+                ),
+            )
+            .await
+        }
         // The name came from the login's email (the form's own name was checked above).
-        Err(KeeperError::BadAccountName(why)) => wizard_page(
-            &state,
-            signed,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &start_login(&state, signed),
-            account,
-            Some(&format!(
-                "The account name is not usable: {why}. Type another name, then start again with the new link below."
-            )),
-        ),
+        Err(KeeperError::BadAccountName(why)) => {
+            restart_wizard(
+                &state,
+                signed,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                account,
+                &format!(
+                    "The account name is not usable: {why}. Type another name, then start again with the new link below."
+                ),
+            )
+            .await
+        }
         Err(e) => {
             tracing::error!(error = %e, "login from the web page failed");
             wizard_page(
@@ -688,5 +753,5 @@ pub async fn paste(State(state): State<WebState>, headers: HeaderMap, f: CsrfFor
             );
         }
     };
-    redirect_with(&state, signed, flash, "/")
+    redirect_with(&state, signed, flash, "/").await
 }

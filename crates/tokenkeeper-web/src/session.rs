@@ -1,12 +1,18 @@
-//! Sessions of the signed-in admin: kept in memory (a restart signs everyone out, which is fine
-//! for a page one person uses), keyed by the SHA-256 of the random cookie value so the map's
-//! lookups reveal nothing about live ids, and expiring after [`SESSION_LIFETIME`].
+//! Sessions of the signed-in admin, kept in the store ([`Store::create_session`]) so that every
+//! replica of an installation knows them: a browser signed in through replica A is signed in on
+//! B, and signing out anywhere ends the session everywhere. The store holds only the SHA-256 of
+//! the random cookie value, so reading the database signs nobody in. A session expires
+//! [`SESSION_LIFETIME`] after sign-in, by the keeper's clock.
 //!
-//! Each session holds its CSRF token, a one-shot flash message for the next page, and the PKCE
-//! login the wizard started (its verifier never leaves the server).
+//! There is no in-process cache: each request reads its session from the store, so a session
+//! ended on another replica is never served (a page request is one indexed read).
+//!
+//! Each session has its CSRF token, a one-shot flash message for the next page, and the PKCE
+//! login the wizard started, parked in the store under `logins/web/<session hash>` by the same
+//! mechanism as the API's `/oauth/start` ([`Keeper::park_login`], the verifier sealed with the
+//! installation key), so the wizard started on one replica can be finished on another.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -16,10 +22,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use tokenkeeper_core::SharedClock;
+use tokenkeeper_core::clock::chrono_duration;
+use tokenkeeper_core::store::{Store, StoreError, WebSession};
+use tokenkeeper_keeper::{Keeper, KeeperError};
 use tokenkeeper_provider::PkceLogin;
 
 use crate::WebState;
@@ -36,15 +44,18 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const LOGIN_ATTEMPT_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Sessions kept at most; the oldest goes first. Only a correct admin token creates one, so
 /// this only bounds a forgetful admin's many devices.
-const MAX_SESSIONS: usize = 256;
+const MAX_SESSIONS: u32 = 256;
+/// The state-key prefix of the wizard's parked logins (the API's are under `logins/api/`).
+const LOGIN_PREFIX: &str = "logins/web/";
 
 /// 32 random bytes from the OS, base64url: session ids and CSRF tokens.
 pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(tokenkeeper_core::random_bytes::<32>())
 }
 
-fn key_of(id: &str) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
+/// What the store keys a session by: the SHA-256 of the cookie value, hex.
+fn hash_of(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
 }
 
 /// A message shown once on the next page.
@@ -66,6 +77,22 @@ impl Flash {
     pub fn error(text: impl Into<String>) -> Flash {
         Flash { kind: "error", text: text.into() }
     }
+
+    /// The message as the store keeps it (JSON `{kind, text}`).
+    fn encode(&self) -> String {
+        serde_json::json!({ "kind": self.kind, "text": self.text }).to_string()
+    }
+
+    /// The message back from [`Flash::encode`]; `None` for text this release cannot read.
+    fn decode(stored: &str) -> Option<Flash> {
+        #[derive(Deserialize)]
+        struct Stored {
+            kind: String,
+            text: String,
+        }
+        let s: Stored = serde_json::from_str(stored).ok()?;
+        Some(if s.kind == "error" { Flash::error(s.text) } else { Flash::ok(s.text) })
+    }
 }
 
 /// A login the wizard started.
@@ -79,115 +106,101 @@ pub struct PendingLogin {
     pub started_at: DateTime<Utc>,
 }
 
-#[derive(Debug)]
-struct Session {
-    csrf: String,
-    expires_at: DateTime<Utc>,
-    flash: Option<Flash>,
-    pending_login: Option<PendingLogin>,
-}
-
-/// The in-memory session table.
+/// The sessions of the page, in the keeper's store.
 #[derive(Debug)]
 pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
-    clock: SharedClock,
+    keeper: Arc<Keeper>,
 }
 
 impl Sessions {
-    /// An empty table on `clock`.
-    pub fn new(clock: SharedClock) -> Sessions {
-        Sessions { map: Mutex::new(HashMap::new()), clock }
+    /// The sessions in `keeper`'s store, expiring by `keeper`'s clock.
+    pub fn new(keeper: Arc<Keeper>) -> Sessions {
+        Sessions { keeper }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        // A panic while holding the lock cannot leave a half-written session behind.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn store(&self) -> &Arc<dyn Store> {
+        self.keeper.store()
     }
 
-    /// Creates a session; returns its id (the cookie value).
-    pub fn create(&self, flash: Option<Flash>) -> String {
-        let now = self.clock.now();
+    fn now(&self) -> DateTime<Utc> {
+        self.keeper.clock().now()
+    }
+
+    /// Creates a session; returns its id (the cookie value, which only the browser keeps).
+    /// Ended sessions, the oldest beyond [`MAX_SESSIONS`] and expired wizard logins are pruned
+    /// on the way, so the tables stay small without a background task.
+    pub async fn create(&self, flash: Option<Flash>) -> Result<String, KeeperError> {
+        let now = self.now();
         let id = random_token();
-        let mut map = self.lock();
-        map.retain(|_, s| s.expires_at > now);
-        while map.len() >= MAX_SESSIONS {
-            let oldest = map.iter().min_by_key(|(_, s)| s.expires_at).map(|(k, _)| *k);
-            match oldest {
-                Some(k) => map.remove(&k),
-                None => break,
-            };
-        }
-        let expires_at = now + chrono::Duration::from_std(SESSION_LIFETIME).unwrap_or(chrono::Duration::hours(12));
-        map.insert(key_of(&id), Session { csrf: random_token(), expires_at, flash, pending_login: None });
-        id
+        let session = WebSession {
+            hash: hash_of(&id),
+            csrf: random_token(),
+            created_at: now,
+            expires_at: now + chrono_duration(SESSION_LIFETIME),
+            flash: flash.map(|f| f.encode()),
+        };
+        self.store().create_session(&session).await?;
+        self.store().prune_sessions(now, MAX_SESSIONS).await?;
+        self.keeper.sweep_logins(LOGIN_PREFIX).await?;
+        Ok(id)
     }
 
-    /// The CSRF token of a live session.
-    pub fn csrf(&self, id: &str) -> Option<String> {
-        let now = self.clock.now();
-        let key = key_of(id);
-        let mut map = self.lock();
-        match map.get(&key) {
-            Some(s) if s.expires_at > now => Some(s.csrf.clone()),
-            Some(_) => {
-                map.remove(&key);
+    /// The CSRF token of a live session; `None` when there is none (never was, ended, signed
+    /// out on any replica).
+    pub async fn csrf(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.store().session(&hash_of(id), self.now()).await?.map(|s| s.csrf))
+    }
+
+    /// Ends a session and forgets its wizard login.
+    pub async fn remove(&self, id: &str) -> Result<(), KeeperError> {
+        let hash = hash_of(id);
+        self.store().delete_session(&hash).await?;
+        self.keeper.unpark_login(&login_key(&hash)).await?;
+        Ok(())
+    }
+
+    /// Sets the message for the next page. A store failure loses only the message (logged).
+    pub async fn set_flash(&self, id: &str, flash: Flash) {
+        if let Err(e) = self.store().set_session_flash(&hash_of(id), Some(&flash.encode())).await {
+            tracing::warn!(error = %tokenkeeper_core::error_chain(&e), "the page's message could not be kept");
+        }
+    }
+
+    /// Takes the message for this page. A store failure loses only the message (logged).
+    pub async fn take_flash(&self, id: &str) -> Option<Flash> {
+        match self.store().take_session_flash(&hash_of(id)).await {
+            Ok(stored) => stored.as_deref().and_then(Flash::decode),
+            Err(e) => {
+                tracing::warn!(error = %tokenkeeper_core::error_chain(&e), "the page's message could not be read");
                 None
             }
-            None => None,
         }
-    }
-
-    /// Ends a session.
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(&key_of(id));
-    }
-
-    /// Sets the message for the next page.
-    pub fn set_flash(&self, id: &str, flash: Flash) {
-        if let Some(s) = self.lock().get_mut(&key_of(id)) {
-            s.flash = Some(flash);
-        }
-    }
-
-    /// Takes the message for this page.
-    pub fn take_flash(&self, id: &str) -> Option<Flash> {
-        self.lock().get_mut(&key_of(id)).and_then(|s| s.flash.take())
     }
 
     /// The wizard's login, unless it is older than [`LOGIN_ATTEMPT_LIFETIME`].
-    pub fn pending_login(&self, id: &str) -> Option<PendingLogin> {
-        let now = self.clock.now();
-        let limit = chrono::Duration::from_std(LOGIN_ATTEMPT_LIFETIME).unwrap_or(chrono::Duration::minutes(30));
-        let mut map = self.lock();
-        let s = map.get_mut(&key_of(id))?;
-        match &s.pending_login {
-            Some(p) if now - p.started_at < limit => Some(p.clone()),
-            Some(_) => {
-                s.pending_login = None;
-                None
-            }
-            None => None,
-        }
+    pub async fn pending_login(&self, id: &str) -> Result<Option<PendingLogin>, KeeperError> {
+        let parked = self.keeper.parked_login(&login_key(&hash_of(id))).await?;
+        Ok(parked.map(|p| PendingLogin { login: p.login, url: p.url, started_at: p.started_at }))
     }
 
-    /// Keeps (or, with `None`, forgets) the wizard's login.
-    pub fn set_pending_login(&self, id: &str, login: Option<PendingLogin>) {
-        if let Some(s) = self.lock().get_mut(&key_of(id)) {
-            s.pending_login = login;
-        }
+    /// Starts a login and parks it for this session, replacing the one it had.
+    pub async fn start_login(&self, id: &str) -> Result<PendingLogin, KeeperError> {
+        let (login, url) = self.keeper.start_login();
+        let key = login_key(&hash_of(id));
+        self.keeper.park_login(&key, &login, &url, chrono_duration(LOGIN_ATTEMPT_LIFETIME)).await?;
+        Ok(PendingLogin { login, url, started_at: self.now() })
     }
 
-    /// Live sessions (for tests and metrics).
-    pub fn len(&self) -> usize {
-        let now = self.clock.now();
-        self.lock().values().filter(|s| s.expires_at > now).count()
+    /// Forgets the wizard's login (its code was used, or the login was refused).
+    pub async fn forget_login(&self, id: &str) -> Result<(), KeeperError> {
+        self.keeper.unpark_login(&login_key(&hash_of(id))).await?;
+        Ok(())
     }
+}
 
-    /// Whether there is no live session.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// The state key of the wizard login of the session with `hash`.
+fn login_key(hash: &str) -> String {
+    format!("{LOGIN_PREFIX}{hash}")
 }
 
 /// The value of cookie `name` in the request, if any.
@@ -231,8 +244,13 @@ impl FromRequestParts<WebState> for SignedIn {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, Self::Rejection> {
-        let found = cookie_value(&parts.headers, SESSION_COOKIE)
-            .and_then(|id| state.sessions().csrf(&id).map(|csrf| (id, csrf)));
+        let found = match cookie_value(&parts.headers, SESSION_COOKIE) {
+            Some(id) => match state.sessions().csrf(&id).await {
+                Ok(csrf) => csrf.map(|csrf| (id, csrf)),
+                Err(source) => return Err(crate::WebError::Sessions { source }.into_response()),
+            },
+            None => None,
+        };
         match found {
             Some((id, csrf)) => Ok(SignedIn { id, csrf }),
             None if parts.method == Method::GET || parts.method == Method::HEAD => {
