@@ -8,10 +8,14 @@ mod common;
 
 use std::io::Write;
 use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
 
-use common::{stderr, stdout, World};
+use common::serve::{Replica, ADMIN};
+use common::{stderr, stdout, World, KEY_B64};
+use tokenkeeper_core::Store;
 use tokenkeeper_store::EncryptionKey;
 use tokenkeeper_store_postgres::testing::Cluster;
+use tokenkeeper_store_postgres::PgStore;
 
 fn run(w: &World, url: &str, key: Option<&str>, args: &[&str], stdin: &str) -> Output {
     let mut cmd = w.cmd(args);
@@ -56,7 +60,7 @@ async fn two_hosts_share_one_postgres_store() {
     for _ in 0..2 {
         let out = run(&host_b, &url, Some(&key), &["migrate"], "");
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(stdout(&out).contains("schema version 1, up to date"), "{}", stdout(&out));
+        assert!(stdout(&out).contains("schema version 2, up to date"), "{}", stdout(&out));
     }
 
     // [store] url_file names the database as well as the variable does (the variable wins).
@@ -77,4 +81,290 @@ async fn two_hosts_share_one_postgres_store() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("postgres://"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("mysql://x@"), "the URL is not echoed: {}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two `serve` replicas, A and B, on one database.
+
+/// A browser without JavaScript: keeps the cookies it is given (for any of the replicas, as
+/// one load-balanced site would) and sends same-origin form posts.
+struct Browser {
+    http: reqwest::Client,
+    cookies: Vec<(String, String)>,
+}
+
+/// A page as the browser got it.
+struct Got {
+    status: u16,
+    location: String,
+    body: String,
+}
+
+impl Got {
+    fn hidden(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let at = self.body.find(&marker).unwrap_or_else(|| panic!("no field {name} in:\n{}", self.body)) + marker.len();
+        let end = self.body[at..].find('"').unwrap();
+        unescape(&self.body[at..at + end])
+    }
+
+    fn href_of(&self, id: &str) -> String {
+        let at = self.body.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in:\n{}", self.body));
+        let tag = &self.body[self.body[..at].rfind('<').unwrap()..];
+        let href = tag.find("href=\"").unwrap() + 6;
+        unescape(&tag[href..href + tag[href..].find('"').unwrap()])
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&amp;", "&").replace("&#x2f;", "/").replace("&#x3d;", "=").replace("&quot;", "\"").replace("&#x27;", "'")
+}
+
+impl Browser {
+    fn new() -> Browser {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { http, cookies: Vec::new() }
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Got {
+        let header: Vec<String> = self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let res = req.header("cookie", header.join("; ")).send().await.unwrap();
+        for set in res.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        let status = res.status().as_u16();
+        let location = res.headers().get("location").map(|l| l.to_str().unwrap().to_owned()).unwrap_or_default();
+        Got { status, location, body: res.text().await.unwrap() }
+    }
+
+    async fn get(&mut self, replica: &Replica, path: &str) -> Got {
+        let req = self.http.get(format!("{}{path}", replica.base()));
+        self.send(req).await
+    }
+
+    async fn post(&mut self, replica: &Replica, path: &str, fields: &[(&str, &str)]) -> Got {
+        let req = self
+            .http
+            .post(format!("{}{path}", replica.base()))
+            .header("origin", replica.base())
+            .header("sec-fetch-site", "same-origin")
+            .form(fields);
+        self.send(req).await
+    }
+
+    async fn sign_in(&mut self, replica: &Replica) {
+        let form = self.get(replica, "/login").await;
+        let csrf = form.hidden("csrf");
+        let res = self.post(replica, "/login", &[("csrf", &csrf), ("token", ADMIN)]).await;
+        assert_eq!((res.status, res.location.as_str()), (303, "/"), "{}", res.body);
+    }
+}
+
+/// A database with its URL, the installation key, and two hosts for replicas A and B.
+async fn installation() -> (String, World, World) {
+    let cluster = Cluster::get();
+    let db = cluster.create_database().await;
+    let url = cluster.url(db.get_database().unwrap());
+    (url, World::new().await, World::new().await)
+}
+
+fn import(w: &World, url: &str, account: &str, json: &str) {
+    let out = run(w, url, Some(KEY_B64), &["import", "-", "--account", account], json);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_and_the_login_wizard_work_across_replicas() {
+    let (url, host_a, host_b) = installation().await;
+    let a = Replica::start(&host_a, &host_a.mock, &url, "a", "");
+    let b = Replica::start(&host_b, &host_a.mock, &url, "b", "");
+    let mut browser = Browser::new();
+
+    // Signed in through A, the same cookie opens the dashboard on B.
+    browser.sign_in(&a).await;
+    let session = browser.cookie("tk_session").expect("a session cookie");
+    let dash = browser.get(&b, "/").await;
+    assert_eq!(dash.status, 200, "B refused A's session: {} {}", dash.location, dash.body);
+    assert!(dash.body.contains("Signed in."), "the flash message set on A is shown once, on B");
+    assert!(!browser.get(&a, "/").await.body.contains("Signed in."), "the flash was shown twice");
+
+    // The wizard started on A is finished on B (the mock checks the PKCE verifier).
+    let wizard = browser.get(&a, "/wizard").await;
+    assert_eq!(wizard.status, 200, "{}", wizard.body);
+    let pasted = host_a.mock.authorize(&wizard.href_of("authorize"), "wizard@example.com").unwrap();
+    let again = browser.get(&b, "/wizard").await;
+    assert_eq!(again.href_of("authorize"), wizard.href_of("authorize"), "B shows the login A started");
+    let done =
+        browser.post(&b, "/wizard", &[("csrf", &again.hidden("csrf")), ("code", &pasted), ("account", "web")]).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Added") && done.body.contains("web"), "{}", done.body);
+    let out = run(&host_a, &url, Some(KEY_B64), &["accounts"], "");
+    assert!(stdout(&out).contains("web"), "the account is in the shared store: {}", stdout(&out));
+
+    // The store keys the session by the cookie's hash, never by the cookie.
+    let store = PgStore::open(&url, EncryptionKey::from_base64(KEY_B64).unwrap()).await.unwrap();
+    let hash = tokenkeeper_server::auth::hash_key(&session);
+    assert!(store.session(&hash, chrono::Utc::now()).await.unwrap().is_some(), "the session is kept by its hash");
+    assert_eq!(store.session(&session, chrono::Utc::now()).await.unwrap(), None, "the cookie itself is a key");
+
+    // Signing out on B ends the session on A as well.
+    let csrf = browser.get(&a, "/").await.hidden("csrf");
+    let out = browser.post(&b, "/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((out.status, out.location.as_str()), (303, "/login"));
+    browser.cookies.push(("tk_session".into(), session.clone()));
+    let after = browser.get(&a, "/").await;
+    assert_eq!((after.status, after.location.as_str()), (303, "/login"), "A still accepts the ended session");
+
+    // Neither the cookie nor the admin token reached a log, and the session is gone from the store.
+    for r in [&a, &b] {
+        assert!(!r.log().contains(&session) && !r.log().contains(ADMIN), "a secret in {}'s log", r.id);
+    }
+    assert_eq!(store.session(&hash, chrono::Utc::now()).await.unwrap(), None, "signed out in the store");
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_on_one_replica_works_on_another_at_once() {
+    let (url, host_a, host_b) = installation().await;
+    let (json, t) = host_a.claude_json("keys@example.com");
+    import(&host_a, &url, "main", &json);
+    let a = Replica::start(&host_a, &host_a.mock, &url, "a", "");
+    let b = Replica::start(&host_b, &host_a.mock, &url, "b", "");
+    let http = reqwest::Client::new();
+    let token_on = |r: &Replica, key: &str| {
+        http.get(format!("{}/api/token?account=main", r.base())).bearer_auth(key.to_owned()).send()
+    };
+    let out = run(&host_a, &url, Some(KEY_B64), &["keys", "create", "--name", "bot", "--scope", "token:read"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = stdout(&out).trim().to_owned();
+    for r in [&b, &a] {
+        let res = token_on(r, &key).await.unwrap();
+        assert_eq!(res.status(), 200, "replica {} refused a key created on host A", r.id);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["access_token"], t.access_token.as_str());
+    }
+    // Revoked on A's host, B refuses it soon after (the change feed empties its key cache).
+    let out = run(&host_a, &url, Some(KEY_B64), &["keys", "revoke", "bot"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if token_on(&b, &key).await.unwrap().status() == 401 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B still accepts the revoked key");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for r in [&a, &b] {
+        assert!(!r.log().contains(&key), "the key in {}'s log", r.id);
+    }
+    a.stop();
+    b.stop();
+}
+
+/// A webhook receiver on loopback that counts what it gets, by account.
+async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), received)
+}
+
+fn firing_for(received: &Mutex<Vec<serde_json::Value>>, account: &str) -> usize {
+    received.lock().unwrap().iter().filter(|a| a["account"] == account && a["status"] == "firing").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_fires_once_for_the_installation_not_once_per_replica() {
+    let (url, host_a, host_b) = installation().await;
+    let (hook, received) = webhook().await;
+    let alerts = format!("[[alerts]]\nkind = \"webhook\"\nname = \"ops\"\nurl = \"{hook}\"\n");
+    // A login whose refresh token the provider revoked, due for refresh: it needs a new login.
+    host_a.mock.set_access_lifetime(std::time::Duration::from_secs(600));
+    let (json, t) = host_a.claude_json("alert@example.com");
+    host_a.mock.revoke(&t.refresh_token);
+    let a = Replica::start(&host_a, &host_a.mock, &url, "a", &alerts);
+    let b = Replica::start(&host_b, &host_a.mock, &url, "b", &alerts);
+    import(&host_a, &url, "main", &json);
+    common::wait_for(|| firing_for(&received, "main") > 0, "the alert for main");
+
+    // The leader goes away; the other replica takes over the alert state and does not repeat it.
+    let (leader, follower) = if a.log().contains("this replica now leads") { (a, b) } else { (b, a) };
+    leader.stop();
+    common::wait_for(|| follower.log().contains("leading: running"), "the follower to take over");
+    // A second incident proves the new leader runs alert passes.
+    // Both replicas refresh at A's mock (each world starts its own; B's config points at A's).
+    let (json, t2) = host_a.claude_json("second@example.com");
+    host_a.mock.revoke(&t2.refresh_token);
+    import(&host_a, &url, "second", &json);
+    common::wait_for(|| firing_for(&received, "second") > 0, "the alert for second from the new leader");
+    assert_eq!(firing_for(&received, "main"), 1, "main alerted more than once: {:?}", received.lock().unwrap());
+    assert_eq!(firing_for(&received, "second"), 1);
+    for body in received.lock().unwrap().iter() {
+        let text = body.to_string();
+        assert!(!text.contains(&t.access_token) && !text.contains(&t.refresh_token), "a token in an alert");
+    }
+    follower.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_pushed_to_one_replica_reaches_the_file_sinks_of_another() {
+    let (url, host_a, host_b) = installation().await;
+    let (json, _) = host_a.claude_json("sink@example.com");
+    import(&host_a, &url, "main", &json);
+    // A file sink on every replica (the default `run_on`), each writing on its own host.
+    let sink = |w: &World| {
+        let path = w.dir.path().join("bot.env");
+        let config = format!(
+            "[[sinks]]\naccount = \"main\"\nkind = \"env_file\"\npath = \"{}\"\nkey = \"CLAUDE_CODE_OAUTH_TOKEN\"\n",
+            path.display()
+        );
+        (path, config)
+    };
+    let (file_a, config_a) = sink(&host_a);
+    let (file_b, config_b) = sink(&host_b);
+    let a = Replica::start(&host_a, &host_a.mock, &url, "a", &config_a);
+    let b = Replica::start(&host_b, &host_a.mock, &url, "b", &config_b);
+    let (newer, t) = host_a.claude_json("sink@example.com");
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/push?account=main", b.base()))
+        .bearer_auth(ADMIN)
+        .body(newer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let line = format!("CLAUDE_CODE_OAUTH_TOKEN={}", t.access_token);
+    for (file, host) in [(&file_a, "A"), (&file_b, "B")] {
+        common::wait_for(
+            || std::fs::read_to_string(file).is_ok_and(|text| text.contains(&line)),
+            &format!("the pushed token in the sink of {host}"),
+        );
+    }
+    for r in [&a, &b] {
+        assert!(!r.log().contains(&t.access_token), "a token in {}'s log", r.id);
+    }
+    a.stop();
+    b.stop();
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokenkeeper_mock::MockProvider;
 
+pub mod serve;
+
 /// A fixed key so tests can open the store themselves.
 pub const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
