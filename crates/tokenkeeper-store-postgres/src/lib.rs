@@ -40,6 +40,7 @@
 //! `usage` (hourly buckets), `refresh_attempts` (the shared budget, last hour only), `state`
 //! (installation-wide JSON values) and `changes` (the feed; a day of it).
 
+mod copy;
 mod feed;
 mod leader;
 mod lock;
@@ -56,6 +57,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokenkeeper_core::{Backend, StoreError};
 use tokenkeeper_crypto::EncryptionKey;
 
+pub use copy::{CopyError, CopyReport};
 pub use feed::{PgChangeFeed, PgSubscription, CHANNEL};
 pub use leader::{PgLeaderGuard, PgLeadership, LEADER_LOCK, PING_EVERY, PING_TIMEOUT};
 pub use lock::{PgAccountGuard, PgAccountLock};
@@ -88,6 +90,18 @@ pub async fn backend_with(options: PgConnectOptions, key: EncryptionKey) -> Resu
 pub fn is_postgres_url(url: &str) -> bool {
     let lower = url.trim_start().to_ascii_lowercase();
     lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Whether `url` carries a password (`user:password@`, or a `password=` parameter), which must
+/// not sit in a config file or a command line. Never shows the URL.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let in_userinfo = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|p| p.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("password")))
+    });
+    in_userinfo || in_query
 }
 
 /// The 64-bit advisory lock key of `name`: the first 8 bytes of SHA-256(`name`), big-endian.
@@ -137,6 +151,16 @@ pub(crate) fn describe(options: &PgConnectOptions) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_found_in_the_userinfo_and_the_query() {
+        assert!(url_has_password("postgres://keeper:hunter2@db/tk"));
+        assert!(url_has_password("postgresql://keeper:@db:5432/tk?sslmode=require"));
+        assert!(url_has_password("postgres://keeper@db/tk?sslmode=require&password=hunter2"));
+        assert!(!url_has_password("postgres://keeper@db:5432/tk?sslmode=verify-full"));
+        assert!(!url_has_password("postgres:///tk?host=/run/postgresql"));
+        assert!(!url_has_password("postgres://db/tk?user=a:b"), "a colon in a parameter is not a password");
+    }
 
     #[test]
     fn advisory_keys_are_stable_and_distinct() {

@@ -61,8 +61,8 @@ const API_KEY_COLUMNS: &str = "id, name, hash, scopes, accounts, created_at, rev
 /// The PostgreSQL store. Cheap to share (`Arc<dyn Store>`); every replica opens its own on the
 /// same database, and they see each other's writes at once.
 pub struct PgStore {
-    pool: PgPool,
-    key: EncryptionKey,
+    pub(crate) pool: PgPool,
+    pub(crate) key: EncryptionKey,
     target: String,
 }
 

@@ -74,6 +74,8 @@ pub enum Command {
         after_help = "Exit status: 0 the schema is current (printed), 1 it could not be migrated (unreachable database, missing privilege, a schema newer than this binary)."
     )]
     Migrate,
+    /// Move the installation between stores: `store copy` copies the SQLite store into an empty PostgreSQL database
+    Store(StoreArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }
@@ -279,6 +281,35 @@ pub enum KeysAction {
         #[arg(value_name = "ID|NAME")]
         key: String,
     },
+}
+
+/// `store`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// What to do
+    #[command(subcommand)]
+    pub action: StoreAction,
+}
+
+/// `store …`.
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Copy the SQLite store of the data directory into an empty PostgreSQL database, then verify it
+    #[command(
+        after_help = "The target is --to, else --to-file, else the configured store (TOKENKEEPER_STORE_URL, [store] url_file, [store] url). A password never goes in --to: put the whole URL in a 0600 file (--to-file) or the environment, or the password in PGPASSWORD or ~/.pgpass. Stop every process using the SQLite store first. The SQLite store is left as it was.\n\nExit status: 0 copied and verified, 1 nothing copied (target not empty, wrong key, unreachable) or the copy did not verify."
+    )]
+    Copy(StoreCopyArgs),
+}
+
+/// `store copy`.
+#[derive(Debug, Args)]
+pub struct StoreCopyArgs {
+    /// The target database, postgres://user@host:port/database (without a password)
+    #[arg(long, value_name = "URL", conflicts_with = "to_file")]
+    pub to: Option<String>,
+    /// A file (mode 0600) whose content is the target URL, password included
+    #[arg(long, value_name = "FILE")]
+    pub to_file: Option<PathBuf>,
 }
 
 /// `server`.

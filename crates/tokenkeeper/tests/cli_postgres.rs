@@ -368,3 +368,113 @@ async fn a_credential_pushed_to_one_replica_reaches_the_file_sinks_of_another() 
     a.stop();
     b.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// `store copy`: from the SQLite store of a data directory to PostgreSQL.
+
+/// The bytes of the SQLite database and the key file (SQLite's `-wal`/`-shm` companions come
+/// and go with every connection, so they are left out).
+fn sqlite_files(w: &World) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = common::read_tree(&w.data_dir());
+    files.retain(|(p, _)| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        !name.ends_with("-wal") && !name.ends_with("-shm")
+    });
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_sqlite_installation_to_postgres_and_serve_hands_out_the_same() {
+    let w = World::new().await;
+    // A SQLite installation with some history: two accounts, one refreshed (version 2), an API
+    // key (and a revoked one), hand-outs counted as usage.
+    let (json, _) = w.claude_json("main@example.com");
+    w.ok(&["import", "-", "--account", "main", "--no-bind"], &json);
+    let (json, _) = w.claude_json("other@example.com");
+    w.ok(&["import", "-", "--account", "other", "--no-bind"], &json);
+    w.ok(&["refresh", "--account", "main", "--force"], "");
+    let key = w.ok(&["keys", "create", "--name", "bot", "--scope", "token:read"], "").trim().to_owned();
+    w.ok(&["keys", "create", "--name", "old", "--scope", "token:read"], "");
+    w.ok(&["keys", "revoke", "old"], "");
+    let main_token = w.ok(&["token", "--account", "main"], "").trim().to_owned();
+    let before = w.store().await.get_account("main").await.unwrap().unwrap();
+    assert_eq!(before.version, 2);
+    let files_before = sqlite_files(&w);
+
+    let cluster = Cluster::get();
+    let db = cluster.create_database().await;
+    let url = cluster.url(db.get_database().unwrap());
+
+    // A password on the command line is refused, without echoing it.
+    let out = w.run(&["store", "copy", "--to", "postgres://keeper:hunter2@127.0.0.1:1/tk"], "");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--to-file") && !stderr(&out).contains("hunter2"), "{}", stderr(&out));
+
+    // The wrong key copies nothing, and says which key was used.
+    let out = w
+        .cmd(&["store", "copy"])
+        .env("TOKENKEEPER_STORE_URL", &url)
+        .env("TOKENKEEPER_KEY", EncryptionKey::generate().to_base64().as_str())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not open with this key") && stderr(&out).contains("TOKENKEEPER_KEY"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The URL from a file (password and all, as a mounted secret would hold it).
+    let url_file = w.dir.path().join("target-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let copied = w.ok(&["store", "copy", "--to-file", url_file.to_str().unwrap()], "");
+    for line in ["accounts", "events", "api_keys", "usage", "state"] {
+        assert!(copied.contains(line), "{copied}");
+    }
+    assert!(copied.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["accounts", "2", "rows"]), "{copied}");
+    assert!(copied.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["api_keys", "2", "rows"]), "{copied}");
+    assert!(copied.contains("2 accounts decrypted with the installation key (TOKENKEEPER_KEY)"), "{copied}");
+    assert_eq!(sqlite_files(&w), files_before, "the SQLite store changed");
+
+    // A second copy finds the target not empty and changes nothing.
+    let out = w.cmd(&["store", "copy"]).env("TOKENKEEPER_STORE_URL", &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not empty (2 accounts"), "{}", stderr(&out));
+
+    // The same account, version and history on PostgreSQL...
+    let pg = PgStore::open(&url, EncryptionKey::from_base64(KEY_B64).unwrap()).await.unwrap();
+    let after = pg.get_account("main").await.unwrap().unwrap();
+    assert_eq!((after.version, after.usage.requests), (before.version, before.usage.requests));
+    assert_eq!(
+        after.credential.refresh_token.as_ref().map(|s| s.expose().to_owned()),
+        before.credential.refresh_token.as_ref().map(|s| s.expose().to_owned())
+    );
+    let sqlite_events = w.store().await.events(None, 100).await.unwrap();
+    assert_eq!(pg.events(None, 100).await.unwrap(), sqlite_events, "events with their ids");
+    assert_eq!(pg.list_api_keys().await.unwrap(), w.store().await.list_api_keys().await.unwrap());
+
+    // ...and `serve` on PostgreSQL hands out the same token to the same API key.
+    let host = World::new().await;
+    let replica = Replica::start(&host, &w.mock, &url, "copied", "");
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/token?account=main", replica.base()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["access_token"], main_token.as_str());
+    replica.stop();
+
+    // `store copy` printed neither a token nor the URL (which names the database's role).
+    assert!(!copied.contains(&main_token) && !copied.contains(&url), "{copied}");
+    assert!(!replica_log_has(&host, &main_token), "a token in the replica's log");
+}
+
+fn replica_log_has(w: &World, needle: &str) -> bool {
+    common::read_tree(w.dir.path())
+        .iter()
+        .any(|(p, bytes)| p.extension().is_some_and(|e| e == "log") && String::from_utf8_lossy(bytes).contains(needle))
+}

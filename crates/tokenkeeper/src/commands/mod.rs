@@ -14,6 +14,7 @@ mod refresh;
 mod serve;
 mod server;
 mod status;
+mod store_copy;
 mod sync;
 mod token;
 
@@ -50,5 +51,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Check(args) => check::run(&global, args).await,
         Command::Doctor(args) => doctor::run(&global, args).await,
         Command::Migrate => migrate::run(&global).await,
+        Command::Store(args) => match args.action {
+            crate::cli::StoreAction::Copy(copy) => store_copy::run(&global, copy).await,
+        },
     }
 }
