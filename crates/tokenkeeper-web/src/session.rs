@@ -127,7 +127,7 @@ impl Sessions {
     }
 
     /// Creates a session; returns its id (the cookie value, which only the browser keeps).
-    /// Ended sessions, the oldest beyond [`MAX_SESSIONS`] and expired wizard logins are pruned
+    /// Ended sessions, the oldest beyond the newest `MAX_SESSIONS` (256) and expired wizard logins are pruned
     /// on the way, so the tables stay small without a background task.
     pub async fn create(&self, flash: Option<Flash>) -> Result<String, KeeperError> {
         let now = self.now();
