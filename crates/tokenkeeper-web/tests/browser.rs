@@ -238,6 +238,23 @@ async fn click(c: &Client, css: &str) {
     with_element(c, css, |e| async move { e.click().await }).await
 }
 
+/// Clicks what submits a form or follows a link, and returns once the browser has replaced
+/// the page: chromedriver's click can return before the answer arrives, and reading the
+/// flash then would read the previous page's.
+async fn submit(c: &Client, css: &str) {
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    click(c, css).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match old.tag_name().await {
+            Err(e) if e.is_stale_element_reference() => return,
+            Err(e) => panic!("waiting for `{css}` to load a page failed: {e}"),
+            Ok(_) if tokio::time::Instant::now() > deadline => panic!("`{css}` loaded no new page within {WAIT:?}"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 async fn fill(c: &Client, css: &str, value: &str) {
     with_element(c, css, |e| async move {
         e.clear().await?;
@@ -317,10 +334,10 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     assert_no_overflow(&c, "login").await;
     shots.shoot(&c, "login-375").await;
     fill(&c, "#token", "wrong token").await;
-    click(&c, "#sign-in").await;
+    submit(&c, "#sign-in").await;
     assert!(text(&c, "#error").await.contains("That is not the admin token"));
     fill(&c, "#token", ADMIN_TOKEN).await;
-    click(&c, "#sign-in").await;
+    submit(&c, "#sign-in").await;
 
     // The dashboard.
     assert_eq!(text(&c, "#flash").await, "Signed in.");
@@ -331,7 +348,7 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     assert_no_overflow(&c, "dashboard").await;
 
     // The login wizard: the authorize link opens the provider in a new tab.
-    click(&c, "a[href='/wizard']").await;
+    submit(&c, "a[href='/wizard']").await;
     assert_no_overflow(&c, "wizard").await;
     shots.shoot(&c, "wizard-375").await;
     let page_tab = c.window().await.unwrap();
@@ -345,7 +362,7 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     c.switch_to_window(page_tab).await.unwrap();
     fill(&c, "#code", &code).await;
     fill(&c, "#account", "browser").await;
-    click(&c, "#finish-login").await;
+    submit(&c, "#finish-login").await;
     let result = text(&c, "#result").await;
     assert!(result.contains("Added browser (browser@example.com): valid for ") && fresh(&result), "{result}");
     assert!(site.keeper.store().get_account("browser").await.unwrap().is_some());
@@ -363,14 +380,14 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     assert!(text(&c, "#curl-command").await.contains(&format!("curl -X POST {base}/api/push")));
     fill(&c, "#credential", &json).await;
     fill(&c, "#account", "pasted").await;
-    click(&c, "#store").await;
+    submit(&c, "#store").await;
     let flash = text(&c, "#flash").await;
     assert!(flash.starts_with("Added pasted: valid for ") && fresh(&flash), "{flash}");
     assert!(!c.source().await.unwrap().contains(&pasted.access_token), "no token on the page");
 
     // Refresh one account.
     let before = site.mock.counts().refresh_ok;
-    click(&c, "#refresh-main").await;
+    submit(&c, "#refresh-main").await;
     let flash = text(&c, "#flash").await;
     assert!(flash.starts_with("Refreshed main: valid for"), "{flash}");
     assert_eq!(site.mock.counts().refresh_ok, before + 1);
@@ -378,11 +395,11 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     shots.shoot(&c, "dashboard-375").await;
 
     // Remove another, through the confirm page.
-    click(&c, "#remove-spare").await;
+    submit(&c, "#remove-spare").await;
     assert!(text(&c, "h1").await.contains("Remove spare?"));
     assert_no_overflow(&c, "confirm").await;
     shots.shoot(&c, "remove-375").await;
-    click(&c, "#confirm-remove").await;
+    submit(&c, "#confirm-remove").await;
     assert_eq!(text(&c, "#flash").await, "Removed spare. Its sinks keep their last written token.");
     assert!(c.find(Locator::Css("#account-spare")).await.is_err(), "gone from the dashboard");
     assert!(site.keeper.store().get_account("spare").await.unwrap().is_none());
@@ -394,7 +411,7 @@ async fn a_person_manages_accounts_from_a_phone_browser() {
     shots.shoot(&c, "dashboard-1280").await;
 
     // Sign out.
-    click(&c, "#logout").await;
+    submit(&c, "#logout").await;
     find(&c, "#sign-in").await;
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
     c.goto(&format!("{base}/")).await.unwrap();
@@ -423,7 +440,7 @@ async fn serve_app(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<(
 async fn sign_in(c: &Client, base: &str) {
     c.goto(&format!("{base}/")).await.unwrap();
     fill(c, "#token", support::ADMIN_TOKEN).await;
-    click(c, "#sign-in").await;
+    submit(c, "#sign-in").await;
     find(c, "#summary").await;
 }
 
@@ -578,7 +595,7 @@ async fn the_dashboard_shows_a_fleet_at_a_glance_on_a_phone_a_desktop_and_withou
     c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
     assert_accessible(&c, &axe, "dashboard at 1280 px").await;
     // Filters live in the query string: a count links to its level.
-    click(&c, "#count-needs-login").await;
+    submit(&c, "#count-needs-login").await;
     find(&c, "#shown").await;
     assert!(c.current_url().await.unwrap().query().unwrap_or_default().contains("level=needs-login"));
     assert_eq!(text(&c, "#shown").await, "Showing 1 of 6 accounts.");
@@ -596,7 +613,7 @@ async fn the_dashboard_shows_a_fleet_at_a_glance_on_a_phone_a_desktop_and_withou
     assert_eq!(bar.attr("width").await.unwrap().as_deref(), Some("625"));
     // The filter form is a plain GET form.
     fill(&c, "#f-q", "lap").await;
-    click(&c, "#apply-filters").await;
+    submit(&c, "#apply-filters").await;
     find(&c, "#clear-filters").await;
     assert!(c.current_url().await.unwrap().query().unwrap_or_default().contains("q=lap"));
     assert_eq!(text(&c, "#shown").await, "Showing 2 of 6 accounts.");
