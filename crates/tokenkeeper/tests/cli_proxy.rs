@@ -198,6 +198,19 @@ async fn a_rate_limited_account_shows_its_cooldown_in_oauth_status_status_and_po
     let text = w.ok(&["status"], "");
     assert!(text.contains("proxy a: cooling down (all models) until"), "{text}");
     assert!(!text.contains("proxy b:"), "{text}");
+    // `status --json` says the same, with `pool --json`'s field names.
+    let rows: serde_json::Value = serde_json::from_str(&w.ok(&["status", "--json"], "")).unwrap();
+    let row = |n: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == n).cloned().unwrap();
+    let (a, b) = (row("a"), row("b"));
+    assert_eq!(a["pool_state"], "cooling_down");
+    let until = chrono::DateTime::parse_from_rfc3339(a["cooldown_until"].as_str().unwrap()).unwrap().timestamp();
+    assert!((now + 590..=now + 610).contains(&until), "until the reset the headers gave: {until} vs {now}");
+    assert_eq!(a["cooldowns"].as_array().unwrap().len(), 1, "{a}");
+    assert_eq!(a["cooldowns"][0]["until"], a["cooldown_until"]);
+    assert!(a["cooldowns"][0]["reason"].as_str().unwrap().contains("429"), "{a}");
+    assert_eq!((b["pool_state"].as_str(), b["cooldown_until"].is_null()), (Some("active"), true), "{b}");
+    assert_eq!(b["cooldowns"], serde_json::json!([]));
+    assert!(a["expires_at"].is_string() && a["status"].is_string(), "the account's status fields stay: {a}");
 
     let pools: serde_json::Value = serde_json::from_str(&w.ok(&["pool", "--json"], "")).unwrap();
     let default = &pools.as_array().unwrap()[0];

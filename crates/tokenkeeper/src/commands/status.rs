@@ -1,11 +1,28 @@
 //! `tokenkeeper status`.
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokenkeeper_core::pool::{cooldown_until, cooldowns_by_account, Cooldown, PoolState, COOLDOWN_PREFIX};
 
 use crate::app::App;
 use crate::cli::StatusArgs;
 use crate::exit;
 use crate::output::{account_status, status_table};
+
+/// One account of `status --json`: its status, and the API proxy's view of it with the same
+/// field names as `pool --json` members (`cooldown_until` and each cooldown's `until` in RFC 3339).
+#[derive(Serialize)]
+struct JsonRow<'a> {
+    #[serde(flatten)]
+    status: &'a crate::output::AccountStatus,
+    /// `active`, `cooling_down` (every model) or `needs_login`.
+    pool_state: PoolState,
+    /// When the account-wide cooldown ends, if one runs.
+    cooldown_until: Option<DateTime<Utc>>,
+    /// Every cooldown still running (per model family included), earliest first.
+    cooldowns: Vec<Cooldown>,
+}
 
 pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
     let now = app.keeper.clock().now();
@@ -16,6 +33,25 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
     let recorded = crate::output::recorded_sinks(app.store.as_ref()).await;
     let rows: Vec<_> = accounts.iter().map(|a| account_status(&app.config, &recorded, a, now)).collect();
     if args.json {
+        let mut cooldowns = match app.store.list_state(COOLDOWN_PREFIX).await {
+            Ok(stored) => cooldowns_by_account(stored),
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read the proxy's cooldowns from the store")),
+        };
+        let rows: Vec<JsonRow<'_>> = rows
+            .iter()
+            .zip(&accounts)
+            .map(|(status, account)| {
+                let mut running = cooldowns.remove(&account.name).unwrap_or_default();
+                running.retain(|c| c.until > now);
+                running.sort_by_key(|c| c.until);
+                JsonRow {
+                    status,
+                    pool_state: PoolState::of(account, &running, now),
+                    cooldown_until: cooldown_until(&running, now),
+                    cooldowns: running,
+                }
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
         println!("No accounts yet: run `tokenkeeper login` or `tokenkeeper import`.");
@@ -32,7 +68,6 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<i32> {
 /// The API proxy's cooldowns still running (stored by any replica; each ends by itself at its
 /// time): a rate-limited account gets no proxied requests until then.
 async fn print_cooldowns(app: &App, only: Option<&str>, now: chrono::DateTime<chrono::Utc>) {
-    use tokenkeeper_core::pool::{cooldowns_by_account, COOLDOWN_PREFIX};
     let Ok(stored) = app.store.list_state(COOLDOWN_PREFIX).await else { return };
     let mut by_account: Vec<_> = cooldowns_by_account(stored).into_iter().collect();
     by_account.sort_by(|a, b| a.0.cmp(&b.0));
