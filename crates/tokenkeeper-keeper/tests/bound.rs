@@ -66,7 +66,6 @@ async fn newer_token_from_claude_code_is_adopted_not_refreshed_again() {
     let (file, binding) = bound(&env);
     env.seed("main", Some(binding), Mode::Own).await;
     // Claude Code logs in again (or refreshed): a newer credential lands in the file.
-    let t = env.mock.issue_login("main@example.com");
     env.clock.advance(chrono::Duration::minutes(1));
     let t2 = env.mock.issue_login("main@example.com");
     let newer = support::Env::credential(&t2);
@@ -74,7 +73,6 @@ async fn newer_token_from_claude_code_is_adopted_not_refreshed_again() {
     let a = env.keeper.sync_bound("main").await.unwrap();
     assert_eq!(a.credential.access_token.expose(), t2.access_token);
     assert_eq!(env.mock.counts().refresh_ok, 0);
-    let _ = t;
 }
 
 #[tokio::test]
