@@ -178,10 +178,12 @@ async fn sigkill_during_two_hundred_refresh_cycles_loses_nothing_outside_the_com
     );
 }
 
+/// `refresh` exits with the code a script branches on: 3 not needed, 0 refreshed, 5 try
+/// later, 4 needs a login (and says which command).
 #[tokio::test(flavor = "multi_thread")]
-async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
+async fn refresh_exit_codes() {
     let w = World::new().await;
-    let (json, t) = w.claude_json("exit@example.com");
+    let (json, _) = w.claude_json("exit@example.com");
     w.ok(&["import", "-"], &json);
     // Not needed: 3.
     let out = w.run(&["refresh", "--if-needed"], "");
@@ -200,8 +202,13 @@ async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
     let out = w.run(&["refresh"], "");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("tokenkeeper login"), "{}", stderr(&out));
-    let _ = t;
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_stops_cleanly_on_sigterm() {
+    let w = World::new().await;
+    let (json, _) = w.claude_json("exit@example.com");
+    w.ok(&["import", "-"], &json);
     let mut daemon = spawn_daemon(&w);
     wait_ready(&w, 1);
     let pid = daemon.id().to_string();
