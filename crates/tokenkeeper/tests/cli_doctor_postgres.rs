@@ -1,6 +1,6 @@
 //! `tokenkeeper doctor` on a PostgreSQL store, through the real binary and a throwaway cluster:
-//! a healthy replica is all `ok` and names the leader; an unreachable server, a missing
-//! database, a schema behind or ahead of the binary and a key that does not open the
+//! a healthy replica is all `ok` and names the leader; an unreachable server, a refused role, a
+//! missing database, a schema behind or ahead of the binary and a key that does not open the
 //! credentials are each named with the next step, in the words a user reads, and never with
 //! the password or the key.
 
@@ -156,6 +156,30 @@ async fn a_missing_database_says_to_create_it() {
             target(&url)
         )
     );
+    assert_eq!(code(&out), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_role_says_to_correct_it() {
+    let cluster = Cluster::get();
+    let w = World::new().await;
+    make_data_dir(&w);
+    let db = cluster.create_database().await;
+    let url = format!(
+        "postgres://no_such_role@localhost:5432/{}?host={}",
+        db.get_database().unwrap(),
+        cluster.dir().display()
+    );
+    let out = doctor(&w, &url, Some(KEY_B64));
+    assert_eq!(
+        line_with(&out, "store: "),
+        format!(
+            "fail  store: {} (from TOKENKEEPER_STORE_URL) refused the role or its password  — fix: correct the role or \
+             password in TOKENKEEPER_STORE_URL, or allow this host in the server's pg_hba.conf",
+            target(&url)
+        )
+    );
+    assert!(target(&url).contains("as `no_such_role`"), "{}", target(&url));
     assert_eq!(code(&out), 2);
 }
 
