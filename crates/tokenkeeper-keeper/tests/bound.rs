@@ -7,6 +7,7 @@ mod support;
 
 use tokenkeeper_core::Clock;
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokenkeeper_core::formats::{parse_credential, render_claude_credentials};
 use tokenkeeper_core::store::EventKind;
 use tokenkeeper_core::{Binding, BindingKind, Mode, Store};
@@ -66,7 +67,6 @@ async fn newer_token_from_claude_code_is_adopted_not_refreshed_again() {
     let (file, binding) = bound(&env);
     env.seed("main", Some(binding), Mode::Own).await;
     // Claude Code logs in again (or refreshed): a newer credential lands in the file.
-    let t = env.mock.issue_login("main@example.com");
     env.clock.advance(chrono::Duration::minutes(1));
     let t2 = env.mock.issue_login("main@example.com");
     let newer = support::Env::credential(&t2);
@@ -74,7 +74,6 @@ async fn newer_token_from_claude_code_is_adopted_not_refreshed_again() {
     let a = env.keeper.sync_bound("main").await.unwrap();
     assert_eq!(a.credential.access_token.expose(), t2.access_token);
     assert_eq!(env.mock.counts().refresh_ok, 0);
-    let _ = t;
 }
 
 #[tokio::test]
@@ -106,15 +105,22 @@ async fn a_half_written_file_that_completes_is_adopted_not_clobbered() {
     let t = env.mock.issue_login("main@example.com");
     let full = render_claude_credentials(None, &support::Env::credential(&t)).unwrap();
     std::fs::write(&file, &full[..full.len() / 3]).unwrap();
+    // The rest lands only once the keeper's first read of the file has finished (inotify's
+    // IN_CLOSE_NOWRITE: nothing else reads it), so that read saw the half and the login can
+    // only be adopted by the recheck. A recheck that gave up too soon would repair instead.
+    let inotify = Inotify::init(InitFlags::empty()).unwrap();
+    inotify.add_watch(&file, AddWatchFlags::IN_CLOSE_NOWRITE).unwrap();
     let finisher = {
         let (file, full) = (file.clone(), full.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        std::thread::spawn(move || {
+            let events = inotify.read_events().unwrap();
+            assert!(!events.is_empty());
             std::fs::write(&file, full).unwrap();
         })
     };
     let a = env.keeper.sync_bound("main").await.unwrap();
-    finisher.await.unwrap();
+    // Only now join: if the keeper never read the file, this assertion fails instead of a hang.
     assert_eq!(a.credential.access_token.expose(), t.access_token, "the completed login was not adopted");
+    finisher.join().unwrap();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), full, "the new login was clobbered");
 }

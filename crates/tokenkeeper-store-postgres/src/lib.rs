@@ -42,6 +42,7 @@
 
 mod copy;
 mod feed;
+mod inspect;
 mod leader;
 mod lock;
 mod migrate;
@@ -59,6 +60,9 @@ use tokenkeeper_crypto::EncryptionKey;
 
 pub use copy::{CopyError, CopyReport};
 pub use feed::{PgChangeFeed, PgSubscription, CHANNEL};
+pub use inspect::{
+    binary_schema_version, decrypt_all, describe_url, inspect, ConnectProblem, Inspection, CONNECT_TIMEOUT,
+};
 pub use leader::{PgLeaderGuard, PgLeadership, LEADER_LOCK, PING_EVERY, PING_TIMEOUT};
 pub use lock::{PgAccountGuard, PgAccountLock};
 pub use sqlx::postgres::PgConnectOptions as ConnectOptions;

@@ -88,6 +88,11 @@ impl PgStore {
         Ok(PgStore { pool, key, target })
     }
 
+    /// A store on `pool` as it is, without migrating (for `doctor`, which only looks).
+    pub(crate) fn unmigrated(pool: PgPool, key: EncryptionKey, target: String) -> PgStore {
+        PgStore { pool, key, target }
+    }
+
     /// Applies pending migrations to the database at `url` and returns the schema version now
     /// in force, for the `tokenkeeper migrate` command. [`PgStore::open`] does the same on every start; calling this first
     /// only makes the upgrade a separate step.

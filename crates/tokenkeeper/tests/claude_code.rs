@@ -37,18 +37,16 @@ fn claude() -> PathBuf {
 fn spawn_serve(w: &World, port: u16) -> Child {
     w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
-    let child = w
-        .cmd(&["serve"])
+    let ready = common::Ready::new();
+    let child = ready
+        .attach(&mut w.cmd(&["serve"]))
         .env("TOKENKEEPER_ADMIN_TOKEN", "claude-code-test-admin")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    common::wait_for(
-        || std::fs::read_to_string(w.dir.path().join("serve.log")).unwrap_or_default().contains(" ready"),
-        "serve to be ready",
-    );
+    ready.wait("serve");
     child
 }
 

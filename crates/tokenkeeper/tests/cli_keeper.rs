@@ -23,8 +23,19 @@ fn daemon_log(w: &World) -> String {
     std::fs::read_to_string(w.dir.path().join("daemon.log")).unwrap_or_default()
 }
 
-fn wait_ready(w: &World, nth: usize) {
-    common::wait_for(|| daemon_log(w).matches(" ready").count() >= nth, "the daemon to be ready");
+/// [`spawn_daemon`], and waits until it says it is ready.
+fn start_daemon(w: &World) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("daemon.log")).unwrap();
+    let ready = common::Ready::new();
+    let child = ready
+        .attach(&mut w.cmd(&["serve", "--no-http"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ready.wait("the daemon");
+    child
 }
 
 /// Makes the stored credential due (as if time had passed) without spending anything.
@@ -62,8 +73,7 @@ async fn eight_processes_a_hundred_rounds_one_refresh_each() {
     w.write_config("[keeper]\nmax_attempts_per_hour = 100000\n");
     let (json, _) = w.claude_json("race@example.com");
     w.ok(&["import", "-"], &json);
-    let mut daemon = spawn_daemon(&w);
-    wait_ready(&w, 1);
+    let mut daemon = start_daemon(&w);
     let store = w.store().await;
     let script = w.dir.path().join("print-token.sh");
     std::fs::write(&script, "#!/bin/sh\nprintf '%s' \"$CLAUDE_CODE_OAUTH_TOKEN\"\n").unwrap();
@@ -178,10 +188,12 @@ async fn sigkill_during_two_hundred_refresh_cycles_loses_nothing_outside_the_com
     );
 }
 
+/// `refresh` exits with the code a script branches on: 3 not needed, 0 refreshed, 5 try
+/// later, 4 needs a login (and says which command).
 #[tokio::test(flavor = "multi_thread")]
-async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
+async fn refresh_exit_codes() {
     let w = World::new().await;
-    let (json, t) = w.claude_json("exit@example.com");
+    let (json, _) = w.claude_json("exit@example.com");
     w.ok(&["import", "-"], &json);
     // Not needed: 3.
     let out = w.run(&["refresh", "--if-needed"], "");
@@ -200,10 +212,14 @@ async fn serve_stops_cleanly_on_sigterm_and_refresh_exit_codes() {
     let out = w.run(&["refresh"], "");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("tokenkeeper login"), "{}", stderr(&out));
-    let _ = t;
+}
 
-    let mut daemon = spawn_daemon(&w);
-    wait_ready(&w, 1);
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_stops_cleanly_on_sigterm() {
+    let w = World::new().await;
+    let (json, _) = w.claude_json("exit@example.com");
+    w.ok(&["import", "-"], &json);
+    let mut daemon = start_daemon(&w);
     let pid = daemon.id().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -257,8 +273,7 @@ async fn storm_run(lead: &str, refreshes: usize) -> (Vec<chrono::DateTime<chrono
     w.mock.set_access_lifetime(STORM_LIFETIME);
     let (json, _) = w.claude_json("storm@example.com");
     w.ok(&["import", "-", "--account", "main"], &json);
-    let mut daemon = spawn_daemon(&w);
-    wait_ready(&w, 1);
+    let mut daemon = start_daemon(&w);
     let store = w.store().await;
     let kinds = [EventKind::Imported, EventKind::Refreshed];
     let deadline = Instant::now() + Duration::from_secs(45);

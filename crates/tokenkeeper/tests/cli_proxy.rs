@@ -23,20 +23,17 @@ fn free_port() -> u16 {
 fn spawn_serve(w: &World, config: &str) -> Child {
     w.write_config(config);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
-    let child = w
-        .cmd(&["serve"])
+    let ready = common::Ready::new();
+    let child = ready
+        .attach(&mut w.cmd(&["serve"]))
         .env("TOKENKEEPER_ADMIN_TOKEN", ADMIN)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    common::wait_for(|| serve_log(w).contains(" ready"), "serve to be ready");
+    ready.wait("serve");
     child
-}
-
-fn serve_log(w: &World) -> String {
-    std::fs::read_to_string(w.dir.path().join("serve.log")).unwrap_or_default()
 }
 
 fn sigterm(child: &Child) {

@@ -43,9 +43,9 @@ fn serve(r: &mut Replica, i: usize, url: &str, token_url: &str) {
     r.starts += 1;
     let log_path = r.world.dir.path().join(format!("serve-{}.log", r.starts));
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = r
-        .world
-        .cmd(&["serve"])
+    let ready = common::Ready::new();
+    let child = ready
+        .attach(&mut r.world.cmd(&["serve"]))
         .env("TOKENKEEPER_STORE_URL", url)
         .env("TOKENKEEPER_ANTHROPIC_TOKEN_URL", token_url)
         .env("RUST_LOG", "info")
@@ -54,7 +54,7 @@ fn serve(r: &mut Replica, i: usize, url: &str, token_url: &str) {
         .stderr(log)
         .spawn()
         .unwrap();
-    common::wait_for(|| std::fs::read_to_string(&log_path).unwrap_or_default().contains(" ready"), "serve ready");
+    ready.wait(&format!("replica r{i}"));
     r.child = Some(child);
 }
 

@@ -27,15 +27,16 @@ fn spawn_serve(w: &World, port: u16) -> Child {
 fn spawn_serve_with(w: &World, port: u16, more_config: &str) -> Child {
     w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{more_config}"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
-    let child = w
-        .cmd(&["serve"])
+    let ready = common::Ready::new();
+    let child = ready
+        .attach(&mut w.cmd(&["serve"]))
         .env("TOKENKEEPER_ADMIN_TOKEN", ADMIN)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    common::wait_for(|| serve_log(w).contains(" ready"), "serve to be ready");
+    ready.wait("serve");
     child
 }
 
@@ -215,8 +216,15 @@ async fn serve_no_http_starts_no_listener() {
     let port = free_port();
     w.write_config(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(w.dir.path().join("serve.log")).unwrap();
-    let child = w.cmd(&["serve", "--no-http"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-    common::wait_for(|| serve_log(&w).contains(" ready"), "serve to be ready");
+    let ready = common::Ready::new();
+    let child = ready
+        .attach(&mut w.cmd(&["serve", "--no-http"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ready.wait("serve");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing listens with --no-http");
     assert!(!w.data_dir().join("admin-token").exists());
     stop(child);

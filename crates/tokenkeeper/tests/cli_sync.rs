@@ -65,13 +65,16 @@ async fn serve_delivers_an_import_made_by_another_process() {
     let (json, _) = w.claude_json("sync@example.com");
     w.ok(&["import", "-"], &json);
     let log = std::fs::File::create(w.dir.path().join("daemon.log")).unwrap();
-    let mut daemon =
-        w.cmd(&["serve", "--no-http"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let ready = common::Ready::new();
+    let mut daemon = ready
+        .attach(&mut w.cmd(&["serve", "--no-http"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     let env_path = w.dir.path().join("out/bot.env");
-    common::wait_for(
-        || std::fs::read_to_string(w.dir.path().join("daemon.log")).unwrap_or_default().contains(" ready"),
-        "serve to be ready",
-    );
+    ready.wait("serve");
     // Another process imports a newer credential.
     let (json2, t2) = w.claude_json("sync@example.com");
     w.ok(&["import", "-"], &json2);

@@ -2,7 +2,8 @@
 //! each finding with the exact command or action that fixes it.
 //!
 //! Checks, in order: the config loads; the data directory and its secret files have private
-//! modes; each account's token, time left, refresh-token age and state, and whether
+//! modes; on PostgreSQL, the connection, the schema version, the key and the leader
+//! ([`postgres`]); each account's token, time left, refresh-token age and state, and whether
 //! `[keeper] lead` is shorter than its token's lifetime; the provider's token
 //! endpoint answers (a harmless request that spends nothing); with `--probe`, a real one-token
 //! API call with each account's token; bound Claude Code files and file sinks are writable and
@@ -13,6 +14,7 @@
 
 mod files;
 mod net;
+mod postgres;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -209,8 +211,27 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Vec<Finding> {
 
     // Without a config the rest would check against settings that are not the user's.
     let Some(config) = config else { return findings };
-    let accounts = match &data_dir {
-        Some(dir) if dir.join(DATABASE_FILE_NAME).exists() => match open_accounts(global).await {
+    let store_url = match app::store_url(&config) {
+        Ok(u) => u,
+        Err(e) => {
+            findings.push(Finding::fail(format!("{e:#}"), "correct [store] url_file, or unset it to use [store] url"));
+            return findings;
+        }
+    };
+    let accounts = match (&store_url, &data_dir) {
+        (Some((url, origin)), _) if tokenkeeper_store_postgres::is_postgres_url(url) => {
+            let (f, accounts) = postgres::checks(url, origin, data_dir.as_deref()).await;
+            findings.extend(f);
+            accounts
+        }
+        (Some((_, origin)), _) => {
+            findings.push(Finding::fail(
+                format!("{origin} is not a postgres:// or postgresql:// URL (not shown: it may hold a password)"),
+                "correct it, or remove it to use the embedded store in the data directory",
+            ));
+            Vec::new()
+        }
+        (None, Some(dir)) if dir.join(DATABASE_FILE_NAME).exists() => match open_accounts(global).await {
             Ok(a) => a,
             Err(f) => {
                 findings.push(f);

@@ -172,6 +172,50 @@ pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// `serve`'s own readiness signal, the one systemd reads: a datagram socket given to one `serve`
+/// as `NOTIFY_SOCKET` ([`Ready::attach`]), on which it sends `READY=1` once it is up (and
+/// `STOPPING=1` when it stops). Tests wait on this rather than on the wording of a log line.
+/// One per process: nothing else reads the socket, and a few datagrams fit its queue.
+pub struct Ready {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    /// Holds the socket file; a short path under the system temp directory (the limit is 108 bytes).
+    _dir: tempfile::TempDir,
+}
+
+impl Ready {
+    pub fn new() -> Ready {
+        let dir = tempfile::Builder::new().prefix("tk-notify").tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        Ready { socket, path, _dir: dir }
+    }
+
+    /// Gives `cmd` this socket as `NOTIFY_SOCKET`.
+    pub fn attach<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("NOTIFY_SOCKET", &self.path)
+    }
+
+    /// Waits up to 20 s (as [`wait_for`]) for `READY=1`; `what` names the process in the failure.
+    pub fn wait(&self, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 512];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for READY=1 from {what}");
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            match self.socket.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => return,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    panic!("timed out waiting for READY=1 from {what}")
+                }
+                Err(e) => panic!("reading the notify socket of {what}: {e}"),
+            }
+        }
+    }
+}
+
 pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !cond() {

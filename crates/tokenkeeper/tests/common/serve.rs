@@ -38,8 +38,9 @@ impl Replica {
         ));
         let log = w.dir.path().join(format!("serve-{id}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = w
-            .cmd(&["serve"])
+        let ready = super::Ready::new();
+        let child = ready
+            .attach(&mut w.cmd(&["serve"]))
             .env("TOKENKEEPER_STORE_URL", url)
             .env("TOKENKEEPER_ADMIN_TOKEN", ADMIN)
             .env("TOKENKEEPER_ANTHROPIC_TOKEN_URL", provider.token_url())
@@ -52,7 +53,7 @@ impl Replica {
             .spawn()
             .unwrap();
         let r = Replica { id: id.to_owned(), port, log, child: Some(child) };
-        super::wait_for(|| r.log().contains(" ready"), "serve to be ready");
+        ready.wait(&format!("replica {id}"));
         r
     }
 
