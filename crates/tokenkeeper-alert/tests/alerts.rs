@@ -581,6 +581,7 @@ fn account(name: &str, n: usize, now: DateTime<Utc>) -> Account {
             scopes: vec!["user:inference".into()],
             subscription_type: Some("max".into()),
             rate_limit_tier: None,
+            provider_data: None,
         },
         version: 1,
         email: Some(format!("{name}@example.com")),

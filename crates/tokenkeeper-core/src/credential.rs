@@ -32,6 +32,12 @@ pub struct Credential {
     /// Rate-limit tier reported by Claude Code, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_tier: Option<String>,
+    /// What a provider keeps beside the tokens and needs again to write its CLI's file (Codex
+    /// and Gemini CLI: the `id_token`; Codex: the `account_id`): a JSON object only that
+    /// provider reads. Sealed with the tokens in the store, since an `id_token` is a bearer
+    /// of identity; `None` for Anthropic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_data: Option<Secret>,
 }
 
 /// What the never-regress rule decided about an incoming credential.
@@ -120,6 +126,7 @@ pub(crate) mod tests {
             scopes: vec!["user:inference".into()],
             subscription_type: None,
             rate_limit_tier: None,
+            provider_data: None,
         }
     }
 

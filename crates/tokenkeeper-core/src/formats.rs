@@ -117,6 +117,7 @@ pub fn parse_credential(input: &str, now: DateTime<Utc>) -> Result<ParsedCredent
                 scopes: vec!["user:inference".into()],
                 subscription_type: None,
                 rate_limit_tier: None,
+                provider_data: None,
             };
             return Ok(ParsedCredential { credential, format: Format::ApiKey, email: None });
         }
@@ -132,6 +133,7 @@ pub fn parse_credential(input: &str, now: DateTime<Utc>) -> Result<ParsedCredent
             scopes: vec!["user:inference".into()],
             subscription_type: None,
             rate_limit_tier: None,
+            provider_data: None,
         };
         return Ok(ParsedCredential { credential, format: Format::BareToken, email: None });
     }
@@ -241,6 +243,7 @@ fn finish(
         scopes,
         subscription_type: None,
         rate_limit_tier: None,
+        provider_data: None,
     })
 }
 

@@ -35,6 +35,7 @@ fn credential(access: &str, refresh: &str, expires_ms: i64) -> Credential {
         scopes: vec!["user:inference".into()],
         subscription_type: None,
         rate_limit_tier: None,
+        provider_data: None,
     }
 }
 

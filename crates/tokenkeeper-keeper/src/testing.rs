@@ -151,6 +151,7 @@ impl Env {
             scopes: vec!["user:inference".into(), "user:profile".into()],
             subscription_type: Some("max".into()),
             rate_limit_tier: None,
+            provider_data: None,
         }
     }
 

@@ -81,6 +81,7 @@ impl TokenGrant {
             scopes,
             subscription_type: previous.and_then(|p| p.subscription_type.clone()),
             rate_limit_tier: previous.and_then(|p| p.rate_limit_tier.clone()),
+            provider_data: None,
         }
     }
 }
@@ -100,6 +101,7 @@ mod tests {
             scopes: vec!["user:inference".into()],
             subscription_type: Some("max".into()),
             rate_limit_tier: Some("default_claude_max_20x".into()),
+            provider_data: None,
         }
     }
 

@@ -11,8 +11,12 @@ mod client;
 mod error;
 mod grant;
 mod pkce;
+mod provider;
 
 pub use client::{OAuthClient, TokenOutcome};
 pub use error::{LoginError, ProviderError};
 pub use grant::TokenGrant;
 pub use pkce::{parse_pasted_code, PastedCode, PkceLogin};
+pub use provider::{
+    ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider, Providers,
+};

@@ -108,6 +108,7 @@ async fn an_answer_without_refresh_token_keeps_the_old_one() {
         scopes: vec!["user:inference".into()],
         subscription_type: Some("max".into()),
         rate_limit_tier: Some("tier".into()),
+        provider_data: None,
     };
     mock.push_fault(Fault::OmitRefreshToken);
     let TokenOutcome::Success(grant) = client.refresh(previous.refresh_token.as_ref().unwrap(), &scopes()).await else {

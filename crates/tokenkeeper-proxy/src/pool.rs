@@ -266,6 +266,7 @@ mod tests {
                 scopes: vec![],
                 subscription_type: None,
                 rate_limit_tier: None,
+                provider_data: None,
             },
             version: 1,
             email: None,

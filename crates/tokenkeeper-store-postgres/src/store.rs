@@ -170,6 +170,7 @@ impl PgStore {
                 scopes,
                 subscription_type: column(row, n, "subscription_type")?,
                 rate_limit_tier: column(row, n, "rate_limit_tier")?,
+                provider_data: None,
             },
             version: column(row, n, "version")?,
             email: column(row, n, "email")?,

@@ -222,6 +222,7 @@ impl SqliteStore {
                 scopes,
                 subscription_type: column(row, n, "subscription_type")?,
                 rate_limit_tier: column(row, n, "rate_limit_tier")?,
+                provider_data: None,
             },
             version: column(row, n, "version")?,
             email: column(row, n, "email")?,
@@ -1103,6 +1104,7 @@ mod tests {
                 scopes: vec![],
                 subscription_type: None,
                 rate_limit_tier: None,
+                provider_data: None,
             },
             email: None,
             organization: None,
@@ -1141,6 +1143,7 @@ mod tests {
             scopes: vec![],
             subscription_type: None,
             rate_limit_tier: None,
+            provider_data: None,
         };
         let update = CredentialUpdate {
             expected_version: 1,

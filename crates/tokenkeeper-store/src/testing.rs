@@ -43,6 +43,7 @@ pub fn credential(access: &str, refresh: Option<&str>, expires_minutes: i64) -> 
         scopes: vec!["user:inference".to_owned(), "user:profile".to_owned()],
         subscription_type: Some("max".to_owned()),
         rate_limit_tier: Some("default_claude_max_20x".to_owned()),
+        provider_data: None,
     }
 }
 

@@ -21,6 +21,7 @@ pub fn account(name: &str, token: &str) -> Account {
             scopes: vec!["user:inference".into()],
             subscription_type: None,
             rate_limit_tier: None,
+            provider_data: None,
         },
         version: 1,
         email: None,

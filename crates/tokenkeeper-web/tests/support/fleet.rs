@@ -34,6 +34,7 @@ fn credential(name: &str, n: u32, expires_at: DateTime<Utc>) -> Credential {
         scopes: vec!["user:inference".into(), "user:profile".into()],
         subscription_type: Some("max".into()),
         rate_limit_tier: None,
+        provider_data: None,
     }
 }
 
