@@ -28,6 +28,9 @@ pub struct TokenGrant {
     pub organization: Option<String>,
     /// `account.uuid`, when given.
     pub account_uuid: Option<String>,
+    /// What the provider keeps beside the tokens (see [`Credential::provider_data`]), when
+    /// this answer brought new data; `None` keeps the previous credential's.
+    pub provider_data: Option<Secret>,
 }
 
 impl TokenGrant {
@@ -64,12 +67,14 @@ impl TokenGrant {
             email: text(account.and_then(|a| a.get("email_address"))).map(str::to_owned),
             organization: text(organization.and_then(|o| o.get("name"))).map(str::to_owned),
             account_uuid: text(account.and_then(|a| a.get("uuid"))).map(str::to_owned),
+            provider_data: None,
         })
     }
 
     /// The credential to store, answered at `now`. A missing refresh token keeps `previous`'s
     /// (the provider did not rotate it); missing scopes keep `previous`'s; the subscription type
-    /// and rate-limit tier, which the token endpoint does not report, are carried over.
+    /// and rate-limit tier, which the token endpoint does not report, are carried over, and so is
+    /// `previous`'s provider data when the grant brings none.
     pub fn into_credential(self, now: DateTime<Utc>, previous: Option<&Credential>) -> Credential {
         let lifetime = tokenkeeper_core::clock::chrono_duration(self.expires_in);
         let scopes =
@@ -81,7 +86,7 @@ impl TokenGrant {
             scopes,
             subscription_type: previous.and_then(|p| p.subscription_type.clone()),
             rate_limit_tier: previous.and_then(|p| p.rate_limit_tier.clone()),
-            provider_data: None,
+            provider_data: self.provider_data.or_else(|| previous.and_then(|p| p.provider_data.clone())),
         }
     }
 }
@@ -155,5 +160,17 @@ mod tests {
         let fresh =
             TokenGrant::from_json(&json!({"access_token": "a", "expires_in": 1})).unwrap().into_credential(now, None);
         assert_eq!((fresh.refresh_token, fresh.scopes.len(), fresh.subscription_type), (None, 0, None));
+    }
+
+    #[test]
+    fn provider_data_is_replaced_only_when_the_grant_brings_some() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut prev = previous();
+        prev.provider_data = Some(Secret::new(r#"{"id_token":"old"}"#));
+        let g = TokenGrant::from_json(&json!({"access_token": "a", "expires_in": 1})).unwrap();
+        assert_eq!(g.clone().into_credential(now, Some(&prev)).provider_data, prev.provider_data);
+        let with = TokenGrant { provider_data: Some(Secret::new(r#"{"id_token":"new"}"#)), ..g };
+        let c = with.into_credential(now, Some(&prev));
+        assert_eq!(c.provider_data.as_ref().map(Secret::expose), Some(r#"{"id_token":"new"}"#));
     }
 }

@@ -7,16 +7,17 @@
 //! (back off and retry). Reasons carry the HTTP status and the provider's `error` and
 //! `error_description`, never a token, a code or a request body.
 
+pub mod anthropic;
 mod client;
 mod error;
 mod grant;
 mod pkce;
 mod provider;
+mod registry;
 
+pub use anthropic::{Anthropic, ApiKey};
 pub use client::{OAuthClient, TokenOutcome};
 pub use error::{LoginError, ProviderError};
 pub use grant::TokenGrant;
 pub use pkce::{parse_pasted_code, PastedCode, PkceLogin};
-pub use provider::{
-    ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider, Providers,
-};
+pub use provider::{ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider, Providers};

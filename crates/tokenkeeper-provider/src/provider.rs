@@ -144,6 +144,15 @@ pub enum NativeFileError {
         /// Which kind of file.
         file: String,
     },
+    /// The text is JSON of another shape, or otherwise not this file; `reason` says what to
+    /// supply instead (never quoting the text).
+    #[error("{file} cannot be read: {reason}")]
+    Unreadable {
+        /// Which kind of file.
+        file: String,
+        /// Why, without content.
+        reason: String,
+    },
     /// The existing file is not JSON, so it cannot be merged into.
     #[error("{file} exists but is not JSON; refusing to overwrite it. Move it away or fix it")]
     ExistingNotJson {
