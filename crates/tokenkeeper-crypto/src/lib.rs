@@ -101,11 +101,26 @@ impl EncryptionKey {
     }
 
     /// Encrypts an account's tokens for storage in its row: the text to store, which is safe to
-    /// keep in a database (it reveals nothing without the key).
+    /// keep in a database (it reveals nothing without the key). The same as
+    /// [`EncryptionKey::seal_credential`] without provider data.
     pub fn seal(&self, account: &str, access: &Secret, refresh: Option<&Secret>) -> Result<String, StoreError> {
-        let payload = TokensRef { access_token: access.expose(), refresh_token: refresh.map(Secret::expose) };
+        self.seal_credential(account, &SealedRef { access, refresh, provider_data: None })
+    }
+
+    /// Encrypts an account's tokens and its provider's data (Codex's `id_token`, …) together,
+    /// as one payload. Without provider data the payload is byte for byte what earlier
+    /// releases sealed, so an older binary still opens it.
+    pub fn seal_credential(&self, account: &str, tokens: &SealedRef<'_>) -> Result<String, StoreError> {
+        let payload = TokensRef {
+            access_token: tokens.access.expose(),
+            refresh_token: tokens.refresh.map(Secret::expose),
+            provider_data: tokens.provider_data.map(Secret::expose),
+        };
         // Sized up front so serialising never reallocates and leaves unwiped copies behind.
-        let capacity = 64 + payload.access_token.len() + payload.refresh_token.map_or(0, str::len);
+        let capacity = 96
+            + payload.access_token.len()
+            + payload.refresh_token.map_or(0, str::len)
+            + payload.provider_data.map_or(0, |d| d.len() * 6);
         let mut plain = Zeroizing::new(Vec::with_capacity(capacity));
         serde_json::to_writer(&mut *plain, &payload).map_err(|_| StoreError::Corrupt {
             account: account.to_owned(),
@@ -126,6 +141,13 @@ impl EncryptionKey {
     /// [`StoreError::Decrypt`] for another key or altered data, [`StoreError::Corrupt`] for text
     /// that is not a sealed credential at all.
     pub fn open(&self, account: &str, stored: &str) -> Result<(Secret, Option<Secret>), StoreError> {
+        self.open_credential(account, stored).map(|t| (t.access, t.refresh))
+    }
+
+    /// Decrypts what [`EncryptionKey::seal_credential`] (or [`EncryptionKey::seal`], or an
+    /// earlier release) stored for `account`: the tokens and the provider data, `None` in a
+    /// payload sealed without it. Errors as [`EncryptionKey::open`].
+    pub fn open_credential(&self, account: &str, stored: &str) -> Result<OpenedTokens, StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt { account: account.to_owned(), reason: reason.to_owned() };
         let decrypt = |reason: &str| StoreError::Decrypt { account: account.to_owned(), reason: reason.to_owned() };
         let body = stored
@@ -144,8 +166,45 @@ impl EncryptionKey {
         // The parser's own error is not shown: it may quote part of the plaintext.
         let tokens: TokensOwned =
             serde_json::from_slice(&plain).map_err(|_| decrypt("the decrypted payload is not the expected JSON"))?;
-        Ok((Secret::new(tokens.access_token), tokens.refresh_token.map(Secret::new)))
+        Ok(OpenedTokens {
+            access: Secret::new(tokens.access_token),
+            refresh: tokens.refresh_token.map(Secret::new),
+            provider_data: tokens.provider_data.map(Secret::new),
+        })
     }
+}
+
+/// What [`EncryptionKey::seal_credential`] seals: borrowed, so nothing is copied unwiped.
+#[derive(Debug, Clone, Copy)]
+pub struct SealedRef<'a> {
+    /// The access token (or API key).
+    pub access: &'a Secret,
+    /// The refresh token, when there is one.
+    pub refresh: Option<&'a Secret>,
+    /// The provider's own data (a JSON object as text), when it keeps some.
+    pub provider_data: Option<&'a Secret>,
+}
+
+impl<'a> SealedRef<'a> {
+    /// The secrets of `credential`: its tokens and its provider data.
+    pub fn of(credential: &'a tokenkeeper_core::Credential) -> Self {
+        Self {
+            access: &credential.access_token,
+            refresh: credential.refresh_token.as_ref(),
+            provider_data: credential.provider_data.as_ref(),
+        }
+    }
+}
+
+/// What [`EncryptionKey::open_credential`] found in a sealed payload.
+#[derive(Debug, Clone)]
+pub struct OpenedTokens {
+    /// The access token (or API key).
+    pub access: Secret,
+    /// The refresh token, when there is one.
+    pub refresh: Option<Secret>,
+    /// The provider's own data; `None` in payloads sealed without it (every earlier release).
+    pub provider_data: Option<Secret>,
 }
 
 impl Drop for EncryptionKey {
@@ -165,6 +224,9 @@ impl fmt::Debug for EncryptionKey {
 struct TokensRef<'a> {
     access_token: &'a str,
     refresh_token: Option<&'a str>,
+    /// Left out when absent, so a payload without it is what earlier releases wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_data: Option<&'a str>,
 }
 
 /// The plaintext sealed in a row, as read back (moved straight into [`Secret`]s).
@@ -172,6 +234,8 @@ struct TokensRef<'a> {
 struct TokensOwned {
     access_token: String,
     refresh_token: Option<String>,
+    #[serde(default)]
+    provider_data: Option<String>,
 }
 
 /// Reads the key file; `None` when there is none.
@@ -332,5 +396,34 @@ mod tests {
         }
         let good = STANDARD.encode([7u8; 32]);
         assert_eq!(EncryptionKey::from_base64(&format!(" {good}\n")).unwrap().bytes, [7u8; 32]);
+    }
+
+    /// Sealed by the previous release (tokens only) with the key of 32 bytes of 7s.
+    const OLD_BLOB: &str = "v1:MZzyoKr6F4lJWlBhFWCafAb1GBHoKlSaQpUfbvJL3fCXFVHN/Wb911uexFM+pPIqzkMYwNXccrLz6ezEpPb3wOuEAe8XY26q49rjdnBzldQTLhVdU8BwZeHirbqeuA5gH1LSPddsfqovZCOW3P8pdWRPge2nGTW8fDOf";
+
+    #[test]
+    fn provider_data_is_sealed_with_the_tokens_and_old_blobs_still_open() {
+        let key = EncryptionKey::from_base64(&STANDARD.encode([7u8; 32])).unwrap();
+        let old = key.open_credential("main", OLD_BLOB).unwrap();
+        assert_eq!(old.access.expose(), "sk-ant-oat01-OLDaccess");
+        assert_eq!(old.refresh.as_ref().map(Secret::expose), Some("sk-ant-ort01-OLDrefresh"));
+        assert!(old.provider_data.is_none());
+        assert_eq!(key.open("main", OLD_BLOB).unwrap().0.expose(), "sk-ant-oat01-OLDaccess");
+
+        let data = Secret::new(r#"{"id_token":"eyJSECRETidtoken","account_id":"acc-1"}"#);
+        let (access, refresh) = (Secret::new(ACCESS), Secret::new(REFRESH));
+        let sealed = key
+            .seal_credential(
+                "main",
+                &SealedRef { access: &access, refresh: Some(&refresh), provider_data: Some(&data) },
+            )
+            .unwrap();
+        assert!(!sealed.contains("SECRET") && !sealed.contains("acc-1"), "{sealed}");
+        let opened = key.open_credential("main", &sealed).unwrap();
+        assert_eq!(opened.provider_data.as_ref().map(Secret::expose), Some(data.expose()));
+        assert_eq!(opened.access.expose(), ACCESS);
+        // Without provider data, the plaintext is exactly what earlier releases sealed.
+        let payload = TokensRef { access_token: "a", refresh_token: None, provider_data: None };
+        assert_eq!(serde_json::to_string(&payload).unwrap(), r#"{"access_token":"a","refresh_token":null}"#);
     }
 }

@@ -148,7 +148,7 @@ impl PgStore {
     fn account_from_row(&self, row: &PgRow) -> Result<Account, StoreError> {
         let name: String = column(row, "accounts", "name")?;
         let n = name.as_str();
-        let (access_token, refresh_token) = self.key.open(n, &column::<String>(row, n, "secret")?)?;
+        let sealed = self.key.open_credential(n, &column::<String>(row, n, "secret")?)?;
         let Json(scopes): Json<Vec<String>> = column(row, n, "scopes")?;
         let mode: String = column(row, n, "mode")?;
         let state: String = column(row, n, "state")?;
@@ -164,13 +164,13 @@ impl PgStore {
             provider: column(row, n, "provider")?,
             mode: mode.parse::<Mode>().map_err(|_| corrupt(n, format!("unknown mode `{mode}`")))?,
             credential: Credential {
-                access_token,
-                refresh_token,
+                access_token: sealed.access,
+                refresh_token: sealed.refresh,
                 expires_at: column(row, n, "expires_at")?,
                 scopes,
                 subscription_type: column(row, n, "subscription_type")?,
                 rate_limit_tier: column(row, n, "rate_limit_tier")?,
-                provider_data: None,
+                provider_data: sealed.provider_data,
             },
             version: column(row, n, "version")?,
             email: column(row, n, "email")?,
@@ -220,7 +220,7 @@ impl Store for PgStore {
     ) -> Result<Account, StoreError> {
         let name = new.name.as_str();
         let credential = &new.credential;
-        let secret = self.key.seal(name, &credential.access_token, credential.refresh_token.as_ref())?;
+        let secret = self.key.seal_credential(name, &tokenkeeper_crypto::SealedRef::of(credential))?;
         let (binding_kind, binding_path) = binding_columns(name, new.binding.as_ref())?;
         let issued_at = new.refresh_token_issued_at.unwrap_or(at);
         let action = format!("create account `{name}`");
@@ -270,7 +270,7 @@ impl Store for PgStore {
     async fn update_credential(&self, name: &str, update: &CredentialUpdate) -> Result<Account, StoreError> {
         let action = format!("update the credential of `{name}`");
         let credential = &update.credential;
-        let secret = self.key.seal(name, &credential.access_token, credential.refresh_token.as_ref())?;
+        let secret = self.key.seal_credential(name, &tokenkeeper_crypto::SealedRef::of(credential))?;
         let mut tx = self.begin(&action).await?;
         // The row lock is ours until commit: a writer in another replica waits here and then
         // reads the version this transaction wrote.

@@ -21,6 +21,29 @@ impl Installation for Postgres {
         let key = EncryptionKey::from_base64(&self.key).unwrap();
         tokenkeeper_store_postgres::backend_with(self.options.clone(), key).await.unwrap()
     }
+
+    async fn raw(&self) -> Vec<u8> {
+        // Every row of every table of the schema, as text: what a reader of the database sees.
+        use sqlx::Connection;
+        let mut admin = sqlx::postgres::PgConnection::connect_with(&self.options).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        let mut all = Vec::new();
+        for table in tables {
+            let rows: Option<String> =
+                sqlx::query_scalar(&format!("SELECT string_agg(t::text, ' ') FROM \"{table}\" t"))
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            all.extend(rows.unwrap_or_default().into_bytes());
+            all.push(b'\n');
+        }
+        all
+    }
 }
 
 async fn fresh() -> Postgres {

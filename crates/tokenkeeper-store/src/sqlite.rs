@@ -197,7 +197,7 @@ impl SqliteStore {
     fn account_from_row(&self, row: &SqliteRow) -> Result<Account, StoreError> {
         let name: String = column(row, "accounts", "name")?;
         let n = name.as_str();
-        let (access_token, refresh_token) = self.key.open(n, &column::<String>(row, n, "secret")?)?;
+        let sealed = self.key.open_credential(n, &column::<String>(row, n, "secret")?)?;
         let scopes: String = column(row, n, "scopes")?;
         let scopes: Vec<String> = serde_json::from_str(&scopes).map_err(|e| corrupt(n, format!("scopes: {e}")))?;
         let mode: String = column(row, n, "mode")?;
@@ -216,13 +216,13 @@ impl SqliteStore {
             provider: column(row, n, "provider")?,
             mode: mode.parse::<Mode>().map_err(|_| corrupt(n, format!("unknown mode `{mode}`")))?,
             credential: Credential {
-                access_token,
-                refresh_token,
+                access_token: sealed.access,
+                refresh_token: sealed.refresh,
                 expires_at: time(n, "expires_at", column(row, n, "expires_at")?)?,
                 scopes,
                 subscription_type: column(row, n, "subscription_type")?,
                 rate_limit_tier: column(row, n, "rate_limit_tier")?,
-                provider_data: None,
+                provider_data: sealed.provider_data,
             },
             version: column(row, n, "version")?,
             email: column(row, n, "email")?,
@@ -281,7 +281,7 @@ impl Store for SqliteStore {
     ) -> Result<Account, StoreError> {
         let name = new.name.as_str();
         let credential = &new.credential;
-        let secret = self.key.seal(name, &credential.access_token, credential.refresh_token.as_ref())?;
+        let secret = self.key.seal_credential(name, &tokenkeeper_crypto::SealedRef::of(credential))?;
         let scopes = to_json(name, &credential.scopes)?;
         let (binding_kind, binding_path) = binding_columns(name, new.binding.as_ref())?;
         let issued_at = new.refresh_token_issued_at.unwrap_or(at);
@@ -334,7 +334,7 @@ impl Store for SqliteStore {
     async fn update_credential(&self, name: &str, update: &CredentialUpdate) -> Result<Account, StoreError> {
         let action = format!("update the credential of `{name}`");
         let credential = &update.credential;
-        let secret = self.key.seal(name, &credential.access_token, credential.refresh_token.as_ref())?;
+        let secret = self.key.seal_credential(name, &tokenkeeper_crypto::SealedRef::of(credential))?;
         let scopes = to_json(name, &credential.scopes)?;
         let mut tx = self.begin(&action).await?;
         // The write lock is ours from BEGIN IMMEDIATE on, so the version read here is the one

@@ -131,6 +131,11 @@ pub trait Installation: Send + Sync + 'static {
     /// Opens the installation as one more process (or replica) would: a store with its own
     /// connections, and its own lock and feed. Panics if it cannot.
     async fn open(&self) -> Backend;
+
+    /// Everything the installation keeps, as bytes a reader of its storage without the key
+    /// would see (the database files, or every row of every table as text): what a property
+    /// searches for secrets that must not be there in clear.
+    async fn raw(&self) -> Vec<u8>;
 }
 
 /// One `#[tokio::test]` per conformance property, each on a fresh installation made by
@@ -171,6 +176,7 @@ macro_rules! store_conformance {
             cas_four_processes_opened_at_once_exactly_one_wins_each_round,
             one_process_leads_until_it_lets_go_and_a_waiter_takes_over,
             sealed_secrets_open_for_their_purpose_only_and_reveal_nothing,
+            provider_data_is_sealed_with_the_tokens_and_round_trips,
             a_web_session_is_found_by_hash_in_every_process_until_it_ends,
             signing_out_in_one_process_ends_the_session_in_every_process,
             a_session_message_is_taken_once,
@@ -818,6 +824,44 @@ pub mod properties {
         // Another process of the installation (same key) opens it; another purpose does not.
         assert_eq!(there.store.open_secret("logins/api/st4te", &sealed).expect("open").expose(), secret.expose());
         assert!(there.store.open_secret("logins/api/other", &sealed).is_err(), "opened for another purpose");
+    }
+
+    /// A provider's own data (Codex's `id_token` and `account_id`) comes back as it went in,
+    /// through create, update and another process, is kept when an update brings none from a
+    /// caller that read it first, and is nowhere in the storage in clear.
+    pub async fn provider_data_is_sealed_with_the_tokens_and_round_trips(installation: Arc<dyn Installation>) {
+        let here = store(&installation).await;
+        let data = r#"{"id_token":"eyJPROVIDERDATAidtoken7Qx","account_id":"ACCTID9z3k"}"#;
+        let mut c = credential("sk-ant-oat01-PDaccess", Some("sk-ant-ort01-PDrefresh"), 100);
+        c.provider_data = Some(Secret::new(data));
+        let mut new = new_account("codexy", c);
+        new.provider = "codex".to_owned();
+        new.email = Some("pd@example.com".to_owned());
+        let created = here.create_account(&new, at(0), CredentialChange::Imported).await.expect("create");
+        assert_eq!(created.provider, "codex");
+        assert_eq!(created.credential.provider_data.as_ref().map(Secret::expose), Some(data));
+
+        let there = store(&installation).await;
+        let read = get(there.as_ref(), "codexy").await;
+        assert_eq!(read.credential.provider_data.as_ref().map(Secret::expose), Some(data));
+        assert_eq!(read.provider, "codex");
+
+        let newer = r#"{"id_token":"eyJPROVIDERDATAnewer4Lm","account_id":"ACCTID9z3k"}"#;
+        let mut next = credential("sk-ant-oat01-PDaccess2", Some("sk-ant-ort01-PDrefresh2"), 200);
+        next.provider_data = Some(Secret::new(newer));
+        there.update_credential("codexy", &update(1, next, CredentialChange::Refreshed, at(1))).await.expect("update");
+        let read = get(here.as_ref(), "codexy").await;
+        assert_eq!(read.credential.provider_data.as_ref().map(Secret::expose), Some(newer));
+        // An account without provider data reads back without any.
+        here.create_account(&alpha(), at(0), CredentialChange::Imported).await.expect("create alpha");
+        assert!(get(there.as_ref(), "alpha").await.credential.provider_data.is_none());
+
+        let raw = installation.raw().await;
+        let has = |needle: &str| raw.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(has("pd@example.com"), "raw() does not show the storage: the clear columns are missing");
+        for secret in ["PROVIDERDATAidtoken7Qx", "PROVIDERDATAnewer4Lm", "ACCTID9z3k"] {
+            assert!(!has(secret), "provider data `{secret}` is in the storage in clear");
+        }
     }
 
     fn web_session(hash: &str, created_minutes: i64, lifetime_minutes: i64) -> WebSession {

@@ -28,6 +28,19 @@ impl Installation for Sqlite {
             store,
         }
     }
+
+    async fn raw(&self) -> Vec<u8> {
+        // The database, its WAL and its shared-memory file: every byte SQLite keeps.
+        let data = self.dir.path().join("data");
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                all.extend(std::fs::read(&path).unwrap());
+            }
+        }
+        all
+    }
 }
 
 async fn fresh() -> Sqlite {
