@@ -77,6 +77,17 @@ pub enum BindingKind {
     ClaudeCredentials,
     /// macOS Keychain item `Claude Code-credentials`.
     Keychain,
+    /// The CLI file of the account's own provider (Codex's `auth.json`, Gemini CLI's
+    /// `oauth_creds.json`, …), read and written through that provider's `NativeFile`.
+    Native,
+}
+
+impl BindingKind {
+    /// Whether the binding is a file on this host (watched, read and written back), rather
+    /// than a Keychain item.
+    pub fn is_file(self) -> bool {
+        matches!(self, BindingKind::ClaudeCredentials | BindingKind::Native)
+    }
 }
 
 /// A place an account's credential lives outside tokenkeeper, kept in step with the store.
@@ -229,9 +240,11 @@ mod tests {
         }
         assert_eq!(AccountState::NeedsLogin.as_str(), "needs-login");
         // The words existing databases hold.
-        for (kind, word) in
-            [(BindingKind::ClaudeCredentials, "claude_credentials"), (BindingKind::Keychain, "keychain")]
-        {
+        for (kind, word) in [
+            (BindingKind::ClaudeCredentials, "claude_credentials"),
+            (BindingKind::Keychain, "keychain"),
+            (BindingKind::Native, "native"),
+        ] {
             assert_eq!(<&str>::from(kind), word);
             assert_eq!(word.parse::<BindingKind>().unwrap(), kind);
             assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::Value::String(word.into()));

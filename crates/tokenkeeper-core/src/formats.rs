@@ -35,6 +35,9 @@ pub enum Format {
     BareToken,
     /// A plain API key (`sk-ant-api…`): sent as `x-api-key`, never refreshed.
     ApiKey,
+    /// Another provider's CLI file (Codex's `auth.json`, …), read by that provider's
+    /// `NativeFile` in `tokenkeeper-provider`; never produced by [`parse_credential`].
+    Native,
 }
 
 /// The provider id of plain API-key accounts: their credential is the key itself, with no
@@ -56,6 +59,7 @@ impl Format {
             Format::OpenclawProfiles => "OpenClaw auth-profiles",
             Format::BareToken => "long-lived token (setup-token)",
             Format::ApiKey => "API key",
+            Format::Native => "CLI credential file",
         }
     }
 }

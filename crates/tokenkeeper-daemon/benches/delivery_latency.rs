@@ -75,6 +75,7 @@ async fn main() {
             binding: Some(Binding { kind: BindingKind::ClaudeCredentials, path: file.clone() }),
             change: CredentialChange::Imported,
             organization: None,
+            provider: None,
         })
         .await
         .expect("ingest");

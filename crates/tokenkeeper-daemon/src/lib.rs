@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use tokenkeeper_alert::AlertEngine;
-use tokenkeeper_core::{BindingKind, ChangeKind};
+use tokenkeeper_core::ChangeKind;
 use tokenkeeper_sync::fs::{read_optional, unblock};
 use tokenkeeper_sync::sink::SinkSet;
 use tokenkeeper_sync::watch::{FileWatcher, DEFAULT_FALLBACK};
@@ -267,7 +267,7 @@ impl Daemon {
         if let Ok(accounts) = self.keeper.accounts().await {
             for a in accounts {
                 if let Some(b) = &a.binding {
-                    if b.kind == BindingKind::ClaudeCredentials {
+                    if b.kind.is_file() {
                         map.entry(b.path.clone()).or_default().push(a.name.clone());
                     }
                 }

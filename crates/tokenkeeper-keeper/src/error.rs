@@ -89,6 +89,15 @@ pub enum KeeperError {
     /// fault; usually the inotify limits of the machine.
     #[error("cannot start the file watcher of bound files; raise the inotify limits (sysctl fs.inotify.max_user_instances and fs.inotify.max_user_watches) or free some watches, then start again")]
     Watcher(#[source] SyncError),
+    /// The account's provider id is not one this installation knows (a built-in or a
+    /// `[providers.NAME]` table): a configuration matter.
+    #[error("account `{account}` belongs to provider `{provider}`, which this installation does not know; add a `[providers.{provider}]` table to the configuration (see docs/CONFIG.md), or remove the account")]
+    UnknownProvider {
+        /// Account (or the name it would have had).
+        account: String,
+        /// The provider id.
+        provider: String,
+    },
     /// The provider client could not be built.
     #[error(transparent)]
     Provider(#[from] tokenkeeper_provider::ProviderError),

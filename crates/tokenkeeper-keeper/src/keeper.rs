@@ -20,7 +20,7 @@ use tokenkeeper_core::{
     Freshness, Leadership, Mode, NewAccount, SharedClock, Store, StoreError,
 };
 use tokenkeeper_process::{ChildCommand, Purpose};
-use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, TokenGrant, TokenOutcome};
+use tokenkeeper_provider::{parse_pasted_code, OAuthClient, PkceLogin, Provider, Providers, TokenGrant, TokenOutcome};
 
 use crate::bound::{read_bound, write_bound, BoundContent};
 use crate::error::KeeperError;
@@ -123,6 +123,10 @@ pub struct Ingest {
     pub change: CredentialChange,
     /// Organization, when known (logins).
     pub organization: Option<String>,
+    /// The provider id of a new account (`codex`, `gemini`, a `[providers.NAME]`); `None`
+    /// decides from the format (`anthropic`, or `anthropic-api-key` for a plain API key). An
+    /// existing account keeps its provider: a credential of another one is refused.
+    pub provider: Option<String>,
 }
 
 /// What an ingest did.
@@ -155,6 +159,8 @@ pub struct Keeper {
     lock: Arc<dyn AccountLock>,
     feed: Arc<dyn ChangeFeed>,
     leader: Arc<dyn Leadership>,
+    providers: Providers,
+    /// Anthropic's client, for the PKCE login only (refreshes go through `providers`).
     client: OAuthClient,
     clock: SharedClock,
     config: Arc<Config>,
@@ -172,12 +178,26 @@ fn fp(c: &Credential) -> String {
 }
 
 impl Keeper {
-    /// Builds a keeper over a backend. `data_dir` holds what belongs to this host.
+    /// Builds a keeper over a backend, with the providers `config` names
+    /// ([`Providers::from_config`]). `data_dir` holds what belongs to this host.
     pub fn new(
         backend: Backend,
         config: Arc<Config>,
         data_dir: &Path,
         clock: SharedClock,
+    ) -> Result<Self, KeeperError> {
+        let providers = Providers::from_config(&config)?;
+        Self::with_providers(backend, config, data_dir, clock, providers)
+    }
+
+    /// Builds a keeper that refreshes, reads and writes accounts through `providers` (a test
+    /// adds its own provider with [`Providers::with`]); otherwise as [`Keeper::new`].
+    pub fn with_providers(
+        backend: Backend,
+        config: Arc<Config>,
+        data_dir: &Path,
+        clock: SharedClock,
+        providers: Providers,
     ) -> Result<Self, KeeperError> {
         let client = OAuthClient::new(&config.provider(ANTHROPIC))?;
         let (events, _) = broadcast::channel(1024);
@@ -186,6 +206,7 @@ impl Keeper {
             lock: backend.lock,
             feed: backend.feed,
             leader: backend.leader,
+            providers,
             client,
             clock,
             config,
@@ -237,9 +258,35 @@ impl Keeper {
         &self.clock
     }
 
-    /// The OAuth client.
+    /// Anthropic's OAuth client, for the PKCE login.
     pub fn client(&self) -> &OAuthClient {
         &self.client
+    }
+
+    /// The providers accounts are refreshed, read and written through.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// The provider of `account`; an unknown id is an error that names the fix.
+    pub fn provider_of(&self, account: &Account) -> Result<&Arc<dyn Provider>, KeeperError> {
+        self.providers.get(&account.provider).ok_or_else(|| KeeperError::UnknownProvider {
+            account: account.name.clone(),
+            provider: account.provider.clone(),
+        })
+    }
+
+    /// Whether the keeper refreshes `account` at all: its provider refreshes (plain API keys
+    /// do not) and its credential has a refresh token. An account of an unknown provider
+    /// counts as refreshable, so that refreshing it fails with the error that names the fix
+    /// rather than being skipped in silence.
+    pub fn refreshes(&self, account: &Account) -> bool {
+        account.credential.is_refreshable() && self.providers.get(&account.provider).is_none_or(|p| p.refreshes())
+    }
+
+    /// The provider of `account` as the bound-file code takes it (`None` when unknown).
+    fn provider_arc(&self, account: &Account) -> Option<Arc<dyn Provider>> {
+        self.providers.get(&account.provider).cloned()
     }
 
     /// The data directory.
@@ -366,7 +413,7 @@ impl Keeper {
     /// A credential in the bound file newer than the stored one, if there is one (read only).
     async fn bound_newer(&self, account: &Account) -> Option<Credential> {
         let binding = account.binding.as_ref()?;
-        match read_bound(binding, self.now()).await {
+        match read_bound(binding, self.provider_arc(account), self.now()).await {
             BoundContent::Credential(p) if bound_freshness(&p.credential, &account.credential) == Freshness::Newer => {
                 Some(p.credential)
             }
@@ -390,6 +437,12 @@ impl Keeper {
     }
 
     fn check_refreshable(&self, account: &Account) -> Result<(), KeeperError> {
+        if !self.provider_of(account)?.refreshes() {
+            return Err(KeeperError::NotRefreshable {
+                account: account.name.clone(),
+                expires: account.credential.expires_at.to_rfc3339(),
+            });
+        }
         if account.state == AccountState::NeedsLogin {
             return Err(KeeperError::NeedsLogin {
                 account: account.name.clone(),
@@ -423,13 +476,14 @@ impl Keeper {
     /// a successful answer: until it is durable, a crash loses the new refresh token.
     async fn spend(&self, account: Account) -> Result<RefreshResult, KeeperError> {
         let name = account.name.clone();
-        let Some(refresh_token) = account.credential.refresh_token.clone() else {
+        if !account.credential.is_refreshable() {
             return Err(KeeperError::NotRefreshable {
                 account: name,
                 expires: account.credential.expires_at.to_rfc3339(),
             });
-        };
-        let outcome = self.client.refresh(&refresh_token, &account.credential.scopes).await;
+        }
+        let provider = self.provider_of(&account)?.clone();
+        let outcome = provider.refresh(&account.credential, self.now()).await;
         self.count(
             &name,
             match &outcome {
@@ -557,7 +611,7 @@ impl Keeper {
             return;
         }
         if let Some(b) = &account.binding {
-            if let Err(e) = write_bound(b, &account.credential).await {
+            if let Err(e) = write_bound(b, self.provider_arc(account), &account.credential).await {
                 tracing::warn!(account = %account.name, file = %b.path.display(), error = %e,
                     "could not write the credential back to the bound file");
             }
@@ -570,7 +624,7 @@ impl Keeper {
     async fn reconcile_bound(&self, account: Account, repair: bool) -> Result<Account, KeeperError> {
         let Some(binding) = account.binding.clone() else { return Ok(account) };
         let now = self.now();
-        match read_bound(&binding, now).await {
+        match read_bound(&binding, self.provider_arc(&account), now).await {
             BoundContent::Missing => Ok(account),
             BoundContent::Credential(parsed) => match bound_freshness(&parsed.credential, &account.credential) {
                 Freshness::Newer => {
@@ -617,7 +671,9 @@ impl Keeper {
                     // A writer that takes no lock (`claude login`) may be between truncate and
                     // write; repairing now would send the rest of its write to a dead inode.
                     tokio::time::sleep(UNUSABLE_RECHECK).await;
-                    if let BoundContent::Unusable(_) = read_bound(&binding, self.now()).await {
+                    if let BoundContent::Unusable(_) =
+                        read_bound(&binding, self.provider_arc(&account), self.now()).await
+                    {
                         self.repair(&account, &binding, &reason).await;
                     } else {
                         return Box::pin(self.reconcile_bound(account, true)).await;
@@ -634,7 +690,7 @@ impl Keeper {
                 "bound file holds a credential older than ours; follow mode, leaving it alone");
             return;
         }
-        match write_bound(binding, &account.credential).await {
+        match write_bound(binding, self.provider_arc(account), &account.credential).await {
             Ok(_) => {
                 tracing::warn!(account = %account.name, file = %binding.path.display(), found = %what,
                     "repaired bound file: it held a stale or blank credential");
@@ -715,6 +771,16 @@ impl Keeper {
         if req.parsed.credential.is_blank() {
             return Err(KeeperError::Refused { account: name, reason: "it is a blank stub".into() });
         }
+        let provider = match &req.provider {
+            Some(p) => p.clone(),
+            None if req.parsed.format == tokenkeeper_core::formats::Format::ApiKey => {
+                tokenkeeper_core::formats::API_KEY_PROVIDER.to_owned()
+            }
+            None => ANTHROPIC.to_owned(),
+        };
+        if self.providers.get(&provider).is_none() {
+            return Err(KeeperError::UnknownProvider { account: name, provider });
+        }
         let _in_process = self.single_flight.acquire(&name).await;
         let locks = HeldLocks::take(self.lock.as_ref(), &name, self.lock_wait).await?;
         // One login, one account: two accounts holding the same refresh token would each
@@ -742,11 +808,7 @@ impl Keeper {
         let Some(existing) = existing else {
             let new = NewAccount {
                 name: name.clone(),
-                provider: if req.parsed.format == tokenkeeper_core::formats::Format::ApiKey {
-                    tokenkeeper_core::formats::API_KEY_PROVIDER.to_owned()
-                } else {
-                    ANTHROPIC.to_owned()
-                },
+                provider,
                 mode: req.mode.unwrap_or_default(),
                 credential: cred,
                 email: req.parsed.email.clone(),
@@ -761,6 +823,21 @@ impl Keeper {
             self.publish(KeeperEvent::Changed { account: name, change: req.change });
             return Ok(IngestOutcome::Created(Box::new(created)));
         };
+        // An explicit provider must be the account's; without one, the credential is
+        // Anthropic's (the format decided), which must not land in another provider's account.
+        let compatible = match &req.provider {
+            Some(p) => *p == existing.provider,
+            None => is_anthropic(&existing.provider),
+        };
+        if !compatible {
+            return Err(KeeperError::Refused {
+                account: name,
+                reason: format!(
+                    "the account belongs to provider `{}` and this credential to `{provider}`; import it under another --account",
+                    existing.provider
+                ),
+            });
+        }
         let settings = AccountPatch {
             mode: req.mode.filter(|m| *m != existing.mode),
             binding: req.binding.clone().filter(|b| existing.binding.as_ref() != Some(b)).map(Some),
@@ -865,6 +942,7 @@ impl Keeper {
                     binding: None,
                     change: CredentialChange::LoggedIn,
                     organization,
+                    provider: Some(ANTHROPIC.to_owned()),
                 })
                 .await
             }
@@ -898,6 +976,11 @@ fn bound_freshness(file: &Credential, stored: &Credential) -> Freshness {
         Freshness::Older if file.expires_at == stored.expires_at => Freshness::Newer,
         other => other,
     }
+}
+
+/// Whether `provider` is one of the two Anthropic ids (OAuth login or plain API key).
+fn is_anthropic(provider: &str) -> bool {
+    provider == ANTHROPIC || provider == tokenkeeper_core::formats::API_KEY_PROVIDER
 }
 
 /// Claude Code's lock directories for an account bound to Claude Code's own

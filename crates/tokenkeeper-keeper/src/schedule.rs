@@ -124,10 +124,7 @@ impl Scheduler {
 
     /// When the account is next due, or `None` if the keeper never refreshes it.
     pub fn due_at(&self, account: &Account) -> Option<DateTime<Utc>> {
-        if account.mode != Mode::Own
-            || account.state == AccountState::NeedsLogin
-            || !account.credential.is_refreshable()
-        {
+        if account.mode != Mode::Own || account.state == AccountState::NeedsLogin || !self.keeper.refreshes(account) {
             return None;
         }
         let base = account.credential.expires_at - chrono_duration(self.lead_for(account));

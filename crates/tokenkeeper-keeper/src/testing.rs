@@ -62,6 +62,19 @@ pub async fn open_keeper(dir: &Path, config: Arc<Config>, clock: Arc<dyn Clock>)
     (store, keeper)
 }
 
+/// As [`open_keeper`], with the keeper's providers given (a test's own provider among them).
+pub async fn open_keeper_with(
+    dir: &Path,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    providers: tokenkeeper_provider::Providers,
+) -> (Arc<SqliteStore>, Arc<Keeper>) {
+    let data = dir.join("data");
+    let store = Arc::new(SqliteStore::open(&data, EncryptionKey::generate()).await.unwrap());
+    let keeper = Arc::new(Keeper::with_providers(backend_of(&store, &data), config, &data, clock, providers).unwrap());
+    (store, keeper)
+}
+
 /// The embedded backend around an open store of `data`.
 pub fn backend_of(store: &Arc<SqliteStore>, data: &Path) -> Backend {
     Backend {
@@ -122,6 +135,7 @@ pub async fn log_in(
             binding,
             change: CredentialChange::LoggedIn,
             organization: None,
+            provider: None,
         })
         .await
         .unwrap();
@@ -186,6 +200,7 @@ pub async fn import_as(
             binding: None,
             change: tokenkeeper_core::store::CredentialChange::Imported,
             organization: None,
+            provider: None,
         })
         .await
 }

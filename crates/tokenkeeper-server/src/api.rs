@@ -261,6 +261,7 @@ pub async fn push(
             binding: None,
             change: CredentialChange::Imported,
             organization: None,
+            provider: None,
         })
         .await?;
     let (status, result, message) = match &outcome {

@@ -155,7 +155,8 @@ fn keeper_status(e: &KeeperError) -> (StatusCode, Option<Duration>) {
         KeeperError::NeedsLogin { .. }
         | KeeperError::Refused { .. }
         | KeeperError::NotRefreshable { .. }
-        | KeeperError::FollowMode { .. } => (StatusCode::CONFLICT, None),
+        | KeeperError::FollowMode { .. }
+        | KeeperError::UnknownProvider { .. } => (StatusCode::CONFLICT, None),
         KeeperError::TryLater { retry_after, .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after.unwrap_or(Duration::from_secs(30))))
         }
@@ -181,6 +182,9 @@ fn keeper_hint(e: &KeeperError) -> &'static str {
             "long-lived tokens cannot be refreshed; create a new one with `claude setup-token` and push it"
         }
         KeeperError::FollowMode { .. } => "Claude Code refreshes this account; run `claude` where it lives",
+        KeeperError::UnknownProvider { .. } => {
+            "add a `[providers.ID]` table for the account's provider to the server's configuration and restart it"
+        }
         KeeperError::TryLater { .. } => "try again after the time in Retry-After",
         KeeperError::BadAccountName(_) => "name the account with letters, digits, `.`, `_`, `-`, `@` or `+`",
         KeeperError::BadLoginCode(_) => "send the whole string the authorize page shows after login (CODE#STATE)",

@@ -726,6 +726,7 @@ pub async fn paste(State(state): State<WebState>, headers: HeaderMap, f: CsrfFor
         binding: None,
         change: CredentialChange::Imported,
         organization: None,
+        provider: None,
     };
     let flash = match state.keeper().ingest(ingest).await {
         Ok(IngestOutcome::Created(a)) => Flash::ok(format!("Added {}: {}.", a.name, valid_for(&state, &a))),

@@ -126,6 +126,10 @@ pub struct ImportArgs {
     /// Do not bind the account to a Claude Code source file (no write-back, no watching)
     #[arg(long)]
     pub no_bind: bool,
+    /// The provider the credential belongs to (`anthropic`, `codex`, `gemini`, a
+    /// `[providers.NAME]`) [default: detected from the input's shape, Claude Code's first]
+    #[arg(long, value_name = "ID")]
+    pub provider: Option<String>,
 }
 
 /// `accounts`.

@@ -106,6 +106,7 @@ pub async fn log_in(
             binding: None,
             change: tokenkeeper_core::store::CredentialChange::LoggedIn,
             organization: None,
+            provider: None,
         })
         .await
         .unwrap();
