@@ -332,6 +332,8 @@ pub enum SinkKind {
     Infisical,
     /// No file: run a command with the credential in its environment.
     Command,
+    /// A provider's own CLI file (Codex's `auth.json`, …), in that provider's format.
+    Native,
 }
 
 /// Which replicas deliver to a sink (`run_on`).
@@ -1113,7 +1115,7 @@ command = ["/bin/hook"]
             (
                 "kind = \"command\"\ncommand = [\"/bin/x\"]\npath = \"/x\"",
                 "`sinks[0].path` does not apply to `kind = \"command\"`; remove it (it belongs to env_file, \
-                 claude_credentials, openclaw and template)",
+                 claude_credentials, openclaw, template and native)",
             ),
             (
                 "kind = \"command\"\ncommand = [\"/bin/x\"]\non_change = [\"/bin/y\"]",

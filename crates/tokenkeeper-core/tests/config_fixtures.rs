@@ -80,6 +80,7 @@ fn describe(s: &SinkConfig) -> String {
             line("client_secret_file", format!("{secret:?}"));
         }
         SinkTarget::Command { argv } => line("command", format!("{argv:?}")),
+        SinkTarget::Native { provider, .. } => line("provider", format!("{provider:?}")),
     }
     out
 }

@@ -382,6 +382,52 @@ async fn a_provider_defined_only_in_a_test_works_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_sink_writes_the_provider_file_and_never_regresses_it() {
+    let w = world().await;
+    let until = (w.clock.now() + chrono::Duration::hours(1)).timestamp();
+    std::fs::write(
+        &w.file,
+        json!({"acme": {"token": "acme-access-0", "renew": "acme-refresh-0", "until": until, "session": "s0"}})
+            .to_string(),
+    )
+    .unwrap();
+    let account = w.import("acme").await;
+    let out = w.file.with_file_name("mounted-creds.json");
+    std::fs::write(&out, json!({"acme": {"theme": "light"}, "other": [1, 2]}).to_string()).unwrap();
+    let cfg: tokenkeeper_core::config::SinkConfig = toml::from_str(&format!(
+        "account = \"acme\"\nkind = \"native\"\nprovider = \"{ACME}\"\npath = {:?}\n",
+        out.display().to_string()
+    ))
+    .unwrap();
+    let sinks = tokenkeeper_sync::sink::SinkSet::with_providers(vec![cfg.clone()], w.keepers[0].providers().clone());
+    let results = sinks.deliver_once(&account).await;
+    assert!(matches!(results[0].1, Ok(tokenkeeper_sync::fs::WriteOutcome::Written)), "{results:?}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!((doc["acme"]["token"].as_str(), doc["acme"]["session"].as_str()), (Some("acme-access-0"), Some("s0")));
+    assert_eq!(
+        (doc["acme"]["theme"].as_str(), doc["other"][1].as_i64()),
+        (Some("light"), Some(2)),
+        "unknown keys lost"
+    );
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions()) & 0o777, 0o600);
+
+    // A newer credential in the file (the CLI refreshed there): never overwritten.
+    let mut newer = account.credential.clone();
+    newer.access_token = Secret::new("acme-access-theirs");
+    newer.expires_at += chrono::Duration::hours(1);
+    let theirs = AcmeFile.render(Some(&std::fs::read_to_string(&out).unwrap()), &newer, w.clock.now()).unwrap();
+    std::fs::write(&out, &theirs).unwrap();
+    let results = sinks.deliver_once(&account).await;
+    assert!(matches!(results[0].1, Err(tokenkeeper_sync::SyncError::NewerOnDisk { .. })), "{results:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), theirs, "a newer credential was overwritten");
+
+    // Without the provider registered, the sink fails with a message that names the fix.
+    let bare = tokenkeeper_sync::sink::SinkSet::new(vec![cfg]);
+    let e = bare.deliver_once(&account).await.remove(0).1.unwrap_err().to_string();
+    assert!(e.contains(&format!("[providers.{ACME}]")), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_of_a_provider_the_installation_does_not_know_is_a_clear_error() {
     let w = world().await;
     std::fs::write(

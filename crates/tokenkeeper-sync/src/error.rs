@@ -67,6 +67,18 @@ pub enum SyncError {
         /// kept: its `Debug` can list the values of the variables, that is, the token.
         message: String,
     },
+    /// A provider's CLI file cannot be written in its format (its existing content is not
+    /// JSON, …).
+    #[error("cannot {action} {path}")]
+    Native {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why, from the provider's `NativeFile`.
+        #[source]
+        source: tokenkeeper_provider::NativeFileError,
+    },
     /// An existing JSON document cannot be merged into.
     #[error("cannot {action} {path}")]
     Document {

@@ -7,6 +7,7 @@
 //! | `claude_credentials` | Claude Code's JSON, merged so unknown keys survive |
 //! | `openclaw` | `oauth.json` (`layout = "oauth"`, default) or auth-profiles (`"auth_profiles"`) |
 //! | `template` | a minijinja template (`template` or `template_file`) |
+//! | `native` | a provider's CLI file, by its `NativeFile` ([`render_sink_with`]) |
 //!
 //! Template variables: `access_token`, `expires_at` (RFC 3339), `expires_at_ms`, `scopes` (a
 //! list), `account` (its name), `email` (empty when unknown), and `refresh_token` only when
@@ -23,6 +24,7 @@ use tokenkeeper_core::config::{SinkConfig, SinkTarget, TemplateSource};
 use tokenkeeper_core::formats::{render_claude_credentials, render_openclaw};
 use tokenkeeper_core::paths::expand_tilde;
 use tokenkeeper_core::Account;
+use tokenkeeper_provider::{NativeFile, Providers};
 
 use crate::dotenv;
 use crate::error::SyncError;
@@ -53,6 +55,13 @@ pub fn render_sink(cfg: &SinkConfig, account: &Account, existing: Option<&str>) 
             SyncError::Document { action: "merge the credential into", path: file.path.clone(), source }
         })?,
         SinkTarget::Template { source, .. } => render_template(cfg, source, account)?,
+        SinkTarget::Native { .. } => {
+            return Err(SyncError::Invalid {
+                action: "render a file",
+                path: PathBuf::from(cfg.display_name()),
+                message: "a native sink is written in its provider's format: render it with render_sink_with".into(),
+            })
+        }
         SinkTarget::Infisical(_) | SinkTarget::Command { .. } => {
             return Err(SyncError::Invalid {
                 action: "render a file",
@@ -62,6 +71,55 @@ pub fn render_sink(cfg: &SinkConfig, account: &Account, existing: Option<&str>) 
         }
     };
     Ok(Rendered { contents })
+}
+
+/// As [`render_sink`], and a `native` sink in its provider's format, the provider taken from
+/// `providers` (the sink's `provider`, else the account's).
+pub fn render_sink_with(
+    cfg: &SinkConfig,
+    account: &Account,
+    existing: Option<&str>,
+    providers: &Providers,
+) -> Result<Rendered, SyncError> {
+    let SinkTarget::Native { file, .. } = &cfg.target else { return render_sink(cfg, account, existing) };
+    let native = native_file_of(cfg, account, providers)?;
+    let contents = native
+        .render(existing, &account.credential, chrono::Utc::now())
+        .map_err(|source| SyncError::Native { action: "merge the credential into", path: file.path.clone(), source })?;
+    Ok(Rendered { contents })
+}
+
+/// The `NativeFile` a `native` sink writes: its `provider`'s, else the account's own
+/// provider's. A sink naming another provider than the account's is refused: that provider's
+/// CLI would be handed a credential it cannot use.
+pub fn native_file_of<'p>(
+    cfg: &SinkConfig,
+    account: &Account,
+    providers: &'p Providers,
+) -> Result<&'p dyn NativeFile, SyncError> {
+    let invalid = |message: String| SyncError::Invalid {
+        action: "write the native file",
+        path: PathBuf::from(cfg.display_name()),
+        message,
+    };
+    let wanted = match &cfg.target {
+        SinkTarget::Native { provider: Some(p), .. } => p.as_str(),
+        _ => account.provider.as_str(),
+    };
+    if wanted != account.provider {
+        return Err(invalid(format!(
+            "the sink writes provider `{wanted}`'s file but account `{}` belongs to `{}`; point the sink at an account of `{wanted}`",
+            account.name, account.provider
+        )));
+    }
+    let provider = providers.get(wanted).ok_or_else(|| {
+        invalid(format!(
+            "provider `{wanted}` is not known here; add a `[providers.{wanted}]` table to the configuration"
+        ))
+    })?;
+    provider.native_file().ok_or_else(|| {
+        invalid(format!("provider `{wanted}` keeps no CLI file; use an env_file, template or command sink instead"))
+    })
 }
 
 fn render_template(cfg: &SinkConfig, source: &TemplateSource, account: &Account) -> Result<String, SyncError> {

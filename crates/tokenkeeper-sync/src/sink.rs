@@ -37,8 +37,9 @@ use tokio::time::sleep;
 use crate::error::{error_chain, SyncError};
 use crate::fs::{read_optional, unblock, write_file, WriteOptions, WriteOutcome};
 use crate::infisical::{InfisicalClient, REQUEST_TIMEOUT};
-use crate::render::render_sink;
+use crate::render::{native_file_of, render_sink_with};
 use crate::runner::{CommandEnv, DebouncedCommand, Executor, ProcessExecutor, RunnerOptions};
+use tokenkeeper_provider::Providers;
 
 /// Settings of a [`SinkSet`].
 #[derive(Clone)]
@@ -58,6 +59,9 @@ pub struct SinkSetOptions {
     pub executor: Arc<dyn Executor>,
     /// Timestamps of status.
     pub clock: SharedClock,
+    /// The providers `native` sinks write the files of (none by default: a `native` sink then
+    /// fails with a message naming the missing provider).
+    pub providers: Providers,
 }
 
 impl Default for SinkSetOptions {
@@ -70,6 +74,7 @@ impl Default for SinkSetOptions {
             shutdown_grace: Duration::from_secs(10),
             executor: Arc::new(ProcessExecutor),
             clock: Arc::new(SystemClock),
+            providers: Providers::new(),
         }
     }
 }
@@ -177,6 +182,11 @@ impl SinkSet {
     /// The sinks of `configs`, with default options.
     pub fn new(configs: Vec<SinkConfig>) -> Self {
         Self::with_options(configs, SinkSetOptions::default())
+    }
+
+    /// The sinks of `configs`, with default options and `providers` for `native` sinks.
+    pub fn with_providers(configs: Vec<SinkConfig>, providers: Providers) -> Self {
+        Self::with_options(configs, SinkSetOptions { providers, ..SinkSetOptions::default() })
     }
 
     /// The sinks of `configs`, with `opts`.
@@ -416,10 +426,13 @@ async fn write_sink(
         SinkTarget::EnvFile { .. }
         | SinkTarget::ClaudeCredentials { .. }
         | SinkTarget::Openclaw { .. }
-        | SinkTarget::Template { .. } => {
+        | SinkTarget::Template { .. }
+        | SinkTarget::Native { .. } => {
             let cfg = s.cfg.clone();
             let account = account.clone();
-            unblock("finish writing", Path::new(&s.name), move || write_file_sink(&cfg, &account)).await?
+            let providers = shared.opts.providers.clone();
+            unblock("finish writing", Path::new(&s.name), move || write_file_sink_with(&cfg, &account, &providers))
+                .await?
         }
     };
     if outcome == WriteOutcome::Written && s.cfg.on_change.is_some() {
@@ -432,8 +445,19 @@ async fn write_sink(
     Ok(outcome)
 }
 
-/// Renders and writes a file sink (blocking I/O).
+/// Renders and writes a file sink (blocking I/O); a `native` sink needs
+/// [`write_file_sink_with`].
 pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutcome, SyncError> {
+    write_file_sink_with(cfg, account, &Providers::new())
+}
+
+/// Renders and writes a file sink (blocking I/O), a `native` one in the format of its provider
+/// in `providers`.
+pub fn write_file_sink_with(
+    cfg: &SinkConfig,
+    account: &Account,
+    providers: &Providers,
+) -> Result<WriteOutcome, SyncError> {
     let file = cfg.file().ok_or_else(|| SyncError::Invalid {
         action: "write the sink",
         path: PathBuf::from(cfg.display_name()),
@@ -452,7 +476,25 @@ pub fn write_file_sink(cfg: &SinkConfig, account: &Account) -> Result<WriteOutco
             }
         }
     }
-    let rendered = render_sink(cfg, account, existing.as_deref())?;
+    if matches!(cfg.target, SinkTarget::Native { .. }) {
+        let native = native_file_of(cfg, account, providers)?;
+        if let Some(on_disk) = existing.as_deref().and_then(|t| native.parse(t, account.credential.expires_at).ok()) {
+            match on_disk.credential.compare_to(&account.credential) {
+                tokenkeeper_core::Freshness::Newer => return Err(SyncError::NewerOnDisk { path }),
+                // Rewriting the same tokens would only wake the CLI's watchers.
+                tokenkeeper_core::Freshness::Same => return Ok(WriteOutcome::Unchanged),
+                _ => {}
+            }
+        }
+    }
+    // A half-written or stub file of a native sink is replaced rather than merged.
+    let base = match cfg.target {
+        SinkTarget::Native { .. } => existing
+            .as_deref()
+            .filter(|t| matches!(serde_json::from_str::<serde_json::Value>(t), Ok(serde_json::Value::Object(_)))),
+        _ => existing.as_deref(),
+    };
+    let rendered = render_sink_with(cfg, account, base, providers)?;
     write_file(&path, rendered.contents.as_bytes(), &WriteOptions::from_sink(file))
 }
 

@@ -79,6 +79,14 @@ pub enum SinkTarget {
         /// The argv (no shell; never empty).
         argv: Vec<String>,
     },
+    /// A provider's own CLI file, written by that provider's `NativeFile` (unknown keys kept,
+    /// never over a newer credential).
+    Native {
+        /// The file.
+        file: FileTarget,
+        /// The provider whose format is written; `None`: the account's own provider.
+        provider: Option<String>,
+    },
 }
 
 /// The file a file sink writes and how.
@@ -161,6 +169,7 @@ impl SinkConfig {
             SinkTarget::Template { .. } => SinkKind::Template,
             SinkTarget::Infisical(_) => SinkKind::Infisical,
             SinkTarget::Command { .. } => SinkKind::Command,
+            SinkTarget::Native { .. } => SinkKind::Native,
         }
     }
 
@@ -170,7 +179,8 @@ impl SinkConfig {
             SinkTarget::EnvFile { file, .. }
             | SinkTarget::ClaudeCredentials { file }
             | SinkTarget::Openclaw { file, .. }
-            | SinkTarget::Template { file, .. } => Some(file),
+            | SinkTarget::Template { file, .. }
+            | SinkTarget::Native { file, .. } => Some(file),
             SinkTarget::Infisical(_) | SinkTarget::Command { .. } => None,
         }
     }
@@ -318,10 +328,12 @@ struct RawSink {
     token_file: Option<PathBuf>,
     #[serde(default)]
     run_on: Option<RunOn>,
+    #[serde(default)]
+    provider: Option<String>,
 }
 
 /// Kinds that write a file (and so take `path`, `mode`, `owner`, `group`, `write`).
-const FILE_KINDS: &str = "env_file, claude_credentials, openclaw and template";
+const FILE_KINDS: &str = "env_file, claude_credentials, openclaw, template and native";
 
 impl RawSink {
     /// The first key this table sets that its kind does not take, with the kinds it belongs
@@ -351,6 +363,7 @@ impl RawSink {
             (self.client_id_file.is_some(), "client_id_file", "infisical", infisical),
             (self.client_secret_file.is_some(), "client_secret_file", "infisical", infisical),
             (self.token_file.is_some(), "token_file", "infisical", infisical),
+            (self.provider.is_some(), "provider", "native", kind == SinkKind::Native),
         ]
         .into_iter()
         .find(|(set, _, _, applies)| *set && !applies)
@@ -414,6 +427,7 @@ impl TryFrom<RawSink> for SinkConfig {
                 SinkTarget::Template { file, source }
             }
             SinkKind::Infisical => SinkTarget::Infisical(infisical(&mut raw)?),
+            SinkKind::Native => SinkTarget::Native { file: raw.file()?, provider: raw.provider.take() },
             SinkKind::Command => match raw.command.take() {
                 Some(argv) if !argv.is_empty() => SinkTarget::Command { argv },
                 _ => return Err(err("command", SinkProblem::CommandRequired)),
@@ -471,4 +485,34 @@ pub(super) fn deserialize_sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<S
                 .map_err(|e| serde::de::Error::custom(format_args!("`sinks[{i}].{}` {}", e.key, e.problem)))
         })
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn sink(toml_text: &str) -> Result<SinkConfig, String> {
+        toml::from_str::<SinkConfig>(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_native_sink_names_its_file_and_optionally_its_provider() {
+        let s = sink("account = \"work\"\nkind = \"native\"\nprovider = \"codex\"\npath = \"~/.codex/auth.json\"\n")
+            .unwrap();
+        assert_eq!(s.kind(), SinkKind::Native);
+        let SinkTarget::Native { file, provider } = &s.target else { panic!("{s:?}") };
+        assert_eq!(
+            (file.path.to_str(), provider.as_deref(), file.mode),
+            (Some("~/.codex/auth.json"), Some("codex"), 0o600)
+        );
+        assert_eq!(s.display_name(), "native:~/.codex/auth.json");
+        let s = sink("account = \"work\"\nkind = \"native\"\npath = \"/x\"\n").unwrap();
+        assert!(matches!(s.target, SinkTarget::Native { provider: None, .. }));
+        let e = sink("account = \"work\"\nkind = \"native\"\n").unwrap_err();
+        assert!(e.contains("`path` is required"), "{e}");
+        let e = sink("account = \"work\"\nkind = \"env_file\"\nkey = \"K\"\npath = \"/x\"\nprovider = \"codex\"\n")
+            .unwrap_err();
+        assert!(e.contains("`provider` does not apply") && e.contains("native"), "{e}");
+    }
 }

@@ -38,7 +38,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
             _ = server_failed.wait_for(|stop| *stop) => tracing::warn!("the HTTP server stopped; stopping"),
         }
     };
-    let sinks = Arc::new(SinkSet::new(app.config.sinks.clone()));
+    let sinks = Arc::new(SinkSet::with_providers(app.config.sinks.clone(), app.keeper.providers().clone()));
     let alerts = if app.config.alerts.is_empty() {
         None
     } else {

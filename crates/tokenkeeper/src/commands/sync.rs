@@ -11,7 +11,7 @@ use crate::exit;
 
 /// Delivers one account to its sinks once; returns how many failed.
 pub async fn deliver(app: &App, account: &Account) -> Result<usize> {
-    let sinks = SinkSet::new(app.config.sinks.clone());
+    let sinks = SinkSet::with_providers(app.config.sinks.clone(), app.keeper.providers().clone());
     let results = sinks.deliver_once(account).await;
     let mut failed = 0;
     for (name, r) in results {
