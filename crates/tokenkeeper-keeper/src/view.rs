@@ -14,6 +14,8 @@ use crate::schedule::{effective_lead, lead_not_shorter_than_lifetime};
 pub struct AccountView {
     /// Account name.
     pub name: String,
+    /// Provider id (`anthropic`, `anthropic-api-key`, `codex`, …).
+    pub provider: String,
     /// `own` or `follow`.
     pub mode: String,
     /// The level, for code (serialised as `status`).
@@ -79,6 +81,7 @@ pub fn account_view(config: &Config, account: &Account, now: DateTime<Utc>, fail
     let left = account.credential.time_left(now);
     AccountView {
         name: account.name.clone(),
+        provider: account.provider.clone(),
         mode: account.mode.to_string(),
         level,
         status: level.as_str().to_owned(),

@@ -40,6 +40,12 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    account: String,
+    provider: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabels {
     replica: String,
 }
@@ -55,6 +61,7 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
     let expires = Family::<AccountLabels, Gauge>::default();
     let rt_age = Family::<AccountLabels, Gauge>::default();
     let status = Family::<StatusLabels, Gauge>::default();
+    let info = Family::<InfoLabels, Gauge>::default();
     let attempts = Family::<ResultLabels, Counter>::default();
     let sink_writes = Family::<SinkLabels, Counter>::default();
     let sink_failures = Family::<SinkLabels, Counter>::default();
@@ -64,6 +71,7 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
     for a in &accounts {
         let view = st.view_with(a, &sinks).view;
         let labels = AccountLabels { account: a.name.clone() };
+        info.get_or_create(&InfoLabels { account: a.name.clone(), provider: a.provider.clone() }).set(1);
         expires.get_or_create(&labels).set(view.expires_in_seconds);
         if let Some(age) = view.refresh_token_age_seconds {
             rt_age.get_or_create(&labels).set(age);
@@ -97,6 +105,11 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
         "tokenkeeper_account_status",
         "1 for the account's current status level, 0 for the others",
         status,
+    );
+    registry.register(
+        "tokenkeeper_account_info",
+        "Always 1; its labels name each account's provider (join on `account`)",
+        info,
     );
     registry.register(
         "tokenkeeper_refresh_attempts",

@@ -49,8 +49,8 @@ fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
 /// The status table.
 pub fn status_table(rows: &[AccountStatus], now: DateTime<Utc>) -> String {
     let mut out = String::new();
-    let header = ["ACCOUNT", "MODE", "STATUS", "EXPIRES IN", "RT AGE", "LAST REFRESH"];
-    let cells: Vec<[String; 6]> = rows
+    let header = ["ACCOUNT", "MODE", "STATUS", "EXPIRES IN", "RT AGE", "LAST REFRESH", "PROVIDER"];
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -64,6 +64,7 @@ pub fn status_table(rows: &[AccountStatus], now: DateTime<Utc>) -> String {
                     None => "unknown".into(),
                 },
                 ago(r.last_refreshed_at, now),
+                r.provider.clone(),
             ]
         })
         .collect();
