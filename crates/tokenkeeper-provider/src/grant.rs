@@ -28,6 +28,10 @@ pub struct TokenGrant {
     pub organization: Option<String>,
     /// `account.uuid`, when given.
     pub account_uuid: Option<String>,
+    /// What the provider keeps beside the tokens after this grant (Codex and Gemini CLI: a new
+    /// `id_token`), as the JSON object text of [`Credential::provider_data`]. `None` keeps the
+    /// previous credential's: a provider that wants it gone says so with an empty object.
+    pub provider_data: Option<Secret>,
 }
 
 impl TokenGrant {
@@ -64,12 +68,14 @@ impl TokenGrant {
             email: text(account.and_then(|a| a.get("email_address"))).map(str::to_owned),
             organization: text(organization.and_then(|o| o.get("name"))).map(str::to_owned),
             account_uuid: text(account.and_then(|a| a.get("uuid"))).map(str::to_owned),
+            provider_data: None,
         })
     }
 
     /// The credential to store, answered at `now`. A missing refresh token keeps `previous`'s
     /// (the provider did not rotate it); missing scopes keep `previous`'s; the subscription type
-    /// and rate-limit tier, which the token endpoint does not report, are carried over.
+    /// and rate-limit tier, which the token endpoint does not report, are carried over, and so is
+    /// `previous`'s provider data unless the grant brings its own.
     pub fn into_credential(self, now: DateTime<Utc>, previous: Option<&Credential>) -> Credential {
         let lifetime = tokenkeeper_core::clock::chrono_duration(self.expires_in);
         let scopes =
@@ -81,7 +87,7 @@ impl TokenGrant {
             scopes,
             subscription_type: previous.and_then(|p| p.subscription_type.clone()),
             rate_limit_tier: previous.and_then(|p| p.rate_limit_tier.clone()),
-            provider_data: None,
+            provider_data: self.provider_data.or_else(|| previous.and_then(|p| p.provider_data.clone())),
         }
     }
 }
@@ -101,7 +107,7 @@ mod tests {
             scopes: vec!["user:inference".into()],
             subscription_type: Some("max".into()),
             rate_limit_tier: Some("default_claude_max_20x".into()),
-            provider_data: None,
+            provider_data: Some(Secret::new(r#"{"id_token":"old"}"#)),
         }
     }
 
@@ -145,12 +151,15 @@ mod tests {
         assert_eq!(c.scopes, ["user:inference"]);
         assert_eq!(c.subscription_type.as_deref(), Some("max"));
         assert_eq!(c.rate_limit_tier.as_deref(), Some("default_claude_max_20x"));
+        assert_eq!(c.provider_data.as_ref().map(Secret::expose), Some(r#"{"id_token":"old"}"#));
 
-        let g =
+        let mut g =
             TokenGrant::from_json(&json!({"access_token": "a", "refresh_token": "r", "expires_in": 1, "scope": "x"}))
                 .unwrap();
+        g.provider_data = Some(Secret::new(r#"{"id_token":"new"}"#));
         let c = g.into_credential(now, Some(&previous()));
         assert_eq!(c.refresh_token.as_ref().map(Secret::expose), Some("r"));
+        assert_eq!(c.provider_data.as_ref().map(Secret::expose), Some(r#"{"id_token":"new"}"#));
         assert_eq!(c.scopes, ["x"]);
         let fresh =
             TokenGrant::from_json(&json!({"access_token": "a", "expires_in": 1})).unwrap().into_credential(now, None);
