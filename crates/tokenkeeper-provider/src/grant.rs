@@ -28,6 +28,9 @@ pub struct TokenGrant {
     pub organization: Option<String>,
     /// `account.uuid`, when given.
     pub account_uuid: Option<String>,
+    /// The OpenID Connect `id_token` of the answer, when given (Codex, Google). A provider
+    /// turns it into `provider_data`; the keeper never reads it.
+    pub id_token: Option<Secret>,
     /// What the provider keeps beside the tokens after this grant (Codex and Gemini CLI: a new
     /// `id_token`), as the JSON object text of [`Credential::provider_data`]. `None` keeps the
     /// previous credential's: a provider that wants it gone says so with an empty object.
@@ -68,6 +71,7 @@ impl TokenGrant {
             email: text(account.and_then(|a| a.get("email_address"))).map(str::to_owned),
             organization: text(organization.and_then(|o| o.get("name"))).map(str::to_owned),
             account_uuid: text(account.and_then(|a| a.get("uuid"))).map(str::to_owned),
+            id_token: text(v.get("id_token")).map(Secret::new),
             provider_data: None,
         })
     }

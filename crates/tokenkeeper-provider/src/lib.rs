@@ -10,6 +10,7 @@
 mod client;
 mod error;
 mod grant;
+pub mod jwt;
 mod pkce;
 mod provider;
 
