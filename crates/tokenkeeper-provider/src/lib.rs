@@ -8,11 +8,15 @@
 //! `error_description`, never a token, a code or a request body.
 
 mod client;
+pub mod codex;
 mod error;
+pub mod gemini;
 mod grant;
 pub mod jwt;
+pub mod oauth2;
 mod pkce;
 mod provider;
+mod shared;
 
 pub use client::{OAuthClient, TokenOutcome};
 pub use error::{LoginError, ProviderError};
