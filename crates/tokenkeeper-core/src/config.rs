@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod provider;
 mod sink;
 
+pub use provider::{
+    ClientSecretError, ExpirySource, ProviderConfig, ProviderKind, Rotation, TokenBody, ANTHROPIC, CODEX, GEMINI,
+};
 pub use sink::{
     FileTarget, InfisicalAuth, InfisicalFormat, InfisicalTarget, SinkConfig, SinkConfigError, SinkProblem, SinkTarget,
     TemplateSource, DEFAULT_FILE_MODE,
 };
-
-/// The default provider id.
-pub const ANTHROPIC: &str = "anthropic";
 
 /// Errors loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +62,9 @@ pub struct Config {
     pub keeper: KeeperConfig,
     /// The HTTP server.
     pub server: ServerConfig,
-    /// OAuth providers by id; `anthropic` always exists.
+    /// OAuth providers by id; `anthropic` always exists. Each table is read over its own id's
+    /// defaults (see [`ProviderConfig`]).
+    #[serde(deserialize_with = "provider::deserialize_providers")]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Per-account settings by account name.
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -262,49 +265,6 @@ impl ServerConfig {
     }
 }
 
-/// `[providers.<id>]`: an OAuth provider's endpoints.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProviderConfig {
-    /// Token endpoint (refresh and code exchange).
-    pub token_url: String,
-    /// Authorize page for a new login.
-    pub authorize_url: String,
-    /// Redirect URI registered for the manual code flow.
-    pub redirect_uri: String,
-    /// OAuth client id.
-    pub client_id: String,
-    /// Base URL of the Messages API (used by `doctor --probe` and the proxy).
-    pub api_base_url: String,
-    /// Scopes asked for at login.
-    pub scopes: Vec<String>,
-    /// Timeout of one token request.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Warn when a refresh token is older than this.
-    #[serde(with = "humantime_serde")]
-    pub refresh_token_warn_age: Duration,
-    /// Expected life of a refresh token.
-    #[serde(with = "humantime_serde")]
-    pub refresh_token_life: Duration,
-}
-
-impl Default for ProviderConfig {
-    fn default() -> Self {
-        Self {
-            token_url: "https://platform.claude.com/v1/oauth/token".into(),
-            authorize_url: "https://claude.ai/oauth/authorize".into(),
-            redirect_uri: "https://platform.claude.com/oauth/code/callback".into(),
-            client_id: "9d1c250a-e61b-44d9-88ed-5944d1962f5e".into(),
-            api_base_url: "https://api.anthropic.com".into(),
-            scopes: vec!["org:create_api_key".into(), "user:profile".into(), "user:inference".into()],
-            timeout: Duration::from_secs(30),
-            refresh_token_warn_age: Duration::from_secs(25 * 86_400),
-            refresh_token_life: Duration::from_secs(30 * 86_400),
-        }
-    }
-}
-
 /// `[accounts.<name>]`: per-account settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -449,9 +409,10 @@ pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
 }
 
 impl Config {
-    /// The provider config for `id`, or the defaults.
+    /// The provider config for `id`: its table, else its built-in defaults
+    /// ([`ProviderConfig::defaults_for`]).
     pub fn provider(&self, id: &str) -> ProviderConfig {
-        self.providers.get(id).cloned().unwrap_or_default()
+        self.providers.get(id).cloned().unwrap_or_else(|| ProviderConfig::defaults_for(id))
     }
 
     /// Parses TOML text; `origin` names the file in errors.
@@ -537,24 +498,7 @@ impl Config {
         if self.keeper.backoff_min > self.keeper.backoff_max {
             return Err(invalid("keeper.backoff_min".into(), "must not be larger than keeper.backoff_max".into()));
         }
-        for (id, p) in &self.providers {
-            for (key, value) in [
-                ("token_url", &p.token_url),
-                ("authorize_url", &p.authorize_url),
-                ("redirect_uri", &p.redirect_uri),
-                ("api_base_url", &p.api_base_url),
-            ] {
-                match url::Url::parse(value) {
-                    Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
-                    _ => {
-                        return Err(invalid(
-                            format!("providers.{id}.{key}"),
-                            format!("is `{value}`; expected an http(s) URL"),
-                        ))
-                    }
-                }
-            }
-        }
+        provider::validate(&self.providers, &invalid)?;
         for (i, a) in self.alerts.iter().enumerate() {
             let key = |k: &str| format!("alerts[{i}].{k}");
             match a.kind {

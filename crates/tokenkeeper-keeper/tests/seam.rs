@@ -126,6 +126,7 @@ impl Provider for Acme {
             email: None,
             organization: None,
             account_uuid: None,
+            id_token: None,
             provider_data: Some(Secret::new(json!({"session": v["session"]}).to_string())),
         })
     }

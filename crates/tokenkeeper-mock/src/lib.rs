@@ -19,6 +19,11 @@
 //!   whose client goes away is counted ([`Counts::streams_cancelled`],
 //!   [`MockProvider::wait_streams_cancelled`]).
 //!
+//! - `POST /codex/oauth/token`, `POST /google/token`, `POST /generic/token`: the token
+//!   endpoints of OpenAI (as Codex CLI uses it), Google (as Gemini CLI uses it) and a
+//!   configurable RFC 6749 one, each with its own encoding, rotation and errors, counted per
+//!   endpoint (see [`shapes`]).
+//!
 //! Tests inject failures with [`MockProvider::push_fault`] (FIFO, one per request) and
 //! [`MockProvider::set_persistent_fault`], and read what happened with
 //! [`MockProvider::counts`]. [`Fault::Messages401`] and [`Fault::Messages429`] are taken by
@@ -30,6 +35,7 @@
 mod api;
 mod authorize;
 mod routes;
+pub mod shapes;
 mod state;
 
 use std::fmt;
@@ -41,6 +47,10 @@ use tokenkeeper_core::SharedClock;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use crate::shapes::{
+    Encoding, GenericShape, Shape, ShapeCounts, ShapeLogin, ShapeRequest, CODEX_CLIENT_ID, GEMINI_CLIENT_ID,
+    GEMINI_CLIENT_SECRET,
+};
 use crate::state::State;
 
 /// The OAuth client id of Claude Code, which the mock accepts (and only it).
@@ -504,6 +514,46 @@ impl MockProvider {
     pub async fn wait_streams_cancelled(&self, n: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.shared.cancelled.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The URL of another provider's token endpoint on this mock ([`Shape::path`]).
+    pub fn shape_token_url(&self, shape: Shape) -> String {
+        format!("{}{}", self.base_url(), shape.path())
+    }
+
+    /// Creates a login at `shape`'s endpoint directly, as if `email` had logged in with that
+    /// provider's CLI.
+    pub fn issue_shape_login(&self, shape: Shape, email: &str) -> ShapeLogin {
+        let mut st = self.inner.shared.lock();
+        let now = st.now();
+        st.shapes.issue(shape, email, now, true).0
+    }
+
+    /// Lifetime of access tokens `shape` issues from now on (Codex about 10 days, Google 3599 s,
+    /// generic an hour).
+    pub fn set_shape_access_lifetime(&self, shape: Shape, d: Duration) {
+        self.inner.shared.lock().shapes.set_lifetime(shape, d);
+    }
+
+    /// How [`Shape::Generic`] behaves from now on.
+    pub fn set_generic_shape(&self, generic: GenericShape) {
+        self.inner.shared.lock().shapes.generic = generic;
+    }
+
+    /// Revokes a refresh token of `shape`: Codex then answers `refresh_token_invalidated`,
+    /// the others `invalid_grant`.
+    pub fn revoke_shape(&self, shape: Shape, refresh_token: &str) {
+        self.inner.shared.lock().shapes.revoke(shape, refresh_token);
+    }
+
+    /// The counters of `shape`'s endpoint.
+    pub fn shape_counts(&self, shape: Shape) -> ShapeCounts {
+        self.inner.shared.lock().shapes.counts(shape)
+    }
+
+    /// What the last request to `shape`'s endpoint carried (field names, no secret values).
+    pub fn last_shape_request(&self, shape: Shape) -> Option<ShapeRequest> {
+        self.inner.shared.lock().shapes.last(shape)
     }
 
     /// Revokes a refresh token: from now on it answers `invalid_grant`.

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::authorize;
+use crate::shapes::Shape;
 use crate::state::{OAuthError, Target, TokenRequest};
 use crate::{Fault, Shared};
 
@@ -34,6 +35,9 @@ const HTML_200: &str = "<!DOCTYPE html>\n<html><head><title>Just a moment...</ti
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/oauth/token", post(token))
+        .route(Shape::Codex.path(), post(|s, h, b| shaped(Shape::Codex, s, h, b)))
+        .route(Shape::Google.path(), post(|s, h, b| shaped(Shape::Google, s, h, b)))
+        .route(Shape::Generic.path(), post(|s, h, b| shaped(Shape::Generic, s, h, b)))
         .route("/oauth/authorize", get(authorize_page))
         .route("/oauth/authorize/approve", get(approve))
         .route("/oauth/code/callback", get(callback))
@@ -122,6 +126,38 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     match result {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
         Err(err) => oauth_error(&err),
+    }
+}
+
+/// The token endpoint of another provider's shape (see [`crate::shapes`]). Token faults apply
+/// as at Anthropic's endpoint.
+async fn shaped(shape: Shape, State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let fault = {
+        let mut st = shared.lock();
+        st.shapes.count_request(shape);
+        st.take_fault(Target::Token)
+    };
+    match &fault {
+        Some(Fault::Slow(delay)) => tokio::time::sleep(*delay).await,
+        Some(other) => {
+            if let Some(response) = token_fault(other) {
+                return response;
+            }
+        }
+        None => {}
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let result = {
+        let mut st = shared.lock();
+        let now = st.now();
+        st.shapes.handle(shape, content_type, &body, now)
+    };
+    match result {
+        Ok(body) => (StatusCode::OK, Json(body)).into_response(),
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, Json(refusal.body)).into_response()
+        }
     }
 }
 

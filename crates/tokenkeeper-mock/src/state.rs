@@ -147,6 +147,8 @@ pub(crate) struct State {
     pub api_keys: HashMap<String, String>,
     /// Every API request (`/v1/*` but the token endpoint), in order.
     pub recorded: Vec<crate::RecordedRequest>,
+    /// The Codex, Google and generic token endpoints.
+    pub shapes: crate::shapes::Shapes,
 }
 
 pub(crate) fn random_string(len: usize) -> String {
@@ -181,6 +183,7 @@ impl State {
             utilization: HashMap::new(),
             api_keys: HashMap::new(),
             recorded: Vec::new(),
+            shapes: crate::shapes::Shapes::new(),
         }
     }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use tokenkeeper_core::config::ProviderConfig;
+use serde_json::Value;
+use tokenkeeper_core::config::{ProviderConfig, TokenBody};
 use tokenkeeper_core::Secret;
 
 use crate::error::ProviderError;
@@ -21,7 +21,8 @@ const MAX_SAME_ORIGIN_REDIRECTS: usize = 3;
 /// Longest provider message quoted in a reason.
 const MAX_DETAIL_CHARS: usize = 300;
 
-/// OAuth error codes that mean the login itself is dead: only a new login helps.
+/// OAuth error codes that mean the login itself is dead: only a new login helps. Providers add
+/// their own (`[providers.<id>] rejection_codes`; Codex's `refresh_token_reused`).
 const REJECTION_CODES: &[&str] = &[
     "invalid_grant",
     "invalid_client",
@@ -102,8 +103,11 @@ pub struct OAuthClient {
     authorize_url: url::Url,
     redirect_uri: String,
     client_id: String,
+    client_secret: Option<Secret>,
     scopes: Vec<String>,
     timeout: Duration,
+    body: TokenBody,
+    rejection_codes: Vec<String>,
 }
 
 fn check_url(key: &'static str, value: &str) -> Result<url::Url, ProviderError> {
@@ -116,13 +120,22 @@ fn check_url(key: &'static str, value: &str) -> Result<url::Url, ProviderError> 
 }
 
 impl OAuthClient {
-    /// A client for the endpoints in `cfg`, with `cfg.timeout` per request. Redirects are
-    /// followed only within the token endpoint's own origin, so a token is never re-sent to
-    /// another host.
+    /// A client for the endpoints in `cfg`, with `cfg.timeout` per request, its body encoding
+    /// and its extra rejection codes. The client secret is `cfg.client_secret` as written; a
+    /// provider that allows it from a file or the environment resolves it and sets it with
+    /// [`OAuthClient::with_client_secret`]. Redirects are followed only within the token
+    /// endpoint's own origin, so a token is never re-sent to another host. `authorize_url` and
+    /// `redirect_uri` may be empty for a provider without a login flow.
     pub fn new(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
         check_url("token_url", &cfg.token_url)?;
-        let authorize_url = check_url("authorize_url", &cfg.authorize_url)?;
-        check_url("redirect_uri", &cfg.redirect_uri)?;
+        let authorize_url = if cfg.authorize_url.is_empty() {
+            check_url("token_url", &cfg.token_url)?
+        } else {
+            check_url("authorize_url", &cfg.authorize_url)?
+        };
+        if !cfg.redirect_uri.is_empty() {
+            check_url("redirect_uri", &cfg.redirect_uri)?;
+        }
         let policy = reqwest::redirect::Policy::custom(|attempt| {
             let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
             if same_origin && attempt.previous().len() <= MAX_SAME_ORIGIN_REDIRECTS {
@@ -143,9 +156,18 @@ impl OAuthClient {
             authorize_url,
             redirect_uri: cfg.redirect_uri.clone(),
             client_id: cfg.client_id.clone(),
+            client_secret: cfg.client_secret.clone(),
             scopes: cfg.scopes.clone(),
             timeout: cfg.timeout,
+            body: cfg.body,
+            rejection_codes: cfg.rejection_codes.clone(),
         })
+    }
+
+    /// The same client with another client secret (`None`: send none).
+    pub fn with_client_secret(mut self, secret: Option<Secret>) -> Self {
+        self.client_secret = secret;
+        self
     }
 
     /// The token endpoint this client talks to.
@@ -153,33 +175,41 @@ impl OAuthClient {
         &self.token_url
     }
 
-    /// Spends `refresh_token` for a new pair. `scopes` are sent space-joined as `scope` (left
-    /// out when empty), as Claude Code does.
+    /// Spends `refresh_token` for a new pair: `grant_type=refresh_token`, `refresh_token`,
+    /// `client_id`, the client secret when there is one, in the configured encoding. `scopes`
+    /// are sent space-joined as `scope` (left out when empty), as Claude Code does; pass none
+    /// for a provider whose CLI sends none.
     pub async fn refresh(&self, refresh_token: &Secret, scopes: &[String]) -> TokenOutcome {
-        tracing::debug!(refresh_token = %refresh_token.fingerprint(), ?scopes, "refreshing");
-        let mut body = json!({
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token.expose(),
-            "client_id": self.client_id,
-        });
-        if !scopes.is_empty() {
-            body["scope"] = Value::String(scopes.join(" "));
+        tracing::debug!(refresh_token = %refresh_token.fingerprint(), ?scopes, body = %self.body, "refreshing");
+        let joined = scopes.join(" ");
+        let mut fields: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("client_id", &self.client_id),
+        ];
+        if let Some(secret) = &self.client_secret {
+            fields.push(("client_secret", secret.expose()));
         }
-        self.request("refresh", &body, &[refresh_token]).await
+        if !scopes.is_empty() {
+            fields.push(("scope", &joined));
+        }
+        let mut secrets = vec![refresh_token];
+        secrets.extend(self.client_secret.as_ref());
+        self.request("refresh", &fields, &secrets).await
     }
 
     /// Exchanges the pasted authorization code of the login attempt `login` for a pair.
     pub async fn exchange_code(&self, pasted: &PastedCode, login: &PkceLogin) -> TokenOutcome {
         tracing::debug!(code = %pasted.code.fingerprint(), "exchanging an authorization code");
-        let body = json!({
-            "grant_type": "authorization_code",
-            "code": pasted.code.expose(),
-            "state": pasted.state,
-            "client_id": self.client_id,
-            "redirect_uri": self.redirect_uri,
-            "code_verifier": login.verifier.expose(),
-        });
-        self.request("code exchange", &body, &[&pasted.code, &login.verifier]).await
+        let fields = [
+            ("grant_type", "authorization_code"),
+            ("code", pasted.code.expose()),
+            ("state", pasted.state.as_str()),
+            ("client_id", self.client_id.as_str()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("code_verifier", login.verifier.expose()),
+        ];
+        self.request("code exchange", &fields, &[&pasted.code, &login.verifier]).await
     }
 
     /// The URL the user opens to log in, for the attempt `login`.
@@ -197,16 +227,13 @@ impl OAuthClient {
         url.into()
     }
 
-    /// Checks that the token endpoint answers, without spending anything: posts an empty JSON
-    /// object, which no grant can match. Any HTTP answer (a 400 included) counts as reachable.
-    /// Returns the round-trip time.
+    /// Checks that the token endpoint answers, without spending anything: posts an empty body
+    /// (`{}`, or an empty form), which no grant can match. Any HTTP answer (a 400 included)
+    /// counts as reachable. Returns the round-trip time.
     pub async fn probe(&self) -> Result<Duration, ProviderError> {
         let started = Instant::now();
         let response = self
-            .http
-            .post(&self.token_url)
-            .header(USER_AGENT, user_agent())
-            .json(&json!({}))
+            .encode(self.http.post(&self.token_url).header(USER_AGENT, user_agent()), &[])
             .send()
             .await
             .map_err(|source| ProviderError::Unreachable { url: self.token_url.clone(), source })?;
@@ -215,16 +242,28 @@ impl OAuthClient {
         Ok(elapsed)
     }
 
-    /// Posts `body` to the token endpoint and classifies the answer. `secrets` are the values in
-    /// the body, scrubbed from any reason in case the provider echoes them.
-    async fn request(&self, what: &'static str, body: &Value, secrets: &[&Secret]) -> TokenOutcome {
+    /// `fields` as the request's body: a JSON object of strings, or a form.
+    fn encode(&self, request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        match self.body {
+            TokenBody::Json => {
+                let body: serde_json::Map<String, Value> =
+                    fields.iter().map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned()))).collect();
+                request.json(&body)
+            }
+            TokenBody::Form => request.form(fields),
+        }
+    }
+
+    /// Posts `fields` to the token endpoint in the configured encoding and classifies the
+    /// answer. `secrets` are the values in the body, scrubbed from any reason in case the
+    /// provider echoes them.
+    async fn request(&self, what: &'static str, fields: &[(&str, &str)], secrets: &[&Secret]) -> TokenOutcome {
         let started = Instant::now();
         let sent = self
-            .http
-            .post(&self.token_url)
-            .header(USER_AGENT, user_agent())
-            .header(ACCEPT, "application/json")
-            .json(body)
+            .encode(
+                self.http.post(&self.token_url).header(USER_AGENT, user_agent()).header(ACCEPT, "application/json"),
+                fields,
+            )
             .send()
             .await;
         let outcome = match sent {
@@ -232,7 +271,7 @@ impl OAuthClient {
                 let status = response.status();
                 let headers = response.headers().clone();
                 match response.bytes().await {
-                    Ok(bytes) => classify(status, &headers, &bytes, Utc::now()),
+                    Ok(bytes) => classify_with(status, &headers, &bytes, Utc::now(), &self.rejection_codes),
                     Err(e) => TokenOutcome::Transient {
                         reason: format!("HTTP {status}, then reading the answer failed: {}", self.describe(&e)),
                     },
@@ -305,25 +344,39 @@ fn is_html(headers: &HeaderMap, body: &[u8]) -> bool {
     declared || text.trim_start().starts_with('<')
 }
 
-/// The provider's `error` code and message, from either the OAuth shape
-/// (`{"error":"invalid_grant","error_description":"…"}`) or the API shape
-/// (`{"type":"error","error":{"type":"…","message":"…"}}`).
+/// The provider's `error` code and message, from the OAuth shape
+/// (`{"error":"invalid_grant","error_description":"…"}`), Anthropic's API shape
+/// (`{"type":"error","error":{"type":"…","message":"…"}}`) or OpenAI's
+/// (`{"error":{"message":"…","type":"invalid_request_error","code":"refresh_token_reused"}}`,
+/// where `code` is the precise one), or a bare top-level `code`.
 fn error_detail(v: &Value) -> (Option<String>, Option<String>) {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
     match v.get("error") {
         Some(Value::String(code)) => {
             (Some(code.clone()), text(v.get("error_description")).or_else(|| text(v.get("message"))))
         }
-        Some(obj @ Value::Object(_)) => (text(obj.get("type")), text(obj.get("message"))),
-        _ => (None, text(v.get("error_description")).or_else(|| text(v.get("message")))),
+        Some(obj @ Value::Object(_)) => {
+            (text(obj.get("code")).or_else(|| text(obj.get("type"))), text(obj.get("message")))
+        }
+        _ => (text(v.get("code")), text(v.get("error_description")).or_else(|| text(v.get("message")))),
     }
+}
+
+/// Whether a word of a provider's message looks like a token: Anthropic's `sk-ant-…`, a JWT
+/// (`eyJ…` with dots: Codex's tokens), Google's access (`ya29.…`) and refresh (`1//…`) tokens.
+fn looks_like_token(word: &str) -> bool {
+    let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '/' && c != '.');
+    word.contains("sk-ant-")
+        || (w.starts_with("eyJ") && w.contains('.'))
+        || w.starts_with("ya29.")
+        || (w.starts_with("1//") && w.len() > 8)
 }
 
 /// Shortens a provider message and hides anything shaped like a token. The provider's messages
 /// carry no secrets, but a reason ends up in logs, alerts and the web page: take no chances.
 fn sanitize(message: &str) -> String {
     let words: Vec<&str> =
-        message.split_whitespace().map(|w| if w.contains("sk-ant-") { "[token]" } else { w }).collect();
+        message.split_whitespace().map(|w| if looks_like_token(w) { "[token]" } else { w }).collect();
     let joined = words.join(" ");
     if joined.chars().count() > MAX_DETAIL_CHARS {
         let cut: String = joined.chars().take(MAX_DETAIL_CHARS).collect();
@@ -356,8 +409,23 @@ fn describe_answer(status: StatusCode, headers: &HeaderMap, body: &[u8], json: O
     }
 }
 
-/// Classifies one answer of the token endpoint. `now` dates a `Retry-After` given as a date.
+/// Classifies one answer of the token endpoint with the standard rejection codes only. `now`
+/// dates a `Retry-After` given as a date.
+#[cfg(test)]
 pub(crate) fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> TokenOutcome {
+    classify_with(status, headers, body, now, &[])
+}
+
+/// Classifies one answer of the token endpoint. `extra` are the provider's own rejection codes
+/// (a 400, or any status, with one of them means the login is dead). `now` dates a
+/// `Retry-After` given as a date.
+pub(crate) fn classify_with(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+    extra: &[String],
+) -> TokenOutcome {
     let json: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
     if status.is_success() {
         if let Some(grant) = json.as_ref().and_then(TokenGrant::from_json) {
@@ -393,11 +461,16 @@ pub(crate) fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now
     }
     let code = json.as_ref().and_then(|v| error_detail(v).0);
     let is_rejection_code = code.as_deref().is_some_and(|c| REJECTION_CODES.contains(&c));
-    let dead_login = match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => json.is_some(),
-        StatusCode::BAD_REQUEST => is_rejection_code,
-        _ => false,
-    };
+    // A provider's own codes are precise (Codex treats `refresh_token_reused` as permanent
+    // whatever the status), so they count on any 4xx.
+    let is_provider_code =
+        code.as_deref().is_some_and(|c| extra.iter().any(|e| e.eq_ignore_ascii_case(c))) && status.is_client_error();
+    let dead_login = is_provider_code
+        || match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => json.is_some(),
+            StatusCode::BAD_REQUEST => is_rejection_code,
+            _ => false,
+        };
     if dead_login {
         TokenOutcome::Rejected { reason }
     } else {
@@ -431,6 +504,7 @@ fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use reqwest::header::HeaderValue;
+    use serde_json::json;
 
     use super::*;
 
@@ -519,6 +593,32 @@ mod tests {
         assert!(!reason.contains("SECRETVALUE"), "{reason}");
         assert!(reason.contains("[token]"));
         assert!(reason.chars().count() < 400, "{}", reason.len());
+    }
+
+    #[test]
+    fn openai_error_codes_are_read_and_provider_codes_reject() {
+        let reused = r#"{"error":{"message":"Your refresh token has already been used to generate a new access token. Please try signing in again.","type":"invalid_request_error","param":null,"code":"refresh_token_reused"}}"#;
+        let TokenOutcome::Rejected { reason } = answer(401, &[], reused) else { panic!("not rejected") };
+        assert!(reason.starts_with("HTTP 401 Unauthorized: refresh_token_reused ("), "{reason}");
+        let codex = vec!["refresh_token_expired".to_owned()];
+        let expired = r#"{"error":{"code":"refresh_token_expired","message":"expired"}}"#;
+        let got = classify_with(StatusCode::BAD_REQUEST, &HeaderMap::new(), expired.as_bytes(), now(), &codex);
+        assert!(matches!(got, TokenOutcome::Rejected { .. }), "{got:?}");
+        // Without the provider's codes the same answer is a malformed request, retried.
+        assert!(matches!(answer(400, &[], expired), TokenOutcome::Transient { .. }));
+        // A 5xx stays transient whatever it says.
+        let got = classify_with(StatusCode::BAD_GATEWAY, &HeaderMap::new(), expired.as_bytes(), now(), &codex);
+        assert!(matches!(got, TokenOutcome::Transient { .. }), "{got:?}");
+    }
+
+    #[test]
+    fn jwt_and_google_token_shapes_are_cut_from_reasons() {
+        let body = json!({"error": "invalid_grant",
+            "error_description": "bad eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjF9.c2ln and ya29.a0AfB_secret and 1//0gSECRETREFRESH"});
+        let TokenOutcome::Rejected { reason } = answer(400, &[], &body.to_string()) else { panic!("not rejected") };
+        for leak in ["eyJleHAiOjF9", "a0AfB_secret", "0gSECRETREFRESH"] {
+            assert!(!reason.contains(leak), "{leak} in {reason}");
+        }
     }
 
     #[test]

@@ -15,6 +15,23 @@ pub enum ProviderError {
         /// What is wrong with it.
         message: String,
     },
+    /// A required provider setting is empty.
+    #[error("[providers.{provider}] `{key}` is not set; set it in the config file")]
+    Missing {
+        /// The provider's id.
+        provider: String,
+        /// Which setting (`client_id`).
+        key: &'static str,
+    },
+    /// The client secret cannot be read from where the config says.
+    #[error("[providers.{provider}]: the client secret cannot be read")]
+    ClientSecret {
+        /// The provider's id.
+        provider: String,
+        /// Why (names the file or variable, never the secret).
+        #[source]
+        source: tokenkeeper_core::config::ClientSecretError,
+    },
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot build the HTTP client for the token endpoint")]
     Client(#[source] reqwest::Error),

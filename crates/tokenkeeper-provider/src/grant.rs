@@ -28,8 +28,12 @@ pub struct TokenGrant {
     pub organization: Option<String>,
     /// `account.uuid`, when given.
     pub account_uuid: Option<String>,
-    /// What the provider keeps beside the tokens (see [`Credential::provider_data`]), when
-    /// this answer brought new data; `None` keeps the previous credential's.
+    /// The OpenID Connect `id_token` of the answer, when given (Codex, Google). A provider
+    /// turns it into `provider_data`; the keeper never reads it.
+    pub id_token: Option<Secret>,
+    /// What the provider keeps beside the tokens after this grant (Codex and Gemini CLI: a new
+    /// `id_token`), as the JSON object text of [`Credential::provider_data`]. `None` keeps the
+    /// previous credential's: a provider that wants it gone says so with an empty object.
     pub provider_data: Option<Secret>,
 }
 
@@ -67,6 +71,7 @@ impl TokenGrant {
             email: text(account.and_then(|a| a.get("email_address"))).map(str::to_owned),
             organization: text(organization.and_then(|o| o.get("name"))).map(str::to_owned),
             account_uuid: text(account.and_then(|a| a.get("uuid"))).map(str::to_owned),
+            id_token: text(v.get("id_token")).map(Secret::new),
             provider_data: None,
         })
     }
@@ -74,7 +79,7 @@ impl TokenGrant {
     /// The credential to store, answered at `now`. A missing refresh token keeps `previous`'s
     /// (the provider did not rotate it); missing scopes keep `previous`'s; the subscription type
     /// and rate-limit tier, which the token endpoint does not report, are carried over, and so is
-    /// `previous`'s provider data when the grant brings none.
+    /// `previous`'s provider data unless the grant brings its own.
     pub fn into_credential(self, now: DateTime<Utc>, previous: Option<&Credential>) -> Credential {
         let lifetime = tokenkeeper_core::clock::chrono_duration(self.expires_in);
         let scopes =
@@ -106,7 +111,7 @@ mod tests {
             scopes: vec!["user:inference".into()],
             subscription_type: Some("max".into()),
             rate_limit_tier: Some("default_claude_max_20x".into()),
-            provider_data: None,
+            provider_data: Some(Secret::new(r#"{"id_token":"old"}"#)),
         }
     }
 
@@ -150,27 +155,18 @@ mod tests {
         assert_eq!(c.scopes, ["user:inference"]);
         assert_eq!(c.subscription_type.as_deref(), Some("max"));
         assert_eq!(c.rate_limit_tier.as_deref(), Some("default_claude_max_20x"));
+        assert_eq!(c.provider_data.as_ref().map(Secret::expose), Some(r#"{"id_token":"old"}"#));
 
-        let g =
+        let mut g =
             TokenGrant::from_json(&json!({"access_token": "a", "refresh_token": "r", "expires_in": 1, "scope": "x"}))
                 .unwrap();
+        g.provider_data = Some(Secret::new(r#"{"id_token":"new"}"#));
         let c = g.into_credential(now, Some(&previous()));
         assert_eq!(c.refresh_token.as_ref().map(Secret::expose), Some("r"));
+        assert_eq!(c.provider_data.as_ref().map(Secret::expose), Some(r#"{"id_token":"new"}"#));
         assert_eq!(c.scopes, ["x"]);
         let fresh =
             TokenGrant::from_json(&json!({"access_token": "a", "expires_in": 1})).unwrap().into_credential(now, None);
         assert_eq!((fresh.refresh_token, fresh.scopes.len(), fresh.subscription_type), (None, 0, None));
-    }
-
-    #[test]
-    fn provider_data_is_replaced_only_when_the_grant_brings_some() {
-        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let mut prev = previous();
-        prev.provider_data = Some(Secret::new(r#"{"id_token":"old"}"#));
-        let g = TokenGrant::from_json(&json!({"access_token": "a", "expires_in": 1})).unwrap();
-        assert_eq!(g.clone().into_credential(now, Some(&prev)).provider_data, prev.provider_data);
-        let with = TokenGrant { provider_data: Some(Secret::new(r#"{"id_token":"new"}"#)), ..g };
-        let c = with.into_credential(now, Some(&prev));
-        assert_eq!(c.provider_data.as_ref().map(Secret::expose), Some(r#"{"id_token":"new"}"#));
     }
 }

@@ -9,11 +9,16 @@
 
 pub mod anthropic;
 mod client;
+pub mod codex;
 mod error;
+pub mod gemini;
 mod grant;
+pub mod jwt;
+pub mod oauth2;
 mod pkce;
 mod provider;
 mod registry;
+mod shared;
 
 pub use anthropic::{Anthropic, ApiKey};
 pub use client::{OAuthClient, TokenOutcome};
