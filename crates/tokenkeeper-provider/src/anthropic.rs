@@ -31,6 +31,7 @@ const CLAUDE_CONFIG_DIR: &str = "CLAUDE_CONFIG_DIR";
 /// endpoint of `[providers.anthropic]`; its CLI file is Claude Code's `.credentials.json`.
 #[derive(Debug, Clone)]
 pub struct Anthropic {
+    id: String,
     client: OAuthClient,
     api_base_url: String,
     file: ClaudeCredentialsFile,
@@ -39,7 +40,17 @@ pub struct Anthropic {
 impl Anthropic {
     /// The provider for the endpoints in `cfg` (`[providers.anthropic]`).
     pub fn new(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        Ok(Self { client: OAuthClient::new(cfg)?, api_base_url: cfg.api_base_url.clone(), file: ClaudeCredentialsFile })
+        Self::with_id(ANTHROPIC, cfg)
+    }
+
+    /// An Anthropic provider under another id (`[providers.claude-staging] kind = "anthropic"`).
+    pub fn with_id(id: &str, cfg: &ProviderConfig) -> Result<Self, ProviderError> {
+        Ok(Self {
+            id: id.to_owned(),
+            client: OAuthClient::new(cfg)?,
+            api_base_url: cfg.api_base_url.clone(),
+            file: ClaudeCredentialsFile,
+        })
     }
 
     /// The OAuth client, for what only Anthropic has here: the PKCE login.
@@ -51,7 +62,7 @@ impl Anthropic {
 #[async_trait::async_trait]
 impl Provider for Anthropic {
     fn id(&self) -> &str {
-        ANTHROPIC
+        &self.id
     }
 
     fn display_name(&self) -> &str {
