@@ -13,8 +13,9 @@
 //! variable names ([`tokenkeeper_provider::NativeFile::home_var`], Codex's `CODEX_HOME`) gets
 //! that file written into a private directory of the data dir (`exec/<account>/`, mode 0700,
 //! the file 0600, rewritten at every `exec`), and the variable pointed at it. The file holds the
-//! access token only, never the refresh token: a CLI that refreshed by itself would spend the
-//! keeper's refresh token and log the keeper out.
+//! access token only; its refresh token is empty: a CLI that refreshed by itself would
+//! otherwise spend the keeper's refresh token and log the keeper out (the field is there, empty,
+//! because Codex refuses a file without it).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ pub async fn run(app: &App, args: ExecArgs) -> Result<i32> {
     Err(cmd.exec().into())
 }
 
-/// Writes `credential`, without its refresh token, as the CLI's file under `dir` (created 0700),
+/// Writes `credential`, its refresh token emptied, as the CLI's file under `dir` (created 0700),
 /// where the CLI looks when `var` points at `dir`. Returns the file's path.
 fn write_private_native_file(
     file: &dyn NativeFile,
@@ -78,7 +79,7 @@ fn write_private_native_file(
     if let Some(parent) = path.parent() {
         private_dir(parent)?;
     }
-    let access_only = Credential { refresh_token: None, ..credential.clone() };
+    let access_only = Credential { refresh_token: Some(tokenkeeper_core::Secret::new("")), ..credential.clone() };
     let text = file.render(None, &access_only, now)?;
     write_file(&path, text.as_bytes(), &WriteOptions::default())?;
     Ok(path)

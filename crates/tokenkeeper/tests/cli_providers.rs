@@ -1,0 +1,126 @@
+//! Providers beyond Anthropic through the real binary: Codex's `auth.json` imported by
+//! `--provider` and by detection, refreshed against the mock's OpenAI-shaped endpoint, written
+//! back with every unknown key, shown with its provider in `status`, and handed to `exec` as
+//! Codex reads it (`CODEX_HOME` pointing at a private directory, no usable refresh token).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{stderr, stdout, World};
+use serde_json::{json, Value};
+use tokenkeeper_mock::Shape;
+
+/// An `auth.json` as Codex writes it, with keys of a future version at two levels.
+fn codex_file(access: &str, refresh: &str, id_token: &str, account_id: &str) -> String {
+    serde_json::to_string_pretty(&json!({
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": null,
+        "tokens": {
+            "id_token": id_token,
+            "access_token": access,
+            "refresh_token": refresh,
+            "account_id": account_id,
+            "x_future_token_field": {"nested": [1, {"deep": true}]}
+        },
+        "last_refresh": "2026-11-20T08:15:30.123456Z",
+        "x_future_top": {"a": "b"}
+    }))
+    .unwrap()
+}
+
+fn config(w: &World) -> String {
+    format!("[providers.codex]\ntoken_url = \"{}\"\n", w.mock.shape_token_url(Shape::Codex))
+}
+
+fn read_json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_is_imported_refreshed_written_back_and_handed_to_exec() {
+    let w = World::new().await;
+    w.write_config(&config(&w));
+    let login = w.mock.issue_shape_login(Shape::Codex, "dev@example.com");
+    let file = w.home().join(".codex/auth.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let (id_token, account_id) = (login.id_token.clone().unwrap(), login.account_id.clone().unwrap());
+    std::fs::write(&file, codex_file(&login.access_token, &login.refresh_token, &id_token, &account_id)).unwrap();
+
+    // `--provider codex` without a file reads Codex's own (~/.codex/auth.json) and binds it.
+    let out = w.run(&["import", "--provider", "codex", "--account", "dev"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("provider codex") && said.contains("bound to"), "{said}");
+
+    let status: Value = serde_json::from_str(&w.ok(&["status", "--json"], "")).unwrap();
+    let dev = &status.as_array().unwrap()[0];
+    assert_eq!(dev["provider"], "codex", "{status}");
+    assert_eq!(dev["bound_file"], file.display().to_string());
+    assert!(w.ok(&["status"], "").contains("codex"));
+
+    // Two forced rotations: one request each at the OpenAI-shaped endpoint, none rejected.
+    for round in 1..=2u64 {
+        w.ok(&["refresh", "--force", "--account", "dev"], "");
+        let counts = w.mock.shape_counts(Shape::Codex);
+        assert_eq!((counts.refresh_ok, counts.refresh_rejected), (round, 0), "round {round}");
+    }
+    let store = w.store().await;
+    let stored = tokenkeeper_core::Store::get_account(&store, "dev").await.unwrap().unwrap();
+    assert_ne!(stored.credential.access_token.expose(), login.access_token);
+    // The bound file holds the new tokens in Codex's shape, every unknown key kept.
+    let doc = read_json(&file);
+    assert_eq!(doc["tokens"]["access_token"], stored.credential.access_token.expose());
+    assert_eq!(doc["tokens"]["refresh_token"], stored.credential.refresh_token.as_ref().unwrap().expose());
+    assert_eq!(doc["tokens"]["x_future_token_field"]["nested"][1]["deep"], true);
+    assert_eq!((doc["x_future_top"]["a"].as_str(), doc["auth_mode"].as_str()), (Some("b"), Some("chatgpt")));
+    assert_ne!(doc["last_refresh"], "2026-11-20T08:15:30.123456Z", "Codex ignores tokens without a fresh last_refresh");
+
+    // exec: Codex finds its file where CODEX_HOME points, private, without a refresh token
+    // it could spend (which would log the keeper out).
+    let out = w.run(&["exec", "--account", "dev", "--", "sh", "-c", "printf '%s\\n' \"$CODEX_HOME\""], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let home = std::path::PathBuf::from(stdout(&out).trim());
+    assert!(home.starts_with(w.data_dir()), "{}", home.display());
+    assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
+    let handed = home.join("auth.json");
+    assert_eq!(std::fs::metadata(&handed).unwrap().permissions().mode() & 0o777, 0o600);
+    let doc = read_json(&handed);
+    assert_eq!(doc["tokens"]["access_token"], stored.credential.access_token.expose());
+    assert_eq!(doc["tokens"]["refresh_token"], "", "the child must not get the keeper's refresh token");
+    assert!(doc["tokens"]["id_token"].as_str().is_some_and(|t| !t.is_empty()), "Codex needs its id_token");
+    assert!(!stderr(&out).contains(stored.credential.access_token.expose()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_detects_codex_after_the_claude_shapes_and_refuses_unknown_json_helpfully() {
+    let w = World::new().await;
+    w.write_config(&config(&w));
+    let login = w.mock.issue_shape_login(Shape::Codex, "dev@example.com");
+    let text = codex_file(&login.access_token, &login.refresh_token, &login.id_token.unwrap(), "acct-1");
+    // From stdin: detected by its shape, not bound (there is no file to keep in step).
+    let out = w.run(&["import", "-", "--account", "piped"], &text);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("provider codex"), "{}", stderr(&out));
+    let status: Value = serde_json::from_str(&w.ok(&["status", "--json"], "")).unwrap();
+    assert_eq!(status[0]["provider"], "codex");
+    assert!(status[0]["bound_file"].is_null());
+
+    // Claude Code's JSON is still read as before.
+    let (claude, _) = w.claude_json("c@example.com");
+    let out = w.run(&["import", "-", "--account", "claude"], &claude);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("provider anthropic"), "{}", stderr(&out));
+
+    // JSON nobody claims: the message names the files it could have been and the flag.
+    let out = w.run(&["import", "-", "--account", "x"], "{\"something\": {\"else\": 1}}");
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("--provider") && e.contains("auth.json"), "{e}");
+
+    // An unknown provider id names the ones there are and how to add one.
+    let out = w.run(&["import", "-", "--provider", "nope"], &text);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("codex") && e.contains("[providers.nope]"), "{e}");
+}
