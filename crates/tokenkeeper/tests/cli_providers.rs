@@ -3,6 +3,8 @@
 //! back with every unknown key, shown with its provider in `status`, and handed to `exec` as
 //! Codex reads it (`CODEX_HOME` pointing at a private directory, no usable refresh token).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
