@@ -126,3 +126,99 @@ async fn import_detects_codex_after_the_claude_shapes_and_refuses_unknown_json_h
     let e = stderr(&out);
     assert!(e.contains("codex") && e.contains("[providers.nope]"), "{e}");
 }
+
+/// An `oauth_creds.json` as Gemini CLI writes it, with an unknown key.
+fn gemini_file(access: &str, refresh: &str, id_token: &str, expiry_ms: i64) -> String {
+    serde_json::to_string_pretty(&json!({
+        "access_token": access,
+        "refresh_token": refresh,
+        "scope": "https://www.googleapis.com/auth/cloud-platform openid",
+        "token_type": "Bearer",
+        "id_token": id_token,
+        "expiry_date": expiry_ms,
+        "x_future": {"deep": [1, 2]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gemini_is_imported_by_shape_refreshed_and_delivered_by_a_native_sink() {
+    let w = World::new().await;
+    let file = w.home().join(".gemini/oauth_creds.json");
+    let mounted = w.dir.path().join("mounted/oauth_creds.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(mounted.parent().unwrap()).unwrap();
+    w.write_config(&format!(
+        "[providers.gemini]\ntoken_url = \"{}\"\n\n[[sinks]]\naccount = \"g\"\nkind = \"native\"\nprovider = \"gemini\"\npath = \"{}\"\n",
+        w.mock.shape_token_url(Shape::Google),
+        mounted.display()
+    ));
+    let login = w.mock.issue_shape_login(Shape::Google, "g@example.com");
+    let text = gemini_file(&login.access_token, &login.refresh_token, &login.id_token.unwrap(), login.expires_at_ms);
+    std::fs::write(&file, &text).unwrap();
+
+    // A file path and no --provider: no Claude shape claims it, Gemini CLI's does.
+    let out = w.run(&["import", file.to_str().unwrap(), "--account", "g"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("provider gemini") && stderr(&out).contains("bound to"), "{}", stderr(&out));
+
+    w.ok(&["refresh", "--force", "--account", "g"], "");
+    let counts = w.mock.shape_counts(Shape::Google);
+    assert_eq!((counts.refresh_ok, counts.refresh_rejected, counts.wrong_encoding), (1, 0, 0));
+    let store = w.store().await;
+    let stored = tokenkeeper_core::Store::get_account(&store, "g").await.unwrap().unwrap();
+    assert_ne!(stored.credential.access_token.expose(), login.access_token);
+    // Google does not rotate: the refresh token is kept.
+    assert_eq!(stored.credential.refresh_token.as_ref().unwrap().expose(), login.refresh_token);
+    let doc = read_json(&file);
+    assert_eq!(doc["access_token"], stored.credential.access_token.expose());
+    assert_eq!(doc["expiry_date"], stored.credential.expires_at.timestamp_millis());
+    assert_eq!(doc["x_future"]["deep"][1], 2, "unknown keys survive the write-back");
+
+    // `sync` delivers the account to its native sink, in Gemini CLI's format.
+    w.ok(&["sync", "--account", "g"], "");
+    let doc = read_json(&mounted);
+    assert_eq!(doc["access_token"], stored.credential.access_token.expose());
+    assert_eq!(doc["refresh_token"], login.refresh_token);
+    assert_eq!(std::fs::metadata(&mounted).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generic_oauth2_provider_is_configured_in_toml_imported_refreshed_and_delivered_to_an_env_file() {
+    let w = World::new().await;
+    let env_file = w.dir.path().join("bot.env");
+    std::fs::write(&env_file, "# kept\nOTHER=1\n").unwrap();
+    w.mock.set_generic_shape(tokenkeeper_mock::GenericShape {
+        body: tokenkeeper_mock::Encoding::Form,
+        rotating: true,
+        client_id: "corp-cli".into(),
+        client_secret: None,
+        jwt_access: false,
+    });
+    w.write_config(&format!(
+        "[providers.corp]\nkind = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"corp-cli\"\nbody = \"form\"\n\n\
+         [[sinks]]\naccount = \"corp\"\nkind = \"env_file\"\npath = \"{}\"\nkey = \"CORP_TOKEN\"\n",
+        w.mock.shape_token_url(Shape::Generic),
+        env_file.display()
+    ));
+    let login = w.mock.issue_shape_login(Shape::Generic, "c@example.com");
+    let answer = json!({"access_token": login.access_token, "refresh_token": login.refresh_token, "expires_in": 3600});
+    let out = w.run(&["import", "-", "--provider", "corp", "--account", "corp"], &answer.to_string());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("provider corp"), "{}", stderr(&out));
+
+    w.ok(&["refresh", "--force", "--account", "corp"], "");
+    w.ok(&["refresh", "--force", "--account", "corp"], "");
+    let counts = w.mock.shape_counts(Shape::Generic);
+    assert_eq!((counts.refresh_ok, counts.refresh_rejected, counts.wrong_encoding), (2, 0, 0));
+    w.ok(&["sync", "--account", "corp"], "");
+    let store = w.store().await;
+    let stored = tokenkeeper_core::Store::get_account(&store, "corp").await.unwrap().unwrap();
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert_eq!(env, format!("# kept\nOTHER=1\nCORP_TOKEN={}\n", stored.credential.access_token.expose()));
+
+    // Without the expiry the answer is refused with what to add.
+    let out = w.run(&["import", "-", "--provider", "corp", "--account", "x"], "{\"access_token\": \"a\"}");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("expires_in"), "{}", stderr(&out));
+}

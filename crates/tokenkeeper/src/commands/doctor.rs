@@ -254,19 +254,38 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Vec<Finding> {
         }
     }
 
-    // Each provider the accounts use, or the default one when there are none yet.
-    let providers: BTreeSet<String> = if accounts.is_empty() {
+    // Each provider the accounts use, or the default one when there are none yet; through the
+    // same registry the keeper refreshes with.
+    let ids: BTreeSet<String> = if accounts.is_empty() {
         [tokenkeeper_core::config::ANTHROPIC.to_owned()].into()
     } else {
         accounts.iter().map(|a| a.provider.clone()).collect()
     };
-    for id in &providers {
-        findings.push(net::token_endpoint(id, &config.provider(id)).await);
-    }
-    if args.probe {
-        for a in &accounts {
-            if let Some(f) = net::api_probe(&config.provider(&a.provider), a, &args.model, now).await {
-                findings.push(f);
+    match tokenkeeper_provider::Providers::from_config(&config) {
+        Err(e) => findings.push(Finding::fail(
+            format!("the providers of the configuration cannot be set up: {}", tokenkeeper_core::error_chain(&e)),
+            "correct the `[providers.*]` table the message names (see docs/CONFIG.md)",
+        )),
+        Ok(providers) => {
+            for id in &ids {
+                match providers.get(id) {
+                    // Plain API keys: nothing is ever refreshed, there is no token endpoint.
+                    Some(p) if !p.refreshes() => {}
+                    Some(p) => findings.push(net::token_endpoint(p.as_ref(), &config.provider(id)).await),
+                    None => findings.push(Finding::fail(
+                        format!("accounts use provider `{id}`, which this configuration does not know"),
+                        format!("add a `[providers.{id}]` table (see docs/CONFIG.md), or remove those accounts"),
+                    )),
+                }
+            }
+            if args.probe {
+                for a in &accounts {
+                    let Some(access) = providers.get(&a.provider).and_then(|p| p.api()) else { continue };
+                    if let Some(f) = net::api_probe(&access, &config.provider(&a.provider), a, &args.model, now).await
+                    {
+                        findings.push(f);
+                    }
+                }
             }
         }
     }

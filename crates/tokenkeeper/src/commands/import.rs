@@ -1,6 +1,10 @@
 //! `tokenkeeper import`: a credential from Claude Code's file, stdin, the macOS Keychain, or
 //! another provider's CLI file (`--provider codex`, or detected from the file's shape).
 //!
+//! A provider whose CLI keeps no file of its own (a generic `[providers.NAME]` with
+//! `kind = "oauth2"`) imports a token answer as its endpoint gives it:
+//! `{"access_token", "refresh_token", "expires_in" (s) or "expires_at" (RFC 3339 or epoch ms)}`.
+//!
 //! Detection order: Claude Code's and OpenClaw's shapes (and bare tokens, base64, API keys)
 //! first, exactly as before; JSON that none of them claims is offered to each provider's
 //! [`tokenkeeper_provider::NativeFile::detect`].
@@ -56,13 +60,17 @@ pub async fn run(app: &App, args: ImportArgs) -> Result<i32> {
     let text = source.read()?;
     let now = app.keeper.clock().now();
     let read = match &chosen {
-        Some(p) if !is_anthropic(p.id()) => {
-            let file = p.native_file().with_context(|| {
-                format!("provider `{}` keeps no CLI file, so there is nothing to import from", p.id())
-            })?;
-            let c = file.parse(&text, now).with_context(|| format!("cannot import from {}", source.describe()))?;
-            Read { parsed: native_parsed(c), native: Some(p.clone()) }
-        }
+        Some(p) if !is_anthropic(p.id()) => match p.native_file() {
+            Some(file) => {
+                let c = file.parse(&text, now).with_context(|| format!("cannot import from {}", source.describe()))?;
+                Read { parsed: native_parsed(c), native: Some(p.clone()) }
+            }
+            None => Read {
+                parsed: token_answer(&text, now)
+                    .with_context(|| format!("cannot import a `{}` credential from {}", p.id(), source.describe()))?,
+                native: None,
+            },
+        },
         _ => match parse_credential(&text, now) {
             Ok(parsed) => Read { parsed, native: None },
             Err(FormatError::UnknownShape) if chosen.is_none() => {
@@ -73,6 +81,7 @@ pub async fn run(app: &App, args: ImportArgs) -> Result<i32> {
     };
     let provider = match (&read.native, &chosen) {
         (Some(p), _) => Some(p.id().to_owned()),
+        (None, Some(p)) if !is_anthropic(p.id()) => Some(p.id().to_owned()),
         (None, Some(p)) if p.id() == API_KEY_PROVIDER || read.parsed.format == Format::ApiKey => {
             Some(API_KEY_PROVIDER.to_owned())
         }
@@ -87,7 +96,7 @@ pub async fn run(app: &App, args: ImportArgs) -> Result<i32> {
     };
     // Only a CLI's own JSON file is bound: it is the file the CLI reads and writes.
     let binding = binding
-        .filter(|_| !args.no_bind && matches!(read.parsed.format, Format::ClaudeJson | Format::Native))
+        .filter(|_| !args.no_bind && (read.native.is_some() || read.parsed.format == Format::ClaudeJson))
         .filter(|b| b.kind.is_file() || cfg!(target_os = "macos"));
     let format = read
         .native
@@ -125,6 +134,37 @@ pub async fn run(app: &App, args: ImportArgs) -> Result<i32> {
         a.credential.expires_at.to_rfc3339()
     );
     Ok(exit::OK)
+}
+
+/// A token answer as an OAuth2 endpoint gives it, for providers without a CLI file. The
+/// messages name the fields, never their values.
+fn token_answer(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<ParsedCredential> {
+    let doc: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| anyhow!("the input is not JSON (line {}, column {}); supply the token answer as JSON: {{\"access_token\", \"refresh_token\", \"expires_in\" or \"expires_at\"}}", e.line(), e.column()))?;
+    let text_of = |k: &str| doc.get(k).and_then(serde_json::Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    let access = text_of("access_token").context("`access_token` is missing or empty")?;
+    let expires_at = match (doc.get("expires_at"), doc.get("expires_in").and_then(serde_json::Value::as_i64)) {
+        (Some(serde_json::Value::String(t)), _) => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .context("`expires_at` is not an RFC 3339 time")?,
+        (Some(serde_json::Value::Number(n)), _) => n
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .context("`expires_at` is not milliseconds since the epoch")?,
+        (_, Some(secs)) if secs > 0 => now + chrono::Duration::seconds(secs),
+        _ => anyhow::bail!("give the token's expiry: `expires_in` (seconds from now) or `expires_at`"),
+    };
+    let scopes = text_of("scope").map(|s| s.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+    let credential = tokenkeeper_core::Credential {
+        access_token: tokenkeeper_core::Secret::new(access),
+        refresh_token: text_of("refresh_token").map(tokenkeeper_core::Secret::new),
+        expires_at,
+        scopes,
+        subscription_type: None,
+        rate_limit_tier: None,
+        provider_data: None,
+    };
+    Ok(ParsedCredential { credential, format: Format::Native, email: text_of("email").map(str::to_owned) })
 }
 
 fn is_anthropic(id: &str) -> bool {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokenkeeper_core::config::ProviderConfig;
 use tokenkeeper_core::redact;
 use tokenkeeper_core::{Account, AccountState};
-use tokenkeeper_provider::{OAuthClient, ProviderError};
+use tokenkeeper_provider::{ApiAccess, CredentialHeader, Provider, ProviderError};
 
 use super::Finding;
 
@@ -22,20 +22,13 @@ const OAUTH_BETA: &str = "oauth-2025-04-20";
 
 use tokenkeeper_core::error_chain as chain;
 
-/// Whether the provider's token endpoint answers at all. An empty JSON object matches no
-/// grant, so nothing is spent; any HTTP answer counts.
-pub async fn token_endpoint(provider: &str, cfg: &ProviderConfig) -> Finding {
-    let setting = format!("[providers.{provider}] token_url");
-    let client = match OAuthClient::new(cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            return Finding::fail(
-                format!("cannot set up a client for the token endpoint: {}", chain(&e)),
-                format!("correct `{setting}` (now {})", cfg.token_url),
-            )
-        }
-    };
-    match client.probe().await {
+/// Whether the provider's token endpoint answers at all ([`Provider::probe`]: a request no
+/// grant matches, so nothing is spent; any HTTP answer counts).
+pub async fn token_endpoint(provider: &dyn Provider, cfg: &ProviderConfig) -> Finding {
+    let id = provider.id();
+    let setting = format!("[providers.{id}] token_url");
+    let env_hint = if id == tokenkeeper_core::config::ANTHROPIC { " (or TOKENKEEPER_ANTHROPIC_TOKEN_URL)" } else { "" };
+    match provider.probe().await {
         Ok(rtt) => Finding::ok(format!("token endpoint {} answers ({} ms)", cfg.token_url, rtt.as_millis())),
         Err(e) => Finding::fail(
             format!(
@@ -48,8 +41,7 @@ pub async fn token_endpoint(provider: &str, cfg: &ProviderConfig) -> Finding {
                 }
             ),
             format!(
-                "check this machine's network, DNS and proxy (`curl -sS -X POST {}`), or correct `{setting}` \
-                 (or TOKENKEEPER_ANTHROPIC_TOKEN_URL)",
+                "check this machine's network, DNS and proxy (`curl -sS -X POST {}`), or correct `{setting}`{env_hint}",
                 cfg.token_url
             ),
         ),
@@ -58,13 +50,24 @@ pub async fn token_endpoint(provider: &str, cfg: &ProviderConfig) -> Finding {
 
 /// A one-token Messages API call with the account's access token. `None` when the account
 /// has no usable token to try (its own finding already says so).
-pub async fn api_probe(cfg: &ProviderConfig, account: &Account, model: &str, now: DateTime<Utc>) -> Option<Finding> {
+/// `access` is how the account's provider sends requests; only the Anthropic Messages API is
+/// probed (another provider's API takes other requests).
+pub async fn api_probe(
+    access: &ApiAccess,
+    cfg: &ProviderConfig,
+    account: &Account,
+    model: &str,
+    now: DateTime<Utc>,
+) -> Option<Finding> {
     let c = &account.credential;
     if c.is_blank() || c.is_expired(now) || account.state == AccountState::NeedsLogin {
         return None;
     }
     let name = &account.name;
-    let url = format!("{}/v1/messages", cfg.api_base_url.trim_end_matches('/'));
+    if !account.provider.starts_with(tokenkeeper_core::config::ANTHROPIC) {
+        return None;
+    }
+    let url = format!("{}/v1/messages", access.base_url.trim_end_matches('/'));
     let http = match reqwest::Client::builder().timeout(cfg.timeout.min(Duration::from_secs(60))).build() {
         Ok(h) => h,
         Err(e) => {
@@ -79,11 +82,12 @@ pub async fn api_probe(cfg: &ProviderConfig, account: &Account, model: &str, now
         "max_tokens": 1,
         "messages": [{"role": "user", "content": "say OK"}],
     });
-    let sent = http
-        .post(&url)
-        .bearer_auth(c.access_token.expose())
-        .header("anthropic-version", ANTHROPIC_VERSION)
-        .header("anthropic-beta", OAUTH_BETA)
+    let request = http.post(&url).header("anthropic-version", ANTHROPIC_VERSION);
+    let request = match access.header {
+        CredentialHeader::Bearer => request.bearer_auth(c.access_token.expose()).header("anthropic-beta", OAUTH_BETA),
+        CredentialHeader::XApiKey => request.header("x-api-key", c.access_token.expose()),
+    };
+    let sent = request
         .header(reqwest::header::USER_AGENT, format!("tokenkeeper/{} (doctor)", env!("CARGO_PKG_VERSION")))
         .json(&body)
         .send()
