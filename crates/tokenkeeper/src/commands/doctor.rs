@@ -261,9 +261,10 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Vec<Finding> {
     } else {
         accounts.iter().map(|a| a.provider.clone()).collect()
     };
-    match tokenkeeper_provider::Providers::from_config(&config) {
+    let registry = tokenkeeper_provider::Providers::from_config(&config);
+    match &registry {
         Err(e) => findings.push(Finding::fail(
-            format!("the providers of the configuration cannot be set up: {}", tokenkeeper_core::error_chain(&e)),
+            format!("the providers of the configuration cannot be set up: {}", tokenkeeper_core::error_chain(e)),
             "correct the `[providers.*]` table the message names (see docs/CONFIG.md)",
         )),
         Ok(providers) => {
@@ -281,8 +282,7 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Vec<Finding> {
             if args.probe {
                 for a in &accounts {
                     let Some(access) = providers.get(&a.provider).and_then(|p| p.api()) else { continue };
-                    if let Some(f) = net::api_probe(&access, &config.provider(&a.provider), a, &args.model, now).await
-                    {
+                    if let Some(f) = net::api_probe(&access, &config.provider(&a.provider), a, &args.model, now).await {
                         findings.push(f);
                     }
                 }
@@ -291,7 +291,7 @@ async fn examine(global: &GlobalArgs, args: &DoctorArgs) -> Vec<Finding> {
     }
 
     for a in &accounts {
-        findings.extend(files::bound_file(a, now));
+        findings.extend(files::bound_file(a, now, registry.as_ref().ok()));
     }
     findings.extend(files::sinks(&config, &accounts));
 

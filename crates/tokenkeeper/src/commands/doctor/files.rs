@@ -139,10 +139,15 @@ fn not_writable(path: &Path) -> Option<String> {
     None
 }
 
-/// A bound Claude Code file: exists, private, writable, and holds the stored access token.
-pub fn bound_file(account: &Account, now: DateTime<Utc>) -> Vec<Finding> {
+/// A bound file (Claude Code's, or a `native` one read by the account's provider in
+/// `providers`): exists, private, writable, and holds the stored access token.
+pub fn bound_file(
+    account: &Account,
+    now: DateTime<Utc>,
+    providers: Option<&tokenkeeper_provider::Providers>,
+) -> Vec<Finding> {
     let Some(binding) = &account.binding else { return Vec::new() };
-    if binding.kind != BindingKind::ClaudeCredentials {
+    if !binding.kind.is_file() {
         return Vec::new();
     }
     let name = &account.name;
@@ -201,7 +206,18 @@ pub fn bound_file(account: &Account, now: DateTime<Utc>) -> Vec<Finding> {
     } else {
         format!("this account follows Claude Code: log in there again (`claude login`), or `tokenkeeper login --account {name}`")
     };
-    let problem = match parse_credential(&text, now) {
+    let read = match binding.kind {
+        BindingKind::Native => match providers.and_then(|p| p.get(&account.provider)).and_then(|p| p.native_file()) {
+            Some(file) => file.parse(&text, now).map(|c| c.credential).map_err(|e| e.to_string()),
+            None => Err(format!("provider `{}` keeps no CLI file here", account.provider)),
+        },
+        _ => parse_credential(&text, now).map(|p| p.credential).map_err(|e| e.to_string()),
+    };
+    let problem = match read.map(|credential| tokenkeeper_core::formats::ParsedCredential {
+        credential,
+        format: tokenkeeper_core::formats::Format::Native,
+        email: None,
+    }) {
         Err(e) => Some((format!("does not hold a usable credential ({e})"), write_back)),
         Ok(p) if p.credential.access_token == account.credential.access_token => None,
         Ok(p) => Some(match p.credential.compare_to(&account.credential) {
