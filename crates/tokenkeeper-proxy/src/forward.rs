@@ -4,14 +4,13 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -232,8 +231,7 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let inner = state.inner();
-    let addr =
-        req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(ClientAddr::Local, |c| ClientAddr::Ip(c.0.ip()));
+    let addr = ClientAddr::of(req.extensions());
     let admitted = match inner.keys.admit(inner, req.headers(), addr).await {
         Ok(a) => a,
         Err(r) => return refusal(r),

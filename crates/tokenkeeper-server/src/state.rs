@@ -2,7 +2,7 @@
 //! logins started with `POST /oauth/start` and not yet finished, and the failure limiter.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -71,7 +71,7 @@ pub struct Shared {
     pub(crate) keeper: Arc<Keeper>,
     pub(crate) sinks: Option<Arc<SinkSet>>,
     pub(crate) admin_token: Arc<Secret>,
-    limiter: Arc<Mutex<FailureLimiter>>,
+    limiter: Arc<FailureLimiter>,
     pub(crate) extra_metrics: Vec<ExtraMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
@@ -236,7 +236,7 @@ impl AppState {
     /// refused for a while (default [`crate::auth::MAX_FAILURES`]). For API testers such as
     /// schemathesis, which present wrong keys on purpose.
     pub fn with_failure_limit(mut self, max_failures: usize) -> Self {
-        Arc::make_mut(&mut self.shared).limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
+        Arc::make_mut(&mut self.shared).limiter = Arc::new(FailureLimiter::for_api(max_failures));
         self
     }
 
@@ -261,8 +261,8 @@ impl AppState {
         &self.admin_token
     }
 
-    pub(crate) fn limiter(&self) -> MutexGuard<'_, FailureLimiter> {
-        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn limiter(&self) -> &FailureLimiter {
+        &self.limiter
     }
 
     /// Starts a login and parks it in the store (so any replica can finish it) until its code
