@@ -573,14 +573,7 @@ fn exhausted(
 /// Whether reading a body failed on `[proxy] max_body_bytes` (rather than a timeout or a
 /// broken connection).
 fn is_length_limit(e: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    tokenkeeper_core::error_text::caused_by::<http_body_util::LengthLimitError>(e)
 }
 
 fn error_body(kind: &str, message: &str) -> Bytes {
