@@ -391,9 +391,10 @@ pub struct AlertConfig {
     /// Command (argv).
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// Only alerts at or above this severity (`warning` default).
+    /// Only alerts at or above this severity (`warning` default); an unknown word fails the
+    /// config load with the known ones.
     #[serde(default)]
-    pub min_severity: Option<String>,
+    pub min_severity: Option<crate::status::Severity>,
 }
 
 impl std::fmt::Debug for AlertConfig {
@@ -727,6 +728,14 @@ url = "https://hooks.example/tokenkeeper"
         let env = |_: &str| None;
         assert!(Config::load(Some(Path::new("/nonexistent/tk.toml")), None, &env).is_err());
         assert!(Config::load(None, Some(Path::new("/nonexistent/tk.toml")), &env).is_ok());
+    }
+
+    #[test]
+    fn alert_min_severity_is_a_severity_and_a_typo_names_the_known_ones() {
+        let c = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"Critical\"\n").unwrap();
+        assert_eq!(c.alerts[0].min_severity, Some(crate::status::Severity::Critical));
+        let e = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"loud\"\n").unwrap_err().to_string();
+        assert!(e.contains("min_severity") && e.contains("`loud`") && e.contains("`warning` or `critical`"), "{e}");
     }
 
     #[test]
