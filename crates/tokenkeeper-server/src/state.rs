@@ -30,6 +30,12 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// Several hooks run in the order they were added.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// A component's metrics (the alert channels' deliveries, say), registered into the one
+/// prometheus-client registry that `/metrics` encodes, on every scrape: the hook builds its
+/// families from the component's counters as they are then. Preferred over [`ExtraMetrics`],
+/// whose text nothing checks.
+pub type RegistryMetrics = Arc<dyn Fn(&mut prometheus_client::registry::Registry) + Send + Sync>;
+
 /// Routes of other components (the web page, the proxy) served beside the API on the same
 /// listener, built by the binary; the argument says whether the listener uses TLS (so cookies
 /// can be `Secure`).
@@ -73,6 +79,7 @@ pub struct Shared {
     pub(crate) admin_token: Arc<Secret>,
     limiter: Arc<FailureLimiter>,
     pub(crate) extra_metrics: Vec<ExtraMetrics>,
+    pub(crate) registry_metrics: Vec<RegistryMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
     pub(crate) streaming_routes: Option<axum::Router>,
@@ -163,6 +170,7 @@ impl AppState {
                 admin_token: Arc::new(admin_token),
                 limiter: Arc::default(),
                 extra_metrics: Vec::new(),
+                registry_metrics: Vec::new(),
                 body_limit: DEFAULT_BODY_LIMIT,
                 keys: Arc::default(),
                 extra_routes: None,
@@ -229,6 +237,13 @@ impl AppState {
     /// Adds a hook that appends Prometheus text to `/metrics`, after the hooks added before.
     pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
         Arc::make_mut(&mut self.shared).extra_metrics.push(hook);
+        self
+    }
+
+    /// Adds a hook that registers a component's metric families into `/metrics`' registry,
+    /// after the server's own and those of the hooks added before.
+    pub fn with_metrics(mut self, hook: RegistryMetrics) -> Self {
+        Arc::make_mut(&mut self.shared).registry_metrics.push(hook);
         self
     }
 
