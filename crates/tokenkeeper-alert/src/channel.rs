@@ -133,12 +133,7 @@ impl std::fmt::Debug for Channel {
 
 /// The word for a kind, used for default names and errors.
 pub(crate) fn kind_str(kind: AlertKind) -> &'static str {
-    match kind {
-        AlertKind::Webhook => "webhook",
-        AlertKind::Keep => "keep",
-        AlertKind::Slack => "slack",
-        AlertKind::Command => "command",
-    }
+    kind.into()
 }
 
 fn read_secret_file(channel: &str, setting: &'static str, path: &Path) -> Result<Secret, AlertError> {

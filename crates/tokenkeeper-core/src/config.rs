@@ -355,9 +355,11 @@ pub enum WriteMode {
     InPlace,
 }
 
-/// Kinds of alert channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Kinds of alert channels. The config word and the default channel name are the same
+/// snake_case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum AlertKind {
     /// Generic JSON webhook.
     Webhook,
@@ -728,6 +730,20 @@ url = "https://hooks.example/tokenkeeper"
         let env = |_: &str| None;
         assert!(Config::load(Some(Path::new("/nonexistent/tk.toml")), None, &env).is_err());
         assert!(Config::load(None, Some(Path::new("/nonexistent/tk.toml")), &env).is_ok());
+    }
+
+    #[test]
+    fn alert_kind_words_are_the_config_words() {
+        for (kind, word) in [
+            (AlertKind::Webhook, "webhook"),
+            (AlertKind::Keep, "keep"),
+            (AlertKind::Slack, "slack"),
+            (AlertKind::Command, "command"),
+        ] {
+            assert_eq!(<&str>::from(kind), word);
+            assert_eq!(kind.to_string(), word);
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::Value::String(word.into()));
+        }
     }
 
     #[test]
