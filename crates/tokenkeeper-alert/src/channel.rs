@@ -133,12 +133,7 @@ impl std::fmt::Debug for Channel {
 
 /// The word for a kind, used for default names and errors.
 pub(crate) fn kind_str(kind: AlertKind) -> &'static str {
-    match kind {
-        AlertKind::Webhook => "webhook",
-        AlertKind::Keep => "keep",
-        AlertKind::Slack => "slack",
-        AlertKind::Command => "command",
-    }
+    kind.into()
 }
 
 fn read_secret_file(channel: &str, setting: &'static str, path: &Path) -> Result<Secret, AlertError> {
@@ -160,12 +155,7 @@ impl Channel {
     /// path shows at start, not at the first alert.
     pub fn from_config(config: &AlertConfig, name: String) -> Result<Self, AlertError> {
         let kind_word = kind_str(config.kind);
-        let min_severity = match &config.min_severity {
-            None => Severity::Warning,
-            Some(v) => {
-                v.parse().map_err(|_| AlertError::InvalidSeverity { channel: name.clone(), value: v.clone() })?
-            }
-        };
+        let min_severity = config.min_severity.unwrap_or(Severity::Warning);
         let url = |name: &str| -> Result<Secret, AlertError> {
             let (url, origin) = match (&config.url_file, &config.url) {
                 (Some(path), _) => {

@@ -55,14 +55,6 @@ pub enum AlertError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `min_severity` is not a known severity.
-    #[error("alert channel `{channel}`: min_severity `{value}` is unknown; expected `warning` or `critical`")]
-    InvalidSeverity {
-        /// Channel name.
-        channel: String,
-        /// The value given.
-        value: String,
-    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client for alert delivery")]
     HttpClient {

@@ -3,7 +3,6 @@
 //! directly; [`crate::AlertEngine`] wraps it with a lock, the clock and delivery.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,9 +16,11 @@ pub const ALERT_NAME: &str = "ClaudeOAuthTokenExpiry";
 /// The source tokenkeeper names itself as in payloads.
 pub const SOURCE: &str = "tokenkeeper";
 
-/// Whether an alert is open or closed, as receivers (Keep, Alertmanager-style webhooks) say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Whether an alert is open or closed, as receivers (Keep, Alertmanager-style webhooks) say it:
+/// the lowercase word, the same for serde and strum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::Display, strum::IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum AlertStatus {
     /// The problem is going on.
     Firing,
@@ -30,22 +31,15 @@ pub enum AlertStatus {
 impl AlertStatus {
     /// `firing` or `resolved`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            AlertStatus::Firing => "firing",
-            AlertStatus::Resolved => "resolved",
-        }
+        self.into()
     }
 }
 
-impl fmt::Display for AlertStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a message was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Why a message was sent: the lowercase word in payloads and stored state, the same for serde
+/// and strum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::Display, strum::IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum AlertEvent {
     /// An account went from fine to a bad level.
     New,
@@ -60,18 +54,7 @@ pub enum AlertEvent {
 impl AlertEvent {
     /// `new`, `escalated`, `reminder` or `resolved`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            AlertEvent::New => "new",
-            AlertEvent::Escalated => "escalated",
-            AlertEvent::Reminder => "reminder",
-            AlertEvent::Resolved => "resolved",
-        }
-    }
-}
-
-impl fmt::Display for AlertEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -204,6 +187,25 @@ impl AlertState {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_and_event_words_are_the_ones_payloads_and_stored_state_hold() {
+        for (status, word) in [(AlertStatus::Firing, "firing"), (AlertStatus::Resolved, "resolved")] {
+            assert_eq!(status.as_str(), word);
+            assert_eq!(status.to_string(), word);
+            assert_eq!(serde_json::to_value(status).unwrap(), serde_json::Value::String(word.into()));
+        }
+        for (event, word) in [
+            (AlertEvent::New, "new"),
+            (AlertEvent::Escalated, "escalated"),
+            (AlertEvent::Reminder, "reminder"),
+            (AlertEvent::Resolved, "resolved"),
+        ] {
+            assert_eq!(event.as_str(), word);
+            assert_eq!(event.to_string(), word);
+            assert_eq!(serde_json::to_value(event).unwrap(), serde_json::Value::String(word.into()));
+        }
+    }
 
     fn a(level: Level) -> Assessment {
         Assessment { level, message: format!("`main` is {level}") }

@@ -317,9 +317,11 @@ pub enum WriteMode {
     InPlace,
 }
 
-/// Kinds of alert channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Kinds of alert channels. The config word and the default channel name are the same
+/// snake_case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum AlertKind {
     /// Generic JSON webhook.
     Webhook,
@@ -353,9 +355,10 @@ pub struct AlertConfig {
     /// Command (argv).
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// Only alerts at or above this severity (`warning` default).
+    /// Only alerts at or above this severity (`warning` default); an unknown word fails the
+    /// config load with the known ones.
     #[serde(default)]
-    pub min_severity: Option<String>,
+    pub min_severity: Option<crate::status::Severity>,
 }
 
 impl std::fmt::Debug for AlertConfig {
@@ -673,6 +676,28 @@ url = "https://hooks.example/tokenkeeper"
         let env = |_: &str| None;
         assert!(Config::load(Some(Path::new("/nonexistent/tk.toml")), None, &env).is_err());
         assert!(Config::load(None, Some(Path::new("/nonexistent/tk.toml")), &env).is_ok());
+    }
+
+    #[test]
+    fn alert_kind_words_are_the_config_words() {
+        for (kind, word) in [
+            (AlertKind::Webhook, "webhook"),
+            (AlertKind::Keep, "keep"),
+            (AlertKind::Slack, "slack"),
+            (AlertKind::Command, "command"),
+        ] {
+            assert_eq!(<&str>::from(kind), word);
+            assert_eq!(kind.to_string(), word);
+            assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::Value::String(word.into()));
+        }
+    }
+
+    #[test]
+    fn alert_min_severity_is_a_severity_and_a_typo_names_the_known_ones() {
+        let c = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"Critical\"\n").unwrap();
+        assert_eq!(c.alerts[0].min_severity, Some(crate::status::Severity::Critical));
+        let e = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"loud\"\n").unwrap_err().to_string();
+        assert!(e.contains("min_severity") && e.contains("`loud`") && e.contains("`warning` or `critical`"), "{e}");
     }
 
     #[test]

@@ -1,22 +1,34 @@
-//! Errors as one line of text, for logs, status output and API bodies.
+//! Errors as one line of text, for logs, status output and API bodies, and the walk over an
+//! error's causes.
+
+use std::error::Error;
 
 /// The error and its chain of causes on one line (`a: b: c`). A cause whose text the line
 /// already holds is skipped: `thiserror` messages often embed their source (`"… : {0}"`), and
 /// printing it twice makes the line harder to read, not more informative.
 ///
-/// This is the one place that walks `source()`; the server, sync, alert and doctor use it.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+/// This module is the one place that walks `source()`; the server, proxy, sync, alert and
+/// doctor use it.
+pub fn error_chain(e: &dyn Error) -> String {
     let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
+    for s in std::iter::successors(e.source(), |&s| s.source()) {
         let text = s.to_string();
         if !text.is_empty() && !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = s.source();
     }
     out
+}
+
+/// `e` and then each of its causes, outermost first.
+pub fn causes<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(e), |&s| s.source())
+}
+
+/// Whether `e` or one of its causes is a `T` (say, a timeout buried in a body error).
+pub fn caused_by<T: Error + 'static>(e: &(dyn Error + 'static)) -> bool {
+    causes(e).any(|c| c.is::<T>())
 }
 
 #[cfg(test)]
@@ -37,6 +49,17 @@ mod tests {
         let e = Outer(Middle(io));
         // The io error's text is already inside Middle's message, so it is not repeated.
         assert_eq!(error_chain(&e), "cannot write the sink: cannot rename: permission denied");
+    }
+
+    #[test]
+    fn causes_are_walked_outermost_first_and_found_by_type() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let e = Outer(Middle(io));
+        let texts: Vec<String> = causes(&e).map(|c| c.to_string()).collect();
+        assert_eq!(texts, ["cannot write the sink", "cannot rename: permission denied", "permission denied"]);
+        assert!(caused_by::<std::io::Error>(&e));
+        assert!(caused_by::<Middle>(&e));
+        assert!(!caused_by::<std::fmt::Error>(&e));
     }
 
     #[test]

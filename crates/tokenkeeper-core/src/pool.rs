@@ -68,8 +68,9 @@ pub fn cooldown_until(cooldowns: &[Cooldown], now: DateTime<Utc>) -> Option<Date
 }
 
 /// Whether a pooled account takes requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PoolState {
     /// Takes requests.
     Active,
@@ -93,11 +94,7 @@ impl PoolState {
 
     /// The word (`active`, `cooling_down`, `needs_login`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            PoolState::Active => "active",
-            PoolState::CoolingDown => "cooling_down",
-            PoolState::NeedsLogin => "needs_login",
-        }
+        self.into()
     }
 }
 
@@ -120,6 +117,16 @@ pub fn pools_of(config: &Config, account: &str) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_state_words_are_the_serde_words() {
+        for (state, word) in
+            [(PoolState::Active, "active"), (PoolState::CoolingDown, "cooling_down"), (PoolState::NeedsLogin, "needs_login")]
+        {
+            assert_eq!(state.as_str(), word);
+            assert_eq!(serde_json::to_value(state).unwrap(), serde_json::Value::String(word.into()));
+        }
+    }
 
     #[test]
     fn stored_cooldowns_group_by_account_and_end_by_themselves() {

@@ -72,7 +72,8 @@ impl Level {
 }
 
 /// Alert severity, ordered: `Warning < Critical`. Written as the lowercase word in payloads,
-/// stored alert state and `min_severity` in the config.
+/// stored alert state and `min_severity` in the config; read back in any case, and an unknown
+/// word is refused with the known ones (so a config typo names the fix).
 #[derive(
     Debug,
     Clone,
@@ -88,7 +89,7 @@ impl Level {
     strum::IntoStaticStr,
     strum::EnumString,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 #[strum(serialize_all = "lowercase", ascii_case_insensitive)]
 pub enum Severity {
     /// Needs attention soon.
@@ -103,6 +104,18 @@ impl Severity {
         self.into()
     }
 }
+
+impl TryFrom<String> for Severity {
+    type Error = UnknownSeverity;
+    fn try_from(word: String) -> Result<Self, Self::Error> {
+        word.parse().map_err(|_| UnknownSeverity(word))
+    }
+}
+
+/// A severity word that is neither `warning` nor `critical`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown severity `{0}`; expected `warning` or `critical`")]
+pub struct UnknownSeverity(pub String);
 
 /// Facts from outside the account row that affect its level.
 #[derive(Debug, Clone, Default)]

@@ -4,14 +4,13 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -232,8 +231,7 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let inner = state.inner();
-    let addr =
-        req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(ClientAddr::Local, |c| ClientAddr::Ip(c.0.ip()));
+    let addr = ClientAddr::of(req.extensions());
     let admitted = match inner.keys.admit(inner, req.headers(), addr).await {
         Ok(a) => a,
         Err(r) => return refusal(r),
@@ -575,14 +573,7 @@ fn exhausted(
 /// Whether reading a body failed on `[proxy] max_body_bytes` (rather than a timeout or a
 /// broken connection).
 fn is_length_limit(e: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    tokenkeeper_core::error_text::caused_by::<http_body_util::LengthLimitError>(e)
 }
 
 fn error_body(kind: &str, message: &str) -> Bytes {

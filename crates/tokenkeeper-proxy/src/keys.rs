@@ -41,7 +41,7 @@ struct Limits {
 
 pub(crate) struct KeyCache {
     by_hash: Mutex<(u64, HashMap<String, ApiKey>)>,
-    limiter: Mutex<FailureLimiter>,
+    limiter: FailureLimiter,
     limits: Mutex<HashMap<String, Arc<Limits>>>,
 }
 
@@ -67,7 +67,7 @@ impl KeyCache {
     pub fn new(max_failures: usize) -> Self {
         Self {
             by_hash: Mutex::new((u64::MAX, HashMap::new())),
-            limiter: Mutex::new(FailureLimiter::new(max_failures)),
+            limiter: FailureLimiter::for_api(max_failures),
             limits: Mutex::new(HashMap::new()),
         }
     }
@@ -121,9 +121,8 @@ impl KeyCache {
     pub async fn admit(&self, inner: &Inner, headers: &HeaderMap, addr: ClientAddr) -> Result<Admitted, KeyRefusal> {
         let now = inner.keeper.clock().now();
         let Some(presented) = presented(headers) else { return Err(KeyRefusal::Missing) };
-        if let Err(e) = lock(&self.limiter).check(addr, now) {
-            let (_, retry) = e.status();
-            return Err(KeyRefusal::Blocked(retry.unwrap_or_default()));
+        if let Err(blocked) = self.limiter.check(addr, now) {
+            return Err(KeyRefusal::Blocked(blocked.retry_after));
         }
         let found = if presented.starts_with(KEY_PREFIX) {
             let hash = hash_key(presented);
@@ -132,7 +131,7 @@ impl KeyCache {
             None
         };
         let Some(key) = found else {
-            lock(&self.limiter).fail(addr, now);
+            self.limiter.fail(addr, now);
             tracing::info!(client = ?addr, "proxy request with an invalid key");
             return Err(KeyRefusal::Invalid);
         };

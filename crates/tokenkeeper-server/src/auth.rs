@@ -13,18 +13,16 @@
 //!   [`MAX_FAILURES`] within a minute the address gets 429 for [`BLOCK_FOR`], measured on the
 //!   keeper's clock.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
 use std::marker::PhantomData;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use tokenkeeper_core::account::validate_account_name;
@@ -32,6 +30,7 @@ use tokenkeeper_core::store::ApiKey;
 use tokenkeeper_core::{constant_time_eq, Account, Secret, Store};
 use tokenkeeper_keeper::Keeper;
 
+pub use crate::client::{Blocked, ClientAddr, FailureLimiter};
 use crate::error::{ApiError, ServerError};
 use crate::state::AppState;
 
@@ -49,9 +48,6 @@ pub const FAILURE_WINDOW_SECS: i64 = 60;
 
 /// How long an address that failed too often is refused, in seconds.
 pub const BLOCK_FOR: i64 = 60;
-
-/// How many addresses the limiter remembers before it forgets the quiet ones.
-const MAX_TRACKED: usize = 10_000;
 
 /// What a key may do. Keys store, and `keys create --scope` takes, the word strum derives
 /// (`token:read`, `accounts:write`, …).
@@ -270,19 +266,6 @@ impl<S> std::ops::Deref for Authed<S> {
     }
 }
 
-/// Where a request came from, for the failure limit: the peer's IP, or the Unix socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientAddr {
-    /// A TCP peer.
-    Ip(IpAddr),
-    /// The Unix socket (or a transport without addresses).
-    Local,
-}
-
-fn client_addr(parts: &Parts) -> ClientAddr {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(ClientAddr::Local, |c| ClientAddr::Ip(c.0.ip()))
-}
-
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
@@ -293,7 +276,7 @@ impl<S: scope::Required> FromRequestParts<AppState> for Authed<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let addr = client_addr(parts);
+        let addr = ClientAddr::of(&parts.extensions);
         let now = state.keeper.clock().now();
         // No key at all is a 401 even from a blocked address: it guesses nothing.
         let Some(presented) = bearer(parts) else { return Err(ApiError::MissingKey) };
@@ -332,64 +315,28 @@ async fn authenticate(state: &AppState, presented: &str) -> Result<Option<Princi
         .map(|k| Principal::from_key(&k)))
 }
 
-#[derive(Debug, Default)]
-struct Failures {
-    at: VecDeque<DateTime<Utc>>,
-    blocked_until: Option<DateTime<Utc>>,
+impl FailureLimiter {
+    /// The API's limit: [`MAX_FAILURES`] failures (or `max_failures`, for API testers) within
+    /// [`FAILURE_WINDOW_SECS`] refuse the address for [`BLOCK_FOR`] seconds.
+    pub fn for_api(max_failures: usize) -> Self {
+        Self::new(max_failures, secs(FAILURE_WINDOW_SECS), secs(BLOCK_FOR))
+    }
 }
 
-/// Counts failed authentications per client address.
-#[derive(Debug)]
-pub struct FailureLimiter {
-    by_addr: HashMap<ClientAddr, Failures>,
-    max_failures: usize,
-}
-
+/// The API's limit with the default [`MAX_FAILURES`].
 impl Default for FailureLimiter {
     fn default() -> Self {
-        Self::new(MAX_FAILURES)
+        Self::for_api(MAX_FAILURES)
     }
 }
 
-impl FailureLimiter {
-    /// A limiter that blocks an address after `max_failures` failures within the window.
-    pub fn new(max_failures: usize) -> Self {
-        Self { by_addr: HashMap::new(), max_failures: max_failures.max(1) }
-    }
+fn secs(s: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(s.unsigned_abs())
+}
 
-    /// Fails with 429 while `addr` is blocked.
-    pub fn check(&mut self, addr: ClientAddr, now: DateTime<Utc>) -> Result<(), ApiError> {
-        if let Some(f) = self.by_addr.get_mut(&addr) {
-            if let Some(until) = f.blocked_until {
-                if until > now {
-                    let retry_after = (until - now).to_std().unwrap_or_default();
-                    return Err(ApiError::RateLimited { retry_after });
-                }
-                f.blocked_until = None;
-                f.at.clear();
-            }
-        }
-        Ok(())
-    }
-
-    /// Records a failure; blocks the address once it failed too often.
-    pub fn fail(&mut self, addr: ClientAddr, now: DateTime<Utc>) {
-        if self.by_addr.len() >= MAX_TRACKED {
-            let window = Duration::seconds(FAILURE_WINDOW_SECS);
-            self.by_addr.retain(|_, f| {
-                f.blocked_until.is_some_and(|u| u > now) || f.at.back().is_some_and(|t| now - *t < window)
-            });
-        }
-        let f = self.by_addr.entry(addr).or_default();
-        f.at.push_back(now);
-        while f.at.front().is_some_and(|t| now - *t >= Duration::seconds(FAILURE_WINDOW_SECS)) {
-            f.at.pop_front();
-        }
-        if f.at.len() >= self.max_failures {
-            tracing::warn!(client = ?addr, failures = f.at.len(), block_seconds = BLOCK_FOR,
-                "too many failed API authentications; refusing this address for a while");
-            f.blocked_until = Some(now + Duration::seconds(BLOCK_FOR));
-        }
+impl From<Blocked> for ApiError {
+    fn from(b: Blocked) -> Self {
+        ApiError::RateLimited { retry_after: b.retry_after }
     }
 }
 
@@ -577,7 +524,7 @@ mod tests {
 
     #[test]
     fn limiter_blocks_after_ten_failures_for_a_minute() {
-        let mut l = FailureLimiter::default();
+        let l = FailureLimiter::for_api(MAX_FAILURES);
         let a = ClientAddr::Ip("127.0.0.1".parse().unwrap());
         let b = ClientAddr::Ip("127.0.0.2".parse().unwrap());
         for i in 0..9 {
@@ -585,9 +532,9 @@ mod tests {
             assert!(l.check(a, t(i)).is_ok());
         }
         l.fail(a, t(9));
-        assert!(matches!(l.check(a, t(10)), Err(ApiError::RateLimited { .. })));
+        assert!(matches!(l.check(a, t(10)).map_err(ApiError::from), Err(ApiError::RateLimited { .. })));
         assert!(l.check(b, t(10)).is_ok(), "other addresses are not affected");
-        assert!(matches!(l.check(a, t(68)), Err(ApiError::RateLimited { .. })));
+        assert!(matches!(l.check(a, t(68)).map_err(ApiError::from), Err(ApiError::RateLimited { .. })));
         assert!(l.check(a, t(70)).is_ok());
         l.fail(a, t(71));
         assert!(l.check(a, t(71)).is_ok(), "the count starts again after a block");
@@ -595,7 +542,7 @@ mod tests {
 
     #[test]
     fn failures_spread_over_more_than_a_minute_do_not_block() {
-        let mut l = FailureLimiter::default();
+        let l = FailureLimiter::for_api(MAX_FAILURES);
         let a = ClientAddr::Local;
         for i in 0..30 {
             l.fail(a, t(i * 7));

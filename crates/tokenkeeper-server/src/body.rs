@@ -52,14 +52,7 @@ impl LimitedBody {
 
 /// Whether reading a body failed because `[server] body_read_timeout` passed.
 fn is_body_timeout(e: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    tokenkeeper_core::error_text::caused_by::<tower_http::timeout::TimeoutError>(e)
 }
 
 fn describe_json_error(e: &serde_json::Error) -> String {

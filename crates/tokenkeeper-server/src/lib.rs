@@ -10,6 +10,8 @@
 //!   shutdown future resolves, draining requests in flight; [`serve_routes`] serves another
 //!   router on a listener of its own with the same TLS and connection limits;
 //! - [`auth`] has the admin token, API keys and the authentication extractor;
+//! - [`client`] has the client-address extractor and the per-address failure limit that the
+//!   API, the proxy and the web page share;
 //! - [`error::ApiError`] is the one error answer of every handler.
 //!
 //! See `docs/API.md` for every endpoint with `curl` examples.
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod listen;
 pub mod metrics;
@@ -34,7 +37,7 @@ pub use auth::{
 };
 pub use error::{ApiError, ServerError};
 pub use listen::{serve, serve_routes};
-pub use state::{AppState, ExtraMetrics, ExtraRoutes, Replica};
+pub use state::{AppState, ExtraMetrics, ExtraRoutes, RegistryMetrics, Replica};
 
 /// The OpenAPI 3 document served at `/api/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");

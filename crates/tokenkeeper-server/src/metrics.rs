@@ -19,6 +19,10 @@ use crate::auth::{scope, Authed};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The crate `/metrics` is built with, for components that register families of their own
+/// through [`crate::AppState::with_metrics`] (the same version, so the types match).
+pub use prometheus_client;
+
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -56,7 +60,9 @@ struct SinkLabels {
     sink: String,
 }
 
-/// Renders every metric as OpenMetrics text (the extra hook's lines before `# EOF`).
+/// Renders every metric as OpenMetrics text: the server's families and those the
+/// [`crate::RegistryMetrics`] hooks register, encoded by one registry, then the text hooks'
+/// lines, then `# EOF`.
 pub async fn render(st: &AppState) -> Result<String, ApiError> {
     let expires = Family::<AccountLabels, Gauge>::default();
     let rt_age = Family::<AccountLabels, Gauge>::default();
@@ -127,6 +133,10 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
             "1 while this replica leads the installation (scheduler, alerts, leader-only sinks), else 0",
             leader,
         );
+    }
+
+    for hook in &st.registry_metrics {
+        hook(&mut registry);
     }
 
     let mut out = String::new();

@@ -2,7 +2,7 @@
 //! logins started with `POST /oauth/start` and not yet finished, and the failure limiter.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -29,6 +29,12 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// alert delivery or the proxy). It must write complete, valid exposition lines and no secrets.
 /// Several hooks run in the order they were added.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// A component's metrics (the alert channels' deliveries, say), registered into the one
+/// prometheus-client registry that `/metrics` encodes, on every scrape: the hook builds its
+/// families from the component's counters as they are then. Preferred over [`ExtraMetrics`],
+/// whose text nothing checks.
+pub type RegistryMetrics = Arc<dyn Fn(&mut prometheus_client::registry::Registry) + Send + Sync>;
 
 /// Routes of other components (the web page, the proxy) served beside the API on the same
 /// listener, built by the binary; the argument says whether the listener uses TLS (so cookies
@@ -71,8 +77,9 @@ pub struct Shared {
     pub(crate) keeper: Arc<Keeper>,
     pub(crate) sinks: Option<Arc<SinkSet>>,
     pub(crate) admin_token: Arc<Secret>,
-    limiter: Arc<Mutex<FailureLimiter>>,
+    limiter: Arc<FailureLimiter>,
     pub(crate) extra_metrics: Vec<ExtraMetrics>,
+    pub(crate) registry_metrics: Vec<RegistryMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
     pub(crate) streaming_routes: Option<axum::Router>,
@@ -163,6 +170,7 @@ impl AppState {
                 admin_token: Arc::new(admin_token),
                 limiter: Arc::default(),
                 extra_metrics: Vec::new(),
+                registry_metrics: Vec::new(),
                 body_limit: DEFAULT_BODY_LIMIT,
                 keys: Arc::default(),
                 extra_routes: None,
@@ -232,11 +240,18 @@ impl AppState {
         self
     }
 
+    /// Adds a hook that registers a component's metric families into `/metrics`' registry,
+    /// after the server's own and those of the hooks added before.
+    pub fn with_metrics(mut self, hook: RegistryMetrics) -> Self {
+        Arc::make_mut(&mut self.shared).registry_metrics.push(hook);
+        self
+    }
+
     /// Sets how many failed authentications an address may make per minute before it is
     /// refused for a while (default [`crate::auth::MAX_FAILURES`]). For API testers such as
     /// schemathesis, which present wrong keys on purpose.
     pub fn with_failure_limit(mut self, max_failures: usize) -> Self {
-        Arc::make_mut(&mut self.shared).limiter = Arc::new(Mutex::new(FailureLimiter::new(max_failures)));
+        Arc::make_mut(&mut self.shared).limiter = Arc::new(FailureLimiter::for_api(max_failures));
         self
     }
 
@@ -261,8 +276,8 @@ impl AppState {
         &self.admin_token
     }
 
-    pub(crate) fn limiter(&self) -> MutexGuard<'_, FailureLimiter> {
-        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn limiter(&self) -> &FailureLimiter {
+        &self.limiter
     }
 
     /// Starts a login and parks it in the store (so any replica can finish it) until its code

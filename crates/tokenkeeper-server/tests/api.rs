@@ -15,6 +15,8 @@ use serde_json::json;
 use support::{claude_json, env, Env, ADMIN};
 use tokenkeeper_core::store::AccountPatch;
 use tokenkeeper_core::{AccountState, Clock, Store};
+use tokenkeeper_server::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
+use tokenkeeper_server::metrics::prometheus_client::registry::Registry;
 use tokenkeeper_server::Scope;
 
 #[tokio::test]
@@ -426,9 +428,17 @@ async fn metrics_are_parseable_and_match_the_accounts() {
     e.seed("spare").await;
     e.post("/api/auto-refresh?account=spare", ADMIN, "").await;
     e.clock.advance(Duration::minutes(30));
-    let state = e.state.clone().with_extra_metrics(Arc::new(|out: &mut String| {
-        out.push_str("# TYPE tokenkeeper_alerts_sent counter\ntokenkeeper_alerts_sent_total{channel=\"hook\"} 3\n");
-    }));
+    let state = e
+        .state
+        .clone()
+        .with_extra_metrics(Arc::new(|out: &mut String| {
+            out.push_str("# TYPE tokenkeeper_alerts_sent counter\ntokenkeeper_alerts_sent_total{channel=\"hook\"} 3\n");
+        }))
+        .with_metrics(Arc::new(|registry: &mut Registry| {
+            let family = Family::<Vec<(String, String)>, Counter>::default();
+            family.get_or_create(&vec![("channel".to_owned(), "ops".to_owned())]).inc_by(4);
+            registry.register("tokenkeeper_component_things", "A component's counter, in the one registry", family);
+        }));
     let e = Env { state, ..e };
     let key = e.key(&[Scope::MetricsRead], &[]).await;
     let r = e.get("/metrics", &key).await;
@@ -459,6 +469,9 @@ async fn metrics_are_parseable_and_match_the_accounts() {
     assert_eq!(ones.clone().count(), 6);
     assert_eq!(value("tokenkeeper_refresh_attempts_total", &[("account", "spare"), ("result", "success")]), Some(1.0));
     assert_eq!(value("tokenkeeper_alerts_sent_total", &[("channel", "hook")]), Some(3.0));
+    // A component's family goes through the same registry: one HELP/TYPE, `_total` added.
+    assert_eq!(value("tokenkeeper_component_things_total", &[("channel", "ops")]), Some(4.0));
+    assert!(r.text.contains("# TYPE tokenkeeper_component_things counter\n"), "{}", r.text);
     let a = e.account("main").await.unwrap();
     assert!(!r.text.contains(a.credential.access_token.expose()));
     assert!(!r.text.contains(a.credential.refresh_token.as_ref().unwrap().expose()));

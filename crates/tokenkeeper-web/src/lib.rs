@@ -58,7 +58,7 @@ struct Inner {
     admin_token: Secret,
     secure_cookies: bool,
     sessions: session::Sessions,
-    limiter: security::SignInLimiter,
+    limiter: tokenkeeper_server::client::FailureLimiter,
     templates: templates::Templates,
 }
 
@@ -83,7 +83,6 @@ impl WebState {
         admin_token: Secret,
         secure_cookies: bool,
     ) -> WebState {
-        let clock = keeper.clock().clone();
         let sessions = session::Sessions::new(keeper.clone());
         WebState {
             inner: Arc::new(Inner {
@@ -92,7 +91,7 @@ impl WebState {
                 admin_token,
                 secure_cookies,
                 sessions,
-                limiter: security::SignInLimiter::new(clock),
+                limiter: security::sign_in_limiter(),
                 templates: templates::Templates::new(),
             }),
             pool: None,
@@ -134,7 +133,7 @@ impl WebState {
         &self.inner.sessions
     }
 
-    pub(crate) fn limiter(&self) -> &security::SignInLimiter {
+    pub(crate) fn limiter(&self) -> &tokenkeeper_server::client::FailureLimiter {
         &self.inner.limiter
     }
 

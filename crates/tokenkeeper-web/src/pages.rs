@@ -17,11 +17,11 @@ use tokenkeeper_core::{constant_time_eq, Account};
 use tokenkeeper_keeper::schedule::Scheduler;
 use tokenkeeper_keeper::view::{account_view, thresholds as view_thresholds, History};
 use tokenkeeper_keeper::{Ingest, IngestOutcome, KeeperError, RefreshPolicy, RefreshResult};
+use tokenkeeper_server::client::ClientAddr;
 use tokenkeeper_sync::sink::SINK_HEALTH_KEY;
 
 use crate::dashboard::{Dashboard, DashboardQuery, Inputs, SinkHealth};
 use crate::error::WebError;
-use crate::security::ClientIp;
 use crate::session::{cookie_value, random_token, set_cookie, Flash, PendingLogin, SignedIn};
 use crate::session::{LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_LIFETIME};
 use crate::WebState;
@@ -173,12 +173,13 @@ pub async fn login_form(State(state): State<WebState>, headers: HeaderMap) -> Re
 /// client's address.
 pub async fn login(
     State(state): State<WebState>,
-    ClientIp(ip): ClientIp,
+    ip: ClientAddr,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
-    if let Err(wait) = state.limiter().check(ip) {
-        let minutes = wait.as_secs().div_ceil(60).max(1);
+    let now = state.keeper().clock().now();
+    if let Err(blocked) = state.limiter().check(ip, now) {
+        let minutes = blocked.retry_after.as_secs().div_ceil(60).max(1);
         tracing::warn!(client = %ip, "sign-in refused: too many failures");
         return message(
             &state,
@@ -201,7 +202,7 @@ pub async fn login(
     }
     let token = form.token.trim();
     if token.is_empty() || !constant_time_eq(token.as_bytes(), state.admin_token().expose().as_bytes()) {
-        state.limiter().fail(ip);
+        state.limiter().fail(ip, now);
         tracing::warn!(client = %ip, "sign-in with a wrong admin token");
         return login_page(
             &state,

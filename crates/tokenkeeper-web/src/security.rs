@@ -3,20 +3,14 @@
 //! Secrets are compared with the project's one length-hiding comparison,
 //! [`tokenkeeper_core::constant_time_eq`], shared with the API.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 
-use tokenkeeper_core::SharedClock;
+use tokenkeeper_server::client::FailureLimiter;
 
 use crate::WebState;
 
@@ -25,81 +19,12 @@ pub const MAX_FAILED_SIGN_INS: u32 = 5;
 /// The window over which failed sign-ins are counted; a blocked address may try again when it
 /// has passed.
 pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Addresses tracked at most; beyond that the stalest entries are dropped.
-const MAX_TRACKED: usize = 10_000;
 
-/// The client's address as the listener saw it. Headers like `X-Forwarded-For` are not
-/// trusted: anyone can send them. Without connection info (a router served without it, or a
-/// test) every client shares the unspecified address, and so one budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(ip))
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    first_at: DateTime<Utc>,
-    count: u32,
-}
-
-/// Counts failed sign-ins per address in a fixed window.
-#[derive(Debug)]
-pub struct SignInLimiter {
-    map: Mutex<HashMap<IpAddr, Failures>>,
-    clock: SharedClock,
-}
-
-impl SignInLimiter {
-    /// An empty limiter on `clock`.
-    pub fn new(clock: SharedClock) -> SignInLimiter {
-        SignInLimiter { map: Mutex::new(HashMap::new()), clock }
-    }
-
-    fn window() -> chrono::Duration {
-        tokenkeeper_core::clock::chrono_duration(SIGN_IN_WINDOW)
-    }
-
-    /// `Err(wait)` when `ip` has used its failures for this window.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = self.clock.now();
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&ip) {
-            Some(f) if f.count >= MAX_FAILED_SIGN_INS && now - f.first_at < Self::window() => {
-                Err((f.first_at + Self::window() - now).to_std().unwrap_or(Duration::from_secs(1)))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Records a failed sign-in from `ip`.
-    pub fn fail(&self, ip: IpAddr) {
-        let now = self.clock.now();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, f| now - f.first_at < Self::window());
-        }
-        let entry = map.entry(ip).or_insert(Failures { first_at: now, count: 0 });
-        if now - entry.first_at >= Self::window() {
-            *entry = Failures { first_at: now, count: 0 };
-        }
-        entry.count += 1;
-    }
-
-    /// Forgets `ip`'s failures after a successful sign-in.
-    pub fn succeed(&self, ip: IpAddr) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
-    }
+/// The sign-in limit: [`MAX_FAILED_SIGN_INS`] wrong admin tokens from one address within
+/// [`SIGN_IN_WINDOW`] refuse it for [`SIGN_IN_WINDOW`]; a right one forgets its failures. The
+/// same limiter type as the API's and the proxy's key checks, with the page's numbers.
+pub fn sign_in_limiter() -> FailureLimiter {
+    FailureLimiter::new(MAX_FAILED_SIGN_INS as usize, SIGN_IN_WINDOW, SIGN_IN_WINDOW)
 }
 
 /// Why a request was taken for cross-site.
@@ -156,24 +81,25 @@ pub async fn guard(State(state): State<WebState>, req: Request, next: Next) -> R
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use tokenkeeper_core::ManualClock;
+    use chrono::Utc;
+    use tokenkeeper_core::{Clock, ManualClock};
+    use tokenkeeper_server::client::ClientAddr;
 
     #[test]
     fn limiter_blocks_after_the_budget_and_forgives_after_the_window() {
         let clock = ManualClock::new(Utc::now());
-        let limiter = SignInLimiter::new(Arc::new(clock.clone()));
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let limiter = sign_in_limiter();
+        let ip = ClientAddr::Ip("192.0.2.1".parse().unwrap());
+        let other = ClientAddr::Ip("192.0.2.2".parse().unwrap());
         for _ in 0..MAX_FAILED_SIGN_INS {
-            assert!(limiter.check(ip).is_ok());
-            limiter.fail(ip);
+            assert!(limiter.check(ip, clock.now()).is_ok());
+            limiter.fail(ip, clock.now());
         }
-        let wait = limiter.check(ip).unwrap_err();
+        let wait = limiter.check(ip, clock.now()).unwrap_err().retry_after;
         assert!(wait <= SIGN_IN_WINDOW && wait > Duration::from_secs(60), "{wait:?}");
-        assert!(limiter.check(other).is_ok(), "another address keeps its own budget");
+        assert!(limiter.check(other, clock.now()).is_ok(), "another address keeps its own budget");
         clock.advance(chrono::Duration::from_std(SIGN_IN_WINDOW).unwrap());
-        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip, clock.now()).is_ok());
     }
 
     #[test]

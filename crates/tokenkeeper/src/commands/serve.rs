@@ -14,6 +14,8 @@ use tokenkeeper_alert::AlertEngine;
 use tokenkeeper_daemon::leader::{default_replica_id, Campaign};
 use tokenkeeper_daemon::Daemon;
 use tokenkeeper_proxy::ProxyState;
+use tokenkeeper_server::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
+use tokenkeeper_server::metrics::prometheus_client::registry::Registry;
 use tokenkeeper_server::{load_or_create_admin_token, AppState, Replica, ADMIN_TOKEN_ENV};
 use tokenkeeper_sync::sink::SinkSet;
 
@@ -74,7 +76,7 @@ pub async fn run(app: App, args: ServeArgs) -> Result<i32> {
             .with_replica(Replica { id: campaign.replica().to_owned(), leading: campaign.watch() });
         if let Some(alerts) = &alerts {
             let alerts = alerts.clone();
-            state = state.with_extra_metrics(Arc::new(move |out: &mut String| alert_metrics(&alerts, out)));
+            state = state.with_metrics(Arc::new(move |registry: &mut Registry| alert_metrics(&alerts, registry)));
         }
         if let Some(proxy) = proxy {
             let (mounted, own) = mount_proxy(&app, proxy, state, &stop_tx).await?;
@@ -235,17 +237,20 @@ fn start_campaign(app: &App) -> Campaign {
     )
 }
 
-/// `tokenkeeper_alert_deliveries_total{channel, result}` in Prometheus text format. Channel
-/// names come from the config (never a URL).
-fn alert_metrics(alerts: &AlertEngine, out: &mut String) {
-    use std::fmt::Write;
-    let _ =
-        writeln!(out, "# HELP tokenkeeper_alert_deliveries_total Alert messages delivered or given up on, by channel.");
-    let _ = writeln!(out, "# TYPE tokenkeeper_alert_deliveries_total counter");
+/// `tokenkeeper_alert_deliveries_total{channel, result}`, a counter per channel and result
+/// (`sent`, `failed`), registered into the server's `/metrics` registry. Channel names come
+/// from the config (never a URL); the registry escapes them.
+fn alert_metrics(alerts: &AlertEngine, registry: &mut Registry) {
+    let deliveries = Family::<Vec<(String, String)>, Counter>::default();
     for c in alerts.channel_statuses() {
-        let name = c.name.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"sent\"}} {}", c.sent);
-        let _ =
-            writeln!(out, "tokenkeeper_alert_deliveries_total{{channel=\"{name}\",result=\"failed\"}} {}", c.failed);
+        for (result, n) in [("sent", c.sent), ("failed", c.failed)] {
+            let labels = vec![("channel".to_owned(), c.name.clone()), ("result".to_owned(), result.to_owned())];
+            deliveries.get_or_create(&labels).inc_by(n);
+        }
     }
+    registry.register(
+        "tokenkeeper_alert_deliveries",
+        "Alert messages delivered or given up on, by channel",
+        deliveries,
+    );
 }
