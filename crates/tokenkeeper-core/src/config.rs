@@ -694,9 +694,13 @@ url = "https://hooks.example/tokenkeeper"
 
     #[test]
     fn alert_min_severity_is_a_severity_and_a_typo_names_the_known_ones() {
-        let c = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"Critical\"\n").unwrap();
+        let c =
+            parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"Critical\"\n")
+                .unwrap();
         assert_eq!(c.alerts[0].min_severity, Some(crate::status::Severity::Critical));
-        let e = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"loud\"\n").unwrap_err().to_string();
+        let e = parse("[[alerts]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmin_severity = \"loud\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("min_severity") && e.contains("`loud`") && e.contains("`warning` or `critical`"), "{e}");
     }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod credential;
 pub mod error_text;
 pub mod formats;
+pub mod fs;
 pub mod paths;
 pub mod pool;
 pub mod secret;

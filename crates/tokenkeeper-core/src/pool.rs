@@ -120,9 +120,11 @@ mod tests {
 
     #[test]
     fn pool_state_words_are_the_serde_words() {
-        for (state, word) in
-            [(PoolState::Active, "active"), (PoolState::CoolingDown, "cooling_down"), (PoolState::NeedsLogin, "needs_login")]
-        {
+        for (state, word) in [
+            (PoolState::Active, "active"),
+            (PoolState::CoolingDown, "cooling_down"),
+            (PoolState::NeedsLogin, "needs_login"),
+        ] {
             assert_eq!(state.as_str(), word);
             assert_eq!(serde_json::to_value(state).unwrap(), serde_json::Value::String(word.into()));
         }

@@ -4,7 +4,7 @@
 //! Everything tokenkeeper keeps lives in one directory that only its owner may enter (0700):
 //! the database, its WAL, the key file and the change-notification file.
 
-use std::fs::{DirBuilder, File, Permissions};
+use std::fs::{DirBuilder, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -52,13 +52,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Flushes a directory's entries (a file created or linked in it) to disk. Best effort: some
-/// filesystems refuse to fsync a directory, and the file's own content was already synced.
-pub fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(path = %dir.display(), error = %e, "cannot fsync directory");
-    }
-}
+pub use tokenkeeper_core::fs::sync_dir;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -14,23 +14,23 @@
 //! itself (a sink's file, an HTTP answer, a child's environment); grep for it in review.
 
 use std::fmt;
-use std::fs::{File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use tokenkeeper_core::fs::{create_once, Created};
 use tokenkeeper_core::{Secret, StoreError};
 use zeroize::{Zeroize, Zeroizing};
 
 pub mod fs;
 
-use crate::fs::{ensure_private_dir, io_error, sync_dir};
+use crate::fs::{ensure_private_dir, io_error};
 
 /// Name of the key file inside the data directory.
 pub const KEY_FILE_NAME: &str = "key";
@@ -77,7 +77,7 @@ impl EncryptionKey {
         if let Some(key) = read_key_file(&path)? {
             return Ok(key);
         }
-        create_key_file(data_dir, &path)
+        create_key_file(&path)
     }
 
     /// A fresh random key.
@@ -269,56 +269,27 @@ fn read_key_file(path: &Path) -> Result<Option<EncryptionKey>, StoreError> {
 
 /// Creates the key file with a new key, or reads the one another process created meanwhile.
 ///
-/// The key is written and synced to a private temporary file first, then hard-linked into
-/// place: the link fails if the key file exists, and a reader never sees a half-written key.
-fn create_key_file(data_dir: &Path, path: &Path) -> Result<EncryptionKey, StoreError> {
+/// [`create_once`] writes it whole and private before it appears, and never replaces a key file
+/// that exists: of two processes starting at once exactly one key is kept.
+fn create_key_file(path: &Path) -> Result<EncryptionKey, StoreError> {
     let key = EncryptionKey::generate();
-    let tmp = data_dir.join(format!(".{KEY_FILE_NAME}.{}.{:016x}.tmp", std::process::id(), OsRng.next_u64()));
-    let installed = write_private_file(&tmp, key.to_base64().as_bytes()).and_then(|()| link_if_absent(&tmp, path));
-    if let Err(e) = std::fs::remove_file(&tmp) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::debug!(path = %tmp.display(), error = %e, "cannot remove the temporary key file");
+    let mut line = key.to_base64();
+    line.push('\n');
+    match create_once(path, line.as_bytes()).map_err(io_error("create the key file", path))? {
+        Created::New => {
+            tracing::info!(
+                path = %path.display(),
+                "created a new encryption key; back it up: without it the stored credentials cannot be read"
+            );
+            Ok(key)
         }
+        Created::Existed => read_key_file(path)?.ok_or_else(|| {
+            io_error("read the key file", path)(io::Error::new(
+                io::ErrorKind::NotFound,
+                "it existed a moment ago and has disappeared",
+            ))
+        }),
     }
-    if installed? {
-        sync_dir(data_dir);
-        tracing::info!(
-            path = %path.display(),
-            "created a new encryption key; back it up: without it the stored credentials cannot be read"
-        );
-        return Ok(key);
-    }
-    read_key_file(path)?.ok_or_else(|| {
-        io_error("read the key file", path)(io::Error::new(
-            io::ErrorKind::NotFound,
-            "it existed a moment ago and has disappeared",
-        ))
-    })
-}
-
-/// Hard-links `tmp` to `path`; `false` when `path` exists already.
-fn link_if_absent(tmp: &Path, path: &Path) -> Result<bool, StoreError> {
-    match std::fs::hard_link(tmp, path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(io_error("install the key file", path)(e)),
-    }
-}
-
-/// Writes `content` and a newline to a new file of mode 0600, synced to disk.
-fn write_private_file(path: &Path, content: &[u8]) -> Result<(), StoreError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_error("create the temporary key file", path))?;
-    // `mode` is filtered by the umask, which could have taken the owner's bits too.
-    file.set_permissions(Permissions::from_mode(0o600)).map_err(io_error("set mode 0600 on", path))?;
-    file.write_all(content)
-        .and_then(|()| file.write_all(b"\n"))
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("write the temporary key file", path))
 }
 
 #[cfg(test)]

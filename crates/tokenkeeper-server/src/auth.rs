@@ -14,7 +14,6 @@
 //!   keeper's clock.
 
 use std::fmt;
-use std::io::Write;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -26,6 +25,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use tokenkeeper_core::account::validate_account_name;
+use tokenkeeper_core::fs::{create_once, Created};
 use tokenkeeper_core::store::ApiKey;
 use tokenkeeper_core::{constant_time_eq, Account, Secret, Store};
 use tokenkeeper_keeper::Keeper;
@@ -464,30 +464,14 @@ pub fn load_or_create_admin_token(data_dir: &Path, env_override: Option<&str>) -
     }
     create_dir_private(data_dir)?;
     let token = Secret::new(format!("{ADMIN_PREFIX}{}", random_hex::<32>()));
-    // Written whole to a private temp file, then hard-linked into place: a reader never sees
-    // an empty file, a crash never leaves one, and of two processes starting at once exactly
-    // one link succeeds (the other uses the winner's token).
-    let tmp = data_dir.join(format!(".admin-token.{}.tmp", random_hex::<8>()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let written = opts
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(format!("{}\n", token.expose()).as_bytes()).and_then(|()| f.sync_all()));
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ServerError::Io { action: "write the admin token file", path: tmp, source });
-    }
-    let linked = std::fs::hard_link(&tmp, &path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
+    // Of two processes starting at once exactly one creates the file; the other reads it.
+    let content = format!("{}\n", token.expose());
+    match create_once(&path, content.as_bytes()) {
+        Ok(Created::New) => {
             tracing::info!(file = %path.display(), "generated the admin token (print it with `tokenkeeper server token`)");
             Ok(token)
         }
-        // Another process created it between our read and our link: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_admin_token(data_dir, None),
+        Ok(Created::Existed) => load_or_create_admin_token(data_dir, None),
         Err(source) => Err(ServerError::Io { action: "create the admin token file", path, source }),
     }
 }

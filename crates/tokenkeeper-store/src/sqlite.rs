@@ -35,6 +35,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use tokenkeeper_core::account::{Account, AccountState, Binding, BindingKind, Mode, NewAccount, Usage};
 use tokenkeeper_core::backend::ChangeKind;
 use tokenkeeper_core::credential::Credential;
+use tokenkeeper_core::fs::create_once;
 use tokenkeeper_core::store::{
     AccountPatch, ApiKey, Attempt, CredentialChange, CredentialUpdate, Event, EventKind, NewEvent, Store, StoreError,
     UsageRecord, WebSession,
@@ -886,11 +887,9 @@ async fn lock_exclusively(path: PathBuf) -> Result<File, StoreError> {
 /// Creates `path` empty with mode 0600 unless it exists; SQLite gives its `-wal` and `-shm`
 /// files the database file's mode, so the whole database stays private.
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_error("create the database", path)(e)),
-    }
+    // An empty file is an empty SQLite database; created whole and 0600 before SQLite opens
+    // it, so the database is never readable by others even for a moment.
+    create_once(path, b"").map(drop).map_err(io_error("create the database", path))
 }
 
 /// Records a change for the feed inside the writer's transaction, and prunes rows far behind.
