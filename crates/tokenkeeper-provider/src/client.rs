@@ -307,14 +307,9 @@ impl OAuthClient {
         if e.is_timeout() {
             return format!("timed out after {}s ({})", self.timeout.as_secs_f64(), self.token_url);
         }
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        // reqwest's own message is only "error sending request"; the cause (refused, DNS,
+        // TLS) is in the chain.
+        tokenkeeper_core::error_text::error_chain(e)
     }
 }
 

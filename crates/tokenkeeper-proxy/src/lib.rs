@@ -23,7 +23,6 @@ pub mod pool;
 pub mod scan;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
@@ -36,6 +35,10 @@ use serde::Serialize;
 use tokenkeeper_core::config::{Config, ProxyConfig, Strategy};
 use tokenkeeper_core::AccountState;
 use tokenkeeper_keeper::Keeper;
+use tokenkeeper_server::metrics::prometheus_client::metrics::counter::Counter;
+use tokenkeeper_server::metrics::prometheus_client::metrics::family::Family;
+use tokenkeeper_server::metrics::prometheus_client::metrics::gauge::Gauge;
+use tokenkeeper_server::metrics::prometheus_client::registry::Registry;
 
 use crate::pool::{availability, Accounts, Cooldown, Pools, COOLDOWN_PREFIX};
 
@@ -216,38 +219,27 @@ impl ProxyState {
         Ok(out)
     }
 
-    /// Appends the proxy's Prometheus text (no secrets; account names only) to `out`: requests
-    /// by account and result, tokens by account and kind, in-flight requests, failovers, and
-    /// each account's state and cooldown end as this process last saw them.
-    pub fn metrics(&self, out: &mut String) {
+    /// Registers the proxy's families in the one `/metrics` registry (no secrets; account
+    /// names only): requests by account and result, tokens by account and kind, in-flight
+    /// requests, failovers, and each account's state and cooldown end as this process last saw
+    /// them. Built from the counters as they are at the scrape.
+    pub fn register_metrics(&self, registry: &mut Registry) {
         let now = self.inner.keeper.clock().now();
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let mut rows: Vec<(String, String)> = Vec::new();
-        let _ = writeln!(
-            out,
-            "# HELP tokenkeeper_proxy_requests_total Upstream attempts of the proxy, by account and result."
-        );
-        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_requests_total counter");
-        let _ = writeln!(out, "# HELP tokenkeeper_proxy_tokens_total Tokens the provider reported in proxied answers, by account and kind.");
-        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_tokens_total counter");
-        let _ = writeln!(out, "# HELP tokenkeeper_proxy_in_flight Proxied requests in progress, by account.");
-        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_in_flight gauge");
-        let _ = writeln!(out, "# HELP tokenkeeper_proxy_account_state 1 for the state each pooled account is in (active, cooling_down, needs_login).");
-        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_account_state gauge");
-        let _ = writeln!(out, "# HELP tokenkeeper_proxy_cooldown_until_seconds When an account's cooldown ends (unix seconds), by model family (\"\" for all).");
-        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_cooldown_until_seconds gauge");
+        let label = |pairs: &[(&str, &str)]| -> Labels {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let requests = Family::<Labels, Counter>::default();
+        let tokens = Family::<Labels, Counter>::default();
+        let in_flight = Family::<Labels, Gauge>::default();
+        let state = Family::<Labels, Gauge>::default();
+        let cooldown_until = Family::<Labels, Gauge>::default();
         self.inner.accounts.with(|map| {
-            let mut names: Vec<&String> = map.keys().collect();
-            names.sort();
-            for name in names {
-                let rt = &map[name];
-                let a = esc(name);
-                let mut lines = String::new();
-                let _ = writeln!(lines, "tokenkeeper_proxy_requests_total{{account=\"{a}\",result=\"ok\"}} {}", rt.ok);
+            for (name, rt) in map.iter() {
+                let a = name.as_str();
+                requests.get_or_create(&label(&[("account", a), ("result", "ok")])).inc_by(rt.ok);
                 for class in classify::CLASSES {
                     let n = rt.errors.get(class).copied().unwrap_or(0);
-                    let _ =
-                        writeln!(lines, "tokenkeeper_proxy_requests_total{{account=\"{a}\",result=\"{class}\"}} {n}");
+                    requests.get_or_create(&label(&[("account", a), ("result", class)])).inc_by(n);
                 }
                 for (kind, n) in [
                     ("input", rt.tokens.input),
@@ -255,59 +247,53 @@ impl ProxyState {
                     ("cache_read", rt.tokens.cache_read),
                     ("cache_creation", rt.tokens.cache_creation),
                 ] {
-                    let _ = writeln!(lines, "tokenkeeper_proxy_tokens_total{{account=\"{a}\",kind=\"{kind}\"}} {n}");
+                    tokens.get_or_create(&label(&[("account", a), ("kind", kind)])).inc_by(n);
                 }
-                let _ = writeln!(lines, "tokenkeeper_proxy_in_flight{{account=\"{a}\"}} {}", rt.in_flight);
+                in_flight.get_or_create(&label(&[("account", a)])).set(gauge_value(rt.in_flight));
                 let cooling = rt.cooldowns.iter().any(|c| c.until > now && c.family.is_none());
                 let needs_login = rt.state == Some(AccountState::NeedsLogin);
-                for (state, on) in [
+                for (word, on) in [
                     ("active", !cooling && !needs_login),
                     ("cooling_down", cooling && !needs_login),
                     ("needs_login", needs_login),
                 ] {
-                    let _ = writeln!(
-                        lines,
-                        "tokenkeeper_proxy_account_state{{account=\"{a}\",state=\"{state}\"}} {}",
-                        u8::from(on)
-                    );
+                    state.get_or_create(&label(&[("account", a), ("state", word)])).set(i64::from(on));
                 }
                 for c in rt.cooldowns.iter().filter(|c| c.until > now) {
-                    let family = esc(c.family.as_deref().unwrap_or(""));
-                    let _ = writeln!(
-                        lines,
-                        "tokenkeeper_proxy_cooldown_until_seconds{{account=\"{a}\",family=\"{family}\"}} {}",
-                        c.until.timestamp()
-                    );
+                    let family = c.family.as_deref().unwrap_or("");
+                    cooldown_until
+                        .get_or_create(&label(&[("account", a), ("family", family)]))
+                        .set(c.until.timestamp());
                 }
-                rows.push((name.clone(), lines));
             }
         });
-        // Grouped by metric name, as the text format wants.
-        for prefix in [
-            "tokenkeeper_proxy_requests_total",
-            "tokenkeeper_proxy_tokens_total",
-            "tokenkeeper_proxy_in_flight",
-            "tokenkeeper_proxy_account_state",
-            "tokenkeeper_proxy_cooldown_until_seconds",
-        ] {
-            for (_, lines) in &rows {
-                for l in
-                    lines.lines().filter(|l| l.starts_with(prefix) && l.as_bytes().get(prefix.len()) == Some(&b'{'))
-                {
-                    out.push_str(l);
-                    out.push('\n');
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tokenkeeper_proxy_failovers_total Requests the proxy moved to another account after a failure."
+        let failovers = Counter::<u64>::default();
+        failovers.inc_by(self.inner.failovers.load(std::sync::atomic::Ordering::Relaxed));
+        registry.register(
+            "tokenkeeper_proxy_requests",
+            "Upstream attempts of the proxy, by account and result",
+            requests,
         );
-        let _ = writeln!(out, "# TYPE tokenkeeper_proxy_failovers_total counter");
-        let _ = writeln!(
-            out,
-            "tokenkeeper_proxy_failovers_total {}",
-            self.inner.failovers.load(std::sync::atomic::Ordering::Relaxed)
+        registry.register(
+            "tokenkeeper_proxy_tokens",
+            "Tokens the provider reported in proxied answers, by account and kind",
+            tokens,
+        );
+        registry.register("tokenkeeper_proxy_in_flight", "Proxied requests in progress, by account", in_flight);
+        registry.register(
+            "tokenkeeper_proxy_account_state",
+            "1 for the state each pooled account is in (active, cooling_down, needs_login)",
+            state,
+        );
+        registry.register(
+            "tokenkeeper_proxy_cooldown_until_seconds",
+            "When an account's cooldown ends (unix seconds), by model family (\"\" for all)",
+            cooldown_until,
+        );
+        registry.register(
+            "tokenkeeper_proxy_failovers",
+            "Requests the proxy moved to another account after a failure",
+            failovers,
         );
     }
 }
@@ -401,4 +387,12 @@ pub struct MemberSnapshot {
     pub usage_count: u64,
     /// When it was last used.
     pub last_used: Option<DateTime<Utc>>,
+}
+
+/// Label pairs of the proxy's families (account names and fixed words only).
+type Labels = Vec<(String, String)>;
+
+/// A count as a gauge's value (saturating: a gauge is signed).
+fn gauge_value<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }

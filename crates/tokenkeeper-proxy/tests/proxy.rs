@@ -119,8 +119,7 @@ async fn a_429_with_reset_cools_the_account_down_until_the_reset_stored_and_self
     let snap = p.state.pool_snapshot().await.unwrap();
     let a = snap[0].members.iter().find(|m| m.account == "a").unwrap();
     assert_eq!(a.state, MemberState::CoolingDown);
-    let mut metrics = String::new();
-    p.state.metrics(&mut metrics);
+    let metrics = support::metrics_text(&p.state);
     assert!(metrics.contains("tokenkeeper_proxy_account_state{account=\"a\",state=\"cooling_down\"} 1"), "{metrics}");
     assert!(metrics.contains("tokenkeeper_proxy_requests_total{account=\"a\",result=\"rate_limited\"} 1"), "{metrics}");
 
@@ -328,8 +327,7 @@ async fn usage_is_read_from_the_answers_as_they_pass() {
     assert_eq!(sum(|r| r.output_tokens), 8);
     assert_eq!(sum(|r| r.cache_read_tokens), 4);
     assert!(records.iter().all(|r| r.model.as_deref() == Some("claude-sonnet-4-5") && r.key_id.is_some()));
-    let mut metrics = String::new();
-    p.state.metrics(&mut metrics);
+    let metrics = support::metrics_text(&p.state);
     assert!(metrics.contains("tokenkeeper_proxy_tokens_total{account=\"a\",kind=\"output\"} 8"), "{metrics}");
 }
 

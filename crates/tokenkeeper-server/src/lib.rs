@@ -37,7 +37,7 @@ pub use auth::{
 };
 pub use error::{ApiError, ServerError};
 pub use listen::{serve, serve_routes};
-pub use state::{AppState, ExtraMetrics, ExtraRoutes, RegistryMetrics, Replica};
+pub use state::{AppState, ExtraRoutes, RegistryMetrics, Replica};
 
 /// The OpenAPI 3 document served at `/api/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");

@@ -61,8 +61,7 @@ struct SinkLabels {
 }
 
 /// Renders every metric as OpenMetrics text: the server's families and those the
-/// [`crate::RegistryMetrics`] hooks register, encoded by one registry, then the text hooks'
-/// lines, then `# EOF`.
+/// [`crate::RegistryMetrics`] hooks register, encoded by one registry, then `# EOF`.
 pub async fn render(st: &AppState) -> Result<String, ApiError> {
     let expires = Family::<AccountLabels, Gauge>::default();
     let rt_age = Family::<AccountLabels, Gauge>::default();
@@ -141,12 +140,6 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
 
     let mut out = String::new();
     encode_registry(&mut out, &registry).map_err(ApiError::Metrics)?;
-    for hook in &st.extra_metrics {
-        hook(&mut out);
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
-    }
     encode_eof(&mut out).map_err(ApiError::Metrics)?;
     Ok(out)
 }

@@ -25,15 +25,9 @@ const MAX_PENDING_LOGINS: usize = 64;
 /// The default limit of a request body.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
-/// A hook that appends Prometheus text to `/metrics` (for metrics of other components, such as
-/// alert delivery or the proxy). It must write complete, valid exposition lines and no secrets.
-/// Several hooks run in the order they were added.
-pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
-
 /// A component's metrics (the alert channels' deliveries, say), registered into the one
 /// prometheus-client registry that `/metrics` encodes, on every scrape: the hook builds its
-/// families from the component's counters as they are then. Preferred over [`ExtraMetrics`],
-/// whose text nothing checks.
+/// families from the component's counters as they are then.
 pub type RegistryMetrics = Arc<dyn Fn(&mut prometheus_client::registry::Registry) + Send + Sync>;
 
 /// Routes of other components (the web page, the proxy) served beside the API on the same
@@ -78,7 +72,6 @@ pub struct Shared {
     pub(crate) sinks: Option<Arc<SinkSet>>,
     pub(crate) admin_token: Arc<Secret>,
     limiter: Arc<FailureLimiter>,
-    pub(crate) extra_metrics: Vec<ExtraMetrics>,
     pub(crate) registry_metrics: Vec<RegistryMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
@@ -169,7 +162,6 @@ impl AppState {
                 sinks,
                 admin_token: Arc::new(admin_token),
                 limiter: Arc::default(),
-                extra_metrics: Vec::new(),
                 registry_metrics: Vec::new(),
                 body_limit: DEFAULT_BODY_LIMIT,
                 keys: Arc::default(),
@@ -232,12 +224,6 @@ impl AppState {
             }
         }
         Ok(found)
-    }
-
-    /// Adds a hook that appends Prometheus text to `/metrics`, after the hooks added before.
-    pub fn with_extra_metrics(mut self, hook: ExtraMetrics) -> Self {
-        Arc::make_mut(&mut self.shared).extra_metrics.push(hook);
-        self
     }
 
     /// Adds a hook that registers a component's metric families into `/metrics`' registry,

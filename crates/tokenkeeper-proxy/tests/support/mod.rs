@@ -112,3 +112,14 @@ impl NowUtc for tokenkeeper_core::ManualClock {
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// The proxy's families as `/metrics` encodes them (OpenMetrics text, one registry).
+pub fn metrics_text(state: &ProxyState) -> String {
+    use tokenkeeper_server::metrics::prometheus_client::encoding::text::encode;
+    use tokenkeeper_server::metrics::prometheus_client::registry::Registry;
+    let mut registry = Registry::default();
+    state.register_metrics(&mut registry);
+    let mut out = String::new();
+    encode(&mut out, &registry).unwrap();
+    out
+}

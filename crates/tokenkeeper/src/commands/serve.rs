@@ -169,7 +169,7 @@ async fn mount_proxy(
     stop_tx: &watch::Sender<bool>,
 ) -> Result<(AppState, Option<tokio::task::JoinHandle<std::io::Result<()>>>)> {
     let metrics = proxy.clone();
-    let state = state.with_extra_metrics(Arc::new(move |out: &mut String| metrics.metrics(out)));
+    let state = state.with_metrics(Arc::new(move |registry: &mut Registry| metrics.register_metrics(registry)));
     let routes = tokenkeeper_proxy::router(proxy);
     let Some(listen) = app.config.proxy.listen else {
         tracing::info!(listen = %app.config.server.listen, "API proxy at /v1/* on the main listener");
