@@ -15,7 +15,8 @@ mod provider;
 mod sink;
 
 pub use provider::{
-    ClientSecretError, ExpirySource, ProviderConfig, ProviderKind, Rotation, TokenBody, ANTHROPIC, CODEX, GEMINI,
+    ClientSecretError, ExpirySource, ProviderConfig, ProviderKind, ProviderTableError, Rotation, TokenBody, ANTHROPIC,
+    CODEX, GEMINI,
 };
 pub use sink::{
     FileTarget, InfisicalAuth, InfisicalFormat, InfisicalTarget, SinkConfig, SinkConfigError, SinkProblem, SinkTarget,
@@ -34,12 +35,39 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has a wrong key or value.
+    /// The file is not valid TOML, or a value has the wrong type or form (a sink's values
+    /// included: the message names the entry, such as `sinks[2].path`).
     #[error("config file {path}: {message}")]
     Parse {
         /// Which file.
         path: PathBuf,
+        /// Where in the file, when toml knows.
+        at: Option<Position>,
         /// toml's message, which names the key, the line and what is allowed.
+        message: String,
+    },
+    /// A key the table does not have, most often a typo.
+    #[error("config file {path}: {message}")]
+    UnknownKey {
+        /// Which file.
+        path: PathBuf,
+        /// Where in the file, when toml knows.
+        at: Option<Position>,
+        /// The key as written.
+        key: String,
+        /// toml's message: the line, the key and the keys the table has.
+        message: String,
+    },
+    /// A key the table must have is missing.
+    #[error("config file {path}: {message}")]
+    MissingKey {
+        /// Which file.
+        path: PathBuf,
+        /// Where in the file (the table that lacks it), when toml knows.
+        at: Option<Position>,
+        /// The missing key.
+        key: String,
+        /// toml's message: the table and the key.
         message: String,
     },
     /// A value is out of range or inconsistent.
@@ -52,6 +80,45 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// A toml error of the file at `path` whose text is `text`, sorted into the variant it is.
+    fn from_toml_error(e: &toml::de::Error, text: &str, path: &Path) -> Self {
+        let path = path.to_owned();
+        let at = e.span().and_then(|span| Position::of(text, span.start));
+        let message = e.to_string().trim_end().replace('\n', "\n  ");
+        // serde's own words for these two (`de::Error::unknown_field` and `missing_field`).
+        let quoted = |prefix: &str| {
+            let rest = e.message().strip_prefix(prefix)?;
+            rest.find('`').map(|end| rest[..end].to_owned())
+        };
+        if let Some(key) = quoted("unknown field `") {
+            ConfigError::UnknownKey { path, at, key, message }
+        } else if let Some(key) = quoted("missing field `") {
+            ConfigError::MissingKey { path, at, key, message }
+        } else {
+            ConfigError::Parse { path, at, message }
+        }
+    }
+}
+
+/// A place in a config file: 1-based line and column (in characters), as toml reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+impl Position {
+    /// The position of byte `offset` of `text`; `None` if it is not inside it.
+    fn of(text: &str, offset: usize) -> Option<Self> {
+        let before = text.get(..offset)?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Some(Self { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 })
+    }
 }
 
 /// The whole configuration.
@@ -420,10 +487,7 @@ impl Config {
 
     /// Parses TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::from_toml_error(&e, text, origin))?;
         // A `[providers.anthropic]` table that sets only some keys got defaults for the rest;
         // make sure the provider exists even when the file names none.
         config.providers.entry(ANTHROPIC.to_owned()).or_default();
@@ -634,6 +698,29 @@ url = "https://hooks.example/tokenkeeper"
         assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
         assert!(e.contains("leed"), "{e}");
         assert!(e.contains("lead"), "{e}");
+        let e = parse("[keeper]\nleed = \"30m\"\n").unwrap_err();
+        let ConfigError::UnknownKey { path, at, key, .. } = &e else { panic!("{e:?}") };
+        assert_eq!(
+            (path.to_str(), at, key.as_str()),
+            (Some("/etc/tokenkeeper/config.toml"), &Some(Position { line: 2, column: 1 }), "leed")
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_its_own_error_naming_the_key() {
+        for (text, missing) in [
+            ("[[sinks]]\nkind = \"env_file\"\npath = \"/x\"\nkey = \"K\"\n", "account"),
+            ("[[sinks]]\naccount = \"a\"\npath = \"/x\"\n", "kind"),
+            ("[[alerts]]\nurl = \"https://hooks.example/x\"\n", "kind"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let shown = e.to_string();
+            let ConfigError::MissingKey { key, at, .. } = &e else { panic!("{text}: {e:?}") };
+            assert_eq!(key, missing, "{text}");
+            assert_eq!(at.map(|p| p.line), Some(1), "{text}: {e:?}");
+            assert!(shown.contains(&format!("missing field `{missing}`")), "{shown}");
+            assert!(shown.starts_with("config file /etc/tokenkeeper/config.toml: "), "{shown}");
+        }
     }
 
     #[test]
@@ -644,6 +731,13 @@ url = "https://hooks.example/tokenkeeper"
         assert!(e.contains("line 2, column 8"), "{e}");
         assert!(e.contains(r#"lead = "soon""#), "{e}");
         assert!(e.contains(r#"invalid value: string "soon", expected a duration"#), "{e}");
+        let e = parse("[keeper]\nlead = \"soon\"\n").unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { at: Some(Position { line: 2, column: 8 }), .. }),
+            "the position is the one the message names: {e:?}"
+        );
+        let e = parse("[keeper\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { at: Some(Position { line: 1, .. }), .. }), "{e:?}");
         let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\n").unwrap_err().to_string();
         assert!(e.contains("sinks[0].key"), "{e}");
         let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\nmode=\"rw\"\n")
@@ -1076,6 +1170,29 @@ command = ["/bin/hook"]
         assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
         assert!(e.contains("line 6"), "{e}");
         assert!(e.contains("unknown field `pth`, expected one of `account`, `kind`, `name`, `path`"), "{e}");
+    }
+
+    #[test]
+    fn every_sink_kind_refuses_a_misspelt_key_naming_it_and_its_line() {
+        for body in [
+            "kind = \"env_file\"\npath = \"/x\"\nkey = \"K\"",
+            "kind = \"claude_credentials\"\npath = \"/x\"",
+            "kind = \"openclaw\"\npath = \"/x\"\nlayout = \"oauth\"",
+            "kind = \"template\"\npath = \"/x\"\ntemplate = \"t\"",
+            "kind = \"native\"\npath = \"/x\"\nprovider = \"codex\"",
+            "kind = \"command\"\ncommand = [\"/bin/x\"]",
+            "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\nsecret_name = \"S\"\ntoken_file = \"/t\"",
+        ] {
+            // Line 1 `[[sinks]]`, line 2 `account`, then the body, then the typo.
+            let typo_line = 3 + body.lines().count();
+            let e = parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\non_chnage = [\"/bin/y\"]\n")).unwrap_err();
+            let shown = e.to_string();
+            let ConfigError::UnknownKey { key, at, .. } = &e else { panic!("{body}: {e:?}") };
+            assert_eq!((key.as_str(), at.map(|p| p.line)), ("on_chnage", Some(typo_line)), "{body}: {shown}");
+            assert!(shown.contains(&format!("line {typo_line}")), "{body}: {shown}");
+            assert!(shown.contains("unknown field `on_chnage`, expected one of `account`, `kind`"), "{body}: {shown}");
+            assert!(shown.contains("`on_change`"), "the list names the key meant: {shown}");
+        }
     }
 
     #[test]
