@@ -58,6 +58,21 @@ pub enum ConfigError {
         /// toml's message: the line, the key and the keys the table has.
         message: String,
     },
+    /// A `[[sinks]]` entry was refused: a required key missing, a bad value, or a key of
+    /// another kind.
+    #[error("config file {path}: {message}")]
+    Sink {
+        /// Which file.
+        path: PathBuf,
+        /// Where in the file, when toml knows: the first `[[sinks]]` table (`index` says which).
+        at: Option<Position>,
+        /// Which entry of `sinks`, from 0.
+        index: usize,
+        /// The key and what is wrong with it.
+        error: Box<SinkConfigError>,
+        /// toml's message: the line, the entry, the key, what is wrong and what is allowed.
+        message: String,
+    },
     /// A key the table must have is missing.
     #[error("config file {path}: {message}")]
     MissingKey {
@@ -93,6 +108,11 @@ impl ConfigError {
             let rest = e.message().strip_prefix(prefix)?;
             rest.find('`').map(|end| rest[..end].to_owned())
         };
+        // A refused sink reaches here as toml's text; read the sinks again to have it typed,
+        // and only take it if it is the very error toml reported.
+        if let Some(entry) = sink::refused_entry(text).filter(|entry| e.message() == entry.to_string()) {
+            return ConfigError::Sink { path, at, index: entry.index, error: Box::new(entry.error), message };
+        }
         if let Some(key) = quoted("unknown field `") {
             ConfigError::UnknownKey { path, at, key, message }
         } else if let Some(key) = quoted("missing field `") {
@@ -1119,6 +1139,68 @@ mod sink_tests {
     /// The error of a config with one sink: `account = "a"`, then `body`.
     fn refused(body: &str) -> String {
         parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\n")).unwrap_err().to_string()
+    }
+
+    /// The typed error of a config with one sink, `body` after `account = "a"`: its index, key
+    /// and problem.
+    fn refused_typed(body: &str) -> (usize, &'static str, SinkProblem) {
+        match parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\n")).unwrap_err() {
+            ConfigError::Sink { index, error, at, path, .. } => {
+                assert_eq!((at.map(|p| p.line), path.to_str()), (Some(1), Some("/etc/tokenkeeper/config.toml")));
+                let SinkConfigError { key, problem } = *error;
+                (index, key, problem)
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_sink_is_a_typed_error_with_its_entry_key_and_problem() {
+        for (body, key, problem) in [
+            ("kind = \"claude_credentials\"", "path", SinkProblem::PathRequired),
+            ("kind = \"env_file\"\npath = \"/x\"", "key", SinkProblem::EnvKey),
+            ("kind = \"template\"\npath = \"/x\"", "template", SinkProblem::TemplateSource),
+            ("kind = \"command\"\ncommand = []", "command", SinkProblem::CommandRequired),
+            (
+                "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\ntoken_file = \"/t\"",
+                "secret_name",
+                SinkProblem::InfisicalRequired,
+            ),
+            (
+                "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\nsecret_name = \"S\"",
+                "token_file",
+                SinkProblem::InfisicalAuth,
+            ),
+            ("kind = \"openclaw\"\npath = \"/x\"\nlayout = \"v2\"", "layout", SinkProblem::Layout("v2".into())),
+            (
+                "kind = \"native\"\npath = \"/x\"\nmode = \"rw\"",
+                "mode",
+                SinkProblem::Mode(ModeError::NotOctal("rw".into())),
+            ),
+            ("kind = \"native\"\npath = \"/x\"\non_change = []", "on_change", SinkProblem::EmptyOnChange),
+            (
+                "kind = \"command\"\ncommand = [\"/bin/x\"]\nprovider = \"codex\"",
+                "provider",
+                SinkProblem::NotForKind { kind: SinkKind::Command, owners: "native" },
+            ),
+        ] {
+            assert_eq!(refused_typed(body), (0, key, problem), "{body}");
+        }
+        // The second entry; toml places the error at the start of the `[[sinks]]` array.
+        let e = parse(
+            "[[sinks]]\naccount = \"a\"\nkind = \"claude_credentials\"\npath = \"/x\"\n\
+             [[sinks]]\naccount = \"a\"\nkind = \"openclaw\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Sink { index, error, at, .. } = &e else { panic!("{e:?}") };
+        assert_eq!(
+            (*index, &**error, at.map(|p| p.line)),
+            (1, &SinkConfigError { key: "path", problem: SinkProblem::PathRequired }, Some(1))
+        );
+        assert!(e.to_string().contains("`sinks[1].path` is required for this sink kind"), "{e}");
+        // An error before the sinks is still the one reported, as it always was.
+        let e = parse("[keeper]\nlead = \"soon\"\n[[sinks]]\naccount = \"a\"\nkind = \"openclaw\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { at: Some(Position { line: 2, .. }), .. }), "{e:?}");
     }
 
     #[test]
