@@ -3,7 +3,12 @@
 //! A sink is read in two steps. [`RawSink`] is the file's flat table with every key any kind
 //! takes, under `deny_unknown_fields`, so a typo is refused by serde with the list of allowed
 //! keys (as it always was; `deny_unknown_fields` cannot be combined with `flatten`, which a
-//! tagged enum with shared fields would need). It is then turned into a [`SinkConfig`]: the
+//! tagged enum with shared fields would need). A `#[serde(tag = "kind")]` enum whose variant
+//! structs repeat the shared keys under `deny_unknown_fields` would refuse the typo too, but
+//! serde buffers such a table before it reads the variant, so toml places every error at the
+//! `[[sinks]]` line instead of the misspelt key's, and a key of another kind becomes a bare
+//! "unknown field" (tried with toml 0.8; the config tests pin the line and the message). It is
+//! then turned into a [`SinkConfig`]: the
 //! shared keys plus a [`SinkTarget`] per kind that holds only that kind's keys, required ones
 //! not optional. Everything a sink needs is checked there, once: required keys, the file
 //! mode, the OpenClaw layout, the Infisical value format, and keys that do not apply to the
