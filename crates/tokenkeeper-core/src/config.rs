@@ -15,7 +15,8 @@ mod provider;
 mod sink;
 
 pub use provider::{
-    ClientSecretError, ExpirySource, ProviderConfig, ProviderKind, Rotation, TokenBody, ANTHROPIC, CODEX, GEMINI,
+    ClientSecretError, ExpirySource, ProviderConfig, ProviderKind, ProviderTableError, Rotation, TokenBody, ANTHROPIC,
+    CODEX, GEMINI,
 };
 pub use sink::{
     FileTarget, InfisicalAuth, InfisicalFormat, InfisicalTarget, SinkConfig, SinkConfigError, SinkProblem, SinkTarget,
@@ -34,12 +35,54 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has a wrong key or value.
+    /// The file is not valid TOML, or a value has the wrong type or form (a sink's values
+    /// included: the message names the entry, such as `sinks[2].path`).
     #[error("config file {path}: {message}")]
     Parse {
         /// Which file.
         path: PathBuf,
+        /// Where in the file, when toml knows.
+        at: Option<Position>,
         /// toml's message, which names the key, the line and what is allowed.
+        message: String,
+    },
+    /// A key the table does not have, most often a typo.
+    #[error("config file {path}: {message}")]
+    UnknownKey {
+        /// Which file.
+        path: PathBuf,
+        /// Where in the file, when toml knows.
+        at: Option<Position>,
+        /// The key as written.
+        key: String,
+        /// toml's message: the line, the key and the keys the table has.
+        message: String,
+    },
+    /// A `[[sinks]]` entry was refused: a required key missing, a bad value, or a key of
+    /// another kind.
+    #[error("config file {path}: {message}")]
+    Sink {
+        /// Which file.
+        path: PathBuf,
+        /// Where in the file, when toml knows: the first `[[sinks]]` table (`index` says which).
+        at: Option<Position>,
+        /// Which entry of `sinks`, from 0.
+        index: usize,
+        /// The key and what is wrong with it.
+        error: Box<SinkConfigError>,
+        /// toml's message: the line, the entry, the key, what is wrong and what is allowed.
+        message: String,
+    },
+    /// A key the table must have is missing.
+    #[error("config file {path}: {message}")]
+    MissingKey {
+        /// Which file.
+        path: PathBuf,
+        /// Where in the file (the table that lacks it), when toml knows.
+        at: Option<Position>,
+        /// The missing key.
+        key: String,
+        /// toml's message: the table and the key.
         message: String,
     },
     /// A value is out of range or inconsistent.
@@ -52,6 +95,50 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// A toml error of the file at `path` whose text is `text`, sorted into the variant it is.
+    fn from_toml_error(e: &toml::de::Error, text: &str, path: &Path) -> Self {
+        let path = path.to_owned();
+        let at = e.span().and_then(|span| Position::of(text, span.start));
+        let message = e.to_string().trim_end().replace('\n', "\n  ");
+        // serde's own words for these two (`de::Error::unknown_field` and `missing_field`).
+        let quoted = |prefix: &str| {
+            let rest = e.message().strip_prefix(prefix)?;
+            rest.find('`').map(|end| rest[..end].to_owned())
+        };
+        // A refused sink reaches here as toml's text; read the sinks again to have it typed,
+        // and only take it if it is the very error toml reported.
+        if let Some(entry) = sink::refused_entry(text).filter(|entry| e.message() == entry.to_string()) {
+            return ConfigError::Sink { path, at, index: entry.index, error: Box::new(entry.error), message };
+        }
+        if let Some(key) = quoted("unknown field `") {
+            ConfigError::UnknownKey { path, at, key, message }
+        } else if let Some(key) = quoted("missing field `") {
+            ConfigError::MissingKey { path, at, key, message }
+        } else {
+            ConfigError::Parse { path, at, message }
+        }
+    }
+}
+
+/// A place in a config file: 1-based line and column (in characters), as toml reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+impl Position {
+    /// The position of byte `offset` of `text`; `None` if it is not inside it.
+    fn of(text: &str, offset: usize) -> Option<Self> {
+        let before = text.get(..offset)?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Some(Self { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 })
+    }
 }
 
 /// The whole configuration.
@@ -420,10 +507,7 @@ impl Config {
 
     /// Parses TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::from_toml_error(&e, text, origin))?;
         // A `[providers.anthropic]` table that sets only some keys got defaults for the rest;
         // make sure the provider exists even when the file names none.
         config.providers.entry(ANTHROPIC.to_owned()).or_default();
@@ -634,6 +718,29 @@ url = "https://hooks.example/tokenkeeper"
         assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
         assert!(e.contains("leed"), "{e}");
         assert!(e.contains("lead"), "{e}");
+        let e = parse("[keeper]\nleed = \"30m\"\n").unwrap_err();
+        let ConfigError::UnknownKey { path, at, key, .. } = &e else { panic!("{e:?}") };
+        assert_eq!(
+            (path.to_str(), at, key.as_str()),
+            (Some("/etc/tokenkeeper/config.toml"), &Some(Position { line: 2, column: 1 }), "leed")
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_its_own_error_naming_the_key() {
+        for (text, missing) in [
+            ("[[sinks]]\nkind = \"env_file\"\npath = \"/x\"\nkey = \"K\"\n", "account"),
+            ("[[sinks]]\naccount = \"a\"\npath = \"/x\"\n", "kind"),
+            ("[[alerts]]\nurl = \"https://hooks.example/x\"\n", "kind"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let shown = e.to_string();
+            let ConfigError::MissingKey { key, at, .. } = &e else { panic!("{text}: {e:?}") };
+            assert_eq!(key, missing, "{text}");
+            assert_eq!(at.map(|p| p.line), Some(1), "{text}: {e:?}");
+            assert!(shown.contains(&format!("missing field `{missing}`")), "{shown}");
+            assert!(shown.starts_with("config file /etc/tokenkeeper/config.toml: "), "{shown}");
+        }
     }
 
     #[test]
@@ -644,6 +751,13 @@ url = "https://hooks.example/tokenkeeper"
         assert!(e.contains("line 2, column 8"), "{e}");
         assert!(e.contains(r#"lead = "soon""#), "{e}");
         assert!(e.contains(r#"invalid value: string "soon", expected a duration"#), "{e}");
+        let e = parse("[keeper]\nlead = \"soon\"\n").unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { at: Some(Position { line: 2, column: 8 }), .. }),
+            "the position is the one the message names: {e:?}"
+        );
+        let e = parse("[keeper\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { at: Some(Position { line: 1, .. }), .. }), "{e:?}");
         let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\n").unwrap_err().to_string();
         assert!(e.contains("sinks[0].key"), "{e}");
         let e = parse("[[sinks]]\naccount=\"a\"\nkind=\"env_file\"\npath=\"/x\"\nkey=\"K\"\nmode=\"rw\"\n")
@@ -1027,6 +1141,68 @@ mod sink_tests {
         parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\n")).unwrap_err().to_string()
     }
 
+    /// The typed error of a config with one sink, `body` after `account = "a"`: its index, key
+    /// and problem.
+    fn refused_typed(body: &str) -> (usize, &'static str, SinkProblem) {
+        match parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\n")).unwrap_err() {
+            ConfigError::Sink { index, error, at, path, .. } => {
+                assert_eq!((at.map(|p| p.line), path.to_str()), (Some(1), Some("/etc/tokenkeeper/config.toml")));
+                let SinkConfigError { key, problem } = *error;
+                (index, key, problem)
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_sink_is_a_typed_error_with_its_entry_key_and_problem() {
+        for (body, key, problem) in [
+            ("kind = \"claude_credentials\"", "path", SinkProblem::PathRequired),
+            ("kind = \"env_file\"\npath = \"/x\"", "key", SinkProblem::EnvKey),
+            ("kind = \"template\"\npath = \"/x\"", "template", SinkProblem::TemplateSource),
+            ("kind = \"command\"\ncommand = []", "command", SinkProblem::CommandRequired),
+            (
+                "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\ntoken_file = \"/t\"",
+                "secret_name",
+                SinkProblem::InfisicalRequired,
+            ),
+            (
+                "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\nsecret_name = \"S\"",
+                "token_file",
+                SinkProblem::InfisicalAuth,
+            ),
+            ("kind = \"openclaw\"\npath = \"/x\"\nlayout = \"v2\"", "layout", SinkProblem::Layout("v2".into())),
+            (
+                "kind = \"native\"\npath = \"/x\"\nmode = \"rw\"",
+                "mode",
+                SinkProblem::Mode(ModeError::NotOctal("rw".into())),
+            ),
+            ("kind = \"native\"\npath = \"/x\"\non_change = []", "on_change", SinkProblem::EmptyOnChange),
+            (
+                "kind = \"command\"\ncommand = [\"/bin/x\"]\nprovider = \"codex\"",
+                "provider",
+                SinkProblem::NotForKind { kind: SinkKind::Command, owners: "native" },
+            ),
+        ] {
+            assert_eq!(refused_typed(body), (0, key, problem), "{body}");
+        }
+        // The second entry; toml places the error at the start of the `[[sinks]]` array.
+        let e = parse(
+            "[[sinks]]\naccount = \"a\"\nkind = \"claude_credentials\"\npath = \"/x\"\n\
+             [[sinks]]\naccount = \"a\"\nkind = \"openclaw\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Sink { index, error, at, .. } = &e else { panic!("{e:?}") };
+        assert_eq!(
+            (*index, &**error, at.map(|p| p.line)),
+            (1, &SinkConfigError { key: "path", problem: SinkProblem::PathRequired }, Some(1))
+        );
+        assert!(e.to_string().contains("`sinks[1].path` is required for this sink kind"), "{e}");
+        // An error before the sinks is still the one reported, as it always was.
+        let e = parse("[keeper]\nlead = \"soon\"\n[[sinks]]\naccount = \"a\"\nkind = \"openclaw\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { at: Some(Position { line: 2, .. }), .. }), "{e:?}");
+    }
+
     #[test]
     fn each_kind_reads_into_its_own_variant_with_defaults() {
         let c = parse(
@@ -1076,6 +1252,29 @@ command = ["/bin/hook"]
         assert!(e.contains("/etc/tokenkeeper/config.toml"), "{e}");
         assert!(e.contains("line 6"), "{e}");
         assert!(e.contains("unknown field `pth`, expected one of `account`, `kind`, `name`, `path`"), "{e}");
+    }
+
+    #[test]
+    fn every_sink_kind_refuses_a_misspelt_key_naming_it_and_its_line() {
+        for body in [
+            "kind = \"env_file\"\npath = \"/x\"\nkey = \"K\"",
+            "kind = \"claude_credentials\"\npath = \"/x\"",
+            "kind = \"openclaw\"\npath = \"/x\"\nlayout = \"oauth\"",
+            "kind = \"template\"\npath = \"/x\"\ntemplate = \"t\"",
+            "kind = \"native\"\npath = \"/x\"\nprovider = \"codex\"",
+            "kind = \"command\"\ncommand = [\"/bin/x\"]",
+            "kind = \"infisical\"\nurl = \"https://i\"\nproject_id = \"p\"\nsecret_name = \"S\"\ntoken_file = \"/t\"",
+        ] {
+            // Line 1 `[[sinks]]`, line 2 `account`, then the body, then the typo.
+            let typo_line = 3 + body.lines().count();
+            let e = parse(&format!("[[sinks]]\naccount = \"a\"\n{body}\non_chnage = [\"/bin/y\"]\n")).unwrap_err();
+            let shown = e.to_string();
+            let ConfigError::UnknownKey { key, at, .. } = &e else { panic!("{body}: {e:?}") };
+            assert_eq!((key.as_str(), at.map(|p| p.line)), ("on_chnage", Some(typo_line)), "{body}: {shown}");
+            assert!(shown.contains(&format!("line {typo_line}")), "{body}: {shown}");
+            assert!(shown.contains("unknown field `on_chnage`, expected one of `account`, `kind`"), "{body}: {shown}");
+            assert!(shown.contains("`on_change`"), "the list names the key meant: {shown}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! loads to the sinks described in the `.sinks` file next to it, which was written by the
 //! release before sink kinds became typed: every effective value (defaults filled in) and the
 //! display name, which status, metrics and the store's `sinks/health` key are keyed by.
+//! `native.toml` was added with that kind, after the typed release; its `.sinks` file pins
+//! that release's reading. `run_on` is the effective value ([`SinkConfig::runs_on`]).
 //! `TK_UPDATE_GOLDEN=1` rewrites the `.sinks` files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,6 +33,7 @@ fn describe(s: &SinkConfig) -> String {
     line("on_change", format!("{:?}", s.on_change));
     line("timeout", format!("{:?}", s.timeout));
     line("debounce", format!("{:?}", s.debounce));
+    line("run_on", format!("{:?}", s.runs_on()));
     if let Some(f) = s.file() {
         line("path", format!("{:?}", f.path));
         line("mode", format!("{:o}", f.mode));
@@ -108,7 +111,7 @@ fn old_config_files_load_to_the_same_sinks() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 3, "a fixture went missing from {}", dir.display());
+    assert_eq!(seen, 4, "a fixture went missing from {}", dir.display());
 }
 
 #[test]

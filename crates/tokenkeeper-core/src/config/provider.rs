@@ -296,26 +296,17 @@ impl ProviderConfig {
         Ok(self.client_secret.clone())
     }
 
-    /// Fills in `table` over the defaults of `id` (or of its `kind`). The message says what to
+    /// Fills in `table` over the defaults of `id` (or of its `kind`). The error says what to
     /// fix.
-    fn from_table(id: &str, table: ProviderTable) -> Result<Self, String> {
+    fn from_table(id: &str, table: ProviderTable) -> Result<Self, ProviderTableError> {
         let kind = match (Self::builtin_kind(id), table.kind) {
             (Some(builtin), None) => builtin,
             (Some(builtin), Some(kind)) if kind == builtin => builtin,
             (Some(builtin), Some(kind)) => {
-                return Err(format!(
-                    "[providers.{id}] is the built-in {builtin} provider and cannot have kind = \"{kind}\"; \
-                     remove `kind`, or give the table another name"
-                ))
+                return Err(ProviderTableError::BuiltinKind { id: id.to_owned(), builtin, kind })
             }
             (None, Some(kind)) => kind,
-            (None, None) => {
-                return Err(format!(
-                    "[providers.{id}] is not a built-in provider (anthropic, codex, gemini): add kind = \"oauth2\" \
-                     with token_url and client_id for a provider of your own, or kind = \"codex\" (or another \
-                     built-in) for a copy of a built-in with other endpoints"
-                ))
-            }
+            (None, None) => return Err(ProviderTableError::KindRequired { id: id.to_owned() }),
         };
         let mut c = Self::for_kind(kind);
         macro_rules! set {
@@ -340,9 +331,7 @@ impl ProviderConfig {
         let secrets =
             [table.client_secret.is_some(), table.client_secret_file.is_some(), table.client_secret_env.is_some()];
         if secrets.iter().filter(|s| **s).count() > 1 {
-            return Err(format!(
-                "[providers.{id}] sets more than one of client_secret, client_secret_file and client_secret_env; keep one"
-            ));
+            return Err(ProviderTableError::SecretSources { id: id.to_owned() });
         }
         if secrets.iter().any(|s| *s) {
             // One given replaces the kind's default secret (Gemini CLI's) whichever way it comes.
@@ -352,6 +341,42 @@ impl ProviderConfig {
         }
         Ok(c)
     }
+}
+
+/// Why a `[providers.<id>]` table was refused. Each message names the table and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderTableError {
+    /// A built-in id with another built-in's `kind`.
+    #[error(
+        "[providers.{id}] is the built-in {builtin} provider and cannot have kind = \"{kind}\"; remove `kind`, or \
+         give the table another name"
+    )]
+    BuiltinKind {
+        /// The table's id.
+        id: String,
+        /// The kind the id is.
+        builtin: ProviderKind,
+        /// The kind the table asked for.
+        kind: ProviderKind,
+    },
+    /// An id that is not built in, without `kind`.
+    #[error(
+        "[providers.{id}] is not a built-in provider (anthropic, codex, gemini): add kind = \"oauth2\" with \
+         token_url and client_id for a provider of your own, or kind = \"codex\" (or another built-in) for a copy \
+         of a built-in with other endpoints"
+    )]
+    KindRequired {
+        /// The table's id.
+        id: String,
+    },
+    /// More than one of `client_secret`, `client_secret_file` and `client_secret_env`.
+    #[error(
+        "[providers.{id}] sets more than one of client_secret, client_secret_file and client_secret_env; keep one"
+    )]
+    SecretSources {
+        /// The table's id.
+        id: String,
+    },
 }
 
 /// Why the client secret cannot be read. Never quotes the secret.
@@ -479,6 +504,37 @@ mod tests {
             providers: BTreeMap<String, ProviderConfig>,
         }
         toml::from_str::<Doc>(text).map(|d| d.providers).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_refused_table_is_a_typed_error_naming_the_table_and_the_fix() {
+        let refused = |id: &str, text: &str| {
+            ProviderConfig::from_table(id, toml::from_str::<ProviderTable>(text).unwrap()).unwrap_err()
+        };
+        let e = refused("codex", "kind = \"gemini\"");
+        assert_eq!(
+            e,
+            ProviderTableError::BuiltinKind {
+                id: "codex".into(),
+                builtin: ProviderKind::Codex,
+                kind: ProviderKind::Gemini
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "[providers.codex] is the built-in codex provider and cannot have kind = \"gemini\"; remove `kind`, or \
+             give the table another name"
+        );
+        let e = refused("acme", "token_url = \"https://acme.example/token\"");
+        assert_eq!(e, ProviderTableError::KindRequired { id: "acme".into() });
+        assert!(e.to_string().starts_with("[providers.acme] is not a built-in provider"), "{e}");
+        assert!(e.to_string().contains("add kind = \"oauth2\" with token_url and client_id"), "{e}");
+        let e = refused("acme", "kind = \"oauth2\"\nclient_secret = \"s\"\nclient_secret_env = \"S\"");
+        assert_eq!(e, ProviderTableError::SecretSources { id: "acme".into() });
+        assert_eq!(
+            e.to_string(),
+            "[providers.acme] sets more than one of client_secret, client_secret_file and client_secret_env; keep one"
+        );
     }
 
     #[test]

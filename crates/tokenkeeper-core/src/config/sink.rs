@@ -3,7 +3,12 @@
 //! A sink is read in two steps. [`RawSink`] is the file's flat table with every key any kind
 //! takes, under `deny_unknown_fields`, so a typo is refused by serde with the list of allowed
 //! keys (as it always was; `deny_unknown_fields` cannot be combined with `flatten`, which a
-//! tagged enum with shared fields would need). It is then turned into a [`SinkConfig`]: the
+//! tagged enum with shared fields would need). A `#[serde(tag = "kind")]` enum whose variant
+//! structs repeat the shared keys under `deny_unknown_fields` would refuse the typo too, but
+//! serde buffers such a table before it reads the variant, so toml places every error at the
+//! `[[sinks]]` line instead of the misspelt key's, and a key of another kind becomes a bare
+//! "unknown field" (tried with toml 0.8; the config tests pin the line and the message). It is
+//! then turned into a [`SinkConfig`]: the
 //! shared keys plus a [`SinkTarget`] per kind that holds only that kind's keys, required ones
 //! not optional. Everything a sink needs is checked there, once: required keys, the file
 //! mode, the OpenClaw layout, the Infisical value format, and keys that do not apply to the
@@ -474,17 +479,41 @@ fn infisical(raw: &mut RawSink) -> Result<InfisicalTarget, SinkConfigError> {
     })
 }
 
-/// Reads `sinks = [...]`, naming the entry of a refused sink by its index (`sinks[2].path`),
-/// as the other checks of the config do.
-pub(super) fn deserialize_sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SinkConfig>, D::Error> {
-    let raw = Vec::<RawSink>::deserialize(d)?;
+/// A refused `[[sinks]]` entry: its index and why, shown as `` `sinks[2].path` … ``, as the
+/// other checks of the config name their keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`sinks[{index}].{}` {}", error.key, error.problem)]
+pub(super) struct SinkEntryError {
+    /// Which entry, from 0.
+    pub(super) index: usize,
+    /// Why.
+    pub(super) error: SinkConfigError,
+}
+
+fn convert(raw: Vec<RawSink>) -> Result<Vec<SinkConfig>, SinkEntryError> {
     raw.into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            SinkConfig::try_from(r)
-                .map_err(|e| serde::de::Error::custom(format_args!("`sinks[{i}].{}` {}", e.key, e.problem)))
-        })
+        .map(|(index, r)| SinkConfig::try_from(r).map_err(|error| SinkEntryError { index, error }))
         .collect()
+}
+
+/// Reads `sinks = [...]`, each entry checked as it is read. A refused entry is a toml error
+/// (so it carries the entry's line, and the first error in the file is the one reported);
+/// [`refused_entry`] recovers it typed.
+pub(super) fn deserialize_sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SinkConfig>, D::Error> {
+    convert(Vec::<RawSink>::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// The first refused `[[sinks]]` entry of the config text, if its sinks are well-formed TOML
+/// and one of them is refused. Only run on a config that failed to load, to say which.
+pub(super) fn refused_entry(text: &str) -> Option<SinkEntryError> {
+    /// The file's sinks alone (every other key is ignored here: the full read checks them).
+    #[derive(Deserialize)]
+    struct Sinks {
+        #[serde(default)]
+        sinks: Vec<RawSink>,
+    }
+    convert(toml::from_str::<Sinks>(text).ok()?.sinks).err()
 }
 
 #[cfg(test)]
