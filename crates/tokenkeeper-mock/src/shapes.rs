@@ -180,7 +180,12 @@ pub(crate) struct Shapes {
 /// A JWT whose payload is `claims`, with a fake signature: only this mock issues or checks it.
 pub(crate) fn jwt(claims: &Value) -> String {
     let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.{}", enc(&json!({"alg": "RS256", "typ": "JWT"})), enc(claims), URL_SAFE_NO_PAD.encode(random_string(16)))
+    format!(
+        "{}.{}.{}",
+        enc(&json!({"alg": "RS256", "typ": "JWT"})),
+        enc(claims),
+        URL_SAFE_NO_PAD.encode(random_string(16))
+    )
 }
 
 fn openai_error(status: u16, code: &str, message: &str) -> Refusal {
@@ -242,7 +247,13 @@ impl Shapes {
 
     /// Issues tokens for `email` at `now`, registering a new live refresh token when
     /// `new_refresh`. Returns the login and the answer's JSON.
-    pub(crate) fn issue(&mut self, shape: Shape, email: &str, now: DateTime<Utc>, new_refresh: bool) -> (ShapeLogin, Value) {
+    pub(crate) fn issue(
+        &mut self,
+        shape: Shape,
+        email: &str,
+        now: DateTime<Utc>,
+        new_refresh: bool,
+    ) -> (ShapeLogin, Value) {
         let lifetime = self.lifetime(shape);
         let expires_at = now + tokenkeeper_core::clock::chrono_duration(lifetime);
         let exp = expires_at.timestamp();
@@ -252,11 +263,13 @@ impl Shapes {
                 let auth = json!({"chatgpt_account_id": account_id, "chatgpt_plan_type": "pro"});
                 let access = jwt(&json!({"exp": exp, "iat": now.timestamp(), "https://api.openai.com/auth": auth,
                                         "https://api.openai.com/profile": {"email": email}}));
-                let id = jwt(&json!({"exp": now.timestamp() + 3600, "email": email, "https://api.openai.com/auth": auth}));
+                let id =
+                    jwt(&json!({"exp": now.timestamp() + 3600, "email": email, "https://api.openai.com/auth": auth}));
                 (access, Some(id), Some(account_id))
             }
             Shape::Google => {
-                let id = jwt(&json!({"exp": now.timestamp() + 3600, "email": email, "iss": "https://accounts.google.com"}));
+                let id =
+                    jwt(&json!({"exp": now.timestamp() + 3600, "email": email, "iss": "https://accounts.google.com"}));
                 (format!("ya29.mock-{}", random_string(40)), Some(id), None)
             }
             Shape::Generic if self.generic.jwt_access => (jwt(&json!({"exp": exp, "sub": email})), None, None),
@@ -328,7 +341,9 @@ impl Shapes {
                 _ => None,
             },
             Encoding::Form if is("application/x-www-form-urlencoded") => Some(
-                url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect(),
+                url::form_urlencoded::parse(body)
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect(),
             ),
             _ => None,
         };

@@ -139,7 +139,8 @@ impl NativeFile for Codex {
             Some(Value::Object(t)) => t,
             _ => return Err(field("tokens")),
         };
-        let access = shared::opt_str(FILE, tokens, "access_token", "tokens.access_token")?.ok_or(field("tokens.access_token"))?;
+        let access = shared::opt_str(FILE, tokens, "access_token", "tokens.access_token")?
+            .ok_or(field("tokens.access_token"))?;
         let refresh = shared::opt_str(FILE, tokens, "refresh_token", "tokens.refresh_token")?;
         let id_token = shared::opt_str(FILE, tokens, "id_token", "tokens.id_token")?;
         let account_id = shared::opt_str(FILE, tokens, "account_id", "tokens.account_id")?;
@@ -150,11 +151,8 @@ impl NativeFile for Codex {
             .map(|s| DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).map_err(|_| field("last_refresh")))
             .transpose()?;
         // Codex's own rule: the access token's `exp`; without one, 8 days after last_refresh.
-        let expires_at = jwt::expiry(access)
-            .ok()
-            .flatten()
-            .or_else(|| last_refresh.map(|t| t + STALE_AFTER))
-            .unwrap_or(now);
+        let expires_at =
+            jwt::expiry(access).ok().flatten().or_else(|| last_refresh.map(|t| t + STALE_AFTER)).unwrap_or(now);
         let mut data = Map::new();
         if let Some(id) = id_token.filter(|s| !s.is_empty()) {
             data.insert("id_token".into(), Value::String(id.to_owned()));

@@ -100,7 +100,8 @@ impl NativeFile for Gemini {
     }
 
     fn default_path(&self, home: &Path, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-        let home = env("GEMINI_CLI_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| home.to_owned());
+        let home =
+            env("GEMINI_CLI_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| home.to_owned());
         home.join(".gemini").join("oauth_creds.json")
     }
 

@@ -63,8 +63,10 @@ pub fn expiry(token: &str) -> Result<Option<DateTime<Utc>>, JwtError> {
 /// `https://api.openai.com/profile`.`email` (as Codex reads it, `codex-rs/login/src/token_data.rs`).
 pub fn email(token: &str) -> Option<String> {
     let claims = claims(token).ok()?;
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-    text(claims.get("email")).or_else(|| text(claims.get("https://api.openai.com/profile").and_then(|p| p.get("email"))))
+    let text =
+        |v: Option<&Value>| v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    text(claims.get("email"))
+        .or_else(|| text(claims.get("https://api.openai.com/profile").and_then(|p| p.get("email"))))
 }
 
 /// A string claim inside a namespace object (`https://api.openai.com/auth` →

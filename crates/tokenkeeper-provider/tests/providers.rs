@@ -104,8 +104,10 @@ fn codex_file(access: &str, refresh: &str, id_token: &str) -> String {
 fn codex_auth_json_is_read_and_written_back_with_every_unknown_key() {
     let codex = Codex::new(&ProviderConfig::builtin(CODEX).unwrap()).unwrap();
     let file = codex.native_file().unwrap();
-    let access = jwt(&json!({"exp": 1_800_000_000, "https://api.openai.com/auth": {"chatgpt_account_id": "acct-0f3c"}}));
-    let id_token = jwt(&json!({"email": "dev@example.com", "https://api.openai.com/auth": {"chatgpt_plan_type": "pro"}}));
+    let access =
+        jwt(&json!({"exp": 1_800_000_000, "https://api.openai.com/auth": {"chatgpt_account_id": "acct-0f3c"}}));
+    let id_token =
+        jwt(&json!({"email": "dev@example.com", "https://api.openai.com/auth": {"chatgpt_plan_type": "pro"}}));
     let text = codex_file(&access, "rt-old-refresh-value", &id_token);
     let doc: Value = serde_json::from_str(&text).unwrap();
     assert!(file.detect(&doc));
@@ -355,12 +357,9 @@ async fn gemini_refresh_is_a_form_with_the_client_secret_and_keeps_the_refresh_t
     // Another client secret, from the environment variable the config names.
     let var = "TOKENKEEPER_TEST_GEMINI_SECRET_WRONG";
     std::env::set_var(var, "not-the-secret");
-    let wrong = Gemini::new(&ProviderConfig {
-        client_secret: None,
-        client_secret_env: Some(var.into()),
-        ..gemini_cfg(&mock)
-    })
-    .unwrap();
+    let wrong =
+        Gemini::new(&ProviderConfig { client_secret: None, client_secret_env: Some(var.into()), ..gemini_cfg(&mock) })
+            .unwrap();
     let fresh = credential(&mock.issue_shape_login(Shape::Google, "h@example.com"));
     let reason = rejected(wrong.refresh(&fresh, now).await);
     assert!(reason.contains("invalid_client") && !reason.contains("not-the-secret"), "{reason}");
@@ -434,7 +433,13 @@ async fn generic_json_rotating_with_a_secret_and_jwt_expiry() {
 }
 
 fn dummy() -> ShapeLogin {
-    ShapeLogin { access_token: "a".into(), refresh_token: "r".into(), id_token: None, account_id: None, expires_at_ms: 1 }
+    ShapeLogin {
+        access_token: "a".into(),
+        refresh_token: "r".into(),
+        id_token: None,
+        account_id: None,
+        expires_at_ms: 1,
+    }
 }
 
 #[tokio::test]
@@ -501,7 +506,8 @@ async fn no_secret_shows_in_debug_or_reasons() {
     let text = file.render(None, &cc, Utc::now()).unwrap();
     printed.push(format!("{:?}", file.parse(&text, Utc::now()).unwrap()));
     let all = printed.join("\n");
-    let mut secrets = vec![cl.access_token, cl.refresh_token, gl.access_token, gl.refresh_token, GEMINI_CLIENT_SECRET.into()];
+    let mut secrets =
+        vec![cl.access_token, cl.refresh_token, gl.access_token, gl.refresh_token, GEMINI_CLIENT_SECRET.into()];
     secrets.extend(cl.id_token);
     secrets.extend(gl.id_token);
     for s in secrets {

@@ -337,7 +337,8 @@ impl ProviderConfig {
             refresh_token_warn_age,
             refresh_token_life
         );
-        let secrets = [table.client_secret.is_some(), table.client_secret_file.is_some(), table.client_secret_env.is_some()];
+        let secrets =
+            [table.client_secret.is_some(), table.client_secret_file.is_some(), table.client_secret_env.is_some()];
         if secrets.iter().filter(|s| **s).count() > 1 {
             return Err(format!(
                 "[providers.{id}] sets more than one of client_secret, client_secret_file and client_secret_env; keep one"
@@ -457,7 +458,10 @@ pub(crate) fn validate<E>(
             ));
         }
         if p.timeout.is_zero() {
-            return Err(invalid(format!("providers.{id}.timeout"), "must be more than zero, for example \"30s\"".into()));
+            return Err(invalid(
+                format!("providers.{id}.timeout"),
+                "must be more than zero, for example \"30s\"".into(),
+            ));
         }
     }
     Ok(())
@@ -487,7 +491,10 @@ mod tests {
         let codex = &p["codex"];
         assert_eq!(codex.token_url, "http://127.0.0.1:9/oauth/token");
         assert_eq!(codex.client_id, "app_EMoamEEZ73f0CkXaXp7hrann");
-        assert_eq!((codex.kind, codex.body, codex.expiry), (ProviderKind::Codex, TokenBody::Json, ExpirySource::JwtExp));
+        assert_eq!(
+            (codex.kind, codex.body, codex.expiry),
+            (ProviderKind::Codex, TokenBody::Json, ExpirySource::JwtExp)
+        );
         let gemini = &p["gemini"];
         assert_eq!(gemini.timeout, Duration::from_secs(5));
         assert_eq!(gemini.token_url, "https://oauth2.googleapis.com/token");
@@ -517,7 +524,10 @@ mod tests {
         )
         .unwrap();
         let acme = &p["acme"];
-        assert_eq!((acme.body, acme.expiry, acme.rotation), (TokenBody::Json, ExpirySource::JwtExp, Rotation::SingleUse));
+        assert_eq!(
+            (acme.body, acme.expiry, acme.rotation),
+            (TokenBody::Json, ExpirySource::JwtExp, Rotation::SingleUse)
+        );
         assert_eq!(acme.rejection_codes, ["session_gone"]);
         assert!(acme.refresh_scope);
         assert_eq!(p["codex-staging"].client_id, "app_EMoamEEZ73f0CkXaXp7hrann");
@@ -535,7 +545,10 @@ mod tests {
         assert!(e.starts_with("providers.acme.client_id is required"), "{e}");
         let e = check("[providers.acme]\nkind = \"oauth2\"\ntoken_url = \"ftp://a\"\nclient_id = \"c\"\n").unwrap();
         assert!(e.contains("expected an http(s) URL"), "{e}");
-        assert_eq!(check("[providers.acme]\nkind = \"oauth2\"\ntoken_url = \"https://a.example/t\"\nclient_id = \"c\"\n"), None);
+        assert_eq!(
+            check("[providers.acme]\nkind = \"oauth2\"\ntoken_url = \"https://a.example/t\"\nclient_id = \"c\"\n"),
+            None
+        );
     }
 
     #[test]
