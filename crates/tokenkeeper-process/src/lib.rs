@@ -27,4 +27,4 @@ pub mod env;
 mod run;
 
 pub use env::Purpose;
-pub use run::{ChildCommand, ChildOutput, ProcessError, OUTPUT_LIMIT};
+pub use run::{exit_code_of, ChildCommand, ChildOutput, ProcessError, ATTACHED_SIGNALS, OUTPUT_LIMIT};
