@@ -79,3 +79,40 @@ impl Routes {
         }))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn routes(toml: &str) -> Routes {
+        let config = Config::from_toml(toml, std::path::Path::new("test.toml")).unwrap();
+        Routes::new(&Providers::from_config(&config).unwrap(), &config).unwrap()
+    }
+
+    #[test]
+    fn only_messages_api_providers_get_a_route_each_to_its_own_api_unless_upstream_is_set() {
+        let toml = "[providers.claude-eu]\nkind = \"anthropic\"\napi_base_url = \"https://eu.example.com/anthropic\"\n";
+        let r = routes(toml);
+        let anthropic = r.get("anthropic").unwrap();
+        assert_eq!(
+            (anthropic.header, anthropic.upstream.authority.as_str()),
+            (CredentialHeader::Bearer, "api.anthropic.com")
+        );
+        assert_eq!(r.get("anthropic-api-key").unwrap().header, CredentialHeader::XApiKey);
+        let eu = r.get("claude-eu").unwrap();
+        assert_eq!((eu.upstream.authority.as_str(), eu.upstream.prefix.as_str()), ("eu.example.com", "/anthropic"));
+        for id in ["codex", "gemini", "nobody"] {
+            assert!(r.get(id).is_none(), "{id} must never be sent to an Anthropic upstream");
+        }
+        assert!(r.refusal("codex").unwrap().contains("ChatGPT Codex"));
+        assert!(r.refusal("nobody").unwrap().contains("[providers.nobody]"));
+        assert_eq!(r.refusal("anthropic"), None);
+
+        let r = routes(&format!("[proxy]\nupstream = \"http://127.0.0.1:9/v\"\n{toml}"));
+        for id in ["anthropic", "anthropic-api-key", "claude-eu"] {
+            assert_eq!(r.get(id).unwrap().upstream.authority.as_str(), "127.0.0.1:9", "{id}");
+        }
+        assert!(r.get("codex").is_none(), "the override does not make Codex an Anthropic account");
+    }
+}
