@@ -85,6 +85,13 @@ async fn codex_is_imported_refreshed_written_back_and_handed_to_exec() {
     let report: Value = serde_json::from_str(&stdout(&w.run(&["check", "--json"], ""))).unwrap();
     assert_eq!(report["accounts"][0]["provider"], "codex", "{report}");
 
+    // The Anthropic proxy never picks a Codex login; its pool status says so and why.
+    let table = w.ok(&["pool"], "");
+    assert!(table.contains("dev (codex): never picked: Codex CLI (codex) speaks the ChatGPT Codex API"), "{table}");
+    let pools: Value = serde_json::from_str(&w.ok(&["pool", "--json"], "")).unwrap();
+    assert_eq!(pools[0]["skipped"][0]["account"], "dev", "{pools}");
+    assert_eq!(pools[0]["members"], json!([]), "{pools}");
+
     // exec: Codex finds its file where CODEX_HOME points, private, without a refresh token
     // it could spend (which would log the keeper out). The child copies what it finds, since
     // the file is gone once it ends.
