@@ -236,6 +236,8 @@ pub fn webhook_payload(m: &AlertMessage) -> Value {
         "status": m.status.as_str(),
         "severity": m.severity,
         "account": m.account,
+        "provider": m.provider,
+        "provider_name": m.provider_name,
         "description": m.description,
         "since": m.since.to_rfc3339(),
         "event": m.kind.as_str(),
@@ -262,6 +264,7 @@ pub fn keep_payload(m: &AlertMessage) -> Value {
         "firingStartTime": m.since.to_rfc3339(),
         "labels": {
             "account": m.account,
+            "provider": m.provider,
             "event": m.kind.as_str(),
             "source": SOURCE,
         },
@@ -280,9 +283,13 @@ pub fn slack_payload(m: &AlertMessage) -> Value {
         crate::AlertEvent::Reminder => " (still going on)",
         crate::AlertEvent::Resolved => "",
     };
+    let whose = match &m.provider_name {
+        Some(p) => format!("{p} account "),
+        None => String::new(),
+    };
     json!({
         "text": format!(
-            "[{head}] {}{what} for `{}`: {} (since {})",
+            "[{head}] {}{what} for {whose}`{}`: {} (since {})",
             m.name,
             m.account,
             m.description,
@@ -333,6 +340,7 @@ async fn run_command(argv: &[String], m: &AlertMessage, timeout: Duration) -> Re
         .env("TOKENKEEPER_ALERT_STATUS", m.status.as_str())
         .env("TOKENKEEPER_ALERT_SEVERITY", m.severity.as_str())
         .env("TOKENKEEPER_ALERT_ACCOUNT", &m.account)
+        .env("TOKENKEEPER_ALERT_PROVIDER", m.provider.as_deref().unwrap_or_default())
         .env("TOKENKEEPER_ALERT_DESCRIPTION", &m.description)
         .env("TOKENKEEPER_ALERT_SINCE", m.since.to_rfc3339())
         .env("TOKENKEEPER_ALERT_EVENT", m.kind.as_str())
@@ -491,6 +499,8 @@ mod tests {
             status: AlertStatus::Firing,
             severity: Severity::Critical,
             account: "main".into(),
+            provider: None,
+            provider_name: None,
             description: "the access token of `main` expired".into(),
             since: t,
             kind: AlertEvent::Escalated,
@@ -507,6 +517,15 @@ mod tests {
         r.status = AlertStatus::Resolved;
         r.kind = AlertEvent::Resolved;
         assert!(slack_payload(&r)["text"].as_str().unwrap().starts_with("[RESOLVED]"));
+        let codex =
+            AlertMessage { provider: Some("codex".into()), provider_name: Some("Codex CLI".into()), ..message() };
+        let text = slack_payload(&codex)["text"].as_str().unwrap().to_owned();
+        assert!(text.contains("for Codex CLI account `main`"), "{text}");
+        assert_eq!(webhook_payload(&codex)["provider"], "codex");
+        assert_eq!(webhook_payload(&codex)["provider_name"], "Codex CLI");
+        assert_eq!(keep_payload(&codex)["labels"]["provider"], "codex");
+        assert!(webhook_payload(&message())["provider"].is_null(), "unknown stays null, the old fields stay");
+        assert_eq!(webhook_payload(&message())["account"], "main");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Alerts of tokenkeeper: one message per state transition of an account, sent to every
 //! configured channel (generic webhook, Keep, Slack, a command) at once.
 //!
-//! The daemon feeds [`AlertEngine::observe`] the [`Assessment`] of every account after each
+//! The daemon feeds [`AlertEngine::observe`] the [`Assessment`](tokenkeeper_core::status::Assessment) of every account (with its provider, [`WatchedAccount`]) after each
 //! change and on a timer. The engine keeps one open incident per account ([`AlertState`]) and
 //! emits:
 //!
@@ -34,14 +34,15 @@ mod state;
 use std::sync::{Arc, Mutex};
 
 use tokenkeeper_core::config::{AlertConfig, AlertingConfig};
-use tokenkeeper_core::status::Assessment;
 use tokenkeeper_core::SharedClock;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use channel::{keep_payload, slack_payload, webhook_payload, ChannelStatus, RetryPolicy};
 pub use error::{AlertError, DeliveryError};
-pub use state::{AlertEvent, AlertMessage, AlertState, AlertStatus, Incident, Severity, ALERT_NAME, SOURCE};
+pub use state::{
+    AlertEvent, AlertMessage, AlertState, AlertStatus, Incident, Severity, Watched, WatchedAccount, ALERT_NAME, SOURCE,
+};
 
 use channel::{kind_str, lock_status, Channel, Job, SharedStatus};
 
@@ -145,7 +146,7 @@ impl AlertEngine {
     /// rises, a reminder when `reminder` has passed since the last message while still bad,
     /// and a resolved message when the account is healthy/expiring again or missing from
     /// `assessments`. Nothing while healthy.
-    pub async fn observe(&self, assessments: &[(String, Assessment)]) -> Vec<AlertMessage> {
+    pub async fn observe<W: Watched + Sync>(&self, assessments: &[W]) -> Vec<AlertMessage> {
         let now = self.clock.now();
         let messages = self.lock_state().step(assessments, now, self.reminder);
         for message in &messages {

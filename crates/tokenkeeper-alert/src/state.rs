@@ -70,6 +70,12 @@ pub struct AlertMessage {
     pub severity: Severity,
     /// The account's name.
     pub account: String,
+    /// The account's provider id (`anthropic`, `codex`, `gemini`, …), when the caller said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The provider's name for people (`Codex CLI`), when the caller said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_name: Option<String>,
     /// What is going on and what to do, from the assessment (never a token).
     pub description: String,
     /// When the incident started.
@@ -93,6 +99,59 @@ pub struct Incident {
     pub peak: Severity,
     /// When a message about it was last sent.
     pub last_sent: DateTime<Utc>,
+    /// The account's provider id, for the resolution of an account that is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The provider's name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_name: Option<String>,
+}
+
+/// What the engine is told about one account: its name, its assessment and, when known, its
+/// provider. A plain `(name, assessment)` pair is one without a provider.
+pub trait Watched {
+    /// The account's name.
+    fn account(&self) -> &str;
+    /// Its current assessment.
+    fn assessment(&self) -> &Assessment;
+    /// Its provider id and the provider's name for people, when known.
+    fn provider(&self) -> Option<(&str, &str)> {
+        None
+    }
+}
+
+impl Watched for (String, Assessment) {
+    fn account(&self) -> &str {
+        &self.0
+    }
+    fn assessment(&self) -> &Assessment {
+        &self.1
+    }
+}
+
+/// One account as the daemon watches it: with its provider, which every alert then names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedAccount {
+    /// The account's name.
+    pub account: String,
+    /// Its provider id (`codex`).
+    pub provider: String,
+    /// The provider's name for people (`Codex CLI`).
+    pub provider_name: String,
+    /// Its current assessment.
+    pub assessment: Assessment,
+}
+
+impl Watched for WatchedAccount {
+    fn account(&self) -> &str {
+        &self.account
+    }
+    fn assessment(&self) -> &Assessment {
+        &self.assessment
+    }
+    fn provider(&self) -> Option<(&str, &str)> {
+        Some((&self.provider, &self.provider_name))
+    }
 }
 
 /// Open incidents by account. Serialisable so a later version can persist it across restarts
@@ -108,14 +167,18 @@ impl AlertState {
     ///
     /// `reminder` is the reminder interval (`None`: never remind). Accounts with an open
     /// incident that are missing from `assessments` are resolved as removed.
-    pub fn step(
+    pub fn step<W: Watched>(
         &mut self,
-        assessments: &[(String, Assessment)],
+        assessments: &[W],
         now: DateTime<Utc>,
         reminder: Option<Duration>,
     ) -> Vec<AlertMessage> {
         let mut out = Vec::new();
-        for (account, assessment) in assessments {
+        for watched in assessments {
+            let account = &watched.account().to_owned();
+            let assessment = watched.assessment();
+            let provider = watched.provider().map(|(id, _)| id.to_owned());
+            let provider_name = watched.provider().map(|(_, name)| name.to_owned());
             // Assessment messages never hold tokens; redacting anything token-shaped is the
             // second line of defence, because an alert leaves the machine.
             let description = tokenkeeper_core::redact(&assessment.message, []);
@@ -124,6 +187,8 @@ impl AlertState {
                 status,
                 severity,
                 account: account.clone(),
+                provider: provider.clone(),
+                provider_name: provider_name.clone(),
                 description: description.clone(),
                 since,
                 kind,
@@ -135,12 +200,24 @@ impl AlertState {
                 (None, Some(sev)) => {
                     self.incidents.insert(
                         account.clone(),
-                        Incident { since: now, level: assessment.level, severity: sev, peak: sev, last_sent: now },
+                        Incident {
+                            since: now,
+                            level: assessment.level,
+                            severity: sev,
+                            peak: sev,
+                            last_sent: now,
+                            provider: provider.clone(),
+                            provider_name: provider_name.clone(),
+                        },
                     );
                     out.push(message(AlertStatus::Firing, sev, AlertEvent::New, now));
                 }
                 (Some(inc), Some(sev)) => {
                     inc.level = assessment.level;
+                    if provider.is_some() {
+                        inc.provider.clone_from(&provider);
+                        inc.provider_name.clone_from(&provider_name);
+                    }
                     if sev > inc.severity {
                         // Only a rise above what receivers last heard is news; a dip back to
                         // warning is left to the next reminder, so flapping cannot spam.
@@ -164,7 +241,7 @@ impl AlertState {
             }
         }
         let removed: Vec<String> =
-            self.incidents.keys().filter(|name| !assessments.iter().any(|(a, _)| a == *name)).cloned().collect();
+            self.incidents.keys().filter(|name| !assessments.iter().any(|w| w.account() == *name)).cloned().collect();
         for account in removed {
             if let Some(inc) = self.incidents.remove(&account) {
                 out.push(AlertMessage {
@@ -173,6 +250,8 @@ impl AlertState {
                     severity: inc.peak,
                     description: format!("`{account}` is no longer watched (account removed)"),
                     account,
+                    provider: inc.provider,
+                    provider_name: inc.provider_name,
                     since: inc.since,
                     kind: AlertEvent::Resolved,
                     at: now,

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Router;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
-use tokenkeeper_alert::{AlertEngine, AlertError, AlertEvent, AlertStatus, RetryPolicy};
+use tokenkeeper_alert::{AlertEngine, AlertError, AlertEvent, AlertStatus, RetryPolicy, WatchedAccount};
 use tokenkeeper_core::config::{AlertConfig, AlertKind, AlertingConfig};
 use tokenkeeper_core::status::{assess, Assessment, Facts, Level, Severity, Thresholds};
 use tokenkeeper_core::{Account, AccountState, Credential, ManualClock, Mode, Secret, SharedClock, Usage};
@@ -114,6 +114,43 @@ fn at(level: Level) -> Assessment {
 
 fn one(account: &str, level: Level) -> Vec<(String, Assessment)> {
     vec![(account.to_owned(), at(level))]
+}
+
+fn codex(account: &str, level: Level) -> Vec<WatchedAccount> {
+    vec![WatchedAccount {
+        account: account.to_owned(),
+        provider: "codex".into(),
+        provider_name: "Codex CLI".into(),
+        assessment: at(level),
+    }]
+}
+
+#[tokio::test]
+async fn delivered_alerts_name_the_provider_even_after_the_account_is_removed() {
+    let clock = ManualClock::new(t0());
+    let mut rx = Receiver::start().await;
+    let channels =
+        vec![webhook(rx.url("/hook")), AlertConfig { url: Some(rx.url("/slack")), ..channel(AlertKind::Slack) }];
+    let engine = engine(channels, &clock);
+    engine.observe(&codex("cx", Level::NeedsLogin)).await;
+    engine.flush().await;
+    let mut got = rx.drain();
+    got.sort_by(|a, b| a.path.cmp(&b.path));
+    let hook = got[0].json();
+    assert_eq!((hook["account"].as_str(), hook["provider"].as_str()), (Some("cx"), Some("codex")));
+    assert_eq!(hook["provider_name"], "Codex CLI");
+    assert_eq!(hook["status"], "firing", "the old fields are all still there");
+    let slack = got[1].json();
+    let text = slack["text"].as_str().unwrap();
+    assert!(text.contains("for Codex CLI account `cx`"), "{text}");
+
+    // Removed while firing: the resolution still says whose account it was.
+    clock.advance(Duration::minutes(1));
+    engine.observe::<WatchedAccount>(&[]).await;
+    engine.flush().await;
+    let got = rx.drain();
+    let hook = got.iter().find(|r| r.path == "/hook").unwrap().json();
+    assert_eq!((hook["status"].as_str(), hook["provider"].as_str()), (Some("resolved"), Some("codex")));
 }
 
 #[tokio::test]
@@ -263,7 +300,7 @@ async fn removed_account_is_resolved() {
     let engine = engine(vec![webhook(rx.url("/"))], &clock);
     engine.observe(&one("gone", Level::Expired)).await;
     assert_eq!(rx.next().await.json()["status"], "firing");
-    let sent = engine.observe(&[]).await;
+    let sent = engine.observe::<(String, Assessment)>(&[]).await;
     assert_eq!(sent.len(), 1);
     let body = rx.next().await.json();
     assert_eq!((body["status"].as_str(), body["account"].as_str()), (Some("resolved"), Some("gone")));
@@ -377,7 +414,7 @@ async fn slack_reads_its_url_from_a_file() {
 
     // A failure shows in status without the secret URL.
     rx.answer.store(500, Ordering::SeqCst);
-    engine.observe(&[]).await;
+    engine.observe::<(String, Assessment)>(&[]).await;
     engine.flush().await;
     let status = &engine.channel_statuses()[0];
     assert_eq!(status.failed, 1);

@@ -566,6 +566,13 @@ impl Config {
                 *field = v;
             }
         }
+        // Codex and Gemini CLI get a table only when a variable of theirs is set, so an
+        // installation that never names them does not grow one.
+        for (id, var) in [(CODEX, "TOKENKEEPER_CODEX_TOKEN_URL"), (GEMINI, "TOKENKEEPER_GEMINI_TOKEN_URL")] {
+            if let Some(v) = env(var) {
+                self.providers.entry(id.to_owned()).or_insert_with(|| ProviderConfig::defaults_for(id)).token_url = v;
+            }
+        }
         self.validate("environment")
     }
 
@@ -645,6 +652,20 @@ mod tests {
         .unwrap();
         let on: Vec<RunOn> = c.sinks.iter().map(SinkConfig::runs_on).collect();
         assert_eq!(on, [RunOn::EveryReplica, RunOn::Leader, RunOn::Leader]);
+    }
+
+    #[test]
+    fn codex_and_gemini_token_urls_from_the_environment_keep_their_clients() {
+        let mut c = parse("").unwrap();
+        c.apply_env(&|_| None).unwrap();
+        assert!(!c.providers.contains_key(CODEX) && !c.providers.contains_key(GEMINI));
+        c.apply_env(&|v| (v == "TOKENKEEPER_CODEX_TOKEN_URL").then(|| "http://127.0.0.1:7/codex".to_owned())).unwrap();
+        assert_eq!(c.provider(CODEX).token_url, "http://127.0.0.1:7/codex");
+        assert_eq!(c.provider(CODEX).client_id, "app_EMoamEEZ73f0CkXaXp7hrann");
+        assert_eq!(c.provider(GEMINI).token_url, "https://oauth2.googleapis.com/token");
+        let e =
+            c.apply_env(&|v| (v == "TOKENKEEPER_GEMINI_TOKEN_URL").then(|| "nope".to_owned())).unwrap_err().to_string();
+        assert!(e.contains("providers.gemini.token_url"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,18 @@ impl Credential {
         self.scopes.iter().any(|s| s == SCOPE_INFERENCE)
     }
 
+    /// An incoming credential (`self`) that carries no refresh token, completed with the
+    /// stored one's: a refresh token is never lost to a source that leaves it out (Google's
+    /// refresh answers, and so Gemini CLI's `oauth_creds.json` after one; a pasted bare access
+    /// token). Call it before [`Credential::compare_to`], so a re-read that only dropped the
+    /// refresh token is `Same`.
+    pub fn keeping_refresh_token_of(mut self, stored: &Credential) -> Credential {
+        if !self.is_refreshable() && stored.is_refreshable() {
+            self.refresh_token = stored.refresh_token.clone();
+        }
+        self
+    }
+
     /// The never-regress rule: compares an incoming credential (`self`) with the stored one.
     ///
     /// A credential is newer when it expires later. The same access token is `Same` even if

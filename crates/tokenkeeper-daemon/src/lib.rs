@@ -217,7 +217,18 @@ impl Daemon {
                 let failing =
                     statuses.iter().filter(|s| s.account == a.name && !s.ok).map(|s| s.name.clone()).collect();
                 let v = tokenkeeper_keeper::view::account_view(self.keeper.config(), a, now, failing);
-                (a.name.clone(), tokenkeeper_core::status::Assessment { level: v.level, message: v.message })
+                // Every alert names the provider: a fleet sees "Codex CLI account `x`".
+                let provider_name = self
+                    .keeper
+                    .providers()
+                    .get(&a.provider)
+                    .map_or_else(|| a.provider.clone(), |p| p.display_name().to_owned());
+                tokenkeeper_alert::WatchedAccount {
+                    account: a.name.clone(),
+                    provider: a.provider.clone(),
+                    provider_name,
+                    assessment: tokenkeeper_core::status::Assessment { level: v.level, message: v.message },
+                }
             })
             .collect();
         let sent = alerts.observe(&assessments).await;

@@ -626,46 +626,50 @@ impl Keeper {
         let now = self.now();
         match read_bound(&binding, self.provider_arc(&account), now).await {
             BoundContent::Missing => Ok(account),
-            BoundContent::Credential(parsed) => match bound_freshness(&parsed.credential, &account.credential) {
-                Freshness::Newer => {
-                    let detail = format!(
-                        "adopted {} (expires {}) from {}",
-                        fp(&parsed.credential),
-                        parsed.credential.expires_at.to_rfc3339(),
-                        binding.path.display()
-                    );
-                    let update = CredentialUpdate {
-                        expected_version: account.version,
-                        credential: parsed.credential.clone(),
-                        change: CredentialChange::Adopted,
-                        at: now,
-                        detail,
-                        email: parsed.email.clone(),
-                        organization: None,
-                    };
-                    match self.store.update_credential(&account.name, &update).await {
-                        Ok(a) => {
-                            self.wrote(&a);
-                            tracing::info!(account = %a.name, new = %fp(&a.credential), file = %binding.path.display(),
+            BoundContent::Credential(mut parsed) => {
+                // A file without a refresh token (Gemini CLI's after a Google refresh) keeps ours.
+                parsed.credential = parsed.credential.keeping_refresh_token_of(&account.credential);
+                match bound_freshness(&parsed.credential, &account.credential) {
+                    Freshness::Newer => {
+                        let detail = format!(
+                            "adopted {} (expires {}) from {}",
+                            fp(&parsed.credential),
+                            parsed.credential.expires_at.to_rfc3339(),
+                            binding.path.display()
+                        );
+                        let update = CredentialUpdate {
+                            expected_version: account.version,
+                            credential: parsed.credential.clone(),
+                            change: CredentialChange::Adopted,
+                            at: now,
+                            detail,
+                            email: parsed.email.clone(),
+                            organization: None,
+                        };
+                        match self.store.update_credential(&account.name, &update).await {
+                            Ok(a) => {
+                                self.wrote(&a);
+                                tracing::info!(account = %a.name, new = %fp(&a.credential), file = %binding.path.display(),
                                 "adopted a credential refreshed by someone else");
-                            self.publish(KeeperEvent::Changed {
-                                account: a.name.clone(),
-                                change: CredentialChange::Adopted,
-                            });
-                            Ok(a)
+                                self.publish(KeeperEvent::Changed {
+                                    account: a.name.clone(),
+                                    change: CredentialChange::Adopted,
+                                });
+                                Ok(a)
+                            }
+                            Err(StoreError::VersionConflict { .. }) => self.get(&account.name).await,
+                            Err(e) => Err(e.into()),
                         }
-                        Err(StoreError::VersionConflict { .. }) => self.get(&account.name).await,
-                        Err(e) => Err(e.into()),
+                    }
+                    Freshness::Same => Ok(account),
+                    Freshness::Older | Freshness::Blank => {
+                        if repair {
+                            self.repair(&account, &binding, "an older credential").await;
+                        }
+                        Ok(account)
                     }
                 }
-                Freshness::Same => Ok(account),
-                Freshness::Older | Freshness::Blank => {
-                    if repair {
-                        self.repair(&account, &binding, "an older credential").await;
-                    }
-                    Ok(account)
-                }
-            },
+            }
             BoundContent::Unusable(reason) => {
                 if repair {
                     // A writer that takes no lock (`claude login`) may be between truncate and
@@ -804,7 +808,7 @@ impl Keeper {
         let binding = req.binding.clone().or_else(|| existing.as_ref().and_then(|a| a.binding.clone()));
         let _locks = locks.and_claude(claude_dirs(binding.as_ref()), self.lock_wait).await?;
         let now = self.now();
-        let cred = req.parsed.credential.clone();
+        let mut cred = req.parsed.credential.clone();
         let Some(existing) = existing else {
             let new = NewAccount {
                 name: name.clone(),
@@ -844,6 +848,9 @@ impl Keeper {
             ..Default::default()
         };
         let has_settings = settings.mode.is_some() || settings.binding.is_some();
+        // A credential without a refresh token (a re-read Gemini CLI file, a bare access
+        // token) keeps the stored one: a refresh token is never lost.
+        cred = cred.keeping_refresh_token_of(&existing.credential);
         match cred.compare_to(&existing.credential) {
             Freshness::Newer => {
                 let update = CredentialUpdate {

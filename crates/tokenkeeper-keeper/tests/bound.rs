@@ -124,3 +124,67 @@ async fn a_half_written_file_that_completes_is_adopted_not_clobbered() {
     finisher.join().unwrap();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), full, "the new login was clobbered");
 }
+
+/// Gemini CLI's `oauth_creds.json` as it writes it after a Google refresh: Google's answer has
+/// no `refresh_token`, so the file may have none.
+fn gemini_creds(access: &str, refresh: Option<&str>, expiry_ms: i64) -> String {
+    let mut doc = serde_json::json!({
+        "access_token": access, "scope": "https://www.googleapis.com/auth/cloud-platform",
+        "token_type": "Bearer", "expiry_date": expiry_ms,
+    });
+    if let Some(r) = refresh {
+        doc["refresh_token"] = serde_json::json!(r);
+    }
+    serde_json::to_string_pretty(&doc).unwrap()
+}
+
+#[tokio::test]
+async fn a_gemini_file_reread_without_refresh_token_keeps_the_stored_one() {
+    use tokenkeeper_core::formats::{Format, ParsedCredential};
+    use tokenkeeper_core::store::CredentialChange;
+    let env = support::env(|_| {}).await;
+    let dir = env.dir.path().join("home/.gemini");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("oauth_creds.json");
+    let binding = Binding { kind: BindingKind::Native, path: file.clone() };
+    let t0 = env.clock.now().timestamp_millis();
+    std::fs::write(&file, gemini_creds("ya29.first", Some("1//refresh-kept"), t0 + 3_600_000)).unwrap();
+    let providers = env.keeper.providers().clone();
+    let gemini = providers.get("gemini").unwrap().native_file().unwrap();
+    let read = gemini.parse(&std::fs::read_to_string(&file).unwrap(), env.clock.now()).unwrap();
+    let ingest = |parsed: ParsedCredential| tokenkeeper_keeper::Ingest {
+        account: Some("gem".into()),
+        parsed,
+        mode: Some(Mode::Own),
+        binding: Some(binding.clone()),
+        change: CredentialChange::Imported,
+        organization: None,
+        provider: Some("gemini".into()),
+    };
+    let parsed = |credential| ParsedCredential { credential, format: Format::ClaudeJson, email: None };
+    env.keeper.ingest(ingest(parsed(read.credential))).await.unwrap();
+    let refresh = |a: &tokenkeeper_core::Account| a.credential.refresh_token.as_ref().map(|r| r.expose().to_owned());
+
+    // Gemini CLI rewrites the same token without its refresh token: nothing to adopt, and
+    // the stored refresh token stays.
+    std::fs::write(&file, gemini_creds("ya29.first", None, t0 + 3_600_000)).unwrap();
+    let a = env.keeper.sync_bound("gem").await.unwrap();
+    assert_eq!(refresh(&a).as_deref(), Some("1//refresh-kept"));
+    assert_eq!(a.credential.access_token.expose(), "ya29.first");
+
+    // Gemini CLI refreshed by itself: a newer access token, still no refresh token. Adopted,
+    // with the stored refresh token.
+    std::fs::write(&file, gemini_creds("ya29.second", None, t0 + 7_200_000)).unwrap();
+    let a = env.keeper.sync_bound("gem").await.unwrap();
+    assert_eq!(a.credential.access_token.expose(), "ya29.second");
+    assert_eq!(refresh(&a).as_deref(), Some("1//refresh-kept"));
+    assert_eq!(refresh(&env.account("gem").await).as_deref(), Some("1//refresh-kept"), "stored too");
+
+    // An import of such a file (no refresh token) keeps it as well.
+    let text = gemini_creds("ya29.third", None, t0 + 10_800_000);
+    let read = gemini.parse(&text, env.clock.now()).unwrap();
+    assert!(read.credential.refresh_token.is_none());
+    let a = env.keeper.ingest(ingest(parsed(read.credential))).await.unwrap();
+    assert_eq!(a.account().credential.access_token.expose(), "ya29.third");
+    assert_eq!(refresh(a.account()).as_deref(), Some("1//refresh-kept"));
+}

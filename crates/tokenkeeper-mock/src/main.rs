@@ -70,6 +70,9 @@ async fn main() -> ExitCode {
         "redirect_uri": mock.redirect_uri(),
         "api_base_url": mock.api_base_url(),
         "client_id": mock.client_id(),
+        "codex_token_url": mock.shape_token_url(tokenkeeper_mock::Shape::Codex),
+        "google_token_url": mock.shape_token_url(tokenkeeper_mock::Shape::Google),
+        "generic_token_url": mock.shape_token_url(tokenkeeper_mock::Shape::Generic),
     });
     println!("{line}");
     shutdown_signal().await;

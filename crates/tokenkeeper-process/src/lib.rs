@@ -13,6 +13,10 @@
 //!   drained and dropped) and redacted with [`tokenkeeper_core::redact`]: every secret the
 //!   caller registered and anything shaped like a provider token becomes a fingerprint.
 //! - **No shell**: argv is run as given; secrets travel in the environment, never in argv.
+//! - **`exec`**: [`ChildCommand::exec`] replaces tokenkeeper with the child; when something
+//!   must happen after the child ends (a private file to remove),
+//!   [`ChildCommand::run_attached`] runs it in the foreground instead, in tokenkeeper's own
+//!   process group, passing signals on and returning its exit status.
 //!
 //! # Why a crate of its own
 //!
@@ -27,4 +31,4 @@ pub mod env;
 mod run;
 
 pub use env::Purpose;
-pub use run::{ChildCommand, ChildOutput, ProcessError, OUTPUT_LIMIT};
+pub use run::{exit_code_of, ChildCommand, ChildOutput, ProcessError, ATTACHED_SIGNALS, OUTPUT_LIMIT};

@@ -253,6 +253,58 @@ impl ChildCommand {
         })
     }
 
+    /// Runs the child in the foreground and waits for it: for `tokenkeeper exec` when
+    /// something must happen after the child ends (removing a private file written for it),
+    /// which [`ChildCommand::exec`] cannot do. It behaves as close to `exec` as a parent can:
+    ///
+    /// - the same environment policy, stdin, stdout and stderr (inherited), no timeout, no
+    ///   capture;
+    /// - the child stays in tokenkeeper's process group, so a terminal's Ctrl-C, Ctrl-\ and
+    ///   job control reach it directly, as after `exec`; tokenkeeper itself survives them;
+    /// - `SIGTERM`, `SIGHUP`, `SIGUSR1` and `SIGUSR2` sent to tokenkeeper are passed on to the
+    ///   child (so `docker stop` or systemd stop it), and so are `SIGINT` and `SIGQUIT` when they
+    ///   cannot have come from a terminal (tokenkeeper's group is not the foreground group of a
+    ///   terminal on stdin: a `kill -INT`, a container without a TTY);
+    /// - it returns the child's exit status; what that status means for tokenkeeper's own exit
+    ///   is the caller's (see [`exit_code_of`]).
+    pub async fn run_attached(&self) -> Result<ExitStatus, ProcessError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let purpose = self.purpose.as_str();
+        let wait_error = |source| ProcessError::Wait { purpose, program: self.program.clone(), source };
+        // Handlers first: a signal that arrives while the child starts is passed on, not fatal.
+        let kinds = [
+            (SignalKind::terminate(), Signal::SIGTERM),
+            (SignalKind::hangup(), Signal::SIGHUP),
+            (SignalKind::interrupt(), Signal::SIGINT),
+            (SignalKind::quit(), Signal::SIGQUIT),
+            (SignalKind::user_defined1(), Signal::SIGUSR1),
+            (SignalKind::user_defined2(), Signal::SIGUSR2),
+        ];
+        let mut streams = Vec::with_capacity(kinds.len());
+        for (kind, sig) in kinds {
+            streams.push((signal(kind).map_err(wait_error)?, sig));
+        }
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .env_clear()
+            .envs(self.environment())
+            .spawn()
+            .map_err(|source| ProcessError::Spawn { purpose, program: self.program.clone(), source })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+        loop {
+            let next = futures_select(&mut streams);
+            tokio::select! {
+                status = child.wait() => return status.map_err(wait_error),
+                sig = next => {
+                    let from_terminal = matches!(sig, Signal::SIGINT | Signal::SIGQUIT) && in_terminal_foreground();
+                    if let (Some(pid), false) = (pid, from_terminal) {
+                        let _ = nix::sys::signal::kill(pid, sig);
+                    }
+                }
+            }
+        }
+    }
+
     /// Replaces this process with the child (`execvp`), with the same environment policy and
     /// no timeout: signals and the exit status belong to the program from then on. Only
     /// returns on failure.
@@ -262,6 +314,40 @@ impl ChildCommand {
         ProcessError::Spawn { purpose: self.purpose.as_str(), program: self.program.clone(), source }
     }
 }
+
+/// The first of `streams` to deliver a signal, as that signal.
+async fn futures_select(streams: &mut [(tokio::signal::unix::Signal, Signal)]) -> Signal {
+    std::future::poll_fn(|cx| {
+        for (stream, sig) in streams.iter_mut() {
+            if stream.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*sig);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Whether this process's group is the foreground group of the terminal on stdin: then the
+/// terminal sends Ctrl-C and Ctrl-\ to the whole group, the child included.
+fn in_terminal_foreground() -> bool {
+    nix::unistd::tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg == nix::unistd::getpgrp())
+}
+
+/// The exit code a parent reports for a child that ended with `status`, as a shell does: its
+/// exit code, or 128 + the signal that killed it.
+pub fn exit_code_of(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    }
+}
+
+/// The signals [`ChildCommand::run_attached`] handles (and passes on) while its child runs;
+/// any other signal keeps its default action.
+pub const ATTACHED_SIGNALS: [Signal; 6] =
+    [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// Reads a whole stream, keeping its first [`OUTPUT_LIMIT`] bytes.
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
@@ -414,6 +500,31 @@ mod tests {
         assert!(e.contains("nudge command `/nonexistent/tk-hook`") && e.contains("PATH"), "{e}");
         let e = ChildCommand::new(Purpose::Alert, &[]).unwrap_err().to_string();
         assert!(e.contains("alert command is empty"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_attached_child_gets_the_terminate_signal_and_its_exit_code_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let script = format!("trap 'exit 42' TERM; echo $$ > {}; while :; do sleep 0.02; done", ready.display());
+        let run = tokio::spawn(async move { sh(&script).run_attached().await });
+        // Once the child has set its trap, tokenkeeper (this process) is told to stop.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&ready).is_ok_and(|s| s.ends_with('\n')) {
+            assert!(std::time::Instant::now() < deadline, "the child never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM).unwrap();
+        let status = run.await.unwrap().unwrap();
+        assert_eq!(status.code(), Some(42), "the child got SIGTERM and its exit code is returned");
+        assert_eq!(exit_code_of(status), 42);
+
+        let status = sh("exit 3").run_attached().await.unwrap();
+        assert_eq!(exit_code_of(status), 3);
+        let status = sh("kill -KILL $$").run_attached().await.unwrap();
+        assert_eq!((status.signal(), exit_code_of(status)), (Some(9), 137));
+        let e = ChildCommand::new(Purpose::Exec, &["/nonexistent/tk-cli".to_owned()]).unwrap().run_attached().await;
+        assert!(matches!(e, Err(ProcessError::Spawn { .. })), "{e:?}");
     }
 
     #[test]

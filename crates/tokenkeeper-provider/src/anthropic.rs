@@ -13,7 +13,7 @@ use tokenkeeper_core::{Credential, Secret};
 
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
-use crate::provider::{ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
+use crate::provider::{ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
 
 /// The variable Claude Code reads a token from; it wins over its credentials file.
 pub const CLAUDE_CODE_OAUTH_TOKEN: &str = "CLAUDE_CODE_OAUTH_TOKEN";
@@ -91,7 +91,7 @@ impl Provider for Anthropic {
     }
 
     fn api(&self) -> Option<ApiAccess> {
-        Some(ApiAccess { base_url: self.api_base_url.clone(), header: CredentialHeader::Bearer })
+        Some(ApiAccess::new(self.api_base_url.clone(), CredentialHeader::Bearer, ApiKind::AnthropicMessages))
     }
 }
 
@@ -192,7 +192,7 @@ impl Provider for ApiKey {
     }
 
     fn api(&self) -> Option<ApiAccess> {
-        Some(ApiAccess { base_url: self.api_base_url.clone(), header: CredentialHeader::XApiKey })
+        Some(ApiAccess::new(self.api_base_url.clone(), CredentialHeader::XApiKey, ApiKind::AnthropicMessages))
     }
 }
 
@@ -260,7 +260,12 @@ mod tests {
         assert!(a.refreshes() && a.native_file().is_some());
         let k = ApiKey::new(&cfg);
         assert_eq!(k.exec_env(&c)[0].0, ANTHROPIC_API_KEY);
-        assert_eq!(k.api().unwrap(), ApiAccess { base_url: cfg.api_base_url, header: CredentialHeader::XApiKey });
+        assert_eq!(
+            k.api().unwrap(),
+            ApiAccess::new(cfg.api_base_url, CredentialHeader::XApiKey, ApiKind::AnthropicMessages)
+        );
+        assert_eq!(a.api().unwrap().kind, ApiKind::AnthropicMessages);
+        assert!(k.api().unwrap().extra_headers(&c).is_empty());
         assert!(!k.refreshes() && k.native_file().is_none());
     }
 }

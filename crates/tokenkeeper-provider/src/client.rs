@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokenkeeper_core::config::{ProviderConfig, TokenBody};
+use tokenkeeper_core::config::{ProviderConfig, ProviderKind, TokenBody};
 use tokenkeeper_core::Secret;
 
 use crate::error::ProviderError;
@@ -17,6 +17,10 @@ use crate::pkce::{PastedCode, PkceLogin};
 
 /// How many redirects within the token endpoint's own origin are followed.
 const MAX_SAME_ORIGIN_REDIRECTS: usize = 3;
+
+/// What a 404 from Anthropic's old token endpoint means, added to the reason of a 404 for
+/// Anthropic's kind only.
+const ANTHROPIC_404_HINT: &str = " console.anthropic.com no longer serves it";
 
 /// Longest provider message quoted in a reason.
 const MAX_DETAIL_CHARS: usize = 300;
@@ -108,6 +112,7 @@ pub struct OAuthClient {
     timeout: Duration,
     body: TokenBody,
     rejection_codes: Vec<String>,
+    not_found_hint: &'static str,
 }
 
 fn check_url(key: &'static str, value: &str) -> Result<url::Url, ProviderError> {
@@ -161,6 +166,7 @@ impl OAuthClient {
             timeout: cfg.timeout,
             body: cfg.body,
             rejection_codes: cfg.rejection_codes.clone(),
+            not_found_hint: if cfg.kind == ProviderKind::Anthropic { ANTHROPIC_404_HINT } else { "" },
         })
     }
 
@@ -271,7 +277,9 @@ impl OAuthClient {
                 let status = response.status();
                 let headers = response.headers().clone();
                 match response.bytes().await {
-                    Ok(bytes) => classify_with(status, &headers, &bytes, Utc::now(), &self.rejection_codes),
+                    Ok(bytes) => {
+                        classify_with(status, &headers, &bytes, Utc::now(), &self.rejection_codes, self.not_found_hint)
+                    }
                     Err(e) => TokenOutcome::Transient {
                         reason: format!("HTTP {status}, then reading the answer failed: {}", self.describe(&e)),
                     },
@@ -408,18 +416,19 @@ fn describe_answer(status: StatusCode, headers: &HeaderMap, body: &[u8], json: O
 /// dates a `Retry-After` given as a date.
 #[cfg(test)]
 pub(crate) fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> TokenOutcome {
-    classify_with(status, headers, body, now, &[])
+    classify_with(status, headers, body, now, &[], ANTHROPIC_404_HINT)
 }
 
 /// Classifies one answer of the token endpoint. `extra` are the provider's own rejection codes
 /// (a 400, or any status, with one of them means the login is dead). `now` dates a
-/// `Retry-After` given as a date.
+/// `Retry-After` given as a date; `not_found_hint` is added to the advice of a 404.
 pub(crate) fn classify_with(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     now: DateTime<Utc>,
     extra: &[String],
+    not_found_hint: &str,
 ) -> TokenOutcome {
     let json: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
     if status.is_success() {
@@ -438,9 +447,7 @@ pub(crate) fn classify_with(
     }
     if status == StatusCode::NOT_FOUND {
         return TokenOutcome::Transient {
-            reason: format!(
-                "the token endpoint answered 404: is token_url right? console.anthropic.com no longer serves it ({reason})"
-            ),
+            reason: format!("the token endpoint answered 404: is token_url right?{not_found_hint} ({reason})"),
         };
     }
     if status.is_redirection() {
@@ -597,12 +604,15 @@ mod tests {
         assert!(reason.starts_with("HTTP 401 Unauthorized: refresh_token_reused ("), "{reason}");
         let codex = vec!["refresh_token_expired".to_owned()];
         let expired = r#"{"error":{"code":"refresh_token_expired","message":"expired"}}"#;
-        let got = classify_with(StatusCode::BAD_REQUEST, &HeaderMap::new(), expired.as_bytes(), now(), &codex);
+        let got = classify_with(StatusCode::BAD_REQUEST, &HeaderMap::new(), expired.as_bytes(), now(), &codex, "");
         assert!(matches!(got, TokenOutcome::Rejected { .. }), "{got:?}");
         // Without the provider's codes the same answer is a malformed request, retried.
         assert!(matches!(answer(400, &[], expired), TokenOutcome::Transient { .. }));
+        // Only Anthropic's 404 mentions Anthropic's old host.
+        let got = classify_with(StatusCode::NOT_FOUND, &HeaderMap::new(), b"", now(), &codex, "");
+        assert!(matches!(&got, TokenOutcome::Transient { reason } if !reason.contains("anthropic")), "{got:?}");
         // A 5xx stays transient whatever it says.
-        let got = classify_with(StatusCode::BAD_GATEWAY, &HeaderMap::new(), expired.as_bytes(), now(), &codex);
+        let got = classify_with(StatusCode::BAD_GATEWAY, &HeaderMap::new(), expired.as_bytes(), now(), &codex, "");
         assert!(matches!(got, TokenOutcome::Transient { .. }), "{got:?}");
     }
 

@@ -33,10 +33,14 @@ use tokenkeeper_core::{Credential, Secret};
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
 use crate::jwt;
-use crate::provider::{ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
+use crate::provider::{ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
 use crate::shared;
 
 const FILE: &str = "Codex auth.json";
+
+/// The header Codex sends its ChatGPT account id in, beside the bearer token
+/// (`codex-rs/codex-api/src/auth.rs`, `add_auth_headers_to_header_map`).
+pub const ACCOUNT_ID_HEADER: &str = "ChatGPT-Account-ID";
 
 /// The JWT claim namespace where OpenAI puts the ChatGPT account (`chatgpt_account_id`).
 const AUTH_CLAIMS: &str = "https://api.openai.com/auth";
@@ -106,8 +110,10 @@ impl Provider for Codex {
     }
 
     fn api(&self) -> Option<ApiAccess> {
-        (!self.cfg.api_base_url.is_empty())
-            .then(|| ApiAccess { base_url: self.cfg.api_base_url.clone(), header: CredentialHeader::Bearer })
+        (!self.cfg.api_base_url.is_empty()).then(|| {
+            ApiAccess::new(self.cfg.api_base_url.clone(), CredentialHeader::Bearer, ApiKind::ChatGptCodex)
+                .with_data_header(ACCOUNT_ID_HEADER, "account_id")
+        })
     }
 }
 

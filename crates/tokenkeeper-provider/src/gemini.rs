@@ -29,7 +29,7 @@ use tokenkeeper_core::{Credential, Secret};
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
 use crate::jwt;
-use crate::provider::{ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
+use crate::provider::{ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
 use crate::shared;
 
 const FILE: &str = "Gemini CLI oauth_creds.json";
@@ -90,7 +90,7 @@ impl Provider for Gemini {
 
     fn api(&self) -> Option<ApiAccess> {
         (!self.cfg.api_base_url.is_empty())
-            .then(|| ApiAccess { base_url: self.cfg.api_base_url.clone(), header: CredentialHeader::Bearer })
+            .then(|| ApiAccess::new(self.cfg.api_base_url.clone(), CredentialHeader::Bearer, ApiKind::GoogleCodeAssist))
     }
 }
 

@@ -25,4 +25,6 @@ pub use client::{OAuthClient, TokenOutcome};
 pub use error::{LoginError, ProviderError};
 pub use grant::TokenGrant;
 pub use pkce::{parse_pasted_code, PastedCode, PkceLogin};
-pub use provider::{ApiAccess, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider, Providers};
+pub use provider::{
+    ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider, Providers,
+};

@@ -11,7 +11,7 @@ use tokenkeeper_core::{Credential, Secret};
 
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
-use crate::provider::{ApiAccess, CredentialHeader, Provider};
+use crate::provider::{ApiAccess, ApiKind, CredentialHeader, Provider};
 use crate::shared;
 
 /// A generic OAuth2 provider: [`Provider`] without a native file.
@@ -60,6 +60,6 @@ impl Provider for GenericOAuth2 {
 
     fn api(&self) -> Option<ApiAccess> {
         (!self.cfg.api_base_url.is_empty())
-            .then(|| ApiAccess { base_url: self.cfg.api_base_url.clone(), header: CredentialHeader::Bearer })
+            .then(|| ApiAccess::new(self.cfg.api_base_url.clone(), CredentialHeader::Bearer, ApiKind::Other))
     }
 }

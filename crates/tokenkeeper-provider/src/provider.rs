@@ -65,6 +65,57 @@ pub struct ApiAccess {
     pub base_url: String,
     /// Which header carries the credential.
     pub header: CredentialHeader,
+    /// Which API it is: the Anthropic proxy forwards only accounts whose API is
+    /// [`ApiKind::AnthropicMessages`].
+    pub kind: ApiKind,
+    /// Headers sent beside the credential, each `(header name, provider-data key)`: the value
+    /// is the credential's provider data under that key (Codex sends its account id as
+    /// `ChatGPT-Account-ID`). A credential without the key sends no such header.
+    pub data_headers: Vec<(&'static str, &'static str)>,
+}
+
+impl ApiAccess {
+    /// An API reached with `header` alone, no extra headers.
+    pub fn new(base_url: impl Into<String>, header: CredentialHeader, kind: ApiKind) -> Self {
+        Self { base_url: base_url.into(), header, kind, data_headers: Vec::new() }
+    }
+
+    /// Adds a header whose value is the provider data's `key` (see [`ApiAccess::data_headers`]).
+    pub fn with_data_header(mut self, header: &'static str, key: &'static str) -> Self {
+        self.data_headers.push((header, key));
+        self
+    }
+
+    /// The headers to send beside the credential for `credential`: each of
+    /// [`ApiAccess::data_headers`] whose key the provider data holds as a non-empty string.
+    /// Values are identifiers, not tokens, but callers still treat them as sensitive.
+    pub fn extra_headers(&self, credential: &Credential) -> Vec<(&'static str, String)> {
+        if self.data_headers.is_empty() {
+            return Vec::new();
+        }
+        let data = crate::shared::provider_data(credential);
+        self.data_headers
+            .iter()
+            .filter_map(|(header, key)| crate::shared::data_str(&data, key).map(|v| (*header, v)))
+            .collect()
+    }
+}
+
+/// Which API a provider's accounts are sent to. Its `Display` is a name for people (`ChatGPT Codex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display)]
+pub enum ApiKind {
+    /// Anthropic's Messages API (`/v1/messages`): Claude logins and Anthropic API keys.
+    #[strum(to_string = "Anthropic Messages")]
+    AnthropicMessages,
+    /// The ChatGPT backend Codex talks to (`chatgpt.com/backend-api/codex`, the Responses API).
+    #[strum(to_string = "ChatGPT Codex")]
+    ChatGptCodex,
+    /// Google's Code Assist API Gemini CLI talks to (`cloudcode-pa.googleapis.com`).
+    #[strum(to_string = "Google Code Assist")]
+    GoogleCodeAssist,
+    /// Any other API (a generic OAuth2 provider's `api_base_url`).
+    #[strum(to_string = "provider's own")]
+    Other,
 }
 
 /// Which header carries the credential upstream.

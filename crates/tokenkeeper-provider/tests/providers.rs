@@ -19,7 +19,7 @@ use tokenkeeper_mock::{Encoding, GenericShape, MockProvider, Shape, ShapeLogin, 
 use tokenkeeper_provider::codex::Codex;
 use tokenkeeper_provider::gemini::Gemini;
 use tokenkeeper_provider::oauth2::GenericOAuth2;
-use tokenkeeper_provider::{NativeFileError, Provider, Providers, TokenOutcome};
+use tokenkeeper_provider::{ApiKind, CredentialHeader, NativeFileError, Provider, Providers, TokenOutcome};
 
 fn jwt(claims: &Value) -> String {
     let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
@@ -157,6 +157,21 @@ fn codex_auth_json_is_read_and_written_back_with_every_unknown_key() {
     assert_eq!(keys(&written["tokens"]), keys(&doc["tokens"]));
     // Read back, it is the refreshed credential.
     assert_eq!(file.parse(&out, now).unwrap().credential.access_token.expose(), new_access);
+}
+
+#[test]
+fn codex_api_sends_the_chatgpt_account_id_codex_sends() {
+    let codex = Codex::new(&ProviderConfig::builtin(CODEX).unwrap()).unwrap();
+    let api = codex.api().unwrap();
+    assert_eq!(api.kind, ApiKind::ChatGptCodex);
+    assert_eq!(api.header, CredentialHeader::Bearer);
+    let access = jwt(&json!({"exp": 1_800_000_000}));
+    let id_token = jwt(&json!({"https://api.openai.com/auth": {"chatgpt_account_id": "acct-0f3c"}}));
+    let read = codex.native_file().unwrap().parse(&codex_file(&access, "rt-x", &id_token), at(1_700_000_000)).unwrap();
+    assert_eq!(api.extra_headers(&read.credential), [("ChatGPT-Account-ID", "acct-0f3c".to_owned())]);
+    // Without an account id there is no header at all (never an empty one).
+    let bare = Credential { provider_data: None, ..read.credential };
+    assert!(api.extra_headers(&bare).is_empty());
 }
 
 #[test]

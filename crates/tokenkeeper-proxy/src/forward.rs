@@ -23,15 +23,16 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 
-use tokenkeeper_core::formats::API_KEY_PROVIDER;
 use tokenkeeper_core::store::UsageRecord;
 use tokenkeeper_core::AccountState;
 use tokenkeeper_keeper::{KeeperError, Lease, LeaseRequest};
+use tokenkeeper_provider::CredentialHeader;
 use tokenkeeper_server::auth::ClientAddr;
 
 use crate::classify::{classify, family, utilization, Verdict};
 use crate::keys::KeyRefusal;
 use crate::pool::{availability, Candidate, Cooldown};
+use crate::route::Route;
 use crate::scan::UsageScanner;
 use crate::ProxyState;
 
@@ -154,11 +155,17 @@ fn upstream_headers(client: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Sets the account's credential: `x-api-key` for an API-key account; otherwise
-/// `Authorization: Bearer` plus the OAuth beta flag, merged into the client's own list.
-fn set_credential(h: &mut HeaderMap, lease: &Lease) -> Result<(), ()> {
+/// Sets the account's credential as its provider's route says: `x-api-key` (an API key), or
+/// `Authorization: Bearer` plus the OAuth beta flag, merged into the client's own list; then
+/// any header the provider derives from the credential (none for Anthropic's).
+fn set_credential(h: &mut HeaderMap, lease: &Lease, route: &Route) -> Result<(), ()> {
     let token = lease.token().expose();
-    if lease.account().provider == API_KEY_PROVIDER {
+    for (name, value) in route.access.extra_headers(&lease.account().credential) {
+        let mut v = HeaderValue::from_str(&value).map_err(|_| ())?;
+        v.set_sensitive(true);
+        h.insert(HeaderName::from_bytes(name.as_bytes()).map_err(|_| ())?, v);
+    }
+    if route.header == CredentialHeader::XApiKey {
         let mut v = HeaderValue::from_str(token).map_err(|_| ())?;
         v.set_sensitive(true);
         h.insert("x-api-key", v);
@@ -185,6 +192,24 @@ fn set_credential(h: &mut HeaderMap, lease: &Lease) -> Result<(), ()> {
         h.insert("anthropic-beta", v);
     }
     Ok(())
+}
+
+/// Whether the proxy may send `account`'s requests (its provider has a route). An account it
+/// skips is logged once, as a warning when a configured pool lists it (`listed`), at debug
+/// level when it is only in the implicit pool of every account.
+fn served(state: &ProxyState, account: &tokenkeeper_core::Account, listed: bool) -> bool {
+    let inner = state.inner();
+    if inner.routes.get(&account.provider).is_some() {
+        return true;
+    }
+    let first = inner.warned.lock().map(|mut w| w.insert(account.name.clone())).unwrap_or(false);
+    let reason = if first { inner.routes.refusal(&account.provider).unwrap_or_default() } else { String::new() };
+    if first && listed {
+        tracing::warn!(account = %account.name, provider = %account.provider, "proxy: a pool lists this account but it is never picked: {reason}");
+    } else if first {
+        tracing::debug!(account = %account.name, provider = %account.provider, "proxy: not picked: {reason}");
+    }
+    false
 }
 
 /// The session a sticky pool binds: Claude Code's session header, `x-session-id`, or the
@@ -265,15 +290,9 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let streaming = meta.stream.unwrap_or(false);
     let model_family = meta.model.as_deref().and_then(family);
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let uri = match hyper::Uri::builder()
-        .scheme(inner.upstream.scheme.clone())
-        .authority(inner.upstream.authority.clone())
-        .path_and_query(format!("{}{}", inner.upstream.prefix, path))
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None),
-    };
+    if hyper::http::uri::PathAndQuery::try_from(path).is_err() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None);
+    }
     let base_headers = upstream_headers(&parts.headers);
     let pool_name = admitted.principal.pool();
     let Some(pool) = inner.pools.get(pool_name) else {
@@ -300,8 +319,12 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             );
         }
     };
-    let candidates: Vec<Candidate> =
-        pool.candidates(&all).into_iter().filter(|c| admitted.principal.may_use(&c.account.name)).collect();
+    let candidates: Vec<Candidate> = pool
+        .candidates(&all)
+        .into_iter()
+        .filter(|c| admitted.principal.may_use(&c.account.name))
+        .filter(|c| served(&state, &c.account, pool.members.is_some()))
+        .collect();
     if candidates.is_empty() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -389,14 +412,22 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             }
         };
         let name = lease.account().name.clone();
+        // Candidates are only accounts with a route; the lease is of one of them.
+        let Some(route) = inner.routes.get(&lease.account().provider) else {
+            excluded.insert(name);
+            continue;
+        };
+        let Ok(uri) = route.upstream.uri(path) else {
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None);
+        };
         let mut headers = base_headers.clone();
-        if set_credential(&mut headers, &lease).is_err() {
+        if set_credential(&mut headers, &lease, route).is_err() {
             excluded.insert(name);
             continue;
         }
         let mut upstream_req = hyper::Request::new(Full::new(body.clone()));
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri.clone();
+        *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
         inner.accounts.with(|m| m.entry(name.clone()).or_default().in_flight += 1);
         let mut flight = InFlight { state: state.clone(), account: Some(name.clone()) };

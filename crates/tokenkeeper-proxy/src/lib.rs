@@ -20,6 +20,7 @@ pub mod classify;
 mod forward;
 mod keys;
 pub mod pool;
+mod route;
 pub mod scan;
 
 use std::collections::HashMap;
@@ -74,15 +75,17 @@ pub struct ProxyState {
 
 impl std::fmt::Debug for ProxyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyState").field("upstream", &self.inner.upstream).finish_non_exhaustive()
+        f.debug_struct("ProxyState").field("routes", &self.inner.routes).finish_non_exhaustive()
     }
 }
 
 pub(crate) struct Inner {
     pub keeper: Arc<Keeper>,
     pub config: ProxyConfig,
-    /// Scheme and authority of the upstream, and a path prefix (no trailing `/`).
-    pub upstream: Upstream,
+    /// Where each provider's accounts are sent; providers without a route are never picked.
+    pub routes: route::Routes,
+    /// Accounts already warned about being skipped for their provider (one warning each).
+    pub warned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub client: HttpsClient,
     pub pools: Pools,
     pub accounts: Accounts,
@@ -99,20 +102,28 @@ pub(crate) struct Upstream {
     pub prefix: String,
 }
 
+impl Upstream {
+    /// The upstream URI of a request for `path` (with its query).
+    pub fn uri(&self, path: &str) -> Result<hyper::Uri, hyper::http::Error> {
+        hyper::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.prefix, path))
+            .build()
+    }
+}
+
 /// How often cooldowns are re-read from the store (another replica's cooldowns appear within
 /// this time).
 const COOLDOWN_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ProxyState {
-    /// The proxy over `keeper`, configured by `config`'s `[proxy]` and `[pools.*]`; requests go
-    /// to `[proxy] upstream`, or `providers.anthropic.api_base_url`.
+    /// The proxy over `keeper`, configured by `config`'s `[proxy]` and `[pools.*]`. Each
+    /// account's requests go where its provider's API is (`Provider::api`: for Claude logins
+    /// and API keys `providers.anthropic.api_base_url`), or to `[proxy] upstream` when set;
+    /// accounts whose provider does not speak Anthropic's Messages API are never picked.
     pub fn new(keeper: Arc<Keeper>, config: &Config) -> Result<Self, ProxyError> {
-        let url = config
-            .proxy
-            .upstream
-            .clone()
-            .unwrap_or_else(|| config.provider(tokenkeeper_core::config::ANTHROPIC).api_base_url);
-        let upstream = parse_upstream(&url)?;
+        let routes = route::Routes::new(keeper.providers(), config)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -129,7 +140,8 @@ impl ProxyState {
             inner: Arc::new(Inner {
                 keeper,
                 config: config.proxy.clone(),
-                upstream,
+                routes,
+                warned: std::sync::Mutex::new(std::collections::HashSet::new()),
                 client,
                 pools: Pools::new(config),
                 accounts: Accounts::default(),
@@ -176,8 +188,10 @@ impl ProxyState {
         }
         let mut out = Vec::new();
         for pool in self.inner.pools.all() {
-            let members = pool
-                .candidates(&all)
+            let (served, refused): (Vec<_>, Vec<_>) =
+                pool.candidates(&all).into_iter().partition(|c| self.inner.routes.get(&c.account.provider).is_some());
+            let skipped = refused.iter().map(|c| self.skipped(&pool.name, &c.account)).collect();
+            let members = served
                 .into_iter()
                 .map(|c| {
                     let a = &c.account;
@@ -214,7 +228,35 @@ impl ProxyState {
                     })
                 })
                 .collect();
-            out.push(PoolSnapshot { name: pool.name.clone(), strategy: pool.strategy, members });
+            out.push(PoolSnapshot { name: pool.name.clone(), strategy: pool.strategy, members, skipped });
+        }
+        Ok(out)
+    }
+
+    fn skipped(&self, pool: &str, account: &tokenkeeper_core::Account) -> SkippedMember {
+        SkippedMember {
+            pool: pool.to_owned(),
+            account: account.name.clone(),
+            provider: account.provider.clone(),
+            reason: self.inner.routes.refusal(&account.provider).unwrap_or_default(),
+        }
+    }
+
+    /// The accounts a configured `[pools.NAME]` lists that the proxy will never pick, because
+    /// their provider does not speak Anthropic's Messages API (or is unknown), each with why.
+    /// `serve` logs a warning for each at startup; the implicit `default` pool of every
+    /// account is left out (it holds every account, Codex and Gemini logins included, and
+    /// skipping those there is expected).
+    pub async fn unservable(&self) -> Result<Vec<SkippedMember>, ProxyError> {
+        let mut all = self.inner.keeper.accounts().await?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = Vec::new();
+        for pool in self.inner.pools.all().filter(|p| p.members.is_some()) {
+            for c in pool.candidates(&all) {
+                if self.inner.routes.get(&c.account.provider).is_none() {
+                    out.push(self.skipped(&pool.name, &c.account));
+                }
+            }
         }
         Ok(out)
     }
@@ -345,6 +387,22 @@ pub struct PoolSnapshot {
     pub strategy: Strategy,
     /// Its accounts, in configuration order (by name for the implicit default pool).
     pub members: Vec<MemberSnapshot>,
+    /// Its accounts the proxy never picks: their provider does not speak Anthropic's Messages
+    /// API (a Codex or Gemini CLI login) or is not configured.
+    pub skipped: Vec<SkippedMember>,
+}
+
+/// An account of a pool that the proxy never picks, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedMember {
+    /// The pool.
+    pub pool: String,
+    /// Account name.
+    pub account: String,
+    /// Its provider id (`codex`, `gemini`, …).
+    pub provider: String,
+    /// Why, in words (names the provider and the API it speaks).
+    pub reason: String,
 }
 
 /// Whether an account takes requests (active, cooling down, needs login).
@@ -355,7 +413,8 @@ pub use tokenkeeper_core::pool::PoolState as MemberState;
 pub struct MemberSnapshot {
     /// Account name.
     pub account: String,
-    /// Provider (`anthropic`, `anthropic-api-key`).
+    /// Provider (`anthropic`, `anthropic-api-key`, or another provider whose API is
+    /// Anthropic's Messages API).
     pub provider: String,
     /// Active, cooling down, or needs login.
     pub state: MemberState,

@@ -104,6 +104,73 @@ async fn api_key_accounts_send_x_api_key_and_no_oauth_flag() {
     assert_eq!(p.env.account("plain").await.provider, "anthropic-api-key");
 }
 
+/// Stores a login the mock's Messages API would accept, but as an account of `provider`: if
+/// the proxy forwarded it, the mock would answer it.
+async fn add_account_of(p: &support::Proxy, name: &str, provider: &str) {
+    let t = p.env.mock.issue_login(&format!("{name}@example.com"));
+    let parsed = tokenkeeper_core::formats::ParsedCredential {
+        credential: tokenkeeper_keeper::testing::Env::credential(&t),
+        format: tokenkeeper_core::formats::Format::ClaudeJson,
+        email: None,
+    };
+    p.env
+        .keeper
+        .ingest(tokenkeeper_keeper::Ingest {
+            account: Some(name.into()),
+            parsed,
+            mode: None,
+            binding: None,
+            change: tokenkeeper_core::store::CredentialChange::Imported,
+            organization: None,
+            provider: Some(provider.into()),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn accounts_whose_provider_is_not_the_messages_api_are_never_picked_and_status_says_why() {
+    let p = start(&["a"], |c| {
+        c.pools.insert(
+            "openai".into(),
+            PoolConfig { accounts: vec![PoolMember::Name("cx".into())], strategy: None, sticky_ttl: None },
+        );
+    })
+    .await;
+    add_account_of(&p, "cx", "codex").await;
+    add_account_of(&p, "gm", "gemini").await;
+    // The implicit default pool holds every account; only the Claude login is ever used.
+    for _ in 0..4 {
+        ok(&p, false).await;
+    }
+    assert_eq!(p.seen(), ["a@example.com"; 4]);
+    let snap = p.state.pool_snapshot().await.unwrap();
+    let default = snap.iter().find(|s| s.name == "default").unwrap();
+    assert_eq!(default.members.iter().map(|m| m.account.as_str()).collect::<Vec<_>>(), ["a"]);
+    let skipped: Vec<(&str, &str)> =
+        default.skipped.iter().map(|s| (s.account.as_str(), s.provider.as_str())).collect();
+    assert_eq!(skipped, [("cx", "codex"), ("gm", "gemini")]);
+    assert!(default.skipped[0].reason.contains("Codex CLI") && default.skipped[0].reason.contains("ChatGPT Codex"));
+    assert!(default.skipped[1].reason.contains("Google Code Assist"), "{}", default.skipped[1].reason);
+
+    // A pool that lists only the Codex login has nobody to send to, and says so.
+    let key = new_key(&p.env, "openai-agent", &["proxy", "pool:openai"]).await;
+    let r = reqwest::Client::new()
+        .post(p.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("content-type", "application/json")
+        .body(hello(false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("pool `openai` has no account"));
+    assert_eq!(p.seen().len(), 4, "the Codex login never reached the API");
+    let unservable = p.state.unservable().await.unwrap();
+    assert_eq!(unservable.len(), 1, "only the configured pool's listing is a warning: {unservable:?}");
+    assert_eq!((unservable[0].pool.as_str(), unservable[0].account.as_str()), ("openai", "cx"));
+}
+
 #[tokio::test]
 async fn a_429_with_reset_cools_the_account_down_until_the_reset_stored_and_self_ending() {
     let p = start(&["a", "b"], |_| {}).await;

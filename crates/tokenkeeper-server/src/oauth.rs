@@ -122,6 +122,8 @@ pub struct TokenStatus {
     /// The email the provider reports for this login, when known (may differ from
     /// `account_email`).
     pub provider_email: Option<String>,
+    /// The account's provider id (`anthropic`, `anthropic-api-key`, `codex`, `gemini`, …).
+    pub provider: String,
     /// Minutes until the access token expires (negative once expired), one decimal.
     pub expires_in_minutes: f64,
     /// Whether the token is usable and nothing critical is wrong (level healthy, expiring or
@@ -183,6 +185,7 @@ pub async fn status(
             TokenStatus {
                 account_email: a.name.clone(),
                 provider_email: a.email.clone(),
+                provider: a.provider.clone(),
                 expires_in_minutes: (minutes * 10.0).round() / 10.0,
                 is_healthy: level.exit_code() < 2,
                 usage_count: a.usage.requests,

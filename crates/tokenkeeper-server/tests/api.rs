@@ -247,6 +247,7 @@ async fn account_limits_apply_to_every_scope() {
     assert_eq!(v["account"], "a");
     let v = e.get("/oauth/status", &key).await.json();
     assert_eq!(v["total_tokens"], 1);
+    assert_eq!(v["tokens"][0]["provider"], "anthropic", "each token names its provider: {v}");
     e.get("/api/status?account=b", &key).await.expect_error(403);
     // Pushing and refreshing b, deleting b or everything: refused.
     e.post("/api/push?account=b", &key, &claude_json(&e.mock.issue_login("b@example.com"))).await.expect_error(403);
@@ -389,9 +390,12 @@ async fn oauth_login_flow_status_and_deletion_follow_seed_003() {
         "pools",
         "pool_state",
         "cooldown_until",
+        // The account's provider (issue 16).
+        "provider",
     ]
     .into();
     assert_eq!(fields, expected);
+    assert_eq!(t["provider"], "anthropic");
     assert_eq!(
         (&t["pool"], &t["pool_state"], &t["cooldown_until"]),
         (&"default".into(), &"active".into(), &serde_json::Value::Null)

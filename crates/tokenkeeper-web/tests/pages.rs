@@ -174,6 +174,36 @@ async fn the_dashboard_shows_status_in_words() {
 }
 
 #[tokio::test]
+async fn each_card_shows_its_provider() {
+    let e = env().await;
+    e.seed("main").await;
+    let t = e.base.mock.issue_login("cx@example.com");
+    let parsed = tokenkeeper_core::formats::ParsedCredential {
+        credential: tokenkeeper_keeper::testing::Env::credential(&t),
+        format: tokenkeeper_core::formats::Format::ClaudeJson,
+        email: None,
+    };
+    e.base
+        .keeper
+        .ingest(tokenkeeper_keeper::Ingest {
+            account: Some("cx".into()),
+            parsed,
+            mode: None,
+            binding: None,
+            change: tokenkeeper_core::store::CredentialChange::Imported,
+            organization: None,
+            provider: Some("codex".into()),
+        })
+        .await
+        .unwrap();
+    let mut c = e.client();
+    c.sign_in().await;
+    let b = c.get("/").await.body;
+    assert!(b.contains("id=\"provider-cx\" title=\"Provider\">codex</span>"), "{b}");
+    assert!(b.contains("id=\"provider-main\" title=\"Provider\">anthropic</span>"), "{b}");
+}
+
+#[tokio::test]
 async fn refresh_says_what_happened() {
     let e = env().await;
     let t = e.seed("main").await;

@@ -78,19 +78,49 @@ async fn codex_is_imported_refreshed_written_back_and_handed_to_exec() {
     assert_eq!((doc["x_future_top"]["a"].as_str(), doc["auth_mode"].as_str()), (Some("b"), Some("chatgpt")));
     assert_ne!(doc["last_refresh"], "2026-11-20T08:15:30.123456Z", "Codex ignores tokens without a fresh last_refresh");
 
+    // check names the provider of an account that is not Claude's, text and JSON.
+    let out = w.run(&["check"], "");
+    let text = stdout(&out);
+    assert!(text.starts_with("OK dev [codex]: "), "{text}");
+    let report: Value = serde_json::from_str(&stdout(&w.run(&["check", "--json"], ""))).unwrap();
+    assert_eq!(report["accounts"][0]["provider"], "codex", "{report}");
+
+    // The Anthropic proxy never picks a Codex login; its pool status says so and why.
+    let table = w.ok(&["pool"], "");
+    assert!(table.contains("dev (codex): never picked: Codex CLI (codex) speaks the ChatGPT Codex API"), "{table}");
+    let pools: Value = serde_json::from_str(&w.ok(&["pool", "--json"], "")).unwrap();
+    assert_eq!(pools[0]["skipped"][0]["account"], "dev", "{pools}");
+    assert_eq!(pools[0]["members"], json!([]), "{pools}");
+
     // exec: Codex finds its file where CODEX_HOME points, private, without a refresh token
-    // it could spend (which would log the keeper out).
-    let out = w.run(&["exec", "--account", "dev", "--", "sh", "-c", "printf '%s\\n' \"$CODEX_HOME\""], "");
+    // it could spend (which would log the keeper out). The child copies what it finds, since
+    // the file is gone once it ends.
+    let copy = w.dir.path().join("handed.json");
+    let perms = w.dir.path().join("perms");
+    let script = format!(
+        "printf '%s\\n' \"$CODEX_HOME\"; stat -c '%a' \"$CODEX_HOME\" \"$CODEX_HOME/auth.json\" > {}; cp \"$CODEX_HOME/auth.json\" {}",
+        perms.display(),
+        copy.display()
+    );
+    let out = w.run(&["exec", "--account", "dev", "--", "sh", "-c", &script], "");
     assert!(out.status.success(), "{}", stderr(&out));
     let home = std::path::PathBuf::from(stdout(&out).trim());
     assert!(home.starts_with(w.data_dir()), "{}", home.display());
-    assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
-    let handed = home.join("auth.json");
-    assert_eq!(std::fs::metadata(&handed).unwrap().permissions().mode() & 0o777, 0o600);
-    let doc = read_json(&handed);
+    assert_eq!(std::fs::read_to_string(&perms).unwrap(), "700\n600\n", "the directory 0700, the file 0600");
+    assert!(!home.join("auth.json").exists(), "the file holding the access token is removed when the child ends");
+    let doc = read_json(&copy);
     assert_eq!(doc["tokens"]["access_token"], stored.credential.access_token.expose());
     assert_eq!(doc["tokens"]["refresh_token"], "", "the child must not get the keeper's refresh token");
     assert!(doc["tokens"]["id_token"].as_str().is_some_and(|t| !t.is_empty()), "Codex needs its id_token");
+
+    // The child's exit code is tokenkeeper's, and the file is removed after a failure too.
+    let out = w.run(&["exec", "--account", "dev", "--", "sh", "-c", "test -s \"$CODEX_HOME/auth.json\" && exit 7"], "");
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(!home.join("auth.json").exists());
+    // A child killed by a signal tokenkeeper does not pass on ends tokenkeeper the same way.
+    let out = w.run(&["exec", "--account", "dev", "--", "sh", "-c", "kill -KILL $$"], "");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{:?}", out.status);
+    assert!(!home.join("auth.json").exists());
     assert!(!stderr(&out).contains(stored.credential.access_token.expose()));
 }
 

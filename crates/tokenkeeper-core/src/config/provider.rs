@@ -141,19 +141,12 @@ impl ProviderConfig {
             authorize_url: "https://claude.ai/oauth/authorize".into(),
             redirect_uri: "https://platform.claude.com/oauth/code/callback".into(),
             client_id: "9d1c250a-e61b-44d9-88ed-5944d1962f5e".into(),
-            client_secret: None,
-            client_secret_file: None,
-            client_secret_env: None,
             api_base_url: "https://api.anthropic.com".into(),
             scopes: strings(&["org:create_api_key", "user:profile", "user:inference"]),
             refresh_scope: true,
             body: TokenBody::Json,
-            expiry: ExpirySource::ExpiresIn,
             rotation: Rotation::SingleUse,
-            rejection_codes: Vec::new(),
-            timeout: Duration::from_secs(30),
-            refresh_token_warn_age: Duration::from_secs(25 * DAY),
-            refresh_token_life: Duration::from_secs(30 * DAY),
+            ..Self::oauth2()
         }
     }
 
@@ -167,19 +160,13 @@ impl ProviderConfig {
             authorize_url: "https://auth.openai.com/oauth/authorize".into(),
             redirect_uri: "http://localhost:1455/auth/callback".into(),
             client_id: "app_EMoamEEZ73f0CkXaXp7hrann".into(),
-            client_secret: None,
-            client_secret_file: None,
-            client_secret_env: None,
             api_base_url: "https://chatgpt.com/backend-api/codex".into(),
             scopes: strings(&["openid", "profile", "email", "offline_access"]),
-            refresh_scope: false,
             body: TokenBody::Json,
             expiry: ExpirySource::JwtExp,
             rotation: Rotation::SingleUse,
             rejection_codes: strings(&["refresh_token_reused", "refresh_token_expired", "refresh_token_invalidated"]),
-            timeout: Duration::from_secs(30),
-            refresh_token_warn_age: Duration::from_secs(25 * DAY),
-            refresh_token_life: Duration::from_secs(30 * DAY),
+            ..Self::oauth2()
         }
     }
 
@@ -195,27 +182,23 @@ impl ProviderConfig {
             // Public by design: Google's installed-app flow embeds it in the application, and
             // Gemini CLI ships it in its source. Kept as a Secret all the same.
             client_secret: Some(Secret::new("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")),
-            client_secret_file: None,
-            client_secret_env: None,
             api_base_url: "https://cloudcode-pa.googleapis.com".into(),
             scopes: strings(&[
                 "https://www.googleapis.com/auth/cloud-platform",
                 "https://www.googleapis.com/auth/userinfo.email",
                 "https://www.googleapis.com/auth/userinfo.profile",
             ]),
-            refresh_scope: false,
             body: TokenBody::Form,
-            expiry: ExpirySource::ExpiresIn,
             rotation: Rotation::Reusable,
-            rejection_codes: Vec::new(),
-            timeout: Duration::from_secs(30),
             // Google refresh tokens do not expire on a schedule; one unused for six months does.
             refresh_token_warn_age: Duration::from_secs(150 * DAY),
             refresh_token_life: Duration::from_secs(180 * DAY),
+            ..Self::oauth2()
         }
     }
 
-    /// A provider of the user's own: nothing but its kind is known.
+    /// A provider of the user's own: nothing but its kind is known. The other kinds start
+    /// from it and set what differs.
     fn oauth2() -> Self {
         Self {
             kind: ProviderKind::Oauth2,

@@ -83,8 +83,16 @@ impl Report {
         if let Some(e) = &self.error {
             return format!("UNKNOWN: {}\n", super::doctor::one_line(e));
         }
-        let accounts =
-            self.accounts.iter().map(|v| format!("{} {}: {}\n", label(v.level.exit_code()), v.name, v.message));
+        // The provider is named unless it is the default one (`anthropic`), so monitoring
+        // patterns written for `OK main: …` keep matching.
+        let accounts = self.accounts.iter().map(|v| {
+            let provider = if v.provider == tokenkeeper_core::config::ANTHROPIC {
+                String::new()
+            } else {
+                format!(" [{}]", v.provider)
+            };
+            format!("{} {}{provider}: {}\n", label(v.level.exit_code()), v.name, v.message)
+        });
         let leads = self
             .lead_too_long
             .iter()

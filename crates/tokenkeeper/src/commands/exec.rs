@@ -1,5 +1,9 @@
 //! `tokenkeeper exec -- CMD`: a fresh token in the environment, then `exec` (the process is
-//! replaced, so signals and the exit status belong to CMD).
+//! replaced, so signals and the exit status belong to CMD) — or, when a file was written for
+//! CMD (below), CMD run in the foreground and waited for, so the file can be removed when it
+//! ends ([`ChildCommand::run_attached`]: same process group, signals passed on, its exit code
+//! passed through; a death by a signal tokenkeeper does not pass on is repeated on itself, one
+//! it does is exit code 128 + the signal, as a shell reports it).
 //!
 //! CMD gets tokenkeeper's environment through the one child-process policy
 //! ([`tokenkeeper_process::env`], purpose `Exec`): `TOKENKEEPER_KEY`, `TOKENKEEPER_ADMIN_TOKEN`
@@ -12,18 +16,20 @@
 //! A provider whose CLI reads its credential from a file in a directory an environment
 //! variable names ([`tokenkeeper_provider::NativeFile::home_var`], Codex's `CODEX_HOME`) gets
 //! that file written into a private directory of the data dir (`exec/<account>/`, mode 0700,
-//! the file 0600, rewritten at every `exec`), and the variable pointed at it. The file holds the
+//! the file 0600, rewritten at every `exec`, removed when CMD ends), and the variable pointed
+//! at it. The file holds the
 //! access token only; its refresh token is empty: a CLI that refreshed by itself would
 //! otherwise spend the keeper's refresh token and log the keeper out (the field is there, empty,
 //! because Codex refuses a file without it).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tokenkeeper_core::Credential;
 use tokenkeeper_keeper::LeaseRequest;
-use tokenkeeper_process::{ChildCommand, Purpose};
+use tokenkeeper_process::{exit_code_of, ChildCommand, Purpose, ATTACHED_SIGNALS};
 use tokenkeeper_provider::NativeFile;
 use tokenkeeper_sync::fs::{write_file, WriteOptions};
 
@@ -43,11 +49,13 @@ pub async fn run(app: &App, args: ExecArgs) -> Result<i32> {
     for (name, value) in provider.exec_env(&credential) {
         cmd = cmd.secret_env(&name, &value);
     }
+    let mut written: Option<PathBuf> = None;
     if let Some(file) = provider.native_file() {
         if let Some(var) = file.home_var() {
             let dir = app.data_dir.join("exec").join(&account.name);
-            write_private_native_file(file, &dir, var, &credential, app.keeper.clock().now())
+            let path = write_private_native_file(file, &dir, var, &credential, app.keeper.clock().now())
                 .with_context(|| format!("cannot write {} for the command into {}", file.describe(), dir.display()))?;
+            written = Some(path);
             cmd = cmd.env(var, dir.display().to_string());
         }
     }
@@ -61,8 +69,28 @@ pub async fn run(app: &App, args: ExecArgs) -> Result<i32> {
     if let Err(e) = app.keeper.flush_usage().await {
         tracing::debug!(error = %e, "cannot record usage");
     }
-    // exec only returns on failure.
-    Err(cmd.exec().into())
+    let Some(path) = written else {
+        // exec only returns on failure.
+        return Err(cmd.exec().into());
+    };
+    let status = cmd.run_attached().await;
+    // The file holds an access token: it goes whatever became of the child.
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("warning: cannot remove {}: {e}", path.display());
+        }
+    }
+    let status = status?;
+    if let Some(sig) = status.signal() {
+        // A signal tokenkeeper has no handler for ends it as it ended the child, as after
+        // exec; for one it handles, this returns and the shell's 128 + N stands.
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+            if !ATTACHED_SIGNALS.contains(&sig) {
+                let _ = nix::sys::signal::raise(sig);
+            }
+        }
+    }
+    Ok(exit_code_of(status))
 }
 
 /// Writes `credential`, its refresh token emptied, as the CLI's file under `dir` (created 0700),

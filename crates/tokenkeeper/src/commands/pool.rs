@@ -34,6 +34,9 @@ pub async fn run(app: &App, args: PoolArgs) -> Result<i32> {
         }
         let strategy = serde_json::to_value(pool.strategy).ok().and_then(|v| v.as_str().map(str::to_owned));
         println!("pool {} ({})", pool.name, strategy.unwrap_or_default());
+        for s in &pool.skipped {
+            println!("  {} ({}): never picked: {}", s.account, s.provider, s.reason);
+        }
         if pool.members.is_empty() {
             println!("  no accounts yet: `tokenkeeper login --account NAME`");
             continue;

@@ -168,6 +168,16 @@ async fn mount_proxy(
     state: AppState,
     stop_tx: &watch::Sender<bool>,
 ) -> Result<(AppState, Option<tokio::task::JoinHandle<std::io::Result<()>>>)> {
+    // A configured pool that lists an account the proxy never picks (a Codex or Gemini CLI
+    // login, an unknown provider) is a configuration mistake worth saying at startup.
+    match proxy.unservable().await {
+        Ok(skipped) => {
+            for s in skipped {
+                tracing::warn!(pool = %s.pool, account = %s.account, provider = %s.provider, "[pools.{}] lists an account the proxy never picks: {}", s.pool, s.reason);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the pools' accounts against their providers"),
+    }
     let metrics = proxy.clone();
     let state = state.with_metrics(Arc::new(move |registry: &mut Registry| metrics.register_metrics(registry)));
     let routes = tokenkeeper_proxy::router(proxy);
