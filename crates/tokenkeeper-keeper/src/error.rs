@@ -100,7 +100,9 @@ pub enum KeeperError {
     },
     /// `login --provider X` for a provider without a login flow here (a generic OAuth2
     /// table, API keys): its credentials are imported instead.
-    #[error("provider {provider} has no login flow; import its credential with `tokenkeeper import --provider {provider}`")]
+    #[error(
+        "provider {provider} has no login flow; import its credential with `tokenkeeper import --provider {provider}`"
+    )]
     NoLoginFlow {
         /// The provider id.
         provider: String,

@@ -934,10 +934,11 @@ impl Keeper {
 
     /// The provider `provider` with its login flow, or why there is none.
     fn login_provider(&self, provider: &str) -> Result<Arc<dyn Provider>, KeeperError> {
-        let p = self.providers.get(provider).cloned().ok_or_else(|| KeeperError::UnknownProvider {
-            account: "new".to_owned(),
-            provider: provider.to_owned(),
-        })?;
+        let p = self
+            .providers
+            .get(provider)
+            .cloned()
+            .ok_or_else(|| KeeperError::UnknownProvider { account: "new".to_owned(), provider: provider.to_owned() })?;
         if p.login().is_none() {
             return Err(KeeperError::NoLoginFlow { provider: provider.to_owned() });
         }
