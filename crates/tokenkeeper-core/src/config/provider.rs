@@ -171,7 +171,15 @@ impl ProviderConfig {
             client_secret_file: None,
             client_secret_env: None,
             api_base_url: "https://chatgpt.com/backend-api/codex".into(),
-            scopes: strings(&["openid", "profile", "email", "offline_access"]),
+            // `build_authorize_url` in codex-rs/login/src/server.rs.
+            scopes: strings(&[
+                "openid",
+                "profile",
+                "email",
+                "offline_access",
+                "api.connectors.read",
+                "api.connectors.invoke",
+            ]),
             refresh_scope: false,
             body: TokenBody::Json,
             expiry: ExpirySource::JwtExp,
