@@ -246,6 +246,11 @@ async fn a_provider_without_a_login_flow_is_told_to_import() {
             format!("provider {id} has no login flow; import its credential with `tokenkeeper import --provider {id}`");
         assert!(stderr(&out).contains(&want), "{}", stderr(&out));
     }
+    // An unknown id names the providers that have a flow.
+    let out = w.run(&["login", "--provider", "nope"], "");
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("unknown provider `nope`") && e.contains("anthropic, codex, gemini"), "{e}");
     // --listen with a provider whose redirect is not loopback (Anthropic's) says so.
     let out = w.run(&["login", "--listen"], "");
     assert!(!out.status.success());

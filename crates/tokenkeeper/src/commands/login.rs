@@ -17,6 +17,14 @@ use crate::exit;
 
 pub async fn run(app: &App, args: LoginArgs) -> Result<i32> {
     let provider = args.provider.as_str();
+    if app.keeper.providers().get(provider).is_none() {
+        let with_flow: Vec<&str> =
+            app.keeper.providers().iter().filter(|p| p.login().is_some()).map(|p| p.id()).collect();
+        anyhow::bail!(
+            "unknown provider `{provider}`; the providers with a login flow here are: {} (add a `[providers.{provider}]` table of one of their kinds to log in with another; see docs/CONFIG.md)",
+            with_flow.join(", ")
+        );
+    }
     let outcome = if args.listen {
         listen(app, &args).await?
     } else {
