@@ -98,6 +98,15 @@ pub enum KeeperError {
         /// The provider id.
         provider: String,
     },
+    /// `login --provider X` for a provider without a login flow here (a generic OAuth2
+    /// table, API keys): its credentials are imported instead.
+    #[error(
+        "provider {provider} has no login flow; import its credential with `tokenkeeper import --provider {provider}`"
+    )]
+    NoLoginFlow {
+        /// The provider id.
+        provider: String,
+    },
     /// The provider client could not be built.
     #[error(transparent)]
     Provider(#[from] tokenkeeper_provider::ProviderError),

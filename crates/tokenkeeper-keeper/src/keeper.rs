@@ -935,13 +935,78 @@ impl Keeper {
         login: &PkceLogin,
     ) -> Result<IngestOutcome, KeeperError> {
         let code = parse_pasted_code(pasted, &login.state)?;
-        match self.client.exchange_code(&code, login).await {
+        let outcome = self.client.exchange_code(&code, login).await;
+        self.logged_in(account, outcome, ANTHROPIC).await
+    }
+
+    /// The provider `provider` with its login flow, or why there is none.
+    fn login_provider(&self, provider: &str) -> Result<Arc<dyn Provider>, KeeperError> {
+        let p = self
+            .providers
+            .get(provider)
+            .cloned()
+            .ok_or_else(|| KeeperError::UnknownProvider { account: "new".to_owned(), provider: provider.to_owned() })?;
+        if p.login().is_none() {
+            return Err(KeeperError::NoLoginFlow { provider: provider.to_owned() });
+        }
+        Ok(p)
+    }
+
+    /// Starts a login of `provider` through its [`LoginFlow`](tokenkeeper_provider::LoginFlow):
+    /// the PKCE secrets and the URL to open, redirecting to `redirect_uri` (a loopback
+    /// listener's) or, when `None`, to the flow's own redirect for a pasted code.
+    pub fn start_provider_login(
+        &self,
+        provider: &str,
+        redirect_uri: Option<&str>,
+    ) -> Result<StartedLogin, KeeperError> {
+        let p = self.login_provider(provider)?;
+        let flow = p.login().ok_or_else(|| KeeperError::NoLoginFlow { provider: provider.to_owned() })?;
+        let login = PkceLogin::new();
+        let redirect_uri = redirect_uri.unwrap_or_else(|| flow.redirect_uri()).to_owned();
+        let url = flow.authorize_url(&login, &redirect_uri);
+        Ok(StartedLogin { provider: provider.to_owned(), login, url, redirect_uri })
+    }
+
+    /// What to paste for a login of `provider`, in words.
+    pub fn login_paste_hint(&self, provider: &str) -> Result<String, KeeperError> {
+        let p = self.login_provider(provider)?;
+        Ok(p.login().map(|f| f.paste_hint().to_owned()).unwrap_or_default())
+    }
+
+    /// Finishes the login `started` with what came back (the pasted code or redirect URL, or
+    /// the URL a loopback listener caught), and stores the account under `provider`.
+    pub async fn finish_provider_login(
+        &self,
+        account: Option<&str>,
+        pasted: &str,
+        started: &StartedLogin,
+    ) -> Result<IngestOutcome, KeeperError> {
+        let p = self.login_provider(&started.provider)?;
+        let flow = p.login().ok_or_else(|| KeeperError::NoLoginFlow { provider: started.provider.clone() })?;
+        let code = flow.read_code(pasted, &started.login.state)?;
+        let outcome = flow.exchange(&code, &started.login, &started.redirect_uri, self.now()).await;
+        self.logged_in(account, outcome, &started.provider).await
+    }
+
+    /// Stores the account a login's code exchange granted (or says why not).
+    async fn logged_in(
+        &self,
+        account: Option<&str>,
+        outcome: TokenOutcome,
+        provider: &str,
+    ) -> Result<IngestOutcome, KeeperError> {
+        match outcome {
             TokenOutcome::Success(grant) => {
                 let organization = grant.organization.clone();
                 let email = grant.email.clone();
                 let credential = grant.into_credential(self.now(), None);
-                let parsed =
-                    ParsedCredential { credential, format: tokenkeeper_core::formats::Format::ClaudeJson, email };
+                let format = if provider == ANTHROPIC {
+                    tokenkeeper_core::formats::Format::ClaudeJson
+                } else {
+                    tokenkeeper_core::formats::Format::Native
+                };
+                let parsed = ParsedCredential { credential, format, email };
                 self.ingest(Ingest {
                     account: account.map(str::to_owned),
                     parsed,
@@ -949,7 +1014,7 @@ impl Keeper {
                     binding: None,
                     change: CredentialChange::LoggedIn,
                     organization,
-                    provider: Some(ANTHROPIC.to_owned()),
+                    provider: Some(provider.to_owned()),
                 })
                 .await
             }
@@ -972,6 +1037,19 @@ impl Keeper {
         }
         Ok(removed)
     }
+}
+
+/// A login started with [`Keeper::start_provider_login`], waiting for its code.
+#[derive(Debug, Clone)]
+pub struct StartedLogin {
+    /// The provider id.
+    pub provider: String,
+    /// The PKCE verifier, challenge and state.
+    pub login: PkceLogin,
+    /// The authorize URL to open.
+    pub url: String,
+    /// The redirect URI in that URL, which the code exchange repeats.
+    pub redirect_uri: String,
 }
 
 /// The never-regress rule for a bound file: as `Credential::compare_to`, except that a

@@ -23,5 +23,5 @@ pub mod testing;
 pub mod view;
 
 pub use error::KeeperError;
-pub use keeper::{Ingest, IngestOutcome, Keeper, KeeperEvent, RefreshPolicy, RefreshResult};
+pub use keeper::{Ingest, IngestOutcome, Keeper, KeeperEvent, RefreshPolicy, RefreshResult, StartedLogin};
 pub use lease::{Lease, LeaseRequest, UsageMeter};

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use tokenkeeper_provider::PkceLogin;
 
-use crate::{Keeper, KeeperError};
+use crate::{Keeper, KeeperError, StartedLogin};
 
 /// A login waiting for its code.
 #[derive(Debug, Clone)]
@@ -25,6 +25,27 @@ pub struct ParkedLogin {
     pub started_at: DateTime<Utc>,
     /// When it is forgotten.
     pub expires_at: DateTime<Utc>,
+    /// The provider it logs in with; `None` for a login parked by [`Keeper::park_login`]
+    /// (Anthropic's).
+    pub provider: Option<String>,
+    /// The redirect URI of its authorize URL, which the code exchange repeats; `None` with
+    /// `provider`.
+    pub redirect_uri: Option<String>,
+}
+
+impl ParkedLogin {
+    /// The parked login as a [`StartedLogin`] of its provider, to finish with
+    /// [`Keeper::finish_provider_login`]; `None` for Anthropic's (finished with
+    /// [`Keeper::finish_login`]).
+    pub fn started(&self) -> Option<StartedLogin> {
+        let provider = self.provider.clone()?;
+        Some(StartedLogin {
+            provider,
+            login: self.login.clone(),
+            url: self.url.clone(),
+            redirect_uri: self.redirect_uri.clone().unwrap_or_default(),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,11 +57,37 @@ struct Stored {
     url: String,
     started_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    redirect_uri: Option<String>,
 }
 
 impl Keeper {
     /// Keeps `login` under the state key `key` until `ttl` from now.
     pub async fn park_login(&self, key: &str, login: &PkceLogin, url: &str, ttl: Duration) -> Result<(), KeeperError> {
+        self.park(key, login, url, None, ttl).await
+    }
+
+    /// Keeps a login of [`Keeper::start_provider_login`] under `key` until `ttl` from now,
+    /// with its provider and redirect URI.
+    pub async fn park_started_login(
+        &self,
+        key: &str,
+        started: &StartedLogin,
+        ttl: Duration,
+    ) -> Result<(), KeeperError> {
+        self.park(key, &started.login, &started.url, Some((&started.provider, &started.redirect_uri)), ttl).await
+    }
+
+    async fn park(
+        &self,
+        key: &str,
+        login: &PkceLogin,
+        url: &str,
+        provider: Option<(&str, &str)>,
+        ttl: Duration,
+    ) -> Result<(), KeeperError> {
         let now = self.clock().now();
         // Built with `json!` (which cannot fail) in `Stored`'s field names, which reads it back.
         let value = serde_json::json!({
@@ -50,6 +97,8 @@ impl Keeper {
             "url": url,
             "started_at": now,
             "expires_at": now + ttl,
+            "provider": provider.map(|(p, _)| p),
+            "redirect_uri": provider.map(|(_, r)| r),
         });
         self.store().put_state(key, &value, now).await?;
         Ok(())
@@ -76,6 +125,8 @@ impl Keeper {
             url: stored.url,
             started_at: stored.started_at,
             expires_at: stored.expires_at,
+            provider: stored.provider,
+            redirect_uri: stored.redirect_uri,
         }))
     }
 

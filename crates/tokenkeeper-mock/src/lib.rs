@@ -521,6 +521,22 @@ impl MockProvider {
         format!("{}{}", self.base_url(), shape.path())
     }
 
+    /// `{base}` + [`Shape::authorize_path`]: the authorize page of `shape` to configure as
+    /// `[providers.codex] authorize_url` or `[providers.gemini] authorize_url`.
+    pub fn shape_authorize_url(&self, shape: Shape) -> String {
+        format!("{}{}", self.base_url(), shape.authorize_path())
+    }
+
+    /// Completes the browser step of a Codex or Google login: checks the authorize URL
+    /// tokenkeeper built (client id, S256 challenge, state, scope, Codex's
+    /// `id_token_add_organizations` and `codex_cli_simplified_flow`, Google's
+    /// `access_type=offline`), issues a single-use code for `email` bound to the challenge and
+    /// the redirect URI, and returns the URL the browser lands on (`redirect_uri?code=…&state=…`).
+    pub fn authorize_shape(&self, shape: Shape, authorize_url: &str, email: &str) -> Result<String, String> {
+        let base = self.shape_authorize_url(shape);
+        self.inner.shared.lock().shapes.authorize(shape, authorize_url, &base, email)
+    }
+
     /// Creates a login at `shape`'s endpoint directly, as if `email` had logged in with that
     /// provider's CLI.
     pub fn issue_shape_login(&self, shape: Shape, email: &str) -> ShapeLogin {

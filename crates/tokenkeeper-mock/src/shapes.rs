@@ -10,6 +10,15 @@
 //! - [`Shape::Generic`], `POST /generic/token`: RFC 6749 with the encoding, rotation, client
 //!   and expiry of [`GenericShape`].
 //!
+//! The Codex and Google endpoints also take the authorization-code grant of a login made with
+//! [`crate::MockProvider::authorize_shape`] (the browser step): a **form** body at both (Codex
+//! CLI posts its code exchange form-encoded although its refresh is JSON), the client id (and
+//! Google's secret) checked, the `redirect_uri` of the authorize request, and the PKCE
+//! `code_verifier` checked against the S256 challenge; each code is single-use. Codex answers
+//! JWT `id_token` and `access_token` (with `exp` and the `https://api.openai.com/auth` claims
+//! holding `chatgpt_account_id`) and a refresh token; Google answers `access_token`,
+//! `expires_in`, `refresh_token`, `scope`, `token_type` and an `id_token`.
+//!
 //! Every request is counted per endpoint ([`ShapeCounts`]) and summarised without its
 //! secrets ([`ShapeRequest`]), so tests can assert the encoding and "exactly one refresh per
 //! rotation". The wrong encoding is answered `400 invalid_request` and counted.
@@ -50,6 +59,16 @@ impl Shape {
             Shape::Codex => "/codex/oauth/token",
             Shape::Google => "/google/token",
             Shape::Generic => "/generic/token",
+        }
+    }
+
+    /// The path of its authorize page (checked by [`crate::MockProvider::authorize_shape`],
+    /// not served).
+    pub fn authorize_path(self) -> &'static str {
+        match self {
+            Shape::Codex => "/codex/oauth/authorize",
+            Shape::Google => "/google/auth",
+            Shape::Generic => "/generic/authorize",
         }
     }
 }
@@ -104,6 +123,10 @@ pub struct ShapeCounts {
     pub wrong_encoding: u64,
     /// Requests refused for their client (unknown id, missing or wrong secret).
     pub bad_client: u64,
+    /// Authorization codes exchanged for tokens.
+    pub codes_exchanged: u64,
+    /// Code exchanges refused (unknown or spent code, wrong verifier or redirect URI).
+    pub codes_rejected: u64,
 }
 
 /// What the last request to an endpoint carried, without any secret.
@@ -156,6 +179,14 @@ enum Status {
     Revoked,
 }
 
+/// A code issued by the browser step, waiting for its exchange.
+#[derive(Debug, Clone)]
+struct PendingCode {
+    email: String,
+    challenge: String,
+    redirect_uri: String,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     email: String,
@@ -174,6 +205,7 @@ pub(crate) struct Shapes {
     counts: HashMap<Shape, ShapeCounts>,
     last: HashMap<Shape, ShapeRequest>,
     lifetime: HashMap<Shape, Duration>,
+    codes: HashMap<(Shape, String), PendingCode>,
     pub generic: GenericShape,
 }
 
@@ -206,6 +238,7 @@ impl Shapes {
             counts: HashMap::new(),
             last: HashMap::new(),
             lifetime: HashMap::new(),
+            codes: HashMap::new(),
             generic: GenericShape::default(),
         }
     }
@@ -316,6 +349,87 @@ impl Shapes {
         (login, Value::Object(body))
     }
 
+    /// The browser step of a login at `shape`: checks the authorize URL (`base` is this mock's
+    /// authorize page for it) as the real page would need it, issues a code for `email` and
+    /// returns the URL the browser is redirected to: `redirect_uri?code=…&state=…`.
+    pub(crate) fn authorize(&mut self, shape: Shape, url: &str, base: &str, email: &str) -> Result<String, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        let at = url.split(['?', '#']).next().unwrap_or_default();
+        if at != base {
+            return Err(format!("authorize URL points at {at}, expected {base}"));
+        }
+        let query: HashMap<String, String> = parsed.query_pairs().into_owned().collect();
+        let get = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let expect = |k: &str, want: &str| match get(k) {
+            Some(v) if v == want => Ok(()),
+            Some(v) => Err(format!("`{k}` is {v:?}, expected {want:?}")),
+            None => Err(format!("missing query parameter `{k}`")),
+        };
+        let (client_id, needed_scope) = match shape {
+            Shape::Codex => (CODEX_CLIENT_ID, "offline_access"),
+            Shape::Google => (GEMINI_CLIENT_ID, "https://www.googleapis.com/auth/cloud-platform"),
+            Shape::Generic => return Err("the generic endpoint has no authorize page".into()),
+        };
+        expect("response_type", "code")?;
+        expect("client_id", client_id)?;
+        expect("code_challenge_method", "S256")?;
+        match shape {
+            Shape::Codex => {
+                expect("id_token_add_organizations", "true")?;
+                expect("codex_cli_simplified_flow", "true")?;
+            }
+            _ => expect("access_type", "offline")?,
+        }
+        let challenge = get("code_challenge").ok_or("missing query parameter `code_challenge`")?;
+        if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err("`code_challenge` is not a base64url SHA-256 (43 characters)".into());
+        }
+        let state = get("state").ok_or("missing query parameter `state`")?;
+        let redirect_uri = get("redirect_uri").ok_or("missing query parameter `redirect_uri`")?;
+        let mut redirect = url::Url::parse(redirect_uri).map_err(|e| format!("`redirect_uri` is not a URL: {e}"))?;
+        if !get("scope").is_some_and(|s| s.split_whitespace().any(|x| x == needed_scope)) {
+            return Err(format!("`scope` must include {needed_scope}"));
+        }
+        let code = match shape {
+            Shape::Google => format!("4/0mock-{}", random_string(40)),
+            _ => format!("ac_mock-{}", random_string(40)),
+        };
+        let pending = PendingCode {
+            email: email.to_owned(),
+            challenge: challenge.to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+        };
+        self.codes.insert((shape, code.clone()), pending);
+        redirect.query_pairs_mut().append_pair("code", &code).append_pair("state", state);
+        if shape == Shape::Google {
+            redirect.query_pairs_mut().append_pair("scope", get("scope").unwrap_or_default());
+        }
+        Ok(redirect.into())
+    }
+
+    /// The authorization-code grant of `fields` at `shape`, the client already checked.
+    fn code_grant(&mut self, shape: Shape, fields: &Map<String, Value>, now: DateTime<Utc>) -> Result<Value, Refusal> {
+        let text = |k: &str| fields.get(k).and_then(Value::as_str).unwrap_or_default();
+        let refuse = |this: &mut Self, description: &str| {
+            this.counts.entry(shape).or_default().codes_rejected += 1;
+            match shape {
+                Shape::Codex => openai_error(400, "invalid_grant", description),
+                _ => oauth_error(400, "invalid_grant", description),
+            }
+        };
+        let Some(pending) = self.codes.remove(&(shape, text("code").to_owned())) else {
+            return Err(refuse(self, "Invalid authorization code."));
+        };
+        if text("redirect_uri") != pending.redirect_uri {
+            return Err(refuse(self, "redirect_uri does not match the authorization request."));
+        }
+        if crate::state::s256(text("code_verifier")) != pending.challenge {
+            return Err(refuse(self, "Invalid code verifier."));
+        }
+        self.counts.entry(shape).or_default().codes_exchanged += 1;
+        Ok(self.issue(shape, &pending.email, now, true).1)
+    }
+
     fn encoding(&self, shape: Shape) -> Encoding {
         match shape {
             Shape::Codex => Encoding::Json,
@@ -332,9 +446,17 @@ impl Shapes {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Value, Refusal> {
-        let want = self.encoding(shape);
         let declared = content_type.map(|c| c.trim().to_ascii_lowercase());
         let is = |prefix: &str| declared.as_deref().is_some_and(|c| c.starts_with(prefix));
+        // The code exchange is form-encoded at both real endpoints, whatever the refresh's body.
+        let is_code = {
+            let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+            let json: Option<Value> = serde_json::from_slice(body).ok();
+            let grant = |v: Option<&str>| v == Some("authorization_code");
+            grant(form.iter().find(|(k, _)| k == "grant_type").map(|(_, v)| v.as_str()))
+                || grant(json.as_ref().and_then(|j| j.get("grant_type")).and_then(Value::as_str))
+        };
+        let want = if is_code && shape != Shape::Generic { Encoding::Form } else { self.encoding(shape) };
         let fields: Option<Map<String, Value>> = match want {
             Encoding::Json if is("application/json") => match serde_json::from_slice(body) {
                 Ok(Value::Object(m)) => Some(m),
@@ -366,8 +488,14 @@ impl Shapes {
                 scope: text("scope"),
             },
         );
-        if text("grant_type").as_deref() != Some("refresh_token") {
-            return Err(oauth_error(400, "unsupported_grant_type", "only refresh_token is served here"));
+        let grant_type = text("grant_type");
+        let code_grant = grant_type.as_deref() == Some("authorization_code") && shape != Shape::Generic;
+        if grant_type.as_deref() != Some("refresh_token") && !code_grant {
+            return Err(oauth_error(
+                400,
+                "unsupported_grant_type",
+                "only refresh_token and authorization_code are served here",
+            ));
         }
         let (client_id, secret) = match shape {
             Shape::Codex => (CODEX_CLIENT_ID.to_owned(), None),
@@ -380,6 +508,9 @@ impl Shapes {
                 Shape::Codex => openai_error(401, "invalid_client", "Unknown client"),
                 _ => oauth_error(401, "invalid_client", "The OAuth client was not found."),
             });
+        }
+        if code_grant {
+            return self.code_grant(shape, &fields, now);
         }
         let Some(refresh_token) = text("refresh_token") else {
             return Err(oauth_error(400, "invalid_request", "refresh_token is required"));

@@ -637,3 +637,118 @@ async fn a_cut_stream_breaks_the_connection_and_per_account_faults_apply_to_that
     assert_eq!(recorded[1].credential, tokenkeeper_mock::Credential::OAuth("a@example.com".into()));
     assert!(!format!("{:?}", recorded[1]).contains(&a.access_token), "Debug hides the token");
 }
+
+fn shape_authorize_url(mock: &MockProvider, shape: tokenkeeper_mock::Shape, p: &Pkce, redirect: &str) -> String {
+    use tokenkeeper_mock::{Shape, CODEX_CLIENT_ID, GEMINI_CLIENT_ID};
+    let (client, scope, extra): (&str, &str, Vec<(&str, &str)>) = match shape {
+        Shape::Codex => (
+            CODEX_CLIENT_ID,
+            "openid profile email offline_access",
+            vec![("id_token_add_organizations", "true"), ("codex_cli_simplified_flow", "true")],
+        ),
+        _ => (GEMINI_CLIENT_ID, "https://www.googleapis.com/auth/cloud-platform", vec![("access_type", "offline")]),
+    };
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", client),
+        ("redirect_uri", redirect),
+        ("scope", scope),
+        ("code_challenge", p.challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("state", p.state.as_str()),
+    ];
+    params.extend(extra);
+    url::Url::parse_with_params(&mock.shape_authorize_url(shape), params).unwrap().to_string()
+}
+
+fn code_of(redirected: &str) -> String {
+    url::Url::parse(redirected).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+}
+
+async fn post_form(mock: &MockProvider, shape: tokenkeeper_mock::Shape, fields: &[(&str, &str)]) -> (u16, Value) {
+    let resp = http().post(mock.shape_token_url(shape)).form(fields).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn codex_code_exchange_is_a_form_checked_against_pkce_and_answers_jwts() {
+    use tokenkeeper_mock::{Shape, CODEX_CLIENT_ID};
+    let mock = MockProvider::start().await.unwrap();
+    let p = pkce();
+    let redirect = "http://localhost:1455/auth/callback";
+    // Extra Codex parameters are required.
+    let bare = shape_authorize_url(&mock, Shape::Google, &p, redirect).replace("access_type=offline", "");
+    assert!(mock.authorize_shape(Shape::Codex, &bare, "dev@example.com").is_err());
+    let landed = mock
+        .authorize_shape(Shape::Codex, &shape_authorize_url(&mock, Shape::Codex, &p, redirect), "dev@example.com")
+        .unwrap();
+    assert!(landed.starts_with(redirect) && landed.contains(&format!("state={}", p.state)), "{landed}");
+    let code = code_of(&landed);
+    let good = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect),
+        ("client_id", CODEX_CLIENT_ID),
+        ("code_verifier", p.verifier.as_str()),
+    ];
+    // JSON is refused for the code exchange (Codex posts a form).
+    let json_body: serde_json::Map<String, Value> = good.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    let resp = http().post(mock.shape_token_url(Shape::Codex)).json(&json_body).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    // A wrong verifier is refused, and spends the code.
+    let mut wrong = good;
+    wrong[4] = ("code_verifier", "not-the-verifier");
+    assert_eq!(post_form(&mock, Shape::Codex, &wrong).await.0, 400);
+    assert_eq!(post_form(&mock, Shape::Codex, &good).await.0, 400, "the code is single-use");
+
+    let p = pkce();
+    let code = code_of(
+        &mock
+            .authorize_shape(Shape::Codex, &shape_authorize_url(&mock, Shape::Codex, &p, redirect), "dev@example.com")
+            .unwrap(),
+    );
+    let mut ok = good;
+    ok[1] = ("code", code.as_str());
+    ok[4] = ("code_verifier", p.verifier.as_str());
+    let (status, body) = post_form(&mock, Shape::Codex, &ok).await;
+    assert_eq!(status, 200, "{body}");
+    let claims = |jwt: &str| -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
+    };
+    let id = claims(body["id_token"].as_str().unwrap());
+    assert_eq!(id["https://api.openai.com/auth"]["chatgpt_account_id"], "acct-dev");
+    assert!(claims(body["access_token"].as_str().unwrap())["exp"].is_i64());
+    assert!(body["refresh_token"].as_str().is_some_and(|r| !r.is_empty()));
+    let counts = mock.shape_counts(Shape::Codex);
+    assert_eq!((counts.codes_exchanged, counts.codes_rejected), (1, 2));
+}
+
+#[tokio::test]
+async fn google_code_exchange_needs_the_secret_and_answers_googles_shape() {
+    use tokenkeeper_mock::{Shape, GEMINI_CLIENT_ID, GEMINI_CLIENT_SECRET};
+    let mock = MockProvider::start().await.unwrap();
+    let p = pkce();
+    let redirect = "https://codeassist.google.com/authcode";
+    let landed = mock
+        .authorize_shape(Shape::Google, &shape_authorize_url(&mock, Shape::Google, &p, redirect), "g@example.com")
+        .unwrap();
+    let code = code_of(&landed);
+    let mut fields = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect),
+        ("client_id", GEMINI_CLIENT_ID),
+        ("code_verifier", p.verifier.as_str()),
+    ];
+    assert_eq!(post_form(&mock, Shape::Google, &fields).await.0, 401, "no client secret");
+    fields.push(("client_secret", GEMINI_CLIENT_SECRET));
+    let (status, body) = post_form(&mock, Shape::Google, &fields).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 3599);
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body["access_token"].as_str().unwrap().starts_with("ya29."));
+    assert!(body["refresh_token"].as_str().unwrap().starts_with("1//"));
+    assert!(body["id_token"].is_string() && body["scope"].is_string());
+    assert_eq!(mock.shape_counts(Shape::Google).codes_exchanged, 1);
+}

@@ -12,7 +12,9 @@ use tokenkeeper_core::formats::{parse_credential, render_claude_credentials, For
 use tokenkeeper_core::{Credential, Secret};
 
 use crate::client::{OAuthClient, TokenOutcome};
-use crate::error::ProviderError;
+use crate::error::{LoginError, ProviderError};
+use crate::login::LoginFlow;
+use crate::pkce::{parse_pasted_code, PastedCode, PkceLogin};
 use crate::provider::{ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
 
 /// The variable Claude Code reads a token from; it wins over its credentials file.
@@ -67,6 +69,10 @@ impl Provider for Anthropic {
 
     fn display_name(&self) -> &str {
         "Claude Code"
+    }
+
+    fn login(&self) -> Option<&dyn LoginFlow> {
+        Some(self)
     }
 
     async fn refresh(&self, credential: &Credential, _now: DateTime<Utc>) -> TokenOutcome {
@@ -145,6 +151,38 @@ impl NativeFile for ClaudeCredentialsFile {
     ) -> Result<String, NativeFileError> {
         render_claude_credentials(existing, credential)
             .map_err(|_| NativeFileError::ExistingNotJson { file: CLAUDE_FILE.into() })
+    }
+}
+
+/// Claude Code's login: the authorize URL with `code=true`, so the callback page shows
+/// `CODE#STATE` to paste; the exchange as [`OAuthClient::exchange_code`] sends it. Always to
+/// the configured redirect URI (Anthropic has no loopback redirect here).
+#[async_trait::async_trait]
+impl LoginFlow for Anthropic {
+    fn redirect_uri(&self) -> &str {
+        self.client.redirect_uri()
+    }
+
+    fn paste_hint(&self) -> &str {
+        "the code shown after sign-in (it looks like CODE#STATE)"
+    }
+
+    fn authorize_url(&self, login: &PkceLogin, _redirect_uri: &str) -> String {
+        self.client.authorize_url(login)
+    }
+
+    fn read_code(&self, input: &str, expected_state: &str) -> Result<PastedCode, LoginError> {
+        parse_pasted_code(input, expected_state)
+    }
+
+    async fn exchange(
+        &self,
+        code: &PastedCode,
+        login: &PkceLogin,
+        _redirect_uri: &str,
+        _now: DateTime<Utc>,
+    ) -> TokenOutcome {
+        self.client.exchange_code(code, login).await
     }
 }
 

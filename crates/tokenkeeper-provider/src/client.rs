@@ -176,6 +176,11 @@ impl OAuthClient {
         self
     }
 
+    /// The redirect URI of the login.
+    pub fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+
     /// The token endpoint this client talks to.
     pub fn token_url(&self) -> &str {
         &self.token_url
@@ -218,6 +223,33 @@ impl OAuthClient {
         self.request("code exchange", &fields, &[&pasted.code, &login.verifier]).await
     }
 
+    /// Exchanges an authorization code the way Codex CLI and google-auth-library do: a form
+    /// body (whatever the refresh encoding) of `grant_type=authorization_code`, `code`,
+    /// `redirect_uri`, `client_id`, the client secret when there is one, and `code_verifier`;
+    /// no `state`.
+    pub async fn exchange_code_form(&self, code: &Secret, verifier: &Secret, redirect_uri: &str) -> TokenOutcome {
+        tracing::debug!(code = %code.fingerprint(), "exchanging an authorization code (form body)");
+        let mut fields = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("client_id", self.client_id.as_str()),
+        ];
+        if let Some(secret) = &self.client_secret {
+            fields.push(("client_secret", secret.expose()));
+        }
+        fields.push(("code_verifier", verifier.expose()));
+        let mut secrets = vec![code, verifier];
+        secrets.extend(self.client_secret.as_ref());
+        self.request_as(TokenBody::Form, "code exchange", &fields, &secrets).await
+    }
+
+    /// The configured authorize page, the client id and the scopes, for a provider building
+    /// its own authorize URL.
+    pub(crate) fn authorize_parts(&self) -> (&url::Url, &str, &[String]) {
+        (&self.authorize_url, &self.client_id, &self.scopes)
+    }
+
     /// The URL the user opens to log in, for the attempt `login`.
     pub fn authorize_url(&self, login: &PkceLogin) -> String {
         let mut url = self.authorize_url.clone();
@@ -250,7 +282,40 @@ impl OAuthClient {
 
     /// `fields` as the request's body: a JSON object of strings, or a form.
     fn encode(&self, request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        match self.body {
+        encode_as(self.body, request, fields)
+    }
+
+    /// Posts `fields` to the token endpoint in the configured encoding and classifies the
+    /// answer. `secrets` are the values in the body, scrubbed from any reason in case the
+    /// provider echoes them.
+    async fn request(&self, what: &'static str, fields: &[(&str, &str)], secrets: &[&Secret]) -> TokenOutcome {
+        self.request_as(self.body, what, fields, secrets).await
+    }
+
+    /// [`Self::request`] in the encoding `body`.
+    async fn request_as(
+        &self,
+        body: TokenBody,
+        what: &'static str,
+        fields: &[(&str, &str)],
+        secrets: &[&Secret],
+    ) -> TokenOutcome {
+        let started = Instant::now();
+        let sent = encode_as(
+            body,
+            self.http.post(&self.token_url).header(USER_AGENT, user_agent()).header(ACCEPT, "application/json"),
+            fields,
+        )
+        .send()
+        .await;
+        self.classify_sent(sent, started, what, secrets).await
+    }
+}
+
+/// `fields` as a request's body in the encoding `body`: a JSON object of strings, or a form.
+fn encode_as(body: TokenBody, request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    {
+        match body {
             TokenBody::Json => {
                 let body: serde_json::Map<String, Value> =
                     fields.iter().map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned()))).collect();
@@ -259,19 +324,18 @@ impl OAuthClient {
             TokenBody::Form => request.form(fields),
         }
     }
+}
 
-    /// Posts `fields` to the token endpoint in the configured encoding and classifies the
-    /// answer. `secrets` are the values in the body, scrubbed from any reason in case the
-    /// provider echoes them.
-    async fn request(&self, what: &'static str, fields: &[(&str, &str)], secrets: &[&Secret]) -> TokenOutcome {
-        let started = Instant::now();
-        let sent = self
-            .encode(
-                self.http.post(&self.token_url).header(USER_AGENT, user_agent()).header(ACCEPT, "application/json"),
-                fields,
-            )
-            .send()
-            .await;
+impl OAuthClient {
+    /// Classifies what the token endpoint answered (or why it did not), scrubbing `secrets`
+    /// from any reason, and logs the outcome without secrets.
+    async fn classify_sent(
+        &self,
+        sent: Result<reqwest::Response, reqwest::Error>,
+        started: Instant,
+        what: &'static str,
+        secrets: &[&Secret],
+    ) -> TokenOutcome {
         let outcome = match sent {
             Ok(response) => {
                 let status = response.status();

@@ -33,6 +33,7 @@ use tokenkeeper_core::{Credential, Secret};
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
 use crate::jwt;
+use crate::login::{FlowSpec, LoginFlow, Loopback, PkceFlow};
 use crate::provider::{ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
 use crate::shared;
 
@@ -55,6 +56,7 @@ pub struct Codex {
     id: String,
     cfg: ProviderConfig,
     client: OAuthClient,
+    flow: Option<PkceFlow>,
 }
 
 impl Codex {
@@ -66,7 +68,32 @@ impl Codex {
 
     /// A Codex provider under another id (`[providers.codex-staging] kind = "codex"`).
     pub fn with_id(id: &str, cfg: &ProviderConfig) -> Result<Codex, ProviderError> {
-        Ok(Codex { id: id.to_owned(), cfg: cfg.clone(), client: shared::client(id, cfg)? })
+        let client = shared::client(id, cfg)?;
+        let flow = PkceFlow::new(&client, cfg, login_spec(cfg));
+        Ok(Codex { id: id.to_owned(), cfg: cfg.clone(), client, flow })
+    }
+}
+
+/// Codex CLI's login (`codex-rs/login/src/server.rs`, `build_authorize_url`): the extra
+/// authorize parameters it sends, and its callback on `localhost`, on the registered port of
+/// `redirect_uri` (1455; a port 0 there binds any free one, for tests).
+fn login_spec(cfg: &ProviderConfig) -> FlowSpec {
+    let port = url::Url::parse(&cfg.redirect_uri).ok().and_then(|u| u.port_or_known_default()).unwrap_or(1455);
+    FlowSpec {
+        cli: "Codex CLI",
+        extra_params: vec![
+            ("id_token_add_organizations", "true"),
+            ("codex_cli_simplified_flow", "true"),
+            ("originator", "codex_cli_rs"),
+        ],
+        loopback: Some(Loopback { host: "localhost".into(), port, path: "/auth/callback".into() }),
+        hint: "the whole URL of the page the browser landed on after sign-in (http://localhost:1455/auth/callback?code=…; \
+               the page itself may fail to load)",
+        from_id_token: |id_token, data| {
+            if let Some(account) = account_id_of(id_token) {
+                data.insert("account_id".into(), Value::String(account));
+            }
+        },
     }
 }
 
@@ -100,6 +127,10 @@ impl Provider for Codex {
 
     fn native_file(&self) -> Option<&dyn NativeFile> {
         Some(self)
+    }
+
+    fn login(&self) -> Option<&dyn LoginFlow> {
+        self.flow.as_ref().map(|f| f as &dyn LoginFlow)
     }
 
     /// Nothing: Codex reads a ChatGPT login only from `auth.json` (its environment variables

@@ -61,6 +61,10 @@ pub enum LoginError {
     /// The state belongs to another login attempt.
     #[error("this code belongs to another login attempt; start again with `tokenkeeper login`")]
     StateMismatch,
+    /// The provider redirected with an OAuth `error` (the user declined, or the request was
+    /// refused); the code is the provider's word.
+    #[error("the provider refused the login (`{0}`); start again with `tokenkeeper login`")]
+    Denied(String),
     /// A pasted callback URL cannot be parsed.
     #[error("the pasted URL cannot be read ({0}); paste the string shown after login instead (CODE#STATE)")]
     BadUrl(String),

@@ -29,6 +29,7 @@ use tokenkeeper_core::{Credential, Secret};
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
 use crate::jwt;
+use crate::login::{FlowSpec, LoginFlow, Loopback, PkceFlow};
 use crate::provider::{ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider};
 use crate::shared;
 
@@ -40,6 +41,7 @@ pub struct Gemini {
     id: String,
     cfg: ProviderConfig,
     client: OAuthClient,
+    flow: Option<PkceFlow>,
 }
 
 impl Gemini {
@@ -52,7 +54,23 @@ impl Gemini {
 
     /// A Gemini CLI provider under another id (`kind = "gemini"`).
     pub fn with_id(id: &str, cfg: &ProviderConfig) -> Result<Gemini, ProviderError> {
-        Ok(Gemini { id: id.to_owned(), cfg: cfg.clone(), client: shared::client(id, cfg)? })
+        let client = shared::client(id, cfg)?;
+        let flow = PkceFlow::new(&client, cfg, login_spec());
+        Ok(Gemini { id: id.to_owned(), cfg: cfg.clone(), client, flow })
+    }
+}
+
+/// Gemini CLI's login (`packages/core/src/code_assist/oauth2.ts`): `access_type=offline` (so
+/// Google grants a refresh token); pasted, the redirect is `redirect_uri`
+/// (`https://codeassist.google.com/authcode`, whose page shows the code), or a loopback
+/// `http://127.0.0.1:PORT/oauth2callback` on any free port.
+fn login_spec() -> FlowSpec {
+    FlowSpec {
+        cli: "Gemini CLI",
+        extra_params: vec![("access_type", "offline")],
+        loopback: Some(Loopback { host: "127.0.0.1".into(), port: 0, path: "/oauth2callback".into() }),
+        hint: "the authorization code shown after sign-in (or the whole URL of that page)",
+        from_id_token: |_, _| {},
     }
 }
 
@@ -76,6 +94,10 @@ impl Provider for Gemini {
 
     fn native_file(&self) -> Option<&dyn NativeFile> {
         Some(self)
+    }
+
+    fn login(&self) -> Option<&dyn LoginFlow> {
+        self.flow.as_ref().map(|f| f as &dyn LoginFlow)
     }
 
     /// `GOOGLE_GENAI_USE_GCA=true` and `GOOGLE_CLOUD_ACCESS_TOKEN`: Gemini CLI then logs in

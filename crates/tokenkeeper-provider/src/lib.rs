@@ -14,6 +14,7 @@ mod error;
 pub mod gemini;
 mod grant;
 pub mod jwt;
+mod login;
 pub mod oauth2;
 mod pkce;
 mod provider;
@@ -24,6 +25,7 @@ pub use anthropic::{Anthropic, ApiKey};
 pub use client::{OAuthClient, TokenOutcome};
 pub use error::{LoginError, ProviderError};
 pub use grant::TokenGrant;
+pub use login::{read_redirect_code, LoginFlow, Loopback};
 pub use pkce::{parse_pasted_code, PastedCode, PkceLogin};
 pub use provider::{
     ApiAccess, ApiKind, CredentialHeader, NativeCredential, NativeFile, NativeFileError, Provider, Providers,

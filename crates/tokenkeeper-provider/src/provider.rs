@@ -14,6 +14,7 @@ use tokenkeeper_core::{Credential, Secret};
 
 use crate::client::TokenOutcome;
 use crate::error::ProviderError;
+use crate::login::LoginFlow;
 
 /// One provider: how its logins are refreshed, probed, written to its CLI's file, handed to a
 /// child process and sent to its API.
@@ -51,6 +52,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// without logging. A provider whose CLI only reads its file returns nothing here and
     /// gets its file written (see [`NativeFile::home_var`]).
     fn exec_env(&self, credential: &Credential) -> Vec<(String, Secret)>;
+
+    /// How a new login of this provider is made (`tokenkeeper login --provider ID`), when it
+    /// has a flow here. A provider without one (a generic OAuth2 table, API keys) answers
+    /// `None`: its credentials are imported.
+    fn login(&self) -> Option<&dyn LoginFlow> {
+        None
+    }
 
     /// How the proxy sends a request of this provider's accounts, when it can.
     fn api(&self) -> Option<ApiAccess> {

@@ -11,6 +11,7 @@ use tokenkeeper_core::{Credential, Secret};
 
 use crate::client::{OAuthClient, TokenOutcome};
 use crate::error::ProviderError;
+use crate::grant::TokenGrant;
 use crate::jwt;
 use crate::provider::NativeFileError;
 
@@ -76,7 +77,21 @@ pub(crate) async fn refresh(
         &credential.scopes
     };
     let outcome = client.refresh(refresh_token, scopes).await;
-    let TokenOutcome::Success(mut grant) = outcome else { return outcome };
+    let TokenOutcome::Success(grant) = outcome else { return outcome };
+    TokenOutcome::Success(fit(cfg, grant, provider_data(credential), now, cli, extra))
+}
+
+/// Fits a grant to the provider: the expiry from the access token's `exp` when `cfg.expiry`
+/// says so, a new `id_token` (and what `extra` reads from it) into `data`, the previous
+/// provider data, and the email from the `id_token` when the answer gave none.
+pub(crate) fn fit(
+    cfg: &ProviderConfig,
+    mut grant: TokenGrant,
+    mut data: Map<String, Value>,
+    now: DateTime<Utc>,
+    cli: &str,
+    extra: &(dyn Fn(&str, &mut Map<String, Value>) + Sync),
+) -> TokenGrant {
     if cfg.expiry == ExpirySource::JwtExp {
         if let Some(lifetime) = jwt_lifetime(&grant.access_token, now) {
             grant.expires_in = lifetime;
@@ -86,7 +101,6 @@ pub(crate) async fn refresh(
         tracing::warn!(provider = %cli, "a rotating provider answered without a new refresh token; keeping the old one");
     }
     if let Some(id_token) = &grant.id_token {
-        let mut data = provider_data(credential);
         data.insert("id_token".into(), Value::String(id_token.expose().to_owned()));
         extra(id_token.expose(), &mut data);
         grant.provider_data = seal(data);
@@ -94,7 +108,7 @@ pub(crate) async fn refresh(
             grant.email = jwt::email(id_token.expose());
         }
     }
-    TokenOutcome::Success(grant)
+    grant
 }
 
 /// How long a JWT access token still lives at `now`, from its `exp`; `None` when it has no

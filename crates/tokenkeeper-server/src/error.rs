@@ -151,7 +151,8 @@ fn keeper_status(e: &KeeperError) -> (StatusCode, Option<Duration>) {
         KeeperError::Ambiguous(_)
         | KeeperError::BadAccountName(_)
         | KeeperError::BadLoginCode(_)
-        | KeeperError::LoginCodeRefused { .. } => (StatusCode::BAD_REQUEST, None),
+        | KeeperError::LoginCodeRefused { .. }
+        | KeeperError::NoLoginFlow { .. } => (StatusCode::BAD_REQUEST, None),
         KeeperError::NeedsLogin { .. }
         | KeeperError::Refused { .. }
         | KeeperError::NotRefreshable { .. }
@@ -185,6 +186,7 @@ fn keeper_hint(e: &KeeperError) -> &'static str {
         KeeperError::UnknownProvider { .. } => {
             "add a `[providers.ID]` table for the account's provider to the server's configuration and restart it"
         }
+        KeeperError::NoLoginFlow { .. } => "push the provider's credential with `POST /api/push` instead",
         KeeperError::TryLater { .. } => "try again after the time in Retry-After",
         KeeperError::BadAccountName(_) => "name the account with letters, digits, `.`, `_`, `-`, `@` or `+`",
         KeeperError::BadLoginCode(_) => "send the whole string the authorize page shows after login (CODE#STATE)",

@@ -8,7 +8,7 @@
 //! and `DELETE /oauth/tokens/{account_email}` removes it). The provider's own email, which may
 //! differ, is `provider_email`.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,9 +26,23 @@ use crate::state::{AccountWithSinks, AppState, LOGIN_TTL_SECS};
 
 /// `POST /oauth/start`: a new PKCE login; open `authorize_url`, then send the code it shows
 /// to `/oauth/exchange-code` within 10 minutes.
-pub async fn start(_auth: Authed<scope::Login>, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let (url, state) = st.start_login().await?;
+/// `?provider=codex` (or `gemini`, or a `[providers.ID]` of those kinds) logs in with that
+/// provider instead of Anthropic.
+pub async fn start(
+    _auth: Authed<scope::Login>,
+    State(st): State<AppState>,
+    Query(query): Query<StartQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (url, state) = st.start_login(query.provider.as_deref()).await?;
     Ok(Json(json!({"authorize_url": url, "state": state, "expires_in_seconds": LOGIN_TTL_SECS})))
+}
+
+/// The query of `POST /oauth/start`.
+#[derive(Debug, Deserialize)]
+pub struct StartQuery {
+    /// The provider to log in with (default Anthropic).
+    #[serde(default)]
+    provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +100,10 @@ pub async fn exchange_code(
         Some(_) => req.code.clone(),
         None => format!("{}#{}", req.code.trim(), pending.login.state),
     };
-    let result = st.keeper.finish_login(target.as_deref(), &pasted, &pending.login).await;
+    let result = match &pending.started {
+        Some(started) => st.keeper.finish_provider_login(target.as_deref(), &pasted, started).await,
+        None => st.keeper.finish_login(target.as_deref(), &pasted, &pending.login).await,
+    };
     // A code is single-use: forget the login unless waiting may help.
     if !matches!(&result, Err(e) if e.is_temporary()) {
         if let Err(e) = st.forget_login(&pending.login.state).await {

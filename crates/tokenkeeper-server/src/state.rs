@@ -47,6 +47,8 @@ fn login_key(state: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct PendingLogin {
     pub(crate) login: PkceLogin,
+    /// A login of another provider than Anthropic (`POST /oauth/start?provider=ID`).
+    pub(crate) started: Option<tokenkeeper_keeper::StartedLogin>,
 }
 
 /// The server's shared state. Cheap to clone: one reference count (axum clones the state for
@@ -268,15 +270,29 @@ impl AppState {
 
     /// Starts a login and parks it in the store (so any replica can finish it) until its code
     /// comes back or it expires.
-    pub(crate) async fn start_login(&self) -> Result<(String, String), tokenkeeper_keeper::KeeperError> {
-        let (login, url) = self.keeper.start_login();
+    pub(crate) async fn start_login(
+        &self,
+        provider: Option<&str>,
+    ) -> Result<(String, String), tokenkeeper_keeper::KeeperError> {
+        let started = match provider.filter(|p| *p != tokenkeeper_core::config::ANTHROPIC) {
+            Some(p) => Some(self.keeper.start_provider_login(p, None)?),
+            None => None,
+        };
+        let (login, url) = match &started {
+            Some(s) => (s.login.clone(), s.url.clone()),
+            None => self.keeper.start_login(),
+        };
         let state = login.state.clone();
         let live = self.keeper.sweep_logins(LOGIN_PREFIX).await?;
         // Oldest first: drop the oldest past the bound, so a flood of starts cannot grow the store.
         for old in live.iter().take((live.len() + 1).saturating_sub(MAX_PENDING_LOGINS)) {
             self.keeper.unpark_login(old).await?;
         }
-        self.keeper.park_login(&login_key(&state), &login, &url, Duration::seconds(LOGIN_TTL_SECS)).await?;
+        let ttl = Duration::seconds(LOGIN_TTL_SECS);
+        match &started {
+            Some(s) => self.keeper.park_started_login(&login_key(&state), s, ttl).await?,
+            None => self.keeper.park_login(&login_key(&state), &login, &url, ttl).await?,
+        }
         Ok((url, state))
     }
 
@@ -295,7 +311,7 @@ impl AppState {
                 live.remove(0)
             }
         };
-        Ok(self.keeper.parked_login(&key).await?.map(|p| PendingLogin { login: p.login }))
+        Ok(self.keeper.parked_login(&key).await?.map(|p| PendingLogin { started: p.started(), login: p.login }))
     }
 
     /// Forgets a pending login (its code was used); whether it was still there.

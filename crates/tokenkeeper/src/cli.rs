@@ -100,6 +100,18 @@ pub struct LoginArgs {
     /// With --push: file holding the API key (scope `push`) [env: TOKENKEEPER_KEY_FILE]
     #[arg(long, value_name = "FILE", requires = "push")]
     pub key_file: Option<PathBuf>,
+    /// Which provider to log in with: anthropic (Claude Code), codex (ChatGPT login of Codex
+    /// CLI), gemini (Google login of Gemini CLI), or a `[providers.ID]` of one of those kinds
+    #[arg(long, short = 'p', value_name = "ID", default_value = "anthropic", conflicts_with = "push")]
+    pub provider: String,
+    /// Catch the browser's redirect on a loopback listener (127.0.0.1) instead of reading a
+    /// pasted code; only when the browser runs on this machine (codex: port 1455; gemini: any
+    /// free port)
+    #[arg(long, conflicts_with = "push")]
+    pub listen: bool,
+    /// With --listen: how long to wait for the redirect, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "listen")]
+    pub timeout: u64,
 }
 
 /// Who refreshes an imported account.

@@ -161,7 +161,15 @@ impl ProviderConfig {
             redirect_uri: "http://localhost:1455/auth/callback".into(),
             client_id: "app_EMoamEEZ73f0CkXaXp7hrann".into(),
             api_base_url: "https://chatgpt.com/backend-api/codex".into(),
-            scopes: strings(&["openid", "profile", "email", "offline_access"]),
+            // `build_authorize_url` in codex-rs/login/src/server.rs.
+            scopes: strings(&[
+                "openid",
+                "profile",
+                "email",
+                "offline_access",
+                "api.connectors.read",
+                "api.connectors.invoke",
+            ]),
             body: TokenBody::Json,
             expiry: ExpirySource::JwtExp,
             rotation: Rotation::SingleUse,
