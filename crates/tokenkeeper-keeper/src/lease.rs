@@ -291,17 +291,20 @@ impl Keeper {
     /// Hands out a token of `req.account`: from memory when it is fresh, through the locked
     /// refresh path when it is inside the lead (see the module docs). Counts one request.
     pub async fn lease(&self, req: LeaseRequest<'_>) -> Result<Lease, KeeperError> {
+        // The slow paths are boxed: inline, their state (a whole refresh: locks, the provider's
+        // answer, the store's commit) would make this future, and every caller's, over 20 KB,
+        // allocated and copied on every hand-out although almost none of them take it.
         let name = match req.account {
             Some(n) => n.to_owned(),
-            None => self.resolve_account(None).await?.name,
+            None => Box::pin(self.resolve_account(None)).await?.name,
         };
         let now = self.clock().now();
         let lease = match self.cache.get(&name) {
             Some(a) => match self.servable(&a, now) {
                 Some(warning) => Lease { account: a, warning },
-                None => self.lease_slow(&name, None).await?,
+                None => Box::pin(self.lease_slow(&name, None)).await?,
             },
-            None => self.lease_slow(&name, None).await?,
+            None => Box::pin(self.lease_slow(&name, None)).await?,
         };
         self.meter.count(&req, &name, now);
         Ok(lease)
@@ -313,7 +316,7 @@ impl Keeper {
     pub async fn lease_after_rejection(&self, rejected: &Lease) -> Result<Lease, KeeperError> {
         let name = rejected.account.name.clone();
         self.cache.reject(&name, rejected.version());
-        let lease = self.lease_slow(&name, Some(rejected.version())).await?;
+        let lease = Box::pin(self.lease_slow(&name, Some(rejected.version()))).await?;
         self.meter.count(&LeaseRequest::default(), &name, self.clock().now());
         Ok(lease)
     }

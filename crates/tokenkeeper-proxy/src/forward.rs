@@ -863,3 +863,19 @@ impl Drop for ProxyBody {
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// axum boxes each request's future, so its size is allocated and copied per request:
+    /// 24 KB when the keeper's refresh path was inlined into it through `Keeper::lease`.
+    #[tokio::test]
+    async fn a_proxied_request_future_stays_a_few_kilobytes() {
+        let env = tokenkeeper_keeper::testing::env(|_| {}).await;
+        let state = ProxyState::new(env.keeper.clone(), &env.config).unwrap();
+        let size = std::mem::size_of_val(&handle(State(state), Request::new(Body::empty())));
+        assert!(size <= 8 * 1024, "the proxy's request future is {size} bytes; box the cold paths it awaits");
+    }
+}
