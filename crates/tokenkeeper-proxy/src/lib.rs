@@ -10,7 +10,7 @@
 //! - [`pool`]: pools, strategies, cooldowns (stored, absolute, self-ending).
 //! - [`classify`]: what an upstream answer means; [`scan`]: usage read as the bytes pass.
 //! - `forward`: the request path: rewriting, failover, the streamed body.
-//! - [`ProxyState::pool_snapshot`] and [`ProxyState::metrics`]: what status, the web page and
+//! - [`ProxyState::pool_snapshot`] and [`ProxyState::register_metrics`]: what status, the web page and
 //!   `/metrics` show.
 //!
 //! `docs/PROXY.md` states what the proxy changes in a request (only the credential) and the
