@@ -252,3 +252,84 @@ async fn a_generic_oauth2_provider_is_configured_in_toml_imported_refreshed_and_
     assert!(!out.status.success());
     assert!(stderr(&out).contains("expires_in"), "{}", stderr(&out));
 }
+
+/// Four processes race `refresh --force` on one account, `rounds` times, while the provider
+/// answers slowly enough that they all overlap: every round must reach the provider exactly
+/// once (the others find the new version under the account's lock and adopt it), no
+/// refresh token is ever spent twice, and the stored token is the one the provider issued last.
+fn race_forced_refreshes(w: &World, shape: Shape, account: &str, rounds: u64) {
+    w.mock.set_persistent_fault(Some(tokenkeeper_mock::Fault::Slow(std::time::Duration::from_millis(300))));
+    for round in 1..=rounds {
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                w.cmd(&["refresh", "--force", "--account", account])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            // 0: refreshed, or adopted the refresh another process made meanwhile.
+            assert!(matches!(out.status.code(), Some(0) | Some(3)), "round {round}: {}", stderr(&out));
+        }
+        let counts = w.mock.shape_counts(shape);
+        assert_eq!(counts.refresh_ok, round, "round {round}: exactly one refresh reached the provider");
+        assert_eq!(counts.refresh_rejected, 0, "round {round}: a refresh token was spent twice");
+    }
+    w.mock.set_persistent_fault(None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_processes_refresh_codex_gemini_and_a_generic_provider_once_per_rotation() {
+    let w = World::new().await;
+    w.mock.set_generic_shape(tokenkeeper_mock::GenericShape {
+        body: tokenkeeper_mock::Encoding::Json,
+        rotating: true,
+        client_id: "corp-cli".into(),
+        client_secret: None,
+        jwt_access: true,
+    });
+    w.write_config(&format!(
+        "[providers.codex]\ntoken_url = \"{}\"\n\n[providers.gemini]\ntoken_url = \"{}\"\n\n\
+         [providers.corp]\nkind = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"corp-cli\"\nbody = \"json\"\nexpiry = \"jwt_exp\"\n",
+        w.mock.shape_token_url(Shape::Codex),
+        w.mock.shape_token_url(Shape::Google),
+        w.mock.shape_token_url(Shape::Generic),
+    ));
+    let codex = w.mock.issue_shape_login(Shape::Codex, "dev@example.com");
+    let codex_json = codex_file(
+        &codex.access_token,
+        &codex.refresh_token,
+        codex.id_token.as_deref().unwrap(),
+        codex.account_id.as_deref().unwrap(),
+    );
+    w.ok(&["import", "-", "--provider", "codex", "--account", "dev"], &codex_json);
+    let google = w.mock.issue_shape_login(Shape::Google, "g@example.com");
+    let gemini_json = gemini_file(
+        &google.access_token,
+        &google.refresh_token,
+        google.id_token.as_deref().unwrap(),
+        google.expires_at_ms,
+    );
+    w.ok(&["import", "-", "--provider", "gemini", "--account", "g"], &gemini_json);
+    let corp = w.mock.issue_shape_login(Shape::Generic, "c@example.com");
+    let answer = json!({"access_token": corp.access_token, "refresh_token": corp.refresh_token, "expires_in": 3600});
+    w.ok(&["import", "-", "--provider", "corp", "--account", "corp"], &answer.to_string());
+
+    race_forced_refreshes(&w, Shape::Codex, "dev", 6);
+    race_forced_refreshes(&w, Shape::Google, "g", 6);
+    race_forced_refreshes(&w, Shape::Generic, "corp", 6);
+
+    // Each account holds a token its provider still honours: a rotating one's stored refresh
+    // token is the last one issued (the next refresh, once more, succeeds and is not refused).
+    let before = (w.mock.shape_counts(Shape::Codex).refresh_ok, w.mock.shape_counts(Shape::Generic).refresh_ok);
+    w.ok(&["refresh", "--force", "--account", "dev"], "");
+    w.ok(&["refresh", "--force", "--account", "corp"], "");
+    assert_eq!(w.mock.shape_counts(Shape::Codex).refresh_ok, before.0 + 1);
+    assert_eq!(w.mock.shape_counts(Shape::Generic).refresh_ok, before.1 + 1);
+    assert_eq!(w.mock.shape_counts(Shape::Codex).refresh_rejected, 0);
+    assert_eq!(w.mock.shape_counts(Shape::Generic).refresh_rejected, 0);
+}
