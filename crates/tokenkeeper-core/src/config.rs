@@ -925,7 +925,7 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyLimits {
-    /// Requests per minute.
+    /// Requests per minute through this key (0: unlimited); replaces `[proxy] requests_per_minute`.
     pub requests_per_minute: u32,
     /// Requests in flight.
     pub concurrent_requests: u32,

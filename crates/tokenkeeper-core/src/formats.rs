@@ -67,7 +67,8 @@ impl Format {
 /// A credential read from some input, with what the input said about the account.
 #[derive(Debug, Clone)]
 pub struct ParsedCredential {
-    /// The credential.
+    /// The credential in tokenkeeper's form. A bare token or API key has no refresh token and an
+    /// assumed expiry ([`LONG_LIVED_TOKEN_LIFETIME_DAYS`] from now; [`api_key_expiry`]).
     pub credential: Credential,
     /// The format it came in.
     pub format: Format,

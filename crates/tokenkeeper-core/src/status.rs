@@ -140,7 +140,7 @@ pub struct Thresholds {
 /// A level with the sentence that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Assessment {
-    /// The level.
+    /// How bad it is; `message` says why and what to do.
     pub level: Level,
     /// What is going on and what to do, in words.
     pub message: String,

@@ -150,13 +150,14 @@ pub struct AccountPatch {
 pub enum EventKind {
     /// Account created or credential imported.
     Imported,
-    /// Logged in.
+    /// A login's code exchange stored a new credential (`tokenkeeper login`, or a login over HTTP).
     LoggedIn,
     /// Refreshed by tokenkeeper.
     Refreshed,
     /// Adopted a credential someone else refreshed.
     Adopted,
-    /// A refresh failed.
+    /// A refresh failed, transiently or with the refresh token rejected (`needs login: …`); the
+    /// detail says why.
     RefreshFailed,
     /// An incoming credential was refused (older or blank).
     Refused,
@@ -243,7 +244,7 @@ pub struct UsageRecord {
     pub requests: u64,
     /// Input tokens, from the provider's own `usage` fields.
     pub input_tokens: u64,
-    /// Output tokens.
+    /// Output tokens, from the provider's own `usage` fields.
     pub output_tokens: u64,
     /// Input tokens read from the prompt cache.
     pub cache_read_tokens: u64,

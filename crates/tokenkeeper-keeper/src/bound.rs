@@ -52,7 +52,7 @@ pub enum BoundError {
 pub enum BoundContent {
     /// No file.
     Missing,
-    /// A credential.
+    /// A credential the file holds (parsed, not yet compared with the stored one).
     Credential(Box<NativeCredential>),
     /// Something unusable (a blank stub, half-written JSON): the reason, without content.
     Unusable(String),

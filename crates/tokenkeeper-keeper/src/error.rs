@@ -25,7 +25,7 @@ pub enum KeeperError {
     /// The provider rejected the refresh token: only a new login helps.
     #[error("the provider rejected the refresh token of `{account}` ({reason}); run `tokenkeeper login --account {account}` or import a fresh credential")]
     NeedsLogin {
-        /// Account.
+        /// The account whose refresh token was rejected (its name, as in `tokenkeeper status`).
         account: String,
         /// Provider's reason.
         reason: String,
@@ -33,7 +33,7 @@ pub enum KeeperError {
     /// The credential cannot be refreshed (no refresh token: a long-lived setup token).
     #[error("`{account}` has no refresh token (a long-lived setup token?), so it cannot be refreshed; it is valid until {expires}")]
     NotRefreshable {
-        /// Account.
+        /// The account without a refresh token (its name).
         account: String,
         /// Expiry, RFC 3339.
         expires: String,
@@ -41,7 +41,7 @@ pub enum KeeperError {
     /// The account is in follow mode: another program refreshes it.
     #[error("`{account}` is in follow mode: Claude Code refreshes it, not tokenkeeper, and its token {situation}. Run `claude` once there, or switch with `tokenkeeper import --mode own`")]
     FollowMode {
-        /// Account.
+        /// The followed account (its name).
         account: String,
         /// "expires in 10m" / "expired 5m ago".
         situation: String,
@@ -49,7 +49,7 @@ pub enum KeeperError {
     /// Temporary: rate limited, provider error, network, lock busy, attempt budget used.
     #[error("refreshing `{account}` failed, try again later: {reason}")]
     TryLater {
-        /// Account.
+        /// The account whose refresh should be retried (its name).
         account: String,
         /// What happened.
         reason: String,
@@ -59,7 +59,7 @@ pub enum KeeperError {
     /// An incoming credential was refused by the never-regress rule.
     #[error("refused for `{account}`: {reason}; the stored credential was kept")]
     Refused {
-        /// Account.
+        /// The account whose stored credential was kept (its name).
         account: String,
         /// Why.
         reason: String,

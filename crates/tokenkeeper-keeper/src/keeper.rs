@@ -79,21 +79,21 @@ impl RefreshResult {
 pub enum KeeperEvent {
     /// An account's credential changed.
     Changed {
-        /// Account.
+        /// The account's name.
         account: String,
         /// Why.
         change: CredentialChange,
     },
-    /// A refresh failed.
+    /// A refresh failed; the account's `last_error` and a `refresh_failed` event were recorded.
     RefreshFailed {
-        /// Account.
+        /// The account whose refresh failed (its name).
         account: String,
         /// Why, in words.
         reason: String,
     },
     /// An account was removed.
     Removed {
-        /// Account.
+        /// The removed account's name.
         account: String,
     },
     /// Another process committed a change (from the change feed): credentials of other
@@ -243,7 +243,7 @@ impl Keeper {
         self.cache.wrote(account);
     }
 
-    /// The store.
+    /// The store the keeper reads and writes accounts through (the [`Backend`]'s).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -253,7 +253,8 @@ impl Keeper {
         &self.config
     }
 
-    /// The clock.
+    /// The clock every "now" of the keeper comes from (expiries, leads, event times); a
+    /// `ManualClock` in tests.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
     }

@@ -31,7 +31,7 @@ pub struct Env {
     pub clock: ManualClock,
     /// The store under the keeper.
     pub store: Arc<SqliteStore>,
-    /// The keeper.
+    /// A keeper over `store`, with `config` and `clock`, no accounts yet (data directory `dir/data`).
     pub keeper: Arc<Keeper>,
     /// The keeper's configuration.
     pub config: Arc<Config>,

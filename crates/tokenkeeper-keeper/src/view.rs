@@ -37,15 +37,18 @@ pub struct AccountView {
     pub refresh_token_age_seconds: Option<i64>,
     /// Whether it can be refreshed.
     pub refreshable: bool,
-    /// Last refresh.
+    /// When tokenkeeper (or a refresher it adopted from) last refreshed it; `None` if never.
     pub last_refreshed_at: Option<DateTime<Utc>>,
-    /// Last error.
+    /// Why the last refresh failed, in words and without secrets; `None` once a credential
+    /// update succeeds (and before any failure).
     pub last_error: Option<String>,
     /// Fingerprint of the access token.
     pub token_fingerprint: String,
-    /// Bound file.
+    /// Path of the file the credential is kept in step with (for the Keychain, its service
+    /// name); `None` when the account is not bound.
     pub bound_file: Option<String>,
-    /// Scopes.
+    /// OAuth scopes the current credential was granted, as the provider listed them (empty
+    /// for credentials that carry none).
     pub scopes: Vec<String>,
     /// Organization, when known.
     pub organization: Option<String>,
@@ -115,7 +118,7 @@ pub fn account_view(config: &Config, account: &Account, now: DateTime<Utc>, fail
 /// and `check` show this, so the configuration gets fixed rather than worked around.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeadTooLong {
-    /// The account.
+    /// The account's name, as in `tokenkeeper status`.
     pub account: String,
     /// The configured lead, in words (`10m`).
     pub lead: String,
@@ -198,7 +201,7 @@ pub struct HourUsage {
     pub errors: u64,
     /// Input tokens (prompt cache reads and writes not included).
     pub input_tokens: u64,
-    /// Output tokens.
+    /// Output tokens, from the provider's own `usage` fields.
     pub output_tokens: u64,
     /// Input tokens read from the prompt cache.
     pub cache_read_tokens: u64,

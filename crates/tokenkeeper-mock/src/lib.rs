@@ -164,7 +164,7 @@ pub enum Credential {
 /// One API request exactly as the mock received it.
 #[derive(Clone)]
 pub struct RecordedRequest {
-    /// The method.
+    /// The HTTP method as received, upper case (`POST`).
     pub method: String,
     /// Path and query.
     pub path: String,

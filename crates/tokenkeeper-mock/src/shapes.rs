@@ -149,7 +149,8 @@ pub struct ShapeRequest {
 pub struct ShapeLogin {
     /// The access token (a JWT for Codex, `ya29.…` for Google).
     pub access_token: String,
-    /// The refresh token.
+    /// A live refresh token of the shape's endpoint (`1//mock-…` for Google, `grt-…` otherwise);
+    /// [`crate::MockProvider::revoke_shape`] revokes it.
     pub refresh_token: String,
     /// The OpenID `id_token` (Codex, Google), a JWT.
     pub id_token: Option<String>,

@@ -46,7 +46,7 @@ pub enum ProcessError {
     Wait {
         /// What the command was for.
         purpose: &'static str,
-        /// The program.
+        /// The program (argv\[0\]).
         program: String,
         /// The operating system's error.
         #[source]
@@ -57,7 +57,7 @@ pub enum ProcessError {
     Timeout {
         /// What the command was for.
         purpose: &'static str,
-        /// The program.
+        /// The program (argv\[0\]).
         program: String,
         /// The timeout.
         after: Duration,

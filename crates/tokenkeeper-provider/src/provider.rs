@@ -171,7 +171,8 @@ pub trait NativeFile: Send + Sync + fmt::Debug {
 /// A credential read from a native file.
 #[derive(Debug, Clone)]
 pub struct NativeCredential {
-    /// The credential.
+    /// The file's tokens and expiry as a [`Credential`]; what the provider needs again to write
+    /// the file (an `id_token`, an account id) goes in its `provider_data`.
     pub credential: Credential,
     /// The account's email, when the file says (Codex and Gemini keep an `id_token`).
     pub email: Option<String>,

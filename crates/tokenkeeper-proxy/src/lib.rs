@@ -51,7 +51,7 @@ pub enum ProxyError {
     /// The upstream URL is not an absolute http(s) URL.
     #[error("proxy upstream `{url}` is not an absolute http(s) URL; set [proxy] upstream or providers.anthropic.api_base_url")]
     Upstream {
-        /// The URL.
+        /// The upstream as configured (`[proxy] upstream`, or else the provider's API base URL), verbatim.
         url: String,
     },
     /// TLS could not be set up for the upstream client.
@@ -395,7 +395,7 @@ pub struct PoolSnapshot {
 /// An account of a pool that the proxy never picks, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedMember {
-    /// The pool.
+    /// Name of the pool the account is listed in (`default` for the implicit pool).
     pub pool: String,
     /// Account name.
     pub account: String,

@@ -249,7 +249,7 @@ impl AppState {
         self
     }
 
-    /// The keeper.
+    /// The keeper the handlers serve, as given to [`AppState::new`].
     pub fn keeper(&self) -> &Arc<Keeper> {
         &self.keeper
     }

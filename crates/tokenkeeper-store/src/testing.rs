@@ -272,6 +272,7 @@ pub mod properties {
         changes.iter().map(|c| (c.account.as_deref(), c.kind, c.version)).collect()
     }
 
+    /// A fresh installation has no accounts, events, API keys, usage or state.
     pub async fn a_new_store_is_empty(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         assert!(store.list_accounts().await.expect("list").is_empty(), "the store must start empty");
@@ -282,6 +283,9 @@ pub mod properties {
         assert!(store.list_state("").await.expect("state").is_empty());
     }
 
+    /// `create_account` stores every field as given, at version 1, with no refresh, usage or error
+    /// yet and one `imported` event; what it returns is what is stored, and another process reads
+    /// (and decrypts) the same.
     pub async fn create_keeps_every_field_at_version_one(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let new = bravo();
@@ -306,6 +310,8 @@ pub mod properties {
         assert_eq!(get(&*installation.open().await.store, "bravo").await, bravo);
     }
 
+    /// An account created without a refresh token keeps none, and its `refresh_token_issued_at`
+    /// defaults to the creation time.
     pub async fn a_long_lived_token_has_no_refresh_token_and_defaults_its_issue_time(
         installation: Arc<dyn Installation>,
     ) {
@@ -317,6 +323,8 @@ pub mod properties {
         assert_eq!(kinds(&*store, None).await, [EventKind::LoggedIn]);
     }
 
+    /// Creating a second account of a taken name fails with `AlreadyExists` and leaves the first
+    /// account and the event log as they were.
     pub async fn a_duplicate_name_is_refused_and_changes_nothing(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let alpha = create(&*store, &alpha(), 2).await;
@@ -329,6 +337,7 @@ pub mod properties {
         assert_eq!(store.events(None, 10).await.expect("events").len(), 1);
     }
 
+    /// `list_accounts` orders by name bytewise (upper case first), whatever the database's locale.
     pub async fn accounts_are_listed_by_name(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         for name in ["bravo", "Zulu", "alpha", "alpha-2"] {
@@ -338,6 +347,9 @@ pub mod properties {
         assert_eq!(names(&*store).await, ["Zulu", "alpha", "alpha-2", "bravo"]);
     }
 
+    /// `update_credential` from the current version bumps it, stores the credential and email,
+    /// keeps the organization it does not mention, sets `last_refreshed_at` for a refresh and
+    /// records the event.
     pub async fn a_compare_and_set_from_the_current_version_wins(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 2).await;
@@ -358,6 +370,8 @@ pub mod properties {
         assert_eq!(store.events(None, 1).await.expect("events")[0].detail, "Refreshed in a test");
     }
 
+    /// An update from an old version fails with `VersionConflict` (expected and found versions
+    /// named) and writes neither the credential nor an event.
     pub async fn a_stale_writer_loses_and_changes_nothing(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 2).await;
@@ -375,6 +389,8 @@ pub mod properties {
         assert_eq!(store.events(Some("alpha"), 10).await.expect("events").len(), 2, "no event for the loser");
     }
 
+    /// Updating or patching an unknown account is `NotFound`, removing it returns `false`, and
+    /// none of it records an event.
     pub async fn a_missing_account_is_not_found(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let ghost = update(1, credential("sk-ant-oat01-ghost", None, 100), CredentialChange::Imported, at(12));
@@ -389,6 +405,8 @@ pub mod properties {
         assert!(store.events(None, 10).await.expect("events").is_empty(), "no event for a missing account");
     }
 
+    /// `patch_account` sets the state, error, mode and binding it names (`Some(None)` clears),
+    /// keeps the rest and never touches the credential or its version.
     pub async fn a_patch_changes_only_what_it_names(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let bravo = create(&*store, &bravo(), 1).await;
@@ -424,6 +442,9 @@ pub mod properties {
         assert_eq!(store.patch_account("bravo", &cleared, at(23)).await.expect("clear").last_error, None);
     }
 
+    /// A credential update makes a `needs-login` account active and clears its error, keeps its
+    /// email, organization and binding; a re-import of the same refresh token moves neither
+    /// `last_refreshed_at` nor the issue time, an adoption moves both.
     pub async fn a_credential_update_revives_and_keeps_what_it_does_not_mention(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let bravo = create(&*store, &bravo(), 1).await;
@@ -464,6 +485,8 @@ pub mod properties {
         );
     }
 
+    /// `events` lists newest first, up to the limit, optionally of one account, and no event
+    /// detail holds a token.
     pub async fn events_are_newest_first_limited_filtered_and_tokenless(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &bravo(), 1).await;
@@ -507,6 +530,8 @@ pub mod properties {
         }
     }
 
+    /// `remove_account` deletes the account (a `removed` event; its history stays), a second
+    /// removal is `false` with no event, and a new account of that name starts afresh.
     pub async fn removal_forgets_the_account_and_keeps_its_events(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -524,6 +549,9 @@ pub mod properties {
         assert_eq!((again.version, again.usage.requests, again.usage.last_used_at), (1, 0, None), "a new account");
     }
 
+    /// API keys have unique ids, hashes and live names; `find_api_key` finds a live key by hash in
+    /// every process, revoking (by name or id) hides it from `find` but not from `list`, and a
+    /// revoked key's name can be reused.
     pub async fn api_keys_are_unique_found_by_hash_and_revoked(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         let ci = api_key("key_ci", "ci", "aa11", 70);
@@ -566,6 +594,9 @@ pub mod properties {
         buckets
     }
 
+    /// `record_usage` adds records of the same (account, key, model, hour) bucket together, within
+    /// a batch and across batches, and adds the requests to the account's counters without a
+    /// new credential version.
     pub async fn usage_buckets_add_up_and_the_account_follows(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -605,6 +636,7 @@ pub mod properties {
         assert_eq!((bravo.usage.requests, bravo.usage.last_used_at), (5, Some(at(61))));
     }
 
+    /// A late flush of an older use adds its requests but leaves `last_used_at` at the latest use.
     pub async fn last_used_at_never_moves_back(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -616,6 +648,7 @@ pub mod properties {
         assert_eq!(store.usage(Some("alpha"), hour(0)).await.expect("usage"), [usage("alpha", 0, 2, 10)]);
     }
 
+    /// Usage of an unknown account is dropped without failing the batch or creating the account.
     pub async fn usage_of_a_missing_account_is_skipped(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -625,6 +658,7 @@ pub mod properties {
         assert_eq!(names(&*store).await, ["alpha"], "usage never creates an account");
     }
 
+    /// `usage` returns the buckets from a given hour on, oldest first, of all accounts or of one.
     pub async fn usage_is_read_since_an_hour_and_by_account(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -644,6 +678,9 @@ pub mod properties {
         assert!(store.usage(Some("nobody"), hour(0)).await.expect("usage").is_empty());
     }
 
+    /// `take_refresh_attempt` grants `max` attempts per rolling hour, then answers `Exhausted`
+    /// with the instant the oldest leaves the window; refusals take nothing, and attempts are
+    /// not credential changes.
     pub async fn the_attempt_budget_grants_max_per_rolling_hour(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -673,6 +710,7 @@ pub mod properties {
         assert_eq!(get(&*store, "alpha").await.version, 1, "attempts are not credential changes");
     }
 
+    /// Each account has its own attempt budget.
     pub async fn the_attempt_budget_is_per_account(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         create(&*store, &alpha(), 0).await;
@@ -683,6 +721,7 @@ pub mod properties {
         assert_eq!(store.take_refresh_attempt("bravo", at(2), 1).await.unwrap(), Attempt::Exhausted { until: at(61) });
     }
 
+    /// Twelve concurrent takers over three processes get exactly the budget granted between them.
     pub async fn the_attempt_budget_is_atomic_across_processes(installation: Arc<dyn Installation>) {
         const TAKERS: usize = 12;
         const MAX: u32 = 5;
@@ -708,6 +747,8 @@ pub mod properties {
         assert_eq!(granted, MAX, "exactly the budget is granted, whoever asks");
     }
 
+    /// `put_state` stores any JSON value exactly (large integers, unicode, `null`) for every
+    /// process, and a second put replaces it whole.
     pub async fn state_round_trips_and_is_replaced(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         assert_eq!(store.get_state("alerts/state").await.expect("get"), None);
@@ -728,6 +769,8 @@ pub mod properties {
         assert_eq!(store.get_state("plain").await.expect("get"), Some(serde_json::json!(42)));
     }
 
+    /// `list_state` returns the keys under a literal prefix (`_` and `%` are not wildcards), in
+    /// key order; an empty prefix lists all.
     pub async fn state_is_listed_by_prefix_in_key_order(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         // `_` and `%` are wildcards of SQL's LIKE: a prefix is literal.
@@ -757,6 +800,7 @@ pub mod properties {
         assert!(store.list_state("nothing/").await.expect("list").is_empty());
     }
 
+    /// `delete_state` removes one key and says whether it was there.
     pub async fn state_removal_says_whether_it_existed(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         store.put_state("cooldowns/main", &serde_json::json!({"until": 5}), at(0)).await.expect("put");
@@ -767,6 +811,8 @@ pub mod properties {
         assert_eq!(store.list_state("cooldowns/").await.expect("list").len(), 1, "only that key is gone");
     }
 
+    /// The change feed reports creates and credential updates (`Credential`, with the version),
+    /// patches (`Metadata`), API key changes (`Keys`) and removals (`Removed`), in order.
     pub async fn the_feed_reports_each_kind_of_write(installation: Arc<dyn Installation>) {
         let backend = installation.open().await;
         let store = &*backend.store;
@@ -793,6 +839,7 @@ pub mod properties {
         );
     }
 
+    /// Usage, state, refresh attempts and writes that fail or find nothing put nothing on the feed.
     pub async fn the_feed_is_silent_for_usage_state_and_failed_writes(installation: Arc<dyn Installation>) {
         let backend = installation.open().await;
         let store = &*backend.store;
@@ -815,6 +862,8 @@ pub mod properties {
         assert_eq!(what(&changes), [(Some("alpha"), ChangeKind::Metadata, None)]);
     }
 
+    /// `seal_secret` hides the secret; another process of the installation opens it, but only for
+    /// the same purpose.
     pub async fn sealed_secrets_open_for_their_purpose_only_and_reveal_nothing(installation: Arc<dyn Installation>) {
         let here = installation.open().await;
         let there = installation.open().await;
@@ -874,6 +923,8 @@ pub mod properties {
         }
     }
 
+    /// A web session is found by its hash from every process until its expiry by the caller's
+    /// clock (the expiry instant itself is too late).
     pub async fn a_web_session_is_found_by_hash_in_every_process_until_it_ends(installation: Arc<dyn Installation>) {
         let here = store(&installation).await;
         let there = store(&installation).await;
@@ -888,6 +939,7 @@ pub mod properties {
         assert_eq!(here.session("5e55", at(0)).await.expect("read"), Some(session), "an earlier clock still sees it");
     }
 
+    /// `delete_session` ends one session for every process and says whether it existed.
     pub async fn signing_out_in_one_process_ends_the_session_in_every_process(installation: Arc<dyn Installation>) {
         let here = store(&installation).await;
         let there = store(&installation).await;
@@ -900,6 +952,8 @@ pub mod properties {
         assert!(here.session("b2", at(1)).await.expect("read").is_some(), "only that session ended");
     }
 
+    /// A session's flash message is taken exactly once, even by two processes at the same time;
+    /// setting and clearing it leaves the session otherwise untouched.
     pub async fn a_session_message_is_taken_once(installation: Arc<dyn Installation>) {
         let here = store(&installation).await;
         let there = store(&installation).await;
@@ -924,6 +978,8 @@ pub mod properties {
         assert_eq!(here.session("f1a5", at(1)).await.expect("read"), Some(session));
     }
 
+    /// `prune_sessions` drops the ended sessions, then the oldest live ones beyond the bound, and
+    /// returns how many it dropped.
     pub async fn pruning_drops_ended_sessions_then_the_oldest_beyond_the_bound(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         // Two ended by minute 100; five live, created at minutes 1..=5.
@@ -943,6 +999,8 @@ pub mod properties {
         assert_eq!(store.prune_sessions(at(100), 3).await.expect("prune again"), 0);
     }
 
+    /// Leadership has one holder at a time; a process waiting for it takes over within a second
+    /// of the leader letting go.
     pub async fn one_process_leads_until_it_lets_go_and_a_waiter_takes_over(installation: Arc<dyn Installation>) {
         use std::time::{Duration, Instant};
         let a = installation.open().await;
@@ -965,6 +1023,7 @@ pub mod properties {
         assert!(c.leader.acquire("c", Duration::ZERO).await.expect("try").is_none(), "the new leader is not exclusive");
     }
 
+    /// A subscriber sees another process's commits, and reading after a change shows that version.
     pub async fn the_feed_carries_changes_of_another_process(installation: Arc<dyn Installation>) {
         let here = installation.open().await;
         let there = installation.open().await;
@@ -981,6 +1040,7 @@ pub mod properties {
         assert_eq!(get(&*here.store, "alpha").await.version, 2);
     }
 
+    /// Concurrent writers' changes each arrive exactly once, each writer's in commit order.
     pub async fn the_feed_yields_concurrent_changes_once_in_order(installation: Arc<dyn Installation>) {
         const WRITERS: usize = 4;
         const EACH: i64 = 10;
@@ -1088,11 +1148,15 @@ pub mod properties {
         assert_eq!(refreshed as i64, count, "one event per winning write, none for the losers");
     }
 
+    /// Sixteen tasks racing the same compare-and-set in one process: exactly one wins each round,
+    /// with exactly one `refreshed` event per round.
     pub async fn cas_sixteen_tasks_one_process_exactly_one_wins_each_round(installation: Arc<dyn Installation>) {
         let store = store(&installation).await;
         rounds(&[store], 5, 16).await;
     }
 
+    /// Sixteen writers spread over four processes opened at once on a fresh installation (setting
+    /// it up must not race either): exactly one wins each round.
     pub async fn cas_four_processes_opened_at_once_exactly_one_wins_each_round(installation: Arc<dyn Installation>) {
         // Opened at once on a fresh installation: setting it up (files, migrations) must not race.
         let opening: Vec<_> = (0..4)

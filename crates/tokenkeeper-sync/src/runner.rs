@@ -77,7 +77,8 @@ impl Default for RunnerOptions {
 /// What a command gets in its environment. `Debug` shows only fingerprints.
 #[derive(Debug, Clone)]
 pub struct CommandEnv {
-    /// The access token.
+    /// The account's current access token, given to the command as `TOKENKEEPER_ACCESS_TOKEN` and
+    /// `CLAUDE_CODE_OAUTH_TOKEN`, and redacted from its output.
     pub access_token: Secret,
     /// The refresh token, kept only to redact it from output; never passed to the command.
     pub refresh_token: Option<Secret>,

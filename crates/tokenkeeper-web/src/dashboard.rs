@@ -183,7 +183,7 @@ pub struct Action {
 /// An account that needs a person.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attention {
-    /// The account.
+    /// The account's name, as in `tokenkeeper status`.
     pub account: String,
     /// Its level in words.
     pub label: &'static str,
@@ -270,7 +270,7 @@ pub struct Spark {
 /// An account's place in one pool.
 #[derive(Debug, Clone, Serialize)]
 pub struct Membership {
-    /// The pool.
+    /// The pool's name (`default` for keys that name none), as the `pool` filter takes it.
     pub pool: String,
     /// Its state in words ("Active", "Cooling down until 14:30 UTC", "Needs login").
     pub state: String,
@@ -293,13 +293,13 @@ pub struct Membership {
 /// One account's card.
 #[derive(Debug, Clone, Serialize)]
 pub struct Card {
-    /// Name.
+    /// The account's name, as in `tokenkeeper status`.
     pub name: String,
-    /// Email.
+    /// The account's email, when the provider said; `None` otherwise.
     pub email: Option<String>,
-    /// Organization.
+    /// The account's organization name, when the provider said; `None` otherwise.
     pub organization: Option<String>,
-    /// Provider.
+    /// Provider id (`anthropic`, `anthropic-api-key`, `codex`, …).
     pub provider: String,
     /// `own` or `follow`.
     pub mode: String,
@@ -323,9 +323,9 @@ pub struct Card {
     pub refreshable: bool,
     /// When the scheduler refreshes it next.
     pub next_refresh: Option<String>,
-    /// Last refresh.
+    /// When it was last refreshed, relative and in UTC ("4m ago (08:56 UTC)"); `None` if never.
     pub last_refresh: Option<String>,
-    /// Last error.
+    /// Why the last refresh failed, without secrets; `None` once a credential update succeeds.
     pub last_error: Option<String>,
     /// The refresh strip.
     pub strip: Strip,
@@ -348,13 +348,14 @@ pub struct Card {
 /// A sink on a card.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkRow {
-    /// Name.
+    /// The sink's name, as configured.
     pub name: String,
-    /// Kind.
+    /// The sink's kind (`env_file`, `claude_file`, …).
     pub kind: String,
     /// Whether it works.
     pub ok: bool,
-    /// Last error.
+    /// Why the last delivery (or its `on_change` command) failed, without secrets; `None` when it
+    /// succeeded or none was tried yet.
     pub last_error: Option<String>,
     /// Last write, in words.
     pub last_written: Option<String>,
@@ -363,7 +364,7 @@ pub struct SinkRow {
 /// A pool side by side.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolView {
-    /// Name.
+    /// The pool's name (`default` for keys that name none).
     pub name: String,
     /// Strategy word.
     pub strategy: String,
@@ -376,7 +377,7 @@ pub struct PoolView {
 /// One member of a pool view.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolMember {
-    /// Account.
+    /// The account's name.
     pub account: String,
     /// State and load.
     pub membership: Membership,

@@ -110,7 +110,7 @@ impl WebState {
         self.pool.as_ref()
     }
 
-    /// The keeper.
+    /// The keeper the page shows and acts on, as given to [`WebState::new`].
     pub fn keeper(&self) -> &Arc<Keeper> {
         &self.inner.keeper
     }

@@ -39,7 +39,7 @@ pub struct App {
     pub data_dir: PathBuf,
     /// The store (also reachable as `keeper.store()`).
     pub store: Arc<dyn Store>,
-    /// The keeper.
+    /// The keeper over the same backend as `store`, with `config` and the system clock.
     pub keeper: Arc<Keeper>,
 }
 

@@ -46,7 +46,9 @@ fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// The status table.
+/// `tokenkeeper status` as text: a header, then per account one aligned row (name, mode,
+/// status, expires in, refresh-token age, last refresh, provider) followed by its message and
+/// any last error, indented.
 pub fn status_table(rows: &[AccountStatus], now: DateTime<Utc>) -> String {
     let mut out = String::new();
     let header = ["ACCOUNT", "MODE", "STATUS", "EXPIRES IN", "RT AGE", "LAST REFRESH", "PROVIDER"];

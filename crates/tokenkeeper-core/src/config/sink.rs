@@ -53,26 +53,26 @@ pub struct SinkConfig {
 pub enum SinkTarget {
     /// A `.env` file: `key` set to the access token, every other line kept.
     EnvFile {
-        /// The file.
+        /// The `.env` file: its `path` and how it is written (mode, owner, write mode).
         file: FileTarget,
         /// The variable (letters, digits and `_`; never empty).
         key: String,
     },
     /// Claude Code's credentials JSON.
     ClaudeCredentials {
-        /// The file.
+        /// The credentials file (`path`, Claude Code's `.credentials.json`) and how it is written.
         file: FileTarget,
     },
     /// OpenClaw's `oauth.json` or auth-profiles file.
     Openclaw {
-        /// The file.
+        /// The OpenClaw file (`path`) and how it is written.
         file: FileTarget,
         /// Which layout (`oauth` when the file names none).
         layout: OpenclawLayout,
     },
     /// A minijinja template rendered to a file.
     Template {
-        /// The file.
+        /// The file the rendered template is written to (`path`) and how.
         file: FileTarget,
         /// Where the template text comes from.
         source: TemplateSource,
@@ -87,7 +87,7 @@ pub enum SinkTarget {
     /// A provider's own CLI file, written by that provider's `NativeFile` (unknown keys kept,
     /// never over a newer credential).
     Native {
-        /// The file.
+        /// The CLI's file (`path`, such as `~/.codex/auth.json`) and how it is written.
         file: FileTarget,
         /// The provider whose format is written; `None`: the account's own provider.
         provider: Option<String>,
