@@ -485,15 +485,7 @@ impl Keeper {
         }
         let provider = self.provider_of(&account)?.clone();
         let outcome = provider.refresh(&account.credential, self.now()).await;
-        self.count(
-            &name,
-            match &outcome {
-                TokenOutcome::Success(_) => "success",
-                TokenOutcome::Rejected { .. } => "rejected",
-                TokenOutcome::RateLimited { .. } => "rate_limited",
-                TokenOutcome::Transient { .. } => "transient",
-            },
-        );
+        self.count(&name, outcome.kind());
         match outcome {
             TokenOutcome::Success(grant) => self.commit_refresh(account, grant).await,
             TokenOutcome::Rejected { reason } => {
