@@ -333,3 +333,84 @@ async fn racing_processes_refresh_codex_gemini_and_a_generic_provider_once_per_r
     assert_eq!(w.mock.shape_counts(Shape::Codex).refresh_rejected, 0);
     assert_eq!(w.mock.shape_counts(Shape::Generic).refresh_rejected, 0);
 }
+
+/// Never regress, per provider, through the real daemon: after a refresh, an older credential
+/// written into the CLI's bound file (a restored backup, a stale copy) is repaired by `serve`'s
+/// watcher with the stored newer one, every unknown key kept, and the same older credential
+/// offered to `import` is refused with the stored one kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn older_codex_and_gemini_credentials_never_replace_newer_ones() {
+    let w = World::new().await;
+    w.write_config(&format!(
+        "[providers.codex]\ntoken_url = \"{}\"\n\n[providers.gemini]\ntoken_url = \"{}\"\n",
+        w.mock.shape_token_url(Shape::Codex),
+        w.mock.shape_token_url(Shape::Google),
+    ));
+    let codex_path = w.home().join(".codex/auth.json");
+    let gemini_path = w.home().join(".gemini/oauth_creds.json");
+    std::fs::create_dir_all(codex_path.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(gemini_path.parent().unwrap()).unwrap();
+    let c = w.mock.issue_shape_login(Shape::Codex, "dev@example.com");
+    let old_codex =
+        codex_file(&c.access_token, &c.refresh_token, c.id_token.as_deref().unwrap(), c.account_id.as_deref().unwrap());
+    std::fs::write(&codex_path, &old_codex).unwrap();
+    let g = w.mock.issue_shape_login(Shape::Google, "g@example.com");
+    let old_gemini = gemini_file(&g.access_token, &g.refresh_token, g.id_token.as_deref().unwrap(), g.expires_at_ms);
+    std::fs::write(&gemini_path, &old_gemini).unwrap();
+    w.ok(&["import", codex_path.to_str().unwrap(), "--provider", "codex", "--account", "dev"], "");
+    w.ok(&["import", gemini_path.to_str().unwrap(), "--provider", "gemini", "--account", "g"], "");
+    w.ok(&["refresh", "--force", "--account", "dev"], "");
+    w.ok(&["refresh", "--force", "--account", "g"], "");
+    let store = w.store().await;
+    let newer = |name: &str| {
+        let store = &store;
+        let name = name.to_owned();
+        async move { tokenkeeper_core::Store::get_account(store, &name).await.unwrap().unwrap() }
+    };
+    let (dev, gem) = (newer("dev").await, newer("g").await);
+    assert_ne!(dev.credential.access_token.expose(), c.access_token);
+    assert_ne!(gem.credential.access_token.expose(), g.access_token);
+
+    // The older files are refused by import: the store keeps the newer credential.
+    for (name, text) in [("dev", &old_codex), ("g", &old_gemini)] {
+        let out = w.run(&["import", "-", "--account", name], text);
+        assert!(!out.status.success(), "an older credential was accepted for {name}");
+        assert!(stderr(&out).contains("the stored credential was kept"), "{}", stderr(&out));
+    }
+    assert_eq!(newer("dev").await.version, dev.version);
+    assert_eq!(newer("g").await.version, gem.version);
+
+    // The daemon repairs a bound file that goes back to an older credential.
+    let ready = common::Ready::new();
+    let log = std::fs::File::create(w.dir.path().join("serve.log")).unwrap();
+    let mut daemon = ready
+        .attach(&mut w.cmd(&["serve", "--no-http"]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ready.wait("serve");
+    std::fs::write(&codex_path, &old_codex).unwrap();
+    std::fs::write(&gemini_path, &old_gemini).unwrap();
+    common::wait_for(
+        || {
+            // Read leniently: a file caught mid-write is simply not repaired yet.
+            let json = |p: &std::path::Path| {
+                std::fs::read_to_string(p).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).unwrap_or_default()
+            };
+            json(&codex_path)["tokens"]["access_token"] == dev.credential.access_token.expose()
+                && json(&gemini_path)["access_token"] == gem.credential.access_token.expose()
+        },
+        "serve to repair both files with the newer credentials",
+    );
+    let (a, b) = (read_json(&codex_path), read_json(&gemini_path));
+    assert_eq!(a["x_future_top"]["a"], "b", "the repair keeps Codex's unknown keys");
+    assert_eq!(a["tokens"]["refresh_token"], dev.credential.refresh_token.as_ref().unwrap().expose());
+    assert_eq!(b["x_future"]["deep"][1], 2, "the repair keeps Gemini's unknown keys");
+    assert_eq!(b["refresh_token"], g.refresh_token, "Google's refresh token does not rotate");
+    assert_eq!(newer("dev").await.version, dev.version, "the older file did not become the stored credential");
+    assert_eq!(newer("g").await.version, gem.version);
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
