@@ -10,6 +10,7 @@ use minijinja::{context, Value};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use tokenkeeper_core::config::{ANTHROPIC, CODEX, GEMINI};
 use tokenkeeper_core::formats::parse_credential;
 use tokenkeeper_core::status::human_duration;
 use tokenkeeper_core::store::CredentialChange;
@@ -458,6 +459,9 @@ pub async fn remove(State(state): State<WebState>, Path(name): Path<String>, f: 
 pub struct WizardQuery {
     /// Present: discard the started login and start a new one.
     pub new: Option<String>,
+    /// Start a login with this provider (`codex`, `gemini`; Anthropic's when absent), unless
+    /// the started login is already of it.
+    pub provider: Option<String>,
 }
 
 /// Fields of the wizard's form.
@@ -478,8 +482,9 @@ async fn restart_wizard(
     status: StatusCode,
     account: &str,
     error: &str,
+    provider: &str,
 ) -> Response {
-    match state.sessions().start_login(&signed.id).await {
+    match state.sessions().start_login(&signed.id, Some(provider)).await {
         Ok(fresh) => wizard_page(state, signed, status, &fresh, account, Some(error)),
         Err(e) => login_unavailable(state, signed, &e),
     }
@@ -506,26 +511,44 @@ fn wizard_page(
     account: &str,
     error: Option<&str>,
 ) -> Response {
+    // The providers whose login the wizard can run, for its chooser.
+    let providers: Vec<Value> = [ANTHROPIC, CODEX, GEMINI]
+        .into_iter()
+        .filter_map(|id| state.keeper().providers().get(id).filter(|p| p.login().is_some()))
+        .map(|p| context! { id => p.id(), name => p.display_name(), current => p.id() == pending.provider() })
+        .collect();
     let ctx = merge(
         base(Some(signed), None, "Log in an account"),
-        context! { authorize_url => pending.url.clone(), account => account, error => error },
+        context! {
+            authorize_url => pending.url.clone(),
+            account => account,
+            error => error,
+            provider => pending.provider(),
+            redirect_uri => pending.started.as_ref().map(|s| s.redirect_uri.clone()),
+            providers => providers,
+        },
     );
     state.templates().page(status, "wizard.html", ctx)
 }
 
 /// `GET /wizard`: starts a login (or shows the one already started) with its authorize link.
 pub async fn wizard(State(state): State<WebState>, signed: SignedIn, Query(q): Query<WizardQuery>) -> Response {
+    let wanted = q.provider.as_deref().map(str::trim).filter(|p| !p.is_empty());
     let started = match q.new {
         Some(_) => None,
         None => match state.sessions().pending_login(&signed.id).await {
-            Ok(p) => p,
+            // A login of another provider than the one asked for is replaced.
+            Ok(p) => p.filter(|p| wanted.is_none_or(|w| w == p.provider())),
             Err(e) => return login_unavailable(&state, &signed, &e),
         },
     };
     let pending = match started {
         Some(p) => p,
-        None => match state.sessions().start_login(&signed.id).await {
+        None => match state.sessions().start_login(&signed.id, wanted).await {
             Ok(p) => p,
+            Err(e @ (KeeperError::NoLoginFlow { .. } | KeeperError::UnknownProvider { .. })) => {
+                return message(&state, StatusCode::NOT_FOUND, Some(&signed), "No such login", &e.to_string())
+            }
             Err(e) => return login_unavailable(&state, &signed, &e),
         },
     };
@@ -546,6 +569,7 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
                 StatusCode::UNPROCESSABLE_ENTITY,
                 account,
                 "This login attempt has expired or was already used. Start again: open the new link below.",
+                ANTHROPIC,
             )
             .await
         }
@@ -563,18 +587,28 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
             );
         }
     }
-    if code.is_empty() || !code.contains('#') {
+    let anthropic = pending.started.is_none();
+    if code.is_empty() || (anthropic && !code.contains('#')) {
         return wizard_page(
             &state,
             signed,
             StatusCode::UNPROCESSABLE_ENTITY,
             &pending,
             account,
-            Some("Paste the whole code the provider showed, including the part after the # sign."),
+            Some(if anthropic {
+                "Paste the whole code the provider showed, including the part after the # sign."
+            } else {
+                "Paste the address your browser was sent to after signing in (or the code the page showed)."
+            }),
         );
     }
     let name = (!account.is_empty()).then_some(account);
-    match state.keeper().finish_login(name, code, &pending.login).await {
+    let finished = match &pending.started {
+        None => state.keeper().finish_login(name, code, &pending.login).await,
+        Some(started) => state.keeper().finish_provider_login(name, code, started).await,
+    };
+    let provider = pending.provider().to_owned();
+    match finished {
         Ok(outcome) => {
             // The account is stored; a login left parked only expires later.
             if let Err(e) = state.sessions().forget_login(&signed.id).await {
@@ -601,6 +635,7 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
                 account,
                 "The code was not accepted: it was mistyped, belongs to an earlier attempt, or has expired \
                  (codes work once, for about ten minutes). Start again: open the new link below and paste the new code.",
+                &provider,
             )
             .await
         }
@@ -635,6 +670,7 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
                 &format!(
                     "There are several accounts ({names}); type the account name, then start again with the new link below."
                 ),
+                &provider,
             )
             .await
         }
@@ -648,6 +684,7 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
                 &format!(
                     "The account name is not usable: {why}. Type another name, then start again with the new link below."
                 ),
+                &provider,
             )
             .await
         }

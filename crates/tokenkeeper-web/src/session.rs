@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use tokenkeeper_core::clock::chrono_duration;
+use tokenkeeper_core::config::ANTHROPIC;
 use tokenkeeper_core::store::{Store, StoreError, WebSession};
-use tokenkeeper_keeper::{Keeper, KeeperError};
+use tokenkeeper_keeper::{Keeper, KeeperError, StartedLogin};
 use tokenkeeper_provider::PkceLogin;
 
 use crate::WebState;
@@ -104,6 +105,16 @@ pub struct PendingLogin {
     pub url: String,
     /// When it was started.
     pub started_at: DateTime<Utc>,
+    /// A login of another provider than Anthropic (its provider and redirect URI), finished
+    /// with `Keeper::finish_provider_login`; `None` for Anthropic's.
+    pub started: Option<StartedLogin>,
+}
+
+impl PendingLogin {
+    /// The provider id this login signs in with.
+    pub fn provider(&self) -> &str {
+        self.started.as_ref().map_or(ANTHROPIC, |s| s.provider.as_str())
+    }
 }
 
 /// The sessions of the page, in the keeper's store.
@@ -180,15 +191,35 @@ impl Sessions {
     /// The wizard's login, unless it is older than [`LOGIN_ATTEMPT_LIFETIME`].
     pub async fn pending_login(&self, id: &str) -> Result<Option<PendingLogin>, KeeperError> {
         let parked = self.keeper.parked_login(&login_key(&hash_of(id))).await?;
-        Ok(parked.map(|p| PendingLogin { login: p.login, url: p.url, started_at: p.started_at }))
+        Ok(parked.map(|p| {
+            let started = p.started();
+            PendingLogin { login: p.login, url: p.url, started_at: p.started_at, started }
+        }))
     }
 
-    /// Starts a login and parks it for this session, replacing the one it had.
-    pub async fn start_login(&self, id: &str) -> Result<PendingLogin, KeeperError> {
-        let (login, url) = self.keeper.start_login();
+    /// Starts a login with `provider` (Anthropic's when `None`) and parks it for this session,
+    /// replacing the one it had. A provider without a login flow is
+    /// `KeeperError::NoLoginFlow`, an unknown one `KeeperError::UnknownProvider`.
+    pub async fn start_login(&self, id: &str, provider: Option<&str>) -> Result<PendingLogin, KeeperError> {
         let key = login_key(&hash_of(id));
-        self.keeper.park_login(&key, &login, &url, chrono_duration(LOGIN_ATTEMPT_LIFETIME)).await?;
-        Ok(PendingLogin { login, url, started_at: self.now() })
+        let ttl = chrono_duration(LOGIN_ATTEMPT_LIFETIME);
+        match provider.filter(|p| *p != ANTHROPIC) {
+            None => {
+                let (login, url) = self.keeper.start_login();
+                self.keeper.park_login(&key, &login, &url, ttl).await?;
+                Ok(PendingLogin { login, url, started_at: self.now(), started: None })
+            }
+            Some(p) => {
+                let started = self.keeper.start_provider_login(p, None)?;
+                self.keeper.park_started_login(&key, &started, ttl).await?;
+                Ok(PendingLogin {
+                    login: started.login.clone(),
+                    url: started.url.clone(),
+                    started_at: self.now(),
+                    started: Some(started),
+                })
+            }
+        }
     }
 
     /// Forgets the wizard's login (its code was used, or the login was refused).

@@ -331,6 +331,82 @@ async fn the_wizard_logs_in_an_account() {
     assert_ne!(res.href_of("authorize"), url);
 }
 
+/// The wizard logs in Codex and Gemini CLI accounts too: the provider is chosen on the page,
+/// the authorize link is that provider's, and what is pasted back is the address the browser
+/// was sent to (Codex's loopback redirect, which does not load on another machine) or the bare
+/// code Gemini CLI's page shows; no `#` is asked for.
+#[tokio::test]
+async fn the_wizard_logs_in_codex_and_gemini_accounts_from_the_pasted_redirect_or_code() {
+    use tokenkeeper_mock::Shape;
+    let e = support::env_configured(|config| {
+        // Every provider at the env's mock (whose base URL the Anthropic API's is).
+        let base = config.providers["anthropic"].api_base_url.clone();
+        for (id, shape) in [("codex", Shape::Codex), ("gemini", Shape::Google)] {
+            let mut p = config.provider(id);
+            p.token_url = format!("{base}{}", shape.path());
+            p.authorize_url = format!("{base}{}", shape.authorize_path());
+            config.providers.insert(id.to_owned(), p);
+        }
+    })
+    .await;
+    let mut c = e.client();
+    c.sign_in().await;
+    // The chooser offers the three providers that have a login flow; Anthropic is the default.
+    let page = c.get("/wizard").await;
+    assert!(
+        page.body.contains("id=\"provider-codex\"") && page.body.contains("id=\"provider-gemini\""),
+        "{}",
+        page.body
+    );
+    assert!(page.href_of("authorize").starts_with(&e.mock.authorize_url()));
+
+    // Codex: the whole redirect address is pasted.
+    let page = c.get("/wizard?provider=codex").await;
+    let url = page.href_of("authorize");
+    assert!(url.starts_with(&e.mock.shape_authorize_url(Shape::Codex)), "{url}");
+    assert!(
+        page.body.contains("<code id=\"redirect-uri\">http:&#x2f;&#x2f;localhost:1455&#x2f;auth&#x2f;callback</code>"),
+        "the page says where the browser goes: {}",
+        page.body
+    );
+    assert_eq!(c.get("/wizard").await.href_of("authorize"), url, "a reload keeps the Codex attempt");
+    let landed = e.mock.authorize_shape(Shape::Codex, &url, "dev@example.com").unwrap();
+    let res = c.post("/wizard", &[("csrf", &page.csrf()), ("code", &landed), ("account", "dev")]).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert!(res.body.contains("Added dev (dev@example.com)"), "{}", res.body);
+    let dev = e.keeper.store().get_account("dev").await.unwrap().unwrap();
+    assert_eq!(dev.provider, "codex");
+    assert!(!res.body.contains(dev.credential.access_token.expose()));
+    assert_eq!(e.mock.shape_counts(Shape::Codex).codes_exchanged, 1);
+
+    // Gemini CLI: the bare code its page shows.
+    let page = c.get("/wizard?provider=gemini").await;
+    let url = page.href_of("authorize");
+    assert!(url.starts_with(&e.mock.shape_authorize_url(Shape::Google)), "{url}");
+    let landed = e.mock.authorize_shape(Shape::Google, &url, "g@example.com").unwrap();
+    let code_of = |landed: &str| {
+        let u = url::Url::parse(landed).unwrap();
+        u.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+    };
+    let code = code_of(&landed);
+    // A code from another attempt is refused and a new link offered, of the same provider.
+    let res = c.post("/wizard", &[("csrf", &page.csrf()), ("code", "not-the-code"), ("account", "g")]).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+    let again = res.href_of("authorize");
+    assert!(again.starts_with(&e.mock.shape_authorize_url(Shape::Google)) && again != url, "{again}");
+    let landed = e.mock.authorize_shape(Shape::Google, &again, "g@example.com").unwrap();
+    let code2 = code_of(&landed);
+    assert_ne!(code, code2);
+    let res = c.post("/wizard", &[("csrf", &res.csrf()), ("code", &code2), ("account", "g")]).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(e.keeper.store().get_account("g").await.unwrap().unwrap().provider, "gemini");
+
+    // A provider without a login flow, or an unknown one, is a page that says so.
+    let res = c.get("/wizard?provider=anthropic-api-key").await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND, "{}", res.body);
+    assert!(res.body.contains("tokenkeeper import --provider anthropic-api-key"), "{}", res.body);
+}
+
 #[tokio::test]
 async fn the_wizard_explains_bad_codes() {
     let e = env().await;

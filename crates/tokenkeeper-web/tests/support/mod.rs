@@ -48,6 +48,14 @@ pub async fn env_with(secure_cookies: bool, clock: Option<ManualClock>) -> Env {
     Env { base, state, app }
 }
 
+/// As [`env`], with the keeper's configuration changed by `tweak` first.
+pub async fn env_configured(tweak: impl FnOnce(&mut tokenkeeper_core::Config)) -> Env {
+    let base = testing::env_at(ManualClock::new(start()), tweak).await;
+    let state = WebState::new(base.keeper.clone(), None, Secret::new(ADMIN_TOKEN), false);
+    let app = router(state.clone());
+    Env { base, state, app }
+}
+
 pub async fn env() -> Env {
     env_with(false, None).await
 }
