@@ -193,6 +193,5 @@ async fn main() {
     );
 
     served.stop();
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    support::terminate(&mut nginx);
 }

@@ -173,7 +173,10 @@ impl Drop for Served {
     }
 }
 
-fn terminate(child: &mut Child) {
+/// Asks `child` to stop with SIGTERM and reaps it. For nginx this is its fast shutdown, in
+/// which the master stops its workers first; SIGKILL would kill only the master and leave the
+/// workers running, orphaned, after the bench.
+pub fn terminate(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
