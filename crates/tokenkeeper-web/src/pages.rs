@@ -472,6 +472,8 @@ pub struct WizardForm {
     pub code: String,
     /// Account name; empty lets the keeper choose (by email, the only account, or `main`).
     pub account: String,
+    /// The provider the page was showing, so that an attempt that expired restarts with it.
+    pub provider: String,
 }
 
 /// The page for a login that cannot go on: the wizard with a freshly started login and `error`
@@ -555,6 +557,16 @@ pub async fn wizard(State(state): State<WebState>, signed: SignedIn, Query(q): Q
     wizard_page(&state, &signed, StatusCode::OK, &pending, "", None)
 }
 
+/// The provider a form names, when the wizard can log in with it; otherwise Anthropic's (the
+/// field is the page's own, so anything else was edited by hand).
+fn wizard_provider<'a>(state: &WebState, named: &'a str) -> &'a str {
+    let named = named.trim();
+    match state.keeper().providers().get(named) {
+        Some(p) if p.login().is_some() => named,
+        _ => ANTHROPIC,
+    }
+}
+
 /// `POST /wizard`: exchanges the pasted code and stores the account.
 pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm>) -> Response {
     let signed = &f.session;
@@ -569,7 +581,7 @@ pub async fn wizard_finish(State(state): State<WebState>, f: CsrfForm<WizardForm
                 StatusCode::UNPROCESSABLE_ENTITY,
                 account,
                 "This login attempt has expired or was already used. Start again: open the new link below.",
-                ANTHROPIC,
+                wizard_provider(&state, &f.form.provider),
             )
             .await
         }

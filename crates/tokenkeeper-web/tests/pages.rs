@@ -378,6 +378,15 @@ async fn the_wizard_logs_in_codex_and_gemini_accounts_from_the_pasted_redirect_o
     assert_eq!(dev.provider, "codex");
     assert!(!res.body.contains(dev.credential.access_token.expose()));
     assert_eq!(e.mock.shape_counts(Shape::Codex).codes_exchanged, 1);
+    // The same form again: that attempt is used up, and the new one is of Codex too.
+    let res = c
+        .post("/wizard", &[("csrf", &page.csrf()), ("code", &landed), ("account", "dev"), ("provider", "codex")])
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+    assert!(res.body.contains("expired or was already used"), "{}", res.body);
+    let again = res.href_of("authorize");
+    assert!(again.starts_with(&e.mock.shape_authorize_url(Shape::Codex)) && again != url, "{again}");
+    assert!(res.body.contains("name=\"provider\" value=\"codex\""), "{}", res.body);
 
     // Gemini CLI: the bare code its page shows.
     let page = c.get("/wizard?provider=gemini").await;
