@@ -18,7 +18,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
@@ -34,6 +33,7 @@ use crate::keys::KeyRefusal;
 use crate::pool::{availability, Candidate, Cooldown};
 use crate::route::Route;
 use crate::scan::UsageScanner;
+use crate::upstream::UpstreamBody;
 use crate::ProxyState;
 
 /// The beta flag OAuth tokens need on the Messages API.
@@ -293,7 +293,8 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     if hyper::http::uri::PathAndQuery::try_from(path).is_err() {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None);
     }
-    let base_headers = upstream_headers(&parts.headers);
+    // The first attempt takes these; a failover builds them again.
+    let mut base_headers = Some(upstream_headers(&parts.headers));
     let pool_name = admitted.principal.pool();
     let Some(pool) = inner.pools.get(pool_name) else {
         return error(
@@ -420,7 +421,8 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         let Ok(uri) = route.upstream.uri(path) else {
             return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None);
         };
-        let mut headers = base_headers.clone();
+        let mut headers = base_headers.take().unwrap_or_else(|| upstream_headers(&parts.headers));
+        headers.insert(header::HOST, route.upstream.host.clone());
         if set_credential(&mut headers, &lease, route).is_err() {
             excluded.insert(name);
             continue;
@@ -435,7 +437,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             Some(d) => inner.config.header_timeout.min(d.saturating_duration_since(Instant::now())),
             None => inner.config.header_timeout,
         };
-        let response = match tokio::time::timeout(wait, inner.client.request(upstream_req)).await {
+        let response = match tokio::time::timeout(wait, inner.upstreams.send(&route.upstream, upstream_req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(account = %name, error = %e, "proxy: upstream request failed; trying another account");
@@ -686,7 +688,7 @@ async fn succeeded(state: &ProxyState, account: &str, family: Option<&str>) {
 }
 
 /// Reads a failure's body (bounded) so it can be handed on if no account is left.
-async fn buffered_failure(response: hyper::Response<Incoming>) -> Failed {
+async fn buffered_failure(response: hyper::Response<UpstreamBody>) -> Failed {
     let (head, body) = response.into_parts();
     let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
     let body = match tokio::time::timeout(Duration::from_secs(10), limited.collect()).await {
@@ -698,7 +700,7 @@ async fn buffered_failure(response: hyper::Response<Incoming>) -> Failed {
 
 /// The first data frame of a body (`None` for an empty body); `Err` when it breaks or stalls
 /// before any byte.
-async fn first_frame(body: &mut Incoming, idle: Duration) -> Result<Option<Frame<Bytes>>, &'static str> {
+async fn first_frame(body: &mut UpstreamBody, idle: Duration) -> Result<Option<Frame<Bytes>>, &'static str> {
     match tokio::time::timeout(idle, body.frame()).await {
         Err(_) => Err("stalled"),
         Ok(None) => Ok(None),
@@ -753,7 +755,7 @@ pub(crate) enum BodyError {
 /// (backpressure), scanned for `usage` as it passes, never changed.
 struct ProxyBody {
     first: Option<Frame<Bytes>>,
-    inner: Incoming,
+    inner: UpstreamBody,
     done: bool,
     broken: bool,
     scanner: UsageScanner,

@@ -22,15 +22,14 @@ mod keys;
 pub mod pool;
 mod route;
 pub mod scan;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::http::HeaderValue;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use tokenkeeper_core::config::{Config, ProxyConfig, Strategy};
@@ -65,8 +64,6 @@ pub enum ProxyError {
     Keeper(#[from] tokenkeeper_keeper::KeeperError),
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, http_body_util::Full<bytes::Bytes>>;
-
 /// The proxy's state: cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct ProxyState {
@@ -86,7 +83,8 @@ pub(crate) struct Inner {
     pub routes: route::Routes,
     /// Accounts already warned about being skipped for their provider (one warning each).
     pub warned: std::sync::Mutex<std::collections::HashSet<String>>,
-    pub client: HttpsClient,
+    /// Upstream connections, pooled and driven by the requests using them.
+    pub upstreams: upstream::Upstreams,
     pub pools: Pools,
     pub accounts: Accounts,
     pub keys: keys::KeyCache,
@@ -95,21 +93,24 @@ pub(crate) struct Inner {
     pub failovers: std::sync::atomic::AtomicU64,
 }
 
+/// Where one route's requests go.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
-    pub scheme: hyper::http::uri::Scheme,
-    pub authority: hyper::http::uri::Authority,
+    /// The path prefix requests' paths are appended to (no trailing `/`).
     pub prefix: String,
+    /// `scheme://authority`, what the connector dials.
+    pub origin: hyper::Uri,
+    /// The `Host` header of its requests: the authority without a default port.
+    pub host: HeaderValue,
+    /// Its connections' key in the pool (`scheme://authority`).
+    pub key: Arc<str>,
 }
 
 impl Upstream {
-    /// The upstream URI of a request for `path` (with its query).
+    /// The origin-form URI (path and query) of a request for `path`, what HTTP/1.1 puts on
+    /// the request line to an origin server.
     pub fn uri(&self, path: &str) -> Result<hyper::Uri, hyper::http::Error> {
-        hyper::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.prefix, path))
-            .build()
+        hyper::Uri::builder().path_and_query(format!("{}{}", self.prefix, path)).build()
     }
 }
 
@@ -124,25 +125,14 @@ impl ProxyState {
     /// accounts whose provider does not speak Anthropic's Messages API are never picked.
     pub fn new(keeper: Arc<Keeper>, config: &Config) -> Result<Self, ProxyError> {
         let routes = route::Routes::new(keeper.providers(), config)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.proxy.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(ProxyError::Tls)?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(https);
+        let upstreams = upstream::Upstreams::new(config.proxy.connect_timeout).map_err(ProxyError::Tls)?;
         Ok(ProxyState {
             inner: Arc::new(Inner {
                 keeper,
                 config: config.proxy.clone(),
                 routes,
                 warned: std::sync::Mutex::new(std::collections::HashSet::new()),
-                client,
+                upstreams,
                 pools: Pools::new(config),
                 accounts: Accounts::default(),
                 keys: keys::KeyCache::new(tokenkeeper_server::auth::MAX_FAILURES),
@@ -354,7 +344,16 @@ fn parse_upstream(url: &str) -> Result<Upstream, ProxyError> {
         return Err(bad());
     }
     let authority = uri.authority().cloned().ok_or_else(bad)?;
-    Ok(Upstream { scheme, authority, prefix: uri.path().trim_end_matches('/').to_owned() })
+    let default_port = if scheme == hyper::http::uri::Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    let host = HeaderValue::from_str(&host).map_err(|_| bad())?;
+    let key: Arc<str> = Arc::from(format!("{scheme}://{authority}"));
+    let origin =
+        hyper::Uri::builder().scheme(scheme).authority(authority).path_and_query("/").build().map_err(|_| bad())?;
+    Ok(Upstream { prefix: uri.path().trim_end_matches('/').to_owned(), origin, host, key })
 }
 
 #[derive(Debug, Clone, Default)]

@@ -96,12 +96,12 @@ mod tests {
         let r = routes(toml);
         let anthropic = r.get("anthropic").unwrap();
         assert_eq!(
-            (anthropic.header, anthropic.upstream.authority.as_str()),
-            (CredentialHeader::Bearer, "api.anthropic.com")
+            (anthropic.header, &*anthropic.upstream.key, anthropic.upstream.host.to_str().unwrap()),
+            (CredentialHeader::Bearer, "https://api.anthropic.com", "api.anthropic.com")
         );
         assert_eq!(r.get("anthropic-api-key").unwrap().header, CredentialHeader::XApiKey);
         let eu = r.get("claude-eu").unwrap();
-        assert_eq!((eu.upstream.authority.as_str(), eu.upstream.prefix.as_str()), ("eu.example.com", "/anthropic"));
+        assert_eq!((&*eu.upstream.key, eu.upstream.prefix.as_str()), ("https://eu.example.com", "/anthropic"));
         for id in ["codex", "gemini", "nobody"] {
             assert!(r.get(id).is_none(), "{id} must never be sent to an Anthropic upstream");
         }
@@ -111,7 +111,12 @@ mod tests {
 
         let r = routes(&format!("[proxy]\nupstream = \"http://127.0.0.1:9/v\"\n{toml}"));
         for id in ["anthropic", "anthropic-api-key", "claude-eu"] {
-            assert_eq!(r.get(id).unwrap().upstream.authority.as_str(), "127.0.0.1:9", "{id}");
+            let upstream = &r.get(id).unwrap().upstream;
+            assert_eq!(
+                (&*upstream.key, upstream.host.to_str().unwrap()),
+                ("http://127.0.0.1:9", "127.0.0.1:9"),
+                "{id}"
+            );
         }
         assert!(r.get("codex").is_none(), "the override does not make Codex an Anthropic account");
     }
