@@ -35,8 +35,17 @@ const JSON: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","mod
 /// A fixed stream in nginx's config syntax (`\n` is a newline inside nginx strings).
 const SSE: &str = r#"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":8,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":4}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"#;
 
+/// nginx, stopped (SIGTERM, its fast shutdown) when dropped, a panicking bench included.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        support::terminate(&mut self.0);
+    }
+}
+
 /// nginx, unprivileged: the upstream on `up`, a plain reverse proxy to it on `rp`.
-fn start_nginx(dir: &std::path::Path, up: u16, rp: u16) -> Child {
+fn start_nginx(dir: &std::path::Path, up: u16, rp: u16) -> Nginx {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
     let nginx = nginx.expect("nginx is not installed: run scripts/test-deps (it installs Debian's nginx)");
     let json = JSON.replace('"', "\\\"");
@@ -78,6 +87,7 @@ http {{
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let nginx = Nginx(child);
     for port in [up, rp] {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -85,7 +95,7 @@ http {{
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    child
+    nginx
 }
 
 fn target(addr: SocketAddr, path: &str, key: Option<&str>) -> Target {
@@ -113,7 +123,7 @@ async fn main() {
 
     let nginx_dir = tempfile::tempdir().unwrap();
     let (up, rp) = (support::free_port(), support::free_port());
-    let mut nginx = start_nginx(nginx_dir.path(), up, rp);
+    let nginx = start_nginx(nginx_dir.path(), up, rp);
 
     let install = support::Install::new().await;
     let port = support::free_port();
@@ -193,5 +203,5 @@ async fn main() {
     );
 
     served.stop();
-    support::terminate(&mut nginx);
+    drop(nginx);
 }

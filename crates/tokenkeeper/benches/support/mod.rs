@@ -130,8 +130,15 @@ impl Install {
         std::fs::create_dir_all(self.data_dir()).unwrap();
         for entry in std::fs::read_dir(&staged).unwrap() {
             let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), self.data_dir().join(entry.file_name())).unwrap();
+            // SQLite removes its `-wal` and `-shm` files as the last connection closes, which
+            // may still be under way: a file gone by now was one of those.
+            let copied = match entry.file_type() {
+                Ok(t) if t.is_file() => std::fs::copy(entry.path(), self.data_dir().join(entry.file_name())).map(drop),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = copied {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "cannot copy {}: {e}", entry.path().display());
             }
         }
         names
