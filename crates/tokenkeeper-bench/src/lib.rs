@@ -6,9 +6,13 @@
 //! p50/p99/p999 of both.
 //!
 //! It is a library so that every benchmark in the workspace measures the same way:
-//! the proxy benchmark (`src/bin/proxy_bench.rs`), `tk-load`, and the benches of the real
-//! binary in `crates/tokenkeeper/benches` (the hand-out benchmark, `/api/token` against
-//! `/health`). [`run_rotating`] spreads a run over several paths (one account after another).
+//! `tk-load` and the benches of the real binary in `crates/tokenkeeper/benches` (the proxy
+//! benchmark, which also runs [`serve_floor_proxy`], and the hand-out benchmark, `/api/token`
+//! against `/health`). [`run_rotating`] spreads a run over several paths (one account after another).
+
+mod floor;
+
+pub use floor::serve_floor_proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -389,13 +393,23 @@ async fn connection_loop(
         if shared.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
             break;
         }
-        if let Some(interval) = interval {
-            // Paced: wait for this request's slot; the latency counts from the slot, so a slow
-            // answer that delays the next request is not hidden (no coordinated omission).
-            next += interval;
-            tokio::time::sleep_until(next.into()).await;
-        }
-        let sent = if interval.is_some() { next } else { Instant::now() };
+        // Paced: wait for this request's slot. A request that is late because the previous
+        // answer was slow counts from its slot, so the delay is not hidden (no coordinated
+        // omission); one that waited for its slot counts from when it was sent, because
+        // the timer wakes up to a millisecond after the slot (tokio's timer resolution), and
+        // counting that lateness would add about half a millisecond of noise to every figure.
+        let late_since = match interval {
+            Some(interval) => {
+                next += interval;
+                let behind = Instant::now() >= next;
+                if !behind {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                behind.then_some(next)
+            }
+            None => None,
+        };
+        let sent = late_since.unwrap_or_else(Instant::now);
         let Some(s) = sender.as_mut() else {
             report.errors += 1;
             sender = connect(shared.target.addr).await;
@@ -538,6 +552,23 @@ mod tests {
             assert!((57..=63).contains(&n), "{p} asked for {n} times of 300: {seen:?}");
         }
         assert!(!seen.iter().any(|s| s == "/unused"), "the target's own path was sent");
+    }
+
+    #[tokio::test]
+    async fn the_floor_proxy_passes_requests_and_answers_through() {
+        let upstream = fixed_server(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_floor_proxy(listener, upstream));
+        let config = LoadConfig {
+            target: Target::post(addr, "/v1/messages", "{}"),
+            connections: 3,
+            stop: Stop::Count(300),
+            rate: None,
+            warmup_requests: 1,
+        };
+        let report = run(&config).await.unwrap();
+        assert_eq!((report.ok, report.errors, report.non_2xx, report.bytes), (300, 0, 0, 1500));
     }
 
     #[tokio::test]

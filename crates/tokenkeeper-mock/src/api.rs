@@ -359,7 +359,7 @@ fn sse_response(shared: Arc<Shared>, model: &str, fault: Option<Fault>) -> Respo
             }
             return None;
         }
-        if let Some(d) = st.delay {
+        if let Some(d) = st.delay.filter(|_| st.sent > 0) {
             tokio::time::sleep(d).await;
         }
         match st.events.next() {

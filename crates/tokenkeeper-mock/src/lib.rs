@@ -98,9 +98,10 @@ pub enum Fault {
         /// Events sent before the cut.
         after_events: usize,
     },
-    /// Messages API, streaming: wait this long before each event.
+    /// Messages API, streaming: the first event at once, then a pause this long before each
+    /// of the others.
     SlowStream {
-        /// The pause before each event.
+        /// The pause between two events.
         delay: Duration,
     },
 }

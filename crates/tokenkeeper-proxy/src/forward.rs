@@ -497,8 +497,9 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                     broken: false,
                     scanner: UsageScanner::default(),
                     idle_timeout: inner.config.idle_timeout,
-                    idle: Box::pin(tokio::time::sleep(inner.config.idle_timeout)),
-                    deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+                    last_frame: tokio::time::Instant::now(),
+                    deadline: deadline.map(tokio::time::Instant::from_std),
+                    timer: None,
                     finish: Some(Finish {
                         state: state.clone(),
                         account,
@@ -760,19 +761,30 @@ struct ProxyBody {
     broken: bool,
     scanner: UsageScanner,
     idle_timeout: Duration,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last frame passed (or the body began): `[proxy] idle_timeout` counts from it.
+    last_frame: tokio::time::Instant,
+    /// The end of `[proxy] total_timeout` (non-streaming answers only).
+    deadline: Option<tokio::time::Instant>,
+    /// Made only once the body first has to wait, set to whichever limit comes first: an
+    /// answer that arrives whole (most JSON answers) never touches the runtime's timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     finish: Option<Finish>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl ProxyBody {
+    /// Ends the body as broken (the client's connection is aborted, never a clean end).
+    fn fail(&mut self, e: BodyError) -> BodyError {
+        self.done = true;
+        self.broken = true;
+        e
+    }
+
     fn pass(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
         if let Some(data) = frame.data_ref() {
             self.scanner.feed(data);
         }
-        let next = tokio::time::Instant::now() + self.idle_timeout;
-        self.idle.as_mut().reset(next);
+        self.last_frame = tokio::time::Instant::now();
         frame
     }
 }
@@ -789,32 +801,34 @@ impl HttpBody for ProxyBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(d) = this.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                this.done = true;
-                this.broken = true;
-                return Poll::Ready(Some(Err(BodyError::Total)));
-            }
+        if this.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Poll::Ready(Some(Err(this.fail(BodyError::Total))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(this.pass(frame)))),
-            Poll::Ready(Some(Err(e))) => {
-                this.done = true;
-                this.broken = true;
-                Poll::Ready(Some(Err(BodyError::Upstream(e))))
-            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.fail(BodyError::Upstream(e))))),
             Poll::Ready(None) => {
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                if this.idle.as_mut().poll(cx).is_ready() {
-                    this.done = true;
-                    this.broken = true;
-                    return Poll::Ready(Some(Err(BodyError::Idle)));
+            Poll::Pending => loop {
+                let now = tokio::time::Instant::now();
+                if this.deadline.is_some_and(|d| now >= d) {
+                    return Poll::Ready(Some(Err(this.fail(BodyError::Total))));
                 }
-                Poll::Pending
-            }
+                let idle_at = this.last_frame + this.idle_timeout;
+                if now >= idle_at {
+                    return Poll::Ready(Some(Err(this.fail(BodyError::Idle))));
+                }
+                let wake = this.deadline.map_or(idle_at, |d| d.min(idle_at));
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+                if timer.deadline() != wake {
+                    timer.as_mut().reset(wake);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            },
         }
     }
 

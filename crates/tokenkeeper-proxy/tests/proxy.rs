@@ -318,6 +318,39 @@ async fn a_stream_cut_upstream_reaches_the_client_broken_never_as_a_clean_end() 
     assert_eq!(p.env.mock.counts().streams_cut, 1);
 }
 
+/// Real time, because the mock serves on a runtime of its own (a paused clock here would not
+/// pause its pauses); the margins are eightfold either way.
+#[tokio::test]
+async fn a_stream_that_stalls_longer_than_the_idle_timeout_reaches_the_client_broken() {
+    let idle = Duration::from_millis(400);
+    let p = start(&["a"], |c| c.proxy.idle_timeout = idle).await;
+    // Ten events 50 ms apart take longer than the limit in all, but no pause reaches it.
+    p.env.mock.push_account_fault("a@example.com", Fault::SlowStream { delay: Duration::from_millis(50) });
+    let r = p.messages(&hello(true)).send().await.unwrap();
+    assert!(r.text().await.unwrap().contains("message_stop"), "pauses under the idle timeout are fine");
+    // A pause of 3.2 s does: the client's stream breaks after the limit, never ends cleanly.
+    p.env.mock.push_account_fault("a@example.com", Fault::SlowStream { delay: idle * 8 });
+    let r = p.messages(&hello(true)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    let mut body = r.bytes_stream();
+    let mut got = Vec::new();
+    let mut broke = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(broke, "a stalled stream must break, got a clean end after {} bytes", got.len());
+    assert!(String::from_utf8_lossy(&got).contains("message_start"), "the first event passed");
+    let waited = started.elapsed();
+    assert!(waited < idle * 8, "broke after {waited:?}, at the mock's next event rather than the idle timeout");
+}
+
 #[tokio::test]
 async fn a_body_that_breaks_before_its_first_byte_fails_over() {
     let p = start(&["a", "b"], |c| pool(c, Strategy::FillFirst, &["a", "b"])).await;

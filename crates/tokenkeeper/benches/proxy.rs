@@ -1,8 +1,12 @@
 //! The API proxy against nginx: in one run, against one fast loopback upstream (nginx from
 //! Debian serving a fixed JSON answer and a fixed SSE stream), requests sent directly to the
 //! upstream, through `tokenkeeper serve`'s proxy (release build, one pooled account, a proxy
-//! key), and through nginx configured as a plain keep-alive reverse proxy: the practical
-//! ceiling of any proxy on this machine. The load generator is `tokenkeeper-bench`.
+//! key), through nginx configured as a plain keep-alive reverse proxy (the practical ceiling
+//! of any proxy on this machine), and through the floor proxy of tokenkeeper's own stack
+//! (`tokenkeeper_bench::serve_floor_proxy`: tokio and hyper, nothing else, on a runtime of
+//! its own with two workers, like `serve`'s): between nginx and the floor lies what the stack
+//! costs, between the floor and tokenkeeper what tokenkeeper's own work per request costs.
+//! The load generator is `tokenkeeper-bench`.
 //!
 //! ```text
 //! scripts/test-deps                      # installs nginx
@@ -24,7 +28,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokenkeeper_bench::{ms, run, LoadConfig, Report, Stop, Target};
+use tokenkeeper_bench::{ms, run, serve_floor_proxy, LoadConfig, Report, Stop, Target};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -98,6 +102,21 @@ http {{
     nginx
 }
 
+/// The floor proxy to `upstream`, on a runtime of its own (two workers, as `serve` has) in a
+/// thread of its own, for the rest of the bench.
+fn start_floor(upstream: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            serve_floor_proxy(tokio::net::TcpListener::from_std(listener).unwrap(), upstream).await;
+        });
+    });
+    addr
+}
+
 fn target(addr: SocketAddr, path: &str, key: Option<&str>) -> Target {
     let body = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut t = Target::post(addr, path, body)
@@ -135,8 +154,13 @@ async fn main() {
     let served = support::spawn_serve(&install, Duration::from_secs(60));
 
     let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let ways: [(&str, SocketAddr, Option<&str>); 3] =
-        [("direct", at(up), None), ("nginx proxy", at(rp), None), ("tokenkeeper proxy", at(port), Some(&key))];
+    let floor = start_floor(at(up));
+    let ways: [(&str, SocketAddr, Option<&str>); 4] = [
+        ("direct", at(up), None),
+        ("nginx proxy", at(rp), None),
+        ("floor proxy", floor, None),
+        ("tokenkeeper proxy", at(port), Some(&key)),
+    ];
 
     // Warm-up of every path (connections, key cache, upstream pool).
     for (name, addr, key) in ways {
@@ -151,8 +175,10 @@ async fn main() {
         );
     }
 
-    println!("--- throughput, JSON, {connections} connections, {seconds} s each (direct, nginx, tokenkeeper; twice)");
-    let mut tput = [0.0f64; 3];
+    println!(
+        "--- throughput, JSON, {connections} connections, {seconds} s each (direct, nginx, floor, tokenkeeper; twice)"
+    );
+    let mut tput = [0.0f64; 4];
     for round in 0..2 {
         for (i, (name, addr, key)) in ways.iter().enumerate() {
             let r = run(&LoadConfig::closed(target(*addr, "/v1/messages", *key), connections, phase)).await.unwrap();
@@ -160,7 +186,12 @@ async fn main() {
             tput[i] += r.throughput() / 2.0;
         }
     }
-    println!("tokenkeeper / nginx-proxy throughput ratio: {:.2} (target >= 0.9)", tput[2] / tput[1]);
+    println!(
+        "tokenkeeper / nginx-proxy throughput ratio: {:.2} (target >= 0.9); floor / nginx-proxy {:.2}; tokenkeeper / floor {:.2}",
+        tput[3] / tput[1],
+        tput[2] / tput[1],
+        tput[3] / tput[2]
+    );
 
     println!("--- moderate load, {rate} req/s on 8 connections, {seconds} s each");
     let mut p = Vec::new();
@@ -172,8 +203,8 @@ async fn main() {
         p.push((ms(r.latency_at(0.5)), ms(r.latency_at(0.99))));
     }
     println!(
-        "added latency over direct: tokenkeeper p50 +{:.3} ms, p99 +{:.3} ms (target < 1 ms); nginx p50 +{:.3} ms, p99 +{:.3} ms",
-        p[2].0 - p[0].0, p[2].1 - p[0].1, p[1].0 - p[0].0, p[1].1 - p[0].1
+        "added latency over direct: tokenkeeper p50 +{:.3} ms, p99 +{:.3} ms (target < 1 ms); nginx p50 +{:.3} ms, p99 +{:.3} ms; floor p50 +{:.3} ms, p99 +{:.3} ms",
+        p[3].0 - p[0].0, p[3].1 - p[0].1, p[1].0 - p[0].0, p[1].1 - p[0].1, p[2].0 - p[0].0, p[2].1 - p[0].1
     );
     let mut t = Vec::new();
     for (name, addr, key) in ways {
@@ -184,8 +215,8 @@ async fn main() {
         t.push((ms(r.ttfb_at(0.5)), ms(r.ttfb_at(0.99))));
     }
     println!(
-        "time to first SSE byte added: tokenkeeper p50 +{:.3} ms, p99 +{:.3} ms (target < 1 ms); nginx p50 +{:.3} ms, p99 +{:.3} ms",
-        t[2].0 - t[0].0, t[2].1 - t[0].1, t[1].0 - t[0].0, t[1].1 - t[0].1
+        "time to first SSE byte added: tokenkeeper p50 +{:.3} ms, p99 +{:.3} ms (target < 1 ms); nginx p50 +{:.3} ms, p99 +{:.3} ms; floor p50 +{:.3} ms, p99 +{:.3} ms",
+        t[3].0 - t[0].0, t[3].1 - t[0].1, t[1].0 - t[0].0, t[1].1 - t[0].1, t[2].0 - t[0].0, t[2].1 - t[0].1
     );
 
     println!("--- memory: {streams} concurrent streams through tokenkeeper for {seconds} s");

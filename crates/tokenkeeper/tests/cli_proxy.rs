@@ -81,7 +81,7 @@ async fn the_proxy_on_the_main_listener_streams_past_the_request_timeout_and_its
     );
     let url = format!("http://127.0.0.1:{port}");
     let client = anthropic_client();
-    // Ten events 150 ms apart: 1.5 s, longer than the API's 1 s request timeout.
+    // Ten events 150 ms apart: 1.35 s, longer than the API's 1 s request timeout.
     w.mock.push_account_fault("a@example.com", Fault::SlowStream { delay: Duration::from_millis(150) });
     w.mock.push_account_fault("b@example.com", Fault::SlowStream { delay: Duration::from_millis(150) });
     let started = std::time::Instant::now();
