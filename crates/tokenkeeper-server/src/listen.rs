@@ -13,7 +13,9 @@
 //!   router ([`crate::router`]);
 //! - `max_connections`: a semaphore taken when a connection is accepted (before TLS) and held
 //!   by the connection's service until the connection ends; past it, new connections are
-//!   closed at once.
+//!   closed at once; the same acceptor turns Nagle's algorithm off on TCP connections
+//!   (axum-server's default acceptor, which it replaces, did): a proxied stream's events each
+//!   go out as they come, not held back until the client acknowledges the previous one.
 
 use std::future::Future;
 use std::io;
@@ -230,7 +232,26 @@ struct ConnectionPermit {
     _held: Arc<OwnedSemaphorePermit>,
 }
 
-impl<I, S> Accept<I, S> for ConnectionLimit {
+/// Connections whose small writes go out at once: TCP with `TCP_NODELAY`; a Unix socket has
+/// nothing to set.
+trait NoDelay {
+    fn no_delay(&self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) {
+        if let Err(e) = self.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    }
+}
+
+#[cfg(unix)]
+impl NoDelay for tokio::net::UnixStream {
+    fn no_delay(&self) {}
+}
+
+impl<I: NoDelay, S> Accept<I, S> for ConnectionLimit {
     type Stream = I;
     type Service = <Extension<ConnectionPermit> as Layer<S>>::Service;
     type Future = std::future::Ready<io::Result<(I, Self::Service)>>;
@@ -245,6 +266,7 @@ impl<I, S> Accept<I, S> for ConnectionLimit {
             }
             return std::future::ready(Err(io::Error::other("too many connections")));
         };
+        stream.no_delay();
         // The service lives as long as the connection: it holds the permit.
         std::future::ready(Ok((stream, Extension(ConnectionPermit { _held: Arc::new(permit) }).layer(service))))
     }
@@ -316,6 +338,17 @@ async fn serve_unix(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_tcp_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(!stream.nodelay().unwrap(), "a new socket starts with Nagle on");
+        let (stream, _service) = ConnectionLimit::new(1).accept(stream, ()).await.unwrap();
+        assert!(stream.nodelay().unwrap());
+    }
 
     #[test]
     fn only_non_loopback_plain_http_is_flagged() {
