@@ -49,6 +49,9 @@ pub(crate) enum UpstreamError {
     /// No connection: DNS, TCP (within `[proxy] connect_timeout`) or TLS.
     #[error("cannot connect to the upstream: {0}")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No connection within `[proxy] connect_timeout` (TLS handshake included).
+    #[error("no connection to the upstream within {0:?} ([proxy] connect_timeout)")]
+    ConnectTimeout(Duration),
     /// The connection failed while the request was sent or the answer's head read.
     #[error("the upstream connection failed: {0}")]
     Http(#[source] hyper::Error),
@@ -160,11 +163,13 @@ impl Pool {
 /// TLS with the web PKI's roots for `https`) and the idle pool.
 pub(crate) struct Upstreams {
     connector: HttpsConnector<HttpConnector>,
+    /// `[proxy] connect_timeout`: DNS, TCP and TLS together.
+    connect_timeout: Duration,
     pool: Arc<Pool>,
 }
 
 impl Upstreams {
-    /// Connections made with `connect_timeout` for TCP.
+    /// Connections made within `connect_timeout` (DNS, TCP and TLS together).
     pub fn new(connect_timeout: Duration) -> Result<Self, rustls::Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -175,7 +180,7 @@ impl Upstreams {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Ok(Upstreams { connector, pool: Arc::default() })
+        Ok(Upstreams { connector, connect_timeout, pool: Arc::default() })
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `upstream` and returns the answer's head
@@ -214,7 +219,10 @@ impl Upstreams {
     async fn connect(&self, upstream: &Upstream) -> Result<Box<Conn>, UpstreamError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(UpstreamError::Connect)?;
-        let io = connector.call(upstream.origin.clone()).await.map_err(UpstreamError::Connect)?;
+        let io = tokio::time::timeout(self.connect_timeout, connector.call(upstream.origin.clone()))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(self.connect_timeout))?
+            .map_err(UpstreamError::Connect)?;
         let (send, io) = http1::handshake(io).await.map_err(UpstreamError::Http)?;
         Ok(Box::new(Conn { send, io, ended: false }))
     }
@@ -407,6 +415,26 @@ mod tests {
             let u = crate::parse_upstream(url).unwrap();
             assert_eq!((u.host.to_str().unwrap(), &*u.key), (host, key), "{url}");
         }
+    }
+
+    /// Paused time: the handshake's wait is the runtime's clock, advanced at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_that_never_completes_ends_at_the_connect_timeout() {
+        // Accepts, then never answers the ClientHello.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let upstream = crate::parse_upstream(&format!("https://{addr}")).unwrap();
+        let ups = Upstreams::new(Duration::from_secs(10)).unwrap();
+        let started = tokio::time::Instant::now();
+        let e = ups.send(&upstream, request(&upstream, "/")).await.err().unwrap();
+        assert!(matches!(e, UpstreamError::ConnectTimeout(_)), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test]
