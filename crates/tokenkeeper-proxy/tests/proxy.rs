@@ -295,26 +295,28 @@ async fn a_rejected_refresh_marks_needs_login_and_fails_over() {
     assert_eq!(snap[0].members[0].state, MemberState::NeedsLogin);
 }
 
+/// A streamed answer's text as far as it came, and whether it broke (rather than ended).
+async fn read_until_it_breaks(r: reqwest::Response) -> (String, bool) {
+    let mut body = r.bytes_stream();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), false)
+}
+
 #[tokio::test]
 async fn a_stream_cut_upstream_reaches_the_client_broken_never_as_a_clean_end() {
     let p = start(&["a"], |_| {}).await;
     p.env.mock.push_account_fault("a@example.com", Fault::StreamCut { after_events: 3 });
     let r = p.messages(&hello(true)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let mut body = r.bytes_stream();
-    let mut got = Vec::new();
-    let mut broke = false;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(c) => got.extend_from_slice(&c),
-            Err(_) => {
-                broke = true;
-                break;
-            }
-        }
-    }
+    let (got, broke) = read_until_it_breaks(r).await;
     assert!(broke, "the client must see an error, got a clean end after {} bytes", got.len());
-    assert!(String::from_utf8_lossy(&got).contains("message_start"));
+    assert!(got.contains("message_start"));
     assert_eq!(p.env.mock.counts().streams_cut, 1);
 }
 
@@ -333,20 +335,9 @@ async fn a_stream_that_stalls_longer_than_the_idle_timeout_reaches_the_client_br
     let r = p.messages(&hello(true)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let started = std::time::Instant::now();
-    let mut body = r.bytes_stream();
-    let mut got = Vec::new();
-    let mut broke = false;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(c) => got.extend_from_slice(&c),
-            Err(_) => {
-                broke = true;
-                break;
-            }
-        }
-    }
+    let (got, broke) = read_until_it_breaks(r).await;
     assert!(broke, "a stalled stream must break, got a clean end after {} bytes", got.len());
-    assert!(String::from_utf8_lossy(&got).contains("message_start"), "the first event passed");
+    assert!(got.contains("message_start"), "the first event passed");
     let waited = started.elapsed();
     assert!(waited < idle * 8, "broke after {waited:?}, at the mock's next event rather than the idle timeout");
 }
