@@ -10,6 +10,8 @@
 //! - [`pool`]: pools, strategies, cooldowns (stored, absolute, self-ending).
 //! - [`classify`]: what an upstream answer means; [`scan`]: usage read as the bytes pass.
 //! - `forward`: the request path: rewriting, failover, the streamed body.
+//! - `upstream`: the upstream connections, pooled per upstream and driven by the task of the
+//!   request that holds one (no second task per exchange).
 //! - [`ProxyState::pool_snapshot`] and [`ProxyState::register_metrics`]: what status, the web page and
 //!   `/metrics` show.
 //!
