@@ -93,9 +93,7 @@ impl Conn {
         // driven. Driving first lets one poll read an answer that arrived and hand it on.
         let mut answer = std::pin::pin!(self.send.try_send_request(req));
         std::future::poll_fn(|cx| {
-            if !self.ended && Pin::new(&mut self.io).poll(cx).is_ready() {
-                self.ended = true;
-            }
+            self.drive(cx);
             answer.as_mut().poll(cx)
         })
         .await
@@ -119,24 +117,15 @@ impl Pool {
     }
 
     /// The most recently used live idle connection to `key`; expired and closed ones met on
-    /// the way are dropped (outside the lock: dropping one closes its socket).
+    /// the way are dropped. Each is looked at outside the lock: that may read from its socket,
+    /// and dropping one closes it.
     fn checkout(&self, key: &str) -> Option<Box<Conn>> {
-        let mut dead = Vec::new();
-        let found = {
-            let mut idle = self.lock();
-            let list = idle.get_mut(key)?;
-            let mut found = None;
-            while let Some(mut c) = list.pop() {
-                if c.since.elapsed() < IDLE_TIMEOUT && c.conn.reusable() {
-                    found = Some(c.conn);
-                    break;
-                }
-                dead.push(c);
+        loop {
+            let mut c = self.lock().get_mut(key)?.pop()?;
+            if c.since.elapsed() < IDLE_TIMEOUT && c.conn.reusable() {
+                return Some(c.conn);
             }
-            found
-        };
-        drop(dead);
-        found
+        }
     }
 
     /// Keeps `conn` for the next request to `key`, unless it cannot take one or the pool
@@ -145,22 +134,27 @@ impl Pool {
         if !conn.reusable() {
             return;
         }
-        let expired = {
+        // What is closed (expired ones, or this one when the pool is full) is dropped after
+        // the lock is released.
+        let (expired, overflow) = {
             let mut idle = self.lock();
             let list = idle.entry(key.clone()).or_default();
             let fresh = list.iter().position(|c| c.since.elapsed() < IDLE_TIMEOUT).unwrap_or(list.len());
             let expired: Vec<Idle> = list.drain(..fresh).collect();
-            if list.len() < MAX_IDLE {
+            let overflow = if list.len() < MAX_IDLE {
                 list.push(Idle { conn, since: Instant::now() });
-            }
-            expired
+                None
+            } else {
+                Some(conn)
+            };
+            (expired, overflow)
         };
-        drop(expired);
+        drop((expired, overflow));
     }
 }
 
-/// The upstream connections of one proxy: a connector (TCP with `[proxy] connect_timeout`,
-/// TLS with the web PKI's roots for `https`) and the idle pool.
+/// The upstream connections of one proxy: a connector (TCP, and TLS with the web PKI's roots
+/// for `https`, within `[proxy] connect_timeout`) and the idle pool.
 pub(crate) struct Upstreams {
     connector: HttpsConnector<HttpConnector>,
     /// `[proxy] connect_timeout`: DNS, TCP and TLS together.
