@@ -168,6 +168,9 @@ impl Upstreams {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Kept beside the outer timeout in `connect`: with several addresses for one name the
+        // connector shares this one out between its attempts, so a dead first address does not
+        // take the whole allowance; the outer one also bounds DNS and the TLS handshake.
         http.set_connect_timeout(Some(connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
