@@ -9,6 +9,13 @@
 //! itself (`docs/BENCHMARKS.md`). Here the request's own task polls the upstream connection
 //! beside the response's head and body: one task per exchange, as in nginx's event loop.
 //!
+//! Idle connections are pooled per runtime as well: a connection's socket is registered with
+//! the reactor of the runtime that opened it, and `serve` runs each client connection on a
+//! single-threaded runtime of its own thread (`tokenkeeper_server`'s connection threads).
+//! Used from another of those threads, the connection's readiness would come through the
+//! first one, a wake-up across threads for every read; kept to its own runtime, it never
+//! leaves the thread. (On a multi-threaded runtime, one id covers all its workers.)
+//!
 //! Nobody polls an idle connection. One the upstream closed meanwhile is noticed when it is
 //! checked out (its connection future has ended) and dropped; a request that a connection
 //! turned away unwritten goes to another one; nothing that was written is sent twice.
@@ -64,6 +71,8 @@ struct Conn {
     io: http1::Connection<Io, Full<Bytes>>,
     /// The connection future has ended (closed or failed); it is never polled again.
     ended: bool,
+    /// The runtime whose reactor its socket is registered with: it is pooled for that one.
+    runtime: tokio::runtime::Id,
 }
 
 impl Conn {
@@ -105,23 +114,26 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle connections by upstream ([`Upstream::key`]), most recently used last.
+/// Idle connections by runtime ([`Conn::runtime`]) and upstream ([`Upstream::key`]), most
+/// recently used last.
+type IdleMap = HashMap<tokio::runtime::Id, HashMap<Arc<str>, Vec<Idle>>>;
+
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    idle: Mutex<IdleMap>,
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used live idle connection to `key`; expired and closed ones met on
-    /// the way are dropped. Each is looked at outside the lock: that may read from its socket,
-    /// and dropping one closes it.
-    fn checkout(&self, key: &str) -> Option<Box<Conn>> {
+    /// The most recently used live idle connection to `key` opened on `runtime`; expired and
+    /// closed ones met on the way are dropped. Each is looked at outside the lock: that may
+    /// read from its socket, and dropping one closes it.
+    fn checkout(&self, runtime: tokio::runtime::Id, key: &str) -> Option<Box<Conn>> {
         loop {
-            let mut c = self.lock().get_mut(key)?.pop()?;
+            let mut c = self.lock().get_mut(&runtime)?.get_mut(key)?.pop()?;
             if c.since.elapsed() < IDLE_TIMEOUT && c.conn.reusable() {
                 return Some(c.conn);
             }
@@ -138,7 +150,7 @@ impl Pool {
         // the lock is released.
         let (expired, overflow) = {
             let mut idle = self.lock();
-            let list = idle.entry(key.clone()).or_default();
+            let list = idle.entry(conn.runtime).or_default().entry(key.clone()).or_default();
             let fresh = list.iter().position(|c| c.since.elapsed() < IDLE_TIMEOUT).unwrap_or(list.len());
             let expired: Vec<Idle> = list.drain(..fresh).collect();
             let overflow = if list.len() < MAX_IDLE {
@@ -188,9 +200,10 @@ impl Upstreams {
         upstream: &Upstream,
         mut req: hyper::Request<Full<Bytes>>,
     ) -> Result<hyper::Response<UpstreamBody>, UpstreamError> {
+        let runtime = tokio::runtime::Handle::current().id();
         let mut tries = 0;
         loop {
-            let idle = if tries < MAX_IDLE_TRIES { self.pool.checkout(&upstream.key) } else { None };
+            let idle = if tries < MAX_IDLE_TRIES { self.pool.checkout(runtime, &upstream.key) } else { None };
             tries += 1;
             let reused = idle.is_some();
             let mut conn = match idle {
@@ -221,7 +234,7 @@ impl Upstreams {
             .map_err(|_| UpstreamError::ConnectTimeout(self.connect_timeout))?
             .map_err(UpstreamError::Connect)?;
         let (send, io) = http1::handshake(io).await.map_err(UpstreamError::Http)?;
-        Ok(Box::new(Conn { send, io, ended: false }))
+        Ok(Box::new(Conn { send, io, ended: false, runtime: tokio::runtime::Handle::current().id() }))
     }
 
     fn body(
@@ -399,6 +412,39 @@ mod tests {
             assert_eq!(get(&ups, &upstream, "/").await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    /// Each client connection thread is a single-threaded runtime: a connection opened on
+    /// one is pooled for that one only (its socket is on that runtime's reactor). The test's
+    /// runtime has workers of its own: the server runs there while this thread waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_reused_only_on_the_runtime_that_opened_them() {
+        let (upstream, accepted) = server().await;
+        let ups = Arc::new(Upstreams::new(Duration::from_secs(5)).unwrap());
+        let on_own_runtime = |ups: Arc<Upstreams>, upstream: Upstream| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    for _ in 0..3 {
+                        assert_eq!(get(&ups, &upstream, "/").await, "ok");
+                    }
+                });
+                // Kept alive: its connection stays pooled (and open) for the checks below.
+                rt
+            })
+            .join()
+            .unwrap()
+        };
+        let first = on_own_runtime(ups.clone(), upstream.clone());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests on one runtime share a connection");
+        let second = on_own_runtime(ups.clone(), upstream.clone());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "another runtime opens its own");
+        assert_eq!(get(&ups, &upstream, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "and so does this test's runtime");
+        assert_eq!(get(&ups, &upstream, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "which reuses its own");
+        // A runtime may not be dropped from inside another one.
+        std::thread::spawn(move || drop((first, second))).join().unwrap();
     }
 
     #[test]

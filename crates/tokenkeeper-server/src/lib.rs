@@ -24,6 +24,7 @@ pub mod error;
 pub mod listen;
 pub mod metrics;
 pub mod oauth;
+mod shards;
 pub mod state;
 
 use axum::http::StatusCode;

@@ -1,21 +1,27 @@
 //! Serving the router: plain HTTP or TLS (rustls) on a TCP listener, and optionally a Unix
 //! socket beside it, all stopped by one shutdown future and drained before [`serve`] returns.
 //!
-//! Every listener is served by `axum-server`, HTTP/1.1 only (the reason is on `configure`), with
-//! the limits of `[server]` set on the HTTP library rather than written here:
+//! Each listener's accept loop runs on the caller's runtime and hands every connection to a
+//! connection thread ([`crate::shards`]: one single-threaded runtime per core), which serves
+//! it with hyper's HTTP/1.1 server (the reason for HTTP/1.1 only is on [`http1`]) until it
+//! ends. The limits of `[server]` are set on the HTTP library rather than written here:
 //!
 //! - `header_read_timeout`: hyper's header read timeout (HTTP/1), which runs whenever a
 //!   connection waits for a request head, so it also closes idle connections, new or kept
-//!   alive; TLS handshakes get the same time (`axum-server`'s handshake timeout);
+//!   alive; TLS handshakes get the same time;
 //! - `max_header_bytes`: hyper's read buffer (a larger head is answered 431 and the connection
 //!   closed);
 //! - `body_read_timeout` and `request_timeout`: `tower-http`'s body and request timeouts on the
 //!   router ([`crate::router`]);
 //! - `max_connections`: a semaphore taken when a connection is accepted (before TLS) and held
 //!   by the connection's service until the connection ends; past it, new connections are
-//!   closed at once; the same acceptor turns Nagle's algorithm off on TCP connections
-//!   (axum-server's default acceptor, which it replaces, did): a proxied stream's events each
-//!   go out as they come, not held back until the client acknowledges the previous one.
+//!   closed at once. The accept loop also turns Nagle's algorithm off on TCP connections: a
+//!   proxied stream's events each go out as they come, not held back until the client
+//!   acknowledges the previous one.
+//!
+//! A server told to stop stops accepting, lets each connection finish the request it is
+//! serving (hyper's graceful shutdown) for up to `[server] request_timeout`, then closes what
+//! is left.
 
 use std::future::Future;
 use std::io;
@@ -26,10 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum_server::accept::Accept;
-use axum_server::Address;
 use futures::FutureExt;
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokenkeeper_core::config::{ServerConfig, MIN_HEADER_BYTES};
@@ -157,61 +162,222 @@ async fn serve_tcp(
     limits: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let handle = axum_server::Handle::new();
-    let watcher = tokio::spawn(stop_on(shutdown, handle.clone(), limits.request_timeout));
-    let limit = ConnectionLimit::new(limits.max_connections);
-    let std_listener = listener.into_std()?;
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let result = match tls {
-        Some(config) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
-                .handshake_timeout(limits.header_read_timeout)
-                .acceptor(limit);
-            let server = axum_server::from_tcp(std_listener)?.acceptor(acceptor).handle(handle);
-            configure(server, limits).serve(make_service).await
-        }
-        None => {
-            let server = axum_server::from_tcp(std_listener)?.acceptor(limit).handle(handle);
-            configure(server, limits).serve(make_service).await
-        }
-    };
-    watcher.abort();
-    result
+    let tls = tls.map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+    serve_listener(Listener::Tcp(listener), app, tls, limits, shutdown).await
 }
 
 /// What `serve` logs, once, when it listens on a non-loopback address without TLS.
 pub const PLAINTEXT_WARNING: &str = "the HTTP API listens on a non-loopback address WITHOUT TLS: keys and tokens cross the network in clear text. Enable TLS with [server] tls_cert = \"/path/fullchain.pem\" and tls_key = \"/path/privkey.pem\" in the config, put a TLS proxy in front, or listen on 127.0.0.1 only";
 
-/// Applies `[server]`'s limits to the HTTP library.
+/// Where connections come from.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted connection, taken off the accepting runtime's reactor: the connection thread
+/// that serves it registers it with its own ([`crate::shards`]).
+#[derive(Debug)]
+enum Accepted {
+    Tcp(std::net::TcpStream, SocketAddr),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, addr) = l.accept().await?;
+                detach_tcp(stream, addr)
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => Ok(Accepted::Unix(l.accept().await?.0.into_std()?)),
+        }
+    }
+}
+
+/// Turns Nagle's algorithm off (a proxied stream's events each go out as they come, not held
+/// back until the client acknowledges the previous one) and takes the socket off this
+/// runtime's reactor.
+fn detach_tcp(stream: tokio::net::TcpStream, addr: SocketAddr) -> io::Result<Accepted> {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+    }
+    Ok(Accepted::Tcp(stream.into_std()?, addr))
+}
+
+/// Whether an accept error concerns only the connection being accepted (the next accept may
+/// well succeed), rather than the listener or the process (out of file descriptors).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A server's state as its connections see it: running, draining (finish the requests in
+/// flight, take no new ones), or closing (the drain time is over: end now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    Draining,
+    Closing,
+}
+
+/// The HTTP/1.1 connection settings of `[server]`, on hyper's server (see the
+/// [module docs](self)).
 ///
 /// HTTP/1.1 only: hyper's HTTP/1 server enforces the header read timeout from the moment a
 /// connection waits for a request (so idle connections, new or kept alive, are closed too),
 /// while its HTTP/2 server and the protocol detection in front of both have no such timeout:
 /// a client could hold a connection open for ever by sending nothing. Nothing served here
 /// gains from HTTP/2.
-fn configure<A: Address, Acc>(
-    server: axum_server::Server<A, Acc>,
-    limits: &ServerConfig,
-) -> axum_server::Server<A, Acc> {
-    let mut server = server.http1_only();
-    server
-        .http_builder()
-        .http1()
-        .timer(TokioTimer::new())
+fn http1(limits: &ServerConfig) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
-    server
+    http
 }
 
-/// Begins a graceful shutdown of `handle` when `shutdown` resolves, giving requests in flight
-/// up to `drain` to finish.
-async fn stop_on<A: Address>(shutdown: impl Future<Output = ()>, handle: axum_server::Handle<A>, drain: Duration) {
-    shutdown.await;
-    handle.graceful_shutdown(Some(drain));
+/// Accepts connections on `listener` and serves `app` on each, on the connection threads,
+/// until `shutdown` resolves; then stops accepting, lets requests in flight finish for up to
+/// `[server] request_timeout`, closes what is left, and returns once every connection ended.
+async fn serve_listener(
+    listener: Listener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let limit = ConnectionLimit::new(limits.max_connections);
+    let http = Arc::new(http1(limits));
+    let (phase, watch) = tokio::sync::watch::channel(Phase::Running);
+    let connections = tokio_util::task::TaskTracker::new();
+    let handshake_timeout = limits.header_read_timeout;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: accepting again at once would spin.
+                tracing::warn!(error = %e, "cannot accept a connection; trying again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Past the limit the connection is dropped, which closes it.
+        let Some(permit) = limit.take() else { continue };
+        let connection = Connection {
+            app: app.clone(),
+            permit,
+            tls: tls.clone(),
+            http: http.clone(),
+            handshake_timeout,
+            phase: watch.clone(),
+        };
+        crate::shards::spawn(connections.track_future(connection.serve(accepted)));
+    }
+    drop(listener);
+    connections.close();
+    let _ = phase.send(Phase::Draining);
+    if tokio::time::timeout(limits.request_timeout, connections.wait()).await.is_err() {
+        let _ = phase.send(Phase::Closing);
+        connections.wait().await;
+    }
+    Ok(())
 }
 
-/// The acceptor that caps concurrent connections (see the [module docs](self)).
+/// One connection's share of the server: what it needs to be served on a connection thread.
+struct Connection {
+    app: axum::Router,
+    permit: ConnectionPermit,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    handshake_timeout: Duration,
+    phase: tokio::sync::watch::Receiver<Phase>,
+}
+
+impl Connection {
+    /// Serves `accepted` until it closes or the server closes it. Runs on a connection thread.
+    async fn serve(self, accepted: Accepted) {
+        // The service lives as long as the connection: it holds the permit.
+        let app = Extension(self.permit).layer(self.app);
+        match accepted {
+            Accepted::Tcp(stream, addr) => {
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+                let app = Extension(axum::extract::ConnectInfo(addr)).layer(app);
+                match &self.tls {
+                    None => {
+                        drive(self.http.serve_connection(TokioIo::new(stream), hyper_service(app)), self.phase).await
+                    }
+                    Some(tls) => {
+                        let Ok(Ok(stream)) = tokio::time::timeout(self.handshake_timeout, tls.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        drive(self.http.serve_connection(TokioIo::new(stream), hyper_service(app)), self.phase).await;
+                    }
+                }
+            }
+            #[cfg(unix)]
+            Accepted::Unix(stream) => {
+                let Ok(stream) = tokio::net::UnixStream::from_std(stream) else { return };
+                drive(self.http.serve_connection(TokioIo::new(stream), hyper_service(app)), self.phase).await;
+            }
+        }
+    }
+}
+
+fn hyper_service<S>(service: S) -> TowerToHyperService<S> {
+    TowerToHyperService::new(service)
+}
+
+/// Runs one HTTP/1.1 connection to its end, following the server's phase: when it drains,
+/// the connection finishes the request in flight and closes; when it closes, the connection
+/// is dropped.
+async fn drive<I, S, B>(
+    connection: hyper::server::conn::http1::Connection<I, S>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut draining = false;
+    loop {
+        let now = *phase.borrow_and_update();
+        if now == Phase::Closing {
+            return;
+        }
+        if now == Phase::Draining && !draining {
+            draining = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // The server is gone without a word (it always says closing first).
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The acceptor-side cap on concurrent connections (see the [module docs](self)).
 #[derive(Clone)]
 struct ConnectionLimit {
     permits: Arc<Semaphore>,
@@ -224,39 +390,9 @@ impl ConnectionLimit {
     fn new(max: usize) -> Self {
         Self { permits: Arc::new(Semaphore::new(max)), max, warned: Arc::default() }
     }
-}
 
-/// A connection's share of `[server] max_connections`, released when the connection ends.
-#[derive(Clone)]
-struct ConnectionPermit {
-    _held: Arc<OwnedSemaphorePermit>,
-}
-
-/// Connections whose small writes go out at once: TCP with `TCP_NODELAY`; a Unix socket has
-/// nothing to set.
-trait NoDelay {
-    fn no_delay(&self);
-}
-
-impl NoDelay for tokio::net::TcpStream {
-    fn no_delay(&self) {
-        if let Err(e) = self.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    }
-}
-
-#[cfg(unix)]
-impl NoDelay for tokio::net::UnixStream {
-    fn no_delay(&self) {}
-}
-
-impl<I: NoDelay, S> Accept<I, S> for ConnectionLimit {
-    type Stream = I;
-    type Service = <Extension<ConnectionPermit> as Layer<S>>::Service;
-    type Future = std::future::Ready<io::Result<(I, Self::Service)>>;
-
-    fn accept(&self, stream: I, service: S) -> Self::Future {
+    /// A connection's permit, or `None` (logged once) when `[server] max_connections` are open.
+    fn take(&self) -> Option<ConnectionPermit> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             if !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -264,12 +400,16 @@ impl<I: NoDelay, S> Accept<I, S> for ConnectionLimit {
                     "[server] max_connections reached: closing new connections until some end (logged once)"
                 );
             }
-            return std::future::ready(Err(io::Error::other("too many connections")));
+            return None;
         };
-        stream.no_delay();
-        // The service lives as long as the connection: it holds the permit.
-        std::future::ready(Ok((stream, Extension(ConnectionPermit { _held: Arc::new(permit) }).layer(service))))
+        Some(ConnectionPermit { _held: Arc::new(permit) })
     }
+}
+
+/// A connection's share of `[server] max_connections`, released when the connection ends.
+#[derive(Clone)]
+struct ConnectionPermit {
+    _held: Arc<OwnedSemaphorePermit>,
 }
 
 #[cfg(unix)]
@@ -309,16 +449,11 @@ async fn serve_unix(
         return Err(io::Error::new(e.kind(), format!("cannot set up the Unix socket {}: {e}", path.display())));
     }
     listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     tracing::info!(socket = %path.display(), "HTTP API listening on a Unix socket");
-    let handle = axum_server::Handle::new();
-    let server =
-        axum_server::from_unix(listener)?.acceptor(ConnectionLimit::new(limits.max_connections)).handle(handle.clone());
-    let server = configure(server, limits);
-    let drain = limits.request_timeout;
+    let limits = limits.clone();
     Ok(tokio::spawn(async move {
-        let watcher = tokio::spawn(stop_on(shutdown, handle, drain));
-        let result = server.serve(app.into_make_service()).await;
-        watcher.abort();
+        let result = serve_listener(Listener::Unix(listener), app, None, &limits, shutdown).await;
         let _ = std::fs::remove_file(&path);
         result
     }))
@@ -341,13 +476,24 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_tcp_connections_have_nagle_off() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        assert!(!stream.nodelay().unwrap(), "a new socket starts with Nagle on");
-        let (stream, _service) = ConnectionLimit::new(1).accept(stream, ()).await.unwrap();
+        let listener = Listener::Tcp(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let Listener::Tcp(l) = &listener else { unreachable!() };
+        let addr = l.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(!client.nodelay().unwrap(), "a new socket starts with Nagle on");
+        let Accepted::Tcp(stream, from) = listener.accept().await.unwrap() else { unreachable!() };
         assert!(stream.nodelay().unwrap());
+        assert_eq!(from, client.local_addr().unwrap());
+    }
+
+    #[test]
+    fn connection_limit_hands_out_max_permits_and_takes_them_back() {
+        let limit = ConnectionLimit::new(2);
+        let (a, b) = (limit.take().unwrap(), limit.take().unwrap());
+        assert!(limit.take().is_none(), "a third connection past max_connections = 2");
+        drop(a);
+        assert!(limit.take().is_some(), "a closed connection frees its permit");
+        drop(b);
     }
 
     #[test]
