@@ -30,7 +30,7 @@ use tokenkeeper_server::auth::ClientAddr;
 
 use crate::classify::{classify, family, utilization, Verdict};
 use crate::keys::KeyRefusal;
-use crate::pool::{availability, Candidate, Cooldown};
+use crate::pool::{availability, with_entry, Candidate, Cooldown};
 use crate::route::Route;
 use crate::scan::UsageScanner;
 use crate::upstream::UpstreamBody;
@@ -182,7 +182,9 @@ fn set_credential(h: &mut HeaderMap, lease: &Lease, route: &Route) -> Result<(),
         .map(str::trim)
         .filter(|f| !f.is_empty())
         .collect();
-    if !flags.contains(&OAUTH_BETA) {
+    if flags.is_empty() {
+        h.insert("anthropic-beta", HeaderValue::from_static(OAUTH_BETA));
+    } else if !flags.contains(&OAUTH_BETA) {
         let mut merged = flags.join(",");
         if !merged.is_empty() {
             merged.push(',');
@@ -289,13 +291,11 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let meta: Meta = if body.is_empty() { Meta::default() } else { serde_json::from_slice(&body).unwrap_or_default() };
     let streaming = meta.stream.unwrap_or(false);
     let model_family = meta.model.as_deref().and_then(family);
-    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    if hyper::http::uri::PathAndQuery::try_from(path).is_err() {
-        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None);
-    }
+    // Parsed by the server already (an absolute-form target included); `/` when it had none.
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     // The first attempt takes these; a failover builds them again.
     let mut base_headers = Some(upstream_headers(&parts.headers));
-    let pool_name = admitted.principal.pool();
+    let pool_name = admitted.key.principal.pool();
     let Some(pool) = inner.pools.get(pool_name) else {
         return error(
             StatusCode::FORBIDDEN,
@@ -323,7 +323,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
     let candidates: Vec<Candidate> = pool
         .candidates(&all)
         .into_iter()
-        .filter(|c| admitted.principal.may_use(&c.account.name))
+        .filter(|c| admitted.key.principal.may_use(&c.account.name))
         .filter(|c| served(&state, &c.account, pool.members.is_some()))
         .collect();
     if candidates.is_empty() {
@@ -378,8 +378,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                         .collect();
                     let chosen = pool.pick(&available, session.as_deref(), map, now);
                     if let Some(name) = &chosen {
-                        let rt = map.entry(name.clone()).or_default();
-                        rt.started += 1;
+                        with_entry(map, name, |rt| rt.started += 1);
                     }
                     chosen
                 });
@@ -397,14 +396,14 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                     .keeper
                     .lease(LeaseRequest {
                         account: Some(&name),
-                        key_id: Some(&admitted.key_id),
+                        key_id: Some(&admitted.key.key_id),
                         model: meta.model.as_deref(),
                     })
                     .await
                 {
                     Ok(l) => l,
                     Err(e) => {
-                        note_error(&state, &name, lease_error_class(&e), &admitted.key_id, meta.model.as_deref());
+                        note_error(&state, &name, lease_error_class(&e), &admitted.key.key_id, meta.model.as_deref());
                         tracing::warn!(account = %name, error = %e, "proxy: no token for this account; trying another");
                         excluded.insert(name);
                         continue;
@@ -418,7 +417,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             excluded.insert(name);
             continue;
         };
-        let Ok(uri) = route.upstream.uri(path) else {
+        let Ok(uri) = route.upstream.uri(&path) else {
             return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid request path", None);
         };
         let mut headers = base_headers.take().unwrap_or_else(|| upstream_headers(&parts.headers));
@@ -431,7 +430,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
-        inner.accounts.with(|m| m.entry(name.clone()).or_default().in_flight += 1);
+        inner.accounts.of(&name, |rt| rt.in_flight += 1);
         let mut flight = InFlight { state: state.clone(), account: Some(name.clone()) };
         let wait = match deadline {
             Some(d) => inner.config.header_timeout.min(d.saturating_duration_since(Instant::now())),
@@ -441,7 +440,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(account = %name, error = %e, "proxy: upstream request failed; trying another account");
-                note_error(&state, &name, "network", &admitted.key_id, meta.model.as_deref());
+                note_error(&state, &name, "network", &admitted.key.key_id, meta.model.as_deref());
                 last_failure.get_or_insert(Failed {
                     status: StatusCode::BAD_GATEWAY,
                     headers: HeaderMap::new(),
@@ -453,7 +452,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                 continue;
             }
             Err(_) => {
-                note_error(&state, &name, "network", &admitted.key_id, meta.model.as_deref());
+                note_error(&state, &name, "network", &admitted.key.key_id, meta.model.as_deref());
                 last_failure = Some(Failed {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     headers: HeaderMap::new(),
@@ -468,7 +467,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         let cap = tokenkeeper_core::clock::chrono_duration(inner.config.max_cooldown);
         let verdict = classify(response.status(), response.headers(), now, cap);
         if let Some(u) = utilization(response.headers()) {
-            inner.accounts.with(|m| m.entry(name.clone()).or_default().utilization = Some(u));
+            inner.accounts.of(&name, |rt| rt.utilization = Some(u));
         }
         match verdict {
             Verdict::Pass => {
@@ -479,7 +478,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                     Ok(f) => f,
                     Err(what) => {
                         tracing::warn!(account = %name, "proxy: upstream body {what} before its first byte; trying another account");
-                        note_error(&state, &name, "broken_stream", &admitted.key_id, meta.model.as_deref());
+                        note_error(&state, &name, "broken_stream", &admitted.key.key_id, meta.model.as_deref());
                         excluded.insert(name.clone());
                         soft.push(name);
                         inner.failovers.fetch_add(1, Ordering::Relaxed);
@@ -503,7 +502,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                     finish: Some(Finish {
                         state: state.clone(),
                         account,
-                        key_id: admitted.key_id.clone(),
+                        key_id: admitted.key.key_id.clone(),
                         model: meta.model.clone(),
                         ok_status: head.status.is_success(),
                     }),
@@ -516,7 +515,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             }
             Verdict::Unauthorized => {
                 let failed = buffered_failure(response).await;
-                note_error(&state, &name, "unauthorized", &admitted.key_id, meta.model.as_deref());
+                note_error(&state, &name, "unauthorized", &admitted.key.key_id, meta.model.as_deref());
                 last_failure = Some(failed);
                 drop(flight);
                 if refreshed.insert(name.clone()) {
@@ -530,7 +529,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                                 inner.accounts.with(|m| {
                                     m.entry(name.clone()).or_default().state = Some(AccountState::NeedsLogin)
                                 });
-                                note_error(&state, &name, "needs_login", &admitted.key_id, meta.model.as_deref());
+                                note_error(&state, &name, "needs_login", &admitted.key.key_id, meta.model.as_deref());
                             }
                             tracing::warn!(account = %name, error = %e, "proxy: refresh after a 401 failed; trying another account");
                         }
@@ -541,7 +540,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             }
             Verdict::RateLimited { until, family: limited } => {
                 let failed = buffered_failure(response).await;
-                note_error(&state, &name, "rate_limited", &admitted.key_id, meta.model.as_deref());
+                note_error(&state, &name, "rate_limited", &admitted.key.key_id, meta.model.as_deref());
                 cool_down(&state, &name, until, limited, now).await;
                 last_failure = Some(failed);
                 excluded.insert(name);
@@ -549,7 +548,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             }
             Verdict::RateLimitedBare => {
                 let failed = buffered_failure(response).await;
-                note_error(&state, &name, "rate_limited_bare", &admitted.key_id, meta.model.as_deref());
+                note_error(&state, &name, "rate_limited_bare", &admitted.key.key_id, meta.model.as_deref());
                 last_failure = Some(failed);
                 excluded.insert(name.clone());
                 soft.push(name);
@@ -558,7 +557,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             }
             Verdict::Overloaded => {
                 let failed = buffered_failure(response).await;
-                note_error(&state, &name, "overloaded", &admitted.key_id, meta.model.as_deref());
+                note_error(&state, &name, "overloaded", &admitted.key.key_id, meta.model.as_deref());
                 last_failure = Some(failed);
                 excluded.insert(name.clone());
                 soft.push(name);
@@ -626,7 +625,7 @@ fn lease_error_class(e: &KeeperError) -> &'static str {
 fn note_error(state: &ProxyState, account: &str, class: &'static str, key_id: &str, model: Option<&str>) {
     let inner = state.inner();
     let now = inner.keeper.clock().now();
-    inner.accounts.with(|m| *m.entry(account.to_owned()).or_default().errors.entry(class).or_default() += 1);
+    inner.accounts.of(account, |rt| *rt.errors.entry(class).or_default() += 1);
     inner.keeper.usage().add(UsageRecord {
         account: account.to_owned(),
         key_id: Some(key_id.to_owned()),
@@ -853,8 +852,7 @@ impl Drop for ProxyBody {
         let now = inner.keeper.clock().now();
         let tokens = self.scanner.tokens().unwrap_or_default();
         let class = if self.broken { Some("broken_stream") } else { None };
-        inner.accounts.with(|m| {
-            let rt = m.entry(f.account.clone()).or_default();
+        inner.accounts.of(&f.account, |rt| {
             rt.in_flight = rt.in_flight.saturating_sub(1);
             rt.tokens.input += tokens.input;
             rt.tokens.output += tokens.output;

@@ -39,8 +39,19 @@ struct Limits {
     concurrency: Option<Arc<Semaphore>>,
 }
 
+/// A stored key as admission needs it: built once when the key is first seen and shared by
+/// every request that presents it (no per-request copy of the stored record).
+pub(crate) struct Known {
+    pub principal: Principal,
+    pub key_id: String,
+    /// The stored hash, compared with the presented key's again on every use.
+    hash: String,
+    revoked: bool,
+    limits: Arc<Limits>,
+}
+
 pub(crate) struct KeyCache {
-    by_hash: Mutex<(u64, HashMap<String, ApiKey>)>,
+    by_hash: Mutex<(u64, HashMap<String, Arc<Known>>)>,
     limiter: FailureLimiter,
     limits: Mutex<HashMap<String, Arc<Limits>>>,
 }
@@ -48,8 +59,7 @@ pub(crate) struct KeyCache {
 /// An accepted key: who, and the permit that holds its concurrency slot until the response
 /// ends.
 pub(crate) struct Admitted {
-    pub principal: Principal,
-    pub key_id: String,
+    pub key: Arc<Known>,
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -72,7 +82,7 @@ impl KeyCache {
         }
     }
 
-    async fn find(&self, inner: &Inner, hash: &str) -> Result<Option<ApiKey>, KeyRefusal> {
+    async fn find(&self, inner: &Inner, hash: &str) -> Result<Option<Arc<Known>>, KeyRefusal> {
         let generation = inner.keeper.keys_generation();
         if let Some(g) = generation {
             let mut cache = lock(&self.by_hash);
@@ -88,6 +98,15 @@ impl KeyCache {
             tracing::warn!(error = %e, "cannot look up a proxy key");
             KeyRefusal::Store
         })?;
+        let found = found.map(|k| {
+            Arc::new(Known {
+                principal: Principal::from_key(&k),
+                limits: self.limits_of(&k, &inner.config),
+                revoked: k.revoked_at.is_some(),
+                key_id: k.id,
+                hash: k.hash,
+            })
+        });
         if let (Some(g), Some(k)) = (generation, &found) {
             let mut cache = lock(&self.by_hash);
             // A change during the read starts a newer generation: keep nothing then.
@@ -126,7 +145,7 @@ impl KeyCache {
         }
         let found = if presented.starts_with(KEY_PREFIX) {
             let hash = hash_key(presented);
-            self.find(inner, &hash).await?.filter(|k| k.revoked_at.is_none() && k.hash == hash)
+            self.find(inner, &hash).await?.filter(|k| !k.revoked && k.hash == hash)
         } else {
             None
         };
@@ -135,11 +154,10 @@ impl KeyCache {
             tracing::info!(client = ?addr, "proxy request with an invalid key");
             return Err(KeyRefusal::Invalid);
         };
-        let principal = Principal::from_key(&key);
-        if !principal.has(Scope::Proxy) {
+        if !key.principal.has(Scope::Proxy) {
             return Err(KeyRefusal::NoScope);
         }
-        let limits = self.limits_of(&key, &inner.config);
+        let limits = &key.limits;
         if let Some(rate) = &limits.rate {
             if let Err(not_until) = rate.check() {
                 let wait =
@@ -151,6 +169,6 @@ impl KeyCache {
             Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| KeyRefusal::Concurrency)?),
             None => None,
         };
-        Ok(Admitted { principal, key_id: key.id, permit })
+        Ok(Admitted { key, permit })
     }
 }

@@ -110,8 +110,11 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     /// The origin-form URI (path and query) of a request for `path`, what HTTP/1.1 puts on
-    /// the request line to an origin server.
-    pub fn uri(&self, path: &str) -> Result<hyper::Uri, hyper::http::Error> {
+    /// the request line to an origin server. Without a prefix, `path` as it came (no copy).
+    pub fn uri(&self, path: &hyper::http::uri::PathAndQuery) -> Result<hyper::Uri, hyper::http::Error> {
+        if self.prefix.is_empty() {
+            return hyper::Uri::builder().path_and_query(path.clone()).build();
+        }
         hyper::Uri::builder().path_and_query(format!("{}{}", self.prefix, path)).build()
     }
 }

@@ -214,6 +214,11 @@ impl Accounts {
         f(&mut lock(&self.map))
     }
 
+    /// Runs `f` on `name`'s entry, made when missing (the hot path allocates no key then).
+    pub fn of<R>(&self, name: &str, f: impl FnOnce(&mut Runtime) -> R) -> R {
+        self.with(|map| with_entry(map, name, f))
+    }
+
     /// Replaces the cooldowns with the store's (`list_state("cooldown/")`).
     pub fn set_cooldowns(&self, stored: Vec<(String, serde_json::Value)>) {
         let mut by_account = tokenkeeper_core::pool::cooldowns_by_account(stored);
@@ -225,6 +230,15 @@ impl Accounts {
                 map.entry(name).or_default().cooldowns = cooldowns;
             }
         });
+    }
+}
+
+/// Runs `f` on `name`'s entry in `map`, made when missing: looked up by `&str` first, so
+/// only a new entry allocates its key (`entry` would allocate one on every call).
+pub(crate) fn with_entry<R>(map: &mut HashMap<String, Runtime>, name: &str, f: impl FnOnce(&mut Runtime) -> R) -> R {
+    match map.get_mut(name) {
+        Some(rt) => f(rt),
+        None => f(map.entry(name.to_owned()).or_default()),
     }
 }
 
