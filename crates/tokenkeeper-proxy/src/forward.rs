@@ -240,20 +240,23 @@ impl Failed {
     fn into_response(self) -> Response {
         let mut r = Response::new(Body::from(self.body));
         *r.status_mut() = self.status;
-        copy_response_headers(&self.headers, r.headers_mut());
+        *r.headers_mut() = response_headers(self.headers);
         r
     }
 }
 
-fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    let listed = connection_listed(from);
-    for (name, value) in from {
-        // content-length stays: the body is passed on unchanged.
-        if name != header::CONTENT_LENGTH && is_dropped(name, &listed) {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
+/// An upstream answer's headers as the client gets them: without hop-by-hop headers, the
+/// rest as they came. Edited in place: an answer has none of those, as a rule, and then
+/// nothing is copied.
+fn response_headers(mut headers: HeaderMap) -> HeaderMap {
+    let listed = connection_listed(&headers);
+    // content-length stays: the body is passed on unchanged.
+    let dropped: Vec<HeaderName> =
+        headers.keys().filter(|n| *n != header::CONTENT_LENGTH && is_dropped(n, &listed)).cloned().collect();
+    for name in dropped {
+        headers.remove(name);
     }
+    headers
 }
 
 async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
@@ -510,7 +513,7 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
                 };
                 let mut r = Response::new(Body::new(body));
                 *r.status_mut() = head.status;
-                copy_response_headers(&head.headers, r.headers_mut());
+                *r.headers_mut() = response_headers(head.headers);
                 return r;
             }
             Verdict::Unauthorized => {
@@ -882,6 +885,37 @@ impl Drop for ProxyBody {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_loses_its_hop_by_hop_headers_and_keeps_the_rest_with_each_names_values_in_order() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-up-hop"),
+            ("x-up-hop", "dropped"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+            ("request-id", "req_1"),
+            ("anthropic-ratelimit-unified-status", "allowed"),
+            ("request-id", "req_2"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let kept = response_headers(h);
+        let mut kept: Vec<(&str, &str)> = kept.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        // The order of differently named fields carries no meaning (RFC 9110 §5.3); a stable
+        // sort keeps that of each name's values, which does.
+        kept.sort_by_key(|(n, _)| *n);
+        assert_eq!(
+            kept,
+            [
+                ("anthropic-ratelimit-unified-status", "allowed"),
+                ("content-length", "12"),
+                ("request-id", "req_1"),
+                ("request-id", "req_2"),
+            ]
+        );
+    }
 
     /// axum boxes each request's future, so its size is allocated and copied per request:
     /// 24 KB when the keeper's refresh path was inlined into it through `Keeper::lease`.

@@ -14,7 +14,7 @@
 //! - `body_read_timeout` and `request_timeout`: `tower-http`'s body and request timeouts on the
 //!   router ([`crate::router`]);
 //! - `max_connections`: a semaphore taken when a connection is accepted (before TLS) and held
-//!   by the connection's service until the connection ends; past it, new connections are
+//!   by the connection's task until the connection ends; past it, new connections are
 //!   closed at once. The accept loop also turns Nagle's algorithm off on TCP connections: a
 //!   proxied stream's events each go out as they come, not held back until the client
 //!   acknowledges the previous one.
@@ -309,8 +309,9 @@ struct Connection {
 impl Connection {
     /// Serves `accepted` until it closes or the server closes it. Runs on a connection thread.
     async fn serve(self, accepted: Accepted) {
-        // The service lives as long as the connection: it holds the permit.
-        let app = Extension(self.permit).layer(self.app);
+        // Held until the connection ends (this function returns).
+        let _permit = self.permit;
+        let app = self.app;
         match accepted {
             Accepted::Tcp(stream, addr) => {
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
@@ -402,14 +403,13 @@ impl ConnectionLimit {
             }
             return None;
         };
-        Some(ConnectionPermit { _held: Arc::new(permit) })
+        Some(ConnectionPermit { _held: permit })
     }
 }
 
 /// A connection's share of `[server] max_connections`, released when the connection ends.
-#[derive(Clone)]
 struct ConnectionPermit {
-    _held: Arc<OwnedSemaphorePermit>,
+    _held: OwnedSemaphorePermit,
 }
 
 #[cfg(unix)]
