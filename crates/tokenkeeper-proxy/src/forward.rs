@@ -27,6 +27,7 @@ use tokenkeeper_core::AccountState;
 use tokenkeeper_keeper::{KeeperError, Lease, LeaseRequest};
 use tokenkeeper_provider::CredentialHeader;
 use tokenkeeper_server::auth::ClientAddr;
+use tokenkeeper_server::front::Front;
 
 use crate::classify::{classify, family, utilization, Verdict};
 use crate::keys::KeyRefusal;
@@ -42,8 +43,19 @@ pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 /// Largest upstream error body kept to hand to the client when every account failed.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// The proxy as an axum router (`/v1/*`), for tests that serve it alone; `serve` mounts
+/// [`front`] instead. Both answer with [`handle`].
 pub(crate) fn routes(state: ProxyState) -> Router {
-    Router::new().route("/v1/{*rest}", axum::routing::any(handle)).with_state(state)
+    let route = |State(state): State<ProxyState>, req: Request| async move {
+        let addr = ClientAddr::of(req.extensions());
+        handle(state, req, addr).await
+    };
+    Router::new().route("/v1/{*rest}", axum::routing::any(route)).with_state(state)
+}
+
+/// The proxy as the server's front: every `/v1/` request, without the router.
+pub(crate) fn front(state: ProxyState) -> Front {
+    Front::new("/v1/", move |req, addr| handle(state.clone(), req, addr))
 }
 
 /// An error the proxy itself answers, in Anthropic's shape.
@@ -259,17 +271,21 @@ fn response_headers(mut headers: HeaderMap) -> HeaderMap {
     headers
 }
 
-async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
+/// One proxied request, from the client's (possibly still arriving) body to the answer.
+async fn handle<B>(state: ProxyState, req: hyper::Request<B>, addr: ClientAddr) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let inner = state.inner();
-    let addr = ClientAddr::of(req.extensions());
     let admitted = match inner.keys.admit(inner, req.headers(), addr).await {
         Ok(a) => a,
         Err(r) => return refusal(r),
     };
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, inner.config.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) if !is_length_limit(&e) => {
+    let body = match http_body_util::Limited::new(body, inner.config.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if !is_length_limit(&*e) => {
             // The server's body timeout (`[server] body_read_timeout`) or a client that went
             // away mid-body.
             return error(
@@ -608,7 +624,7 @@ fn exhausted(
 
 /// Whether reading a body failed on `[proxy] max_body_bytes` (rather than a timeout or a
 /// broken connection).
-fn is_length_limit(e: &axum::Error) -> bool {
+fn is_length_limit(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     tokenkeeper_core::error_text::caused_by::<http_body_util::LengthLimitError>(e)
 }
 
@@ -923,7 +939,7 @@ mod tests {
     async fn a_proxied_request_future_stays_a_few_kilobytes() {
         let env = tokenkeeper_keeper::testing::env(|_| {}).await;
         let state = ProxyState::new(env.keeper.clone(), &env.config).unwrap();
-        let size = std::mem::size_of_val(&handle(State(state), Request::new(Body::empty())));
+        let size = std::mem::size_of_val(&handle(state, Request::new(Body::empty()), ClientAddr::Local));
         assert!(size <= 8 * 1024, "the proxy's request future is {size} bytes; box the cold paths it awaits");
     }
 }

@@ -335,10 +335,17 @@ impl ProxyState {
     }
 }
 
-/// The proxy's router: `/v1/*` (every method). Mount it outside the API's request timeout:
-/// streams last as long as they last.
+/// The proxy's router: `/v1/*` (every method), for serving the proxy alone with axum (tests).
+/// `serve` mounts [`front`] instead, which answers the same way without the router's work.
 pub fn router(state: ProxyState) -> Router {
     forward::routes(state)
+}
+
+/// The proxy as a front of the server (`AppState::with_front`, `serve_front`): every request
+/// under `/v1/`, ahead of the router and outside the API's request timeout (streams last as
+/// long as they last).
+pub fn front(state: ProxyState) -> tokenkeeper_server::front::Front {
+    forward::front(state)
 }
 
 fn parse_upstream(url: &str) -> Result<Upstream, ProxyError> {

@@ -4,11 +4,13 @@
 //! `/metrics` and `/api/openapi.json`, all behind scoped API keys.
 //!
 //! - [`router`] builds the API's axum router; the binary merges in the routes of other
-//!   components: the web page with [`AppState::with_routes`], the proxy (whose streams must
-//!   not meet the API's request timeout) with [`AppState::with_streaming_routes`];
+//!   components: the web page with [`AppState::with_routes`]; the proxy (whose streams must
+//!   not meet the API's request timeout, and whose requests skip the router) is served ahead
+//!   of the router as a [`front::Front`] with [`AppState::with_front`];
 //! - [`serve`] runs it on a TCP listener (TLS when configured) and a Unix socket, until a
-//!   shutdown future resolves, draining requests in flight; [`serve_routes`] serves another
-//!   router on a listener of its own with the same TLS and connection limits;
+//!   shutdown future resolves, draining requests in flight, each connection on a connection
+//!   thread (`shards`); [`serve_front`] serves a front alone on a listener of its own with the
+//!   same TLS and connection limits;
 //! - [`auth`] has the admin token, API keys and the authentication extractor;
 //! - [`client`] has the client-address extractor and the per-address failure limit that the
 //!   API, the proxy and the web page share;
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod front;
 pub mod listen;
 pub mod metrics;
 pub mod oauth;
@@ -37,7 +40,7 @@ pub use auth::{
     ADMIN_TOKEN_ENV,
 };
 pub use error::{ApiError, ServerError};
-pub use listen::{serve, serve_routes};
+pub use listen::{serve, serve_front};
 pub use state::{AppState, ExtraRoutes, RegistryMetrics, Replica};
 
 /// The OpenAPI 3 document served at `/api/openapi.json`.
@@ -83,20 +86,13 @@ pub(crate) fn router_with(state: AppState, secure_cookies: bool) -> Router {
     }
     let extra = state.extra_routes.as_ref().map(|f| f(secure_cookies));
     let limits = &state.keeper.config().server;
-    let body_read_timeout = limits.body_read_timeout;
     // A body that stops arriving ends after `body_read_timeout`; a whole request (a body
     // trickled in a byte at a time included) after `request_timeout`, answered 408.
     let body_timeout = RequestBodyTimeoutLayer::new(limits.body_read_timeout);
     let request_timeout = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout);
-    let streaming = state.streaming_routes.clone();
     let mut app = api.with_state(state);
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    let app = app.layer(body_timeout).layer(request_timeout);
-    match streaming {
-        // Merged after the layers, so the request timeout does not wrap them.
-        Some(s) => app.merge(s.layer(RequestBodyTimeoutLayer::new(body_read_timeout))),
-        None => app,
-    }
+    app.layer(body_timeout).layer(request_timeout)
 }

@@ -31,18 +31,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
 use futures::FutureExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokenkeeper_core::config::{ServerConfig, MIN_HEADER_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::Layer;
 
+use crate::client::ClientAddr;
 use crate::error::ServerError;
+use crate::front::Front;
 use crate::state::AppState;
 
 /// Builds the rustls configuration from PEM files.
@@ -98,7 +97,7 @@ pub async fn serve(
         tracing::warn!(%addr, "{}", PLAINTEXT_WARNING);
     }
     let secure = tls.is_some();
-    let app = crate::router_with(state.clone(), secure);
+    let app = Served { router: crate::router_with(state.clone(), secure), front: state.front.clone() };
     let limits = state.keeper.config().server.clone();
     let shutdown = shutdown.shared();
 
@@ -129,14 +128,15 @@ pub async fn serve(
     tcp_result
 }
 
-/// Serves `app` on a listener of its own (the proxy's `[proxy] listen`) with `[server]`'s TLS
-/// files, connection limit and header timeout, until `shutdown` resolves; then drains like
-/// [`serve`] (requests in flight get up to `[server] request_timeout`). Like
-/// [`AppState::with_streaming_routes`], only `[server] body_read_timeout` is added (the longest
-/// pause while a request body arrives), no whole-request timeout: `app` bounds the rest.
-pub async fn serve_routes(
+/// Serves `front` alone on a listener of its own (the proxy's `[proxy] listen`; any other path
+/// is answered 404) with `[server]`'s TLS files, connection limit and header timeout, until
+/// `shutdown` resolves; then drains like [`serve`] (requests in flight get up to
+/// `[server] request_timeout`). As with [`AppState::with_front`], only
+/// `[server] body_read_timeout` applies (the longest pause while a request body arrives), no
+/// whole-request timeout: the front bounds the rest.
+pub async fn serve_front(
     listener: TcpListener,
-    app: axum::Router,
+    front: Front,
     limits: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -149,15 +149,22 @@ pub async fn serve_routes(
         tracing::warn!(%addr, "{}", PLAINTEXT_WARNING);
     }
     tracing::info!(%addr, tls = tls.is_some(), max_connections = limits.max_connections, "listening");
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_read_timeout));
+    let app = Served { router: axum::Router::new(), front: Some(front) };
     serve_tcp(listener, app, tls, limits, shutdown).await
 }
 
-/// The TCP side of [`serve`] and [`serve_routes`]: `app` on `listener`, TLS when `tls` is
+/// What a listener serves: the router, and the front ahead of it when there is one.
+#[derive(Clone)]
+struct Served {
+    router: axum::Router,
+    front: Option<Front>,
+}
+
+/// The TCP side of [`serve`] and [`serve_front`]: `app` on `listener`, TLS when `tls` is
 /// set, under `limits`, until `shutdown`, then drained.
 async fn serve_tcp(
     listener: TcpListener,
-    app: axum::Router,
+    app: Served,
     tls: Option<rustls::ServerConfig>,
     limits: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -247,7 +254,7 @@ fn http1(limits: &ServerConfig) -> hyper::server::conn::http1::Builder {
 /// `[server] request_timeout`, closes what is left, and returns once every connection ended.
 async fn serve_listener(
     listener: Listener,
-    app: axum::Router,
+    app: Served,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -257,6 +264,7 @@ async fn serve_listener(
     let (phase, watch) = tokio::sync::watch::channel(Phase::Running);
     let connections = tokio_util::task::TaskTracker::new();
     let handshake_timeout = limits.header_read_timeout;
+    let body_read_timeout = limits.body_read_timeout;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -282,6 +290,7 @@ async fn serve_listener(
             tls: tls.clone(),
             http: http.clone(),
             handshake_timeout,
+            body_read_timeout,
             phase: watch.clone(),
         };
         crate::shards::spawn(connections.track_future(connection.serve(accepted)));
@@ -298,11 +307,12 @@ async fn serve_listener(
 
 /// One connection's share of the server: what it needs to be served on a connection thread.
 struct Connection {
-    app: axum::Router,
+    app: Served,
     permit: ConnectionPermit,
     tls: Option<tokio_rustls::TlsAcceptor>,
     http: Arc<hyper::server::conn::http1::Builder>,
     handshake_timeout: Duration,
+    body_read_timeout: Duration,
     phase: tokio::sync::watch::Receiver<Phase>,
 }
 
@@ -311,35 +321,64 @@ impl Connection {
     async fn serve(self, accepted: Accepted) {
         // Held until the connection ends (this function returns).
         let _permit = self.permit;
-        let app = self.app;
         match accepted {
             Accepted::Tcp(stream, addr) => {
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
-                let app = Extension(axum::extract::ConnectInfo(addr)).layer(app);
+                let service = service(self.app, Some(addr), self.body_read_timeout);
                 match &self.tls {
-                    None => {
-                        drive(self.http.serve_connection(TokioIo::new(stream), hyper_service(app)), self.phase).await
-                    }
+                    None => drive(self.http.serve_connection(TokioIo::new(stream), service), self.phase).await,
                     Some(tls) => {
                         let Ok(Ok(stream)) = tokio::time::timeout(self.handshake_timeout, tls.accept(stream)).await
                         else {
                             return;
                         };
-                        drive(self.http.serve_connection(TokioIo::new(stream), hyper_service(app)), self.phase).await;
+                        drive(self.http.serve_connection(TokioIo::new(stream), service), self.phase).await;
                     }
                 }
             }
             #[cfg(unix)]
             Accepted::Unix(stream) => {
                 let Ok(stream) = tokio::net::UnixStream::from_std(stream) else { return };
-                drive(self.http.serve_connection(TokioIo::new(stream), hyper_service(app)), self.phase).await;
+                let service = service(self.app, None, self.body_read_timeout);
+                drive(self.http.serve_connection(TokioIo::new(stream), service), self.phase).await;
             }
         }
     }
 }
 
-fn hyper_service<S>(service: S) -> TowerToHyperService<S> {
-    TowerToHyperService::new(service)
+/// A connection's requests, answered: those the front claims by the front (with the client's
+/// address, the body under `body_read_timeout`), the others by the router (with the address
+/// as `ConnectInfo`, which [`ClientAddr::of`] reads). `addr` is `None` on the Unix socket.
+fn service(
+    app: Served,
+    addr: Option<SocketAddr>,
+    body_read_timeout: Duration,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Send {
+    let client = addr.map_or(ClientAddr::Local, |a| ClientAddr::Ip(a.ip()));
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let answer = match &app.front {
+            Some(front) if front.claims(req.uri().path()) => {
+                let req = req.map(|body| tower_http::timeout::TimeoutBody::new(body_read_timeout, body));
+                futures::future::Either::Left(front.call(req, client))
+            }
+            _ => {
+                if let Some(a) = addr {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(a));
+                }
+                let routed = tower::ServiceExt::oneshot(app.router.clone(), req);
+                futures::future::Either::Right(routed.map(|r| match r {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }))
+            }
+        };
+        answer.map(Ok)
+    })
 }
 
 /// Runs one HTTP/1.1 connection to its end, following the server's phase: when it drains,
@@ -415,7 +454,7 @@ struct ConnectionPermit {
 #[cfg(unix)]
 async fn serve_unix(
     path: PathBuf,
-    app: axum::Router,
+    app: Served,
     limits: &ServerConfig,
     shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> io::Result<tokio::task::JoinHandle<io::Result<()>>> {
@@ -462,7 +501,7 @@ async fn serve_unix(
 #[cfg(not(unix))]
 async fn serve_unix(
     path: PathBuf,
-    _app: axum::Router,
+    _app: Served,
     _limits: &ServerConfig,
     _shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) -> io::Result<tokio::task::JoinHandle<io::Result<()>>> {

@@ -77,7 +77,7 @@ pub struct Shared {
     pub(crate) registry_metrics: Vec<RegistryMetrics>,
     pub(crate) body_limit: usize,
     pub(crate) extra_routes: Option<ExtraRoutes>,
-    pub(crate) streaming_routes: Option<axum::Router>,
+    pub(crate) front: Option<crate::front::Front>,
     keys: Arc<Mutex<KeyCache>>,
     pub(crate) replica: Option<Replica>,
 }
@@ -168,7 +168,7 @@ impl AppState {
                 body_limit: DEFAULT_BODY_LIMIT,
                 keys: Arc::default(),
                 extra_routes: None,
-                streaming_routes: None,
+                front: None,
                 replica: None,
             }),
         }
@@ -186,17 +186,13 @@ impl AppState {
         self
     }
 
-    /// Also serves `routes` on the same listener, but outside the API's whole-request timeout
-    /// (`[server] request_timeout`): for answers that last as long as they last, such as the
-    /// proxy's streams. Only the request *body* timeout (`[server] body_read_timeout`, the
-    /// longest pause while a body arrives) still applies; the routes must bound everything
-    /// else themselves (body size, upstream timeouts). Several calls merge.
-    pub fn with_streaming_routes(mut self, routes: axum::Router) -> Self {
-        let shared = Arc::make_mut(&mut self.shared);
-        shared.streaming_routes = Some(match shared.streaming_routes.take() {
-            Some(r) => r.merge(routes),
-            None => routes,
-        });
+    /// Also serves `front` on the same listener, ahead of the router: the requests it claims
+    /// skip the router and the API's whole-request timeout (`[server] request_timeout`), for
+    /// answers that last as long as they last, such as the proxy's streams. Only the request
+    /// *body* timeout (`[server] body_read_timeout`, the longest pause while a body arrives)
+    /// still applies; the front bounds everything else itself (body size, upstream timeouts).
+    pub fn with_front(mut self, front: crate::front::Front) -> Self {
+        Arc::make_mut(&mut self.shared).front = Some(front);
         self
     }
 

@@ -157,8 +157,9 @@ fn proxy_state(app: &App) -> Result<Option<ProxyState>> {
     Ok(Some(proxy))
 }
 
-/// Mounts the proxy: its metrics join `/metrics`; its routes (`/v1/*`) join the main listener
-/// outside the API's request timeout (streams last as long as they last), or, with
+/// Mounts the proxy: its metrics join `/metrics`; its front (`/v1/*`) joins the main listener
+/// ahead of the router and outside the API's request timeout (streams last as long as they
+/// last), or, with
 /// `[proxy] listen`, get a listener of their own, bound now (so `ready` means it accepts),
 /// stopped by the same stop signal and drained like the API. A proxy server that fails stops
 /// `serve`, like the API's.
@@ -180,10 +181,10 @@ async fn mount_proxy(
     }
     let metrics = proxy.clone();
     let state = state.with_metrics(Arc::new(move |registry: &mut Registry| metrics.register_metrics(registry)));
-    let routes = tokenkeeper_proxy::router(proxy);
+    let front = tokenkeeper_proxy::front(proxy);
     let Some(listen) = app.config.proxy.listen else {
         tracing::info!(listen = %app.config.server.listen, "API proxy at /v1/* on the main listener");
-        return Ok((state.with_streaming_routes(routes), None));
+        return Ok((state.with_front(front), None));
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} for the API proxy; change [proxy] listen, or leave it out to serve the proxy on [server] listen")
@@ -192,7 +193,7 @@ async fn mount_proxy(
     let mut stop = stop_tx.subscribe();
     let failed = stop_tx.clone();
     let handle = tokio::spawn(async move {
-        let result = tokenkeeper_server::serve_routes(listener, routes, &limits, async move {
+        let result = tokenkeeper_server::serve_front(listener, front, &limits, async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })
         .await;
