@@ -2,8 +2,8 @@
 //! socket beside it, all stopped by one shutdown future and drained before [`serve`] returns.
 //!
 //! Each listener's accept loop runs on the caller's runtime and hands every connection to a
-//! connection thread ([`crate::shards`]: one single-threaded runtime per core), which serves
-//! it with hyper's HTTP/1.1 server (the reason for HTTP/1.1 only is on [`http1`]) until it
+//! connection thread (the `shards` module: one single-threaded runtime per core), which serves
+//! it with hyper's HTTP/1.1 server (the reason for HTTP/1.1 only is on `http1`) until it
 //! ends. The limits of `[server]` are set on the HTTP library rather than written here:
 //!
 //! - `header_read_timeout`: hyper's header read timeout (HTTP/1), which runs whenever a
