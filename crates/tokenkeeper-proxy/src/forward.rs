@@ -545,9 +545,7 @@ where
                         }
                         Err(e) => {
                             if matches!(e, KeeperError::NeedsLogin { .. }) {
-                                inner.accounts.with(|m| {
-                                    m.entry(name.clone()).or_default().state = Some(AccountState::NeedsLogin)
-                                });
+                                inner.accounts.of(&name, |rt| rt.state = Some(AccountState::NeedsLogin));
                                 note_error(&state, &name, "needs_login", &admitted.key.key_id, meta.model.as_deref());
                             }
                             tracing::warn!(account = %name, error = %e, "proxy: refresh after a 401 failed; trying another account");
@@ -667,8 +665,7 @@ async fn cool_down(
     let inner = state.inner();
     let reason = format!("rate limited (429) at {}", now.to_rfc3339());
     let c = Cooldown { until, family: family.clone(), reason };
-    inner.accounts.with(|m| {
-        let rt = m.entry(account.to_owned()).or_default();
+    inner.accounts.of(account, |rt| {
         rt.cooldowns.retain(|x| x.family != c.family);
         rt.cooldowns.push(c.clone());
     });
